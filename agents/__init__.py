@@ -1,0 +1,1 @@
+"""Online learners, the replay buffer and online interaction."""

@@ -1,0 +1,40 @@
+"""Agents by config name: ``agent.name`` in ``configs/agent/*.yaml`` -> (config dataclass, class)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import torch
+
+from rlft.agents.td3 import TD3, TD3Config
+from rlft.offline.spot import SPOT, SPOTConfig
+
+AGENTS: dict[str, tuple[type, type]] = {
+    "td3": (TD3Config, TD3),
+    "spot": (SPOTConfig, SPOT),
+}
+
+
+def config_from_mapping(cls: type, values: Mapping[str, Any], what: str) -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the known ones."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for key, value in values.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def build_agent(
+    name: str, options: Mapping[str, Any], obs_dim: int, action_dim: int, device: str | torch.device = "cpu"
+) -> TD3:
+    """Instantiate agent ``name`` with ``options`` (the agent config minus ``name``)."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; available: {sorted(AGENTS)}")
+    config_cls, agent_cls = AGENTS[name]
+    return agent_cls(obs_dim, action_dim, config_from_mapping(config_cls, options, f"agent '{name}'"), device)

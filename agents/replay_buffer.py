@@ -1,0 +1,131 @@
+"""Preallocated torch replay buffer shared by offline pretraining and online fine-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlft.offline.dataset import TransitionDataset
+
+
+@dataclass
+class Batch:
+    """A minibatch of transitions; ``dones`` is 1.0 where the MDP terminated (no bootstrap)."""
+
+    observations: torch.Tensor  # [B, obs_dim]
+    actions: torch.Tensor  # [B, act_dim]
+    rewards: torch.Tensor  # [B, 1]
+    next_observations: torch.Tensor  # [B, obs_dim]
+    dones: torch.Tensor  # [B, 1]
+
+
+class ReplayBuffer:
+    """Ring buffer of transitions held in preallocated tensors on ``device``.
+
+    Rows ``[0, num_offline)`` hold a loaded dataset and are never overwritten: online
+    transitions cycle through the remaining capacity. Sampling draws indices with torch's
+    global RNG, so seeding torch (and restoring its state on resume) fixes every batch.
+    """
+
+    _FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
+
+    def __init__(self, obs_dim: int, action_dim: int, capacity: int, device: str | torch.device = "cpu"):
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.obs_dim, self.action_dim, self.capacity = obs_dim, action_dim, capacity
+        self.device = torch.device(device)
+        self.observations = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=self.device)
+        self.actions = torch.zeros((capacity, action_dim), dtype=torch.float32, device=self.device)
+        self.rewards = torch.zeros((capacity, 1), dtype=torch.float32, device=self.device)
+        self.next_observations = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=self.device)
+        self.dones = torch.zeros((capacity, 1), dtype=torch.float32, device=self.device)
+        self.num_offline = 0
+        self.size = 0
+        self._cursor = 0  # next online write position (>= num_offline)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def num_online(self) -> int:
+        return self.size - self.num_offline
+
+    def load_dataset(
+        self,
+        dataset: TransitionDataset,
+        obs_mean: np.ndarray | None = None,
+        obs_std: np.ndarray | None = None,
+        reward_scale: float = 1.0,
+    ) -> None:
+        """Copy a dataset into the (empty) buffer, normalising observations if stats are given."""
+        if self.size:
+            raise RuntimeError("load_dataset needs an empty buffer")
+        if dataset.obs_dim != self.obs_dim or dataset.action_dim != self.action_dim:
+            raise ValueError(
+                f"{dataset.source}: dataset dims (obs {dataset.obs_dim}, action {dataset.action_dim}) do not match "
+                f"the buffer (obs {self.obs_dim}, action {self.action_dim})"
+            )
+        n = len(dataset)
+        if n > self.capacity:
+            raise ValueError(f"{dataset.source}: {n} transitions do not fit a buffer of capacity {self.capacity}")
+        obs, next_obs = dataset.observations, dataset.next_observations
+        if obs_mean is not None and obs_std is not None:
+            obs, next_obs = (obs - obs_mean) / obs_std, (next_obs - obs_mean) / obs_std
+        self.observations[:n] = torch.as_tensor(obs, dtype=torch.float32)
+        self.actions[:n] = torch.as_tensor(dataset.actions)
+        self.rewards[:n, 0] = torch.as_tensor(dataset.rewards * reward_scale)
+        self.next_observations[:n] = torch.as_tensor(next_obs, dtype=torch.float32)
+        self.dones[:n, 0] = torch.as_tensor(dataset.terminals, dtype=torch.float32)
+        self.num_offline = self.size = self._cursor = n
+
+    def add(
+        self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray
+    ) -> None:
+        """Append a batch of online transitions (leading dim = number of envs)."""
+        obs = np.atleast_2d(obs)
+        n = obs.shape[0]
+        if self.capacity - self.num_offline < n:
+            raise ValueError("no online capacity left: increase the buffer capacity")
+        idx = self._online_indices(n)
+        self.observations[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        self.actions[idx] = torch.as_tensor(np.atleast_2d(action), dtype=torch.float32, device=self.device)
+        self.rewards[idx, 0] = torch.as_tensor(np.atleast_1d(reward), dtype=torch.float32, device=self.device)
+        self.next_observations[idx] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32, device=self.device)
+        self.dones[idx, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
+        self.size = min(self.size + n, self.capacity)
+
+    def _online_indices(self, n: int) -> torch.Tensor:
+        online_capacity = self.capacity - self.num_offline
+        start = self._cursor - self.num_offline
+        idx = (torch.arange(start, start + n) % online_capacity) + self.num_offline
+        self._cursor = int(idx[-1]) + 1
+        return idx.to(self.device)
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform minibatch over everything stored."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return Batch(*(getattr(self, f)[idx] for f in self._FIELDS))
+
+    # ------------------------------------------------------------ checkpoints
+    def online_state_dict(self) -> dict[str, Any]:
+        """The online part only: offline rows are reloaded from the dataset on resume."""
+        lo, hi = self.num_offline, self.size
+        state: dict[str, Any] = {f: getattr(self, f)[lo:hi].cpu().clone() for f in self._FIELDS}
+        state.update(num_offline=self.num_offline, size=self.size, cursor=self._cursor)
+        return state
+
+    def load_online_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`online_state_dict` into a buffer that already holds the same dataset."""
+        if state["num_offline"] != self.num_offline:
+            raise ValueError(
+                f"checkpoint buffer was built on {state['num_offline']} offline transitions, this one on {self.num_offline}"
+            )
+        lo, hi = self.num_offline, state["size"]
+        for f in self._FIELDS:
+            getattr(self, f)[lo:hi] = state[f].to(self.device)
+        self.size, self._cursor = state["size"], state["cursor"]

@@ -1,0 +1,1 @@
+"""Hydra config tree (a package so ``pkg://rlft.configs`` resolves when installed)."""

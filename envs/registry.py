@@ -1,0 +1,65 @@
+"""Task registry: the environments rlft knows by a short name, with their reference scores.
+
+A *task* is a Gymnasium environment id plus what evaluation needs to turn a return
+into a normalised score: ``100 * (return - ref_min) / (ref_max - ref_min)``.
+
+For the MuJoCo locomotion tasks the reference returns are D4RL's (random policy and
+the D4RL expert, Fu et al. 2020, ``d4rl/infos.py``), so that scores on our Gymnasium
+v5 datasets can be read against the offline-RL literature. Datasets may carry their
+own reference returns; those take precedence (see :mod:`rlft.offline.dataset`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registered task."""
+
+    name: str  # short name used in configs and dataset ids, e.g. "hopper"
+    env_id: str  # Gymnasium id passed to ``gymnasium.make``
+    ref_min_score: float  # return of a uniformly random policy
+    ref_max_score: float  # return of an expert policy
+    max_episode_steps: int = 1000
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    sparse_reward: bool = False  # success-style reward (affects MC returns and plots)
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, *, overwrite: bool = False) -> None:
+    """Add a task to the registry. Re-registering a name needs ``overwrite=True``."""
+    if spec.name in _TASKS and not overwrite:
+        raise ValueError(f"task {spec.name!r} is already registered (pass overwrite=True to replace it)")
+    _TASKS[spec.name] = spec
+
+
+def get_task(name: str) -> TaskSpec:
+    """Look a task up by its short name or its Gymnasium id."""
+    if name in _TASKS:
+        return _TASKS[name]
+    for spec in _TASKS.values():
+        if spec.env_id == name:
+            return spec
+    raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks."""
+    return sorted(_TASKS)
+
+
+# D4RL reference returns (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE of the v2 datasets).
+register_task(TaskSpec("hopper", "Hopper-v5", ref_min_score=-20.272305, ref_max_score=3234.3))
+register_task(TaskSpec("halfcheetah", "HalfCheetah-v5", ref_min_score=-280.178953, ref_max_score=12135.0))
+register_task(TaskSpec("walker2d", "Walker2d-v5", ref_min_score=1.629008, ref_max_score=4592.3))
+register_task(TaskSpec("ant", "Ant-v5", ref_min_score=-325.6, ref_max_score=3879.7))
+# Cheap tasks for tests and smoke runs (ref returns: random policy vs. solved).
+register_task(TaskSpec("pendulum", "Pendulum-v1", ref_min_score=-1230.0, ref_max_score=-150.0, max_episode_steps=200))
+register_task(
+    TaskSpec("inverted_pendulum", "InvertedPendulum-v5", ref_min_score=5.0, ref_max_score=1000.0)
+)

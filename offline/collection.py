@@ -1,0 +1,254 @@
+"""D4RL-style dataset collection with a stable-baselines3 SAC expert, written in Minari format.
+
+The recipe follows D4RL (Fu et al. 2020, Sec. 5 "Gym-MuJoCo"): train an online SAC agent,
+then write
+
+* ``random``        -- rollouts of a uniformly random policy,
+* ``medium``        -- rollouts of the SAC snapshot whose return is closest to one third of
+  the expert's (D4RL: "a policy trained to approximately 1/3 the performance of the expert"),
+* ``medium-replay`` -- every transition SAC saw during training up to that snapshot,
+* ``expert``        -- rollouts of the best SAC snapshot.
+
+Rollouts sample from the stochastic SAC policy, as D4RL's do. Each dataset is written with
+Minari's own writer (``minari.create_dataset_from_buffers``) under ``<out_dir>/<namespace>/<task>/<kind>-v<version>``,
+so ``minari.load_dataset`` and :func:`rlft.offline.load_dataset` both read it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlft.envs.registry import get_task
+
+DATASET_KINDS = ("random", "medium", "medium-replay", "expert")
+
+
+@dataclass
+class CollectionConfig:
+    """What to collect for one task."""
+
+    task: str = "hopper"  # registered task name (rlft.envs.registry)
+    out_dir: str = "data/minari"  # root folder; datasets land in <out_dir>/<namespace>/<task>/<kind>-v<version>
+    namespace: str = "rlft"  # Minari namespace of the written datasets
+    version: int = 0  # dataset version suffix
+    kinds: tuple[str, ...] = DATASET_KINDS  # which datasets to write
+    sac_steps: int = 200_000  # environment steps of SAC training (D4RL used 1M; CPU budget)
+    sac_learning_starts: int = 5_000  # uniform-random steps before SAC updates
+    snapshot_every: int = 5_000  # steps between saved policy snapshots
+    snapshot_eval_episodes: int = 5  # deterministic episodes to score each snapshot
+    medium_fraction: float = 1.0 / 3.0  # medium snapshot targets this fraction of the expert return
+    transitions: int = 100_000  # transitions per rollout dataset (random, medium, expert)
+    seed: int = 0
+    sac_kwargs: dict = field(default_factory=dict)  # extra stable_baselines3.SAC arguments
+
+
+@dataclass
+class _Snapshot:
+    step: int
+    actor_state: dict
+    eval_return: float = float("nan")
+
+
+class _EpisodeRecorder(gym.Wrapper):
+    """Keeps every finished episode seen through this env as a Minari episode buffer."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.episodes: list[dict[str, np.ndarray]] = []
+        self.episode_end_steps: list[int] = []
+        self.total_steps = 0
+        self._current: dict[str, list] | None = None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._current = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        assert self._current is not None, "step() called before reset()"
+        self.total_steps += 1
+        self._current["observations"].append(obs)
+        self._current["actions"].append(np.asarray(action, dtype=np.float32))
+        self._current["rewards"].append(float(reward))
+        self._current["terminations"].append(bool(terminated))
+        self._current["truncations"].append(bool(truncated))
+        if terminated or truncated:
+            self.episodes.append({k: np.asarray(v) for k, v in self._current.items()})
+            self.episode_end_steps.append(self.total_steps)
+            self._current = None
+        return obs, reward, terminated, truncated, info
+
+
+def _rollout_episodes(
+    env: gym.Env, act: Callable[[np.ndarray], np.ndarray], transitions: int, seed: int, desc: str
+) -> list[dict[str, np.ndarray]]:
+    """Collect whole episodes until at least ``transitions`` steps; the last episode is cut
+    (marked truncated) so the dataset has exactly ``transitions`` steps."""
+    recorder = _EpisodeRecorder(env)
+    obs, _ = recorder.reset(seed=seed)
+    with tqdm(total=transitions, desc=desc, unit="step", leave=False) as bar:
+        while recorder.total_steps < transitions:
+            obs, _, terminated, truncated, _ = recorder.step(act(obs))
+            bar.update(1)
+            if terminated or truncated:
+                obs, _ = recorder.reset()
+            elif recorder.total_steps == transitions:
+                recorder._current["truncations"][-1] = True
+                recorder.episodes.append({k: np.asarray(v) for k, v in recorder._current.items()})
+    return recorder.episodes
+
+
+def _evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> float:
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, ret = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            ret += float(reward)
+            done = terminated or truncated
+        returns.append(ret)
+    return float(np.mean(returns))
+
+
+def collect(cfg: CollectionConfig) -> dict:
+    """Train the SAC expert, write the requested datasets and return a summary dict."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    unknown = set(cfg.kinds) - set(DATASET_KINDS)
+    if unknown:
+        raise ValueError(f"unknown dataset kinds {sorted(unknown)}; choose from {DATASET_KINDS}")
+    task = get_task(cfg.task)
+    out_dir = Path(cfg.out_dir).resolve()
+    dataset_ids = {k: f"{cfg.namespace}/{task.name}/{k}-v{cfg.version}" for k in cfg.kinds}
+    for kind, dataset_id in dataset_ids.items():
+        if (out_dir / dataset_id).exists():
+            raise FileExistsError(f"{out_dir / dataset_id} exists; remove it or bump --version")
+    os.environ["MINARI_DATASETS_PATH"] = str(out_dir)
+    torch.manual_seed(cfg.seed)
+    started = time.time()
+
+    train_env = _EpisodeRecorder(gym.make(task.env_id, **task.env_kwargs))
+    train_env.reset(seed=cfg.seed)
+    train_env.action_space.seed(cfg.seed)
+    sac_kwargs = {"learning_starts": cfg.sac_learning_starts, "seed": cfg.seed, "device": "cpu", "verbose": 0}
+    sac_kwargs.update(cfg.sac_kwargs)
+    model = SAC("MlpPolicy", train_env, **sac_kwargs)
+    snapshots: list[_Snapshot] = []
+
+    class _SnapshotCallback(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % cfg.snapshot_every == 0:
+                snapshots.append(_Snapshot(self.num_timesteps, copy.deepcopy(model.policy.actor.state_dict())))
+            return True
+
+    model.learn(cfg.sac_steps, callback=_SnapshotCallback(), progress_bar=True)
+    if not snapshots:
+        raise ValueError(f"sac_steps={cfg.sac_steps} < snapshot_every={cfg.snapshot_every}: no snapshot was taken")
+
+    eval_env = gym.make(task.env_id, **task.env_kwargs)
+
+    def policy_fn(snapshot: _Snapshot, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
+        actor = copy.deepcopy(model.policy.actor)
+        actor.load_state_dict(snapshot.actor_state)
+        actor.eval()
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+                action = actor(obs_t, deterministic=deterministic)
+            return model.policy.unscale_action(action.squeeze(0).numpy())
+
+        return act
+
+    for snap in tqdm(snapshots, desc="scoring snapshots", leave=False):
+        snap.eval_return = _evaluate(eval_env, policy_fn(snap, True), cfg.snapshot_eval_episodes, 10_000)
+    expert = max(snapshots, key=lambda s: s.eval_return)
+    target = task.ref_min_score + cfg.medium_fraction * (expert.eval_return - task.ref_min_score)
+    medium = min(snapshots, key=lambda s: abs(s.eval_return - target))
+
+    episodes: dict[str, list[dict[str, np.ndarray]]] = {}
+    rng = np.random.default_rng(cfg.seed)
+    action_space = eval_env.action_space
+    for kind in cfg.kinds:
+        if kind == "random":
+            act = lambda _obs: rng.uniform(action_space.low, action_space.high).astype(np.float32)  # noqa: E731
+            episodes[kind] = _rollout_episodes(eval_env, act, cfg.transitions, cfg.seed + 1, kind)
+        elif kind == "medium":
+            episodes[kind] = _rollout_episodes(eval_env, policy_fn(medium, False), cfg.transitions, cfg.seed + 2, kind)
+        elif kind == "expert":
+            episodes[kind] = _rollout_episodes(eval_env, policy_fn(expert, False), cfg.transitions, cfg.seed + 3, kind)
+        else:
+            n = sum(1 for end in train_env.episode_end_steps if end <= medium.step)
+            episodes[kind] = train_env.episodes[:n]
+
+    summary: dict = {
+        "task": task.name,
+        "env_id": task.env_id,
+        "config": asdict(cfg),
+        "snapshots": [{"step": s.step, "eval_return": s.eval_return} for s in snapshots],
+        "expert_snapshot_step": expert.step,
+        "medium_snapshot_step": medium.step,
+        "datasets": {},
+    }
+    for kind, eps in episodes.items():
+        buffers = [
+            EpisodeBuffer(
+                id=i,
+                observations=ep["observations"],
+                actions=ep["actions"],
+                rewards=ep["rewards"],
+                terminations=ep["terminations"],
+                truncations=ep["truncations"],
+            )
+            for i, ep in enumerate(eps)
+        ]
+        returns = np.array([ep["rewards"].sum() for ep in eps])
+        minari.create_dataset_from_buffers(
+            dataset_id=dataset_ids[kind],
+            buffer=buffers,
+            env=task.env_id,
+            algorithm_name=f"SB3-SAC ({kind})",
+            author="rlft",
+            ref_min_score=task.ref_min_score,
+            ref_max_score=task.ref_max_score,
+            description=(
+                f"D4RL-style '{kind}' dataset for {task.env_id}, collected by rlft.offline.collection "
+                f"(SAC {cfg.sac_steps} steps, medium snapshot at step {medium.step}, expert at step {expert.step})."
+            ),
+            data_format="hdf5",
+            eval_env=task.env_id,
+            author_email="rlft@users.noreply.github.com",
+            code_permalink="rlft/offline/collection.py",
+        )
+        summary["datasets"][kind] = {
+            "id": dataset_ids[kind],
+            "path": str(out_dir / dataset_ids[kind]),
+            "episodes": len(eps),
+            "transitions": int(sum(len(ep["rewards"]) for ep in eps)),
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "normalized_score_mean": float(
+                100 * (returns.mean() - task.ref_min_score) / (task.ref_max_score - task.ref_min_score)
+            ),
+        }
+    summary["seconds"] = time.time() - started
+    summary_path = out_dir / cfg.namespace / task.name / f"collection-v{cfg.version}.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,248 @@
+"""Read transition datasets from D4RL-format HDF5, Minari, and rlft's own files.
+
+* **D4RL HDF5** -- the files D4RL downloads (``hopper_medium-v2.hdf5`` ...), read with h5py
+  directly: the ``d4rl`` package (mujoco-py, old gym) is not needed. When a file has no
+  ``next_observations`` they are derived as ``d4rl.qlearning_dataset`` does.
+* **Minari** -- a dataset id resolved by ``minari.load_dataset`` (local root
+  ``MINARI_DATASETS_PATH``), or the path of a dataset folder (the one holding ``data/``).
+* **rlft native** -- an HDF5 file with the six D4RL keys plus attributes
+  (``rlft_format``, ``env_id``, reference scores), written by :func:`save_native`.
+
+Every loader reads all arrays, validates them (:class:`TransitionDataset`) and only then
+returns: a bad file raises before anything half-loaded escapes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from rlft.offline.dataset import REQUIRED_KEYS, DatasetError, TransitionDataset
+
+NATIVE_FORMAT = "rlft-transitions-v1"
+D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
+_HDF5_SUFFIXES = (".hdf5", ".h5")
+
+
+def load_dataset(source: str | os.PathLike, format: str = "auto") -> TransitionDataset:
+    """Load a dataset from a path or a Minari id.
+
+    ``format`` is ``"auto"`` (decided from the path), ``"d4rl"``, ``"minari"`` or ``"native"``.
+    """
+    path = Path(source).expanduser()
+    if format == "auto":
+        if path.suffix in _HDF5_SUFFIXES:
+            format = "native" if _is_native(path) else "d4rl"
+        else:
+            format = "minari"  # a dataset folder, or an id such as "mujoco/hopper/medium-v0"
+    if format == "d4rl":
+        return load_d4rl_hdf5(path)
+    if format == "native":
+        return load_native(path)
+    if format == "minari":
+        return load_minari(source)
+    raise ValueError(f"unknown dataset format {format!r}; use 'auto', 'd4rl', 'minari' or 'native'")
+
+
+# ---------------------------------------------------------------------- HDF5
+def _open_hdf5(path: Path):
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({err})") from err
+
+
+def _is_native(path: Path) -> bool:
+    with _open_hdf5(path) as f:
+        return f.attrs.get("rlft_format") == NATIVE_FORMAT
+
+
+def _read_keys(f, path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    missing = [k for k in keys if k not in f]
+    if missing:
+        raise DatasetError(f"{path}: missing key(s) {missing}; the file has {sorted(f.keys())}")
+    return {k: np.asarray(f[k][()]) for k in keys}
+
+
+def load_d4rl_hdf5(
+    path: str | os.PathLike, ref_min_score: float | None = None, ref_max_score: float | None = None
+) -> TransitionDataset:
+    """Read a D4RL-format HDF5 file.
+
+    ``timeouts`` may be absent (D4RL v0 files): then only ``terminals`` and the file end
+    split episodes. Reference returns come from the arguments, else from the file's
+    ``ref_min_score``/``ref_max_score`` attributes, else stay unset.
+    """
+    path = Path(path)
+    with _open_hdf5(path) as f:
+        data = _read_keys(f, path, D4RL_REQUIRED)
+        data["timeouts"] = np.asarray(f["timeouts"][()]) if "timeouts" in f else np.zeros_like(data["terminals"])
+        if "next_observations" in f:
+            data["next_observations"] = np.asarray(f["next_observations"][()])
+        attrs = dict(f.attrs)
+    for key in ("rewards", "terminals", "timeouts"):
+        if data[key].ndim == 2 and data[key].shape[1] == 1:
+            data[key] = data[key][:, 0]
+    n = len(data["observations"])
+    for key, value in data.items():
+        if len(value) != n:
+            raise DatasetError(f"{path}: '{key}' has {len(value)} rows but 'observations' has {n}")
+    if "next_observations" not in data:
+        data = _derive_next_observations(data)
+    return TransitionDataset(
+        **{k: data[k] for k in REQUIRED_KEYS},
+        source=str(path),
+        env_id=_attr_str(attrs.get("env_id")),
+        ref_min_score=ref_min_score if ref_min_score is not None else _attr_float(attrs.get("ref_min_score")),
+        ref_max_score=ref_max_score if ref_max_score is not None else _attr_float(attrs.get("ref_max_score")),
+    )
+
+
+def _derive_next_observations(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``d4rl.qlearning_dataset``: next obs is the following row; the last step of a
+    timed-out episode has no successor in the file and is dropped. The kept step before
+    it inherits the timeout flag so episode boundaries survive."""
+    n = len(data["observations"])
+    keep = np.ones(n, dtype=bool)
+    keep[-1] = False
+    keep[:-1] &= ~data["timeouts"][:-1].astype(bool)
+    next_obs = np.concatenate([data["observations"][1:], data["observations"][-1:]])
+    timeouts = np.zeros(n, dtype=bool)
+    dropped = np.flatnonzero(~keep)
+    before = dropped - 1
+    before = before[(before >= 0) & keep[np.clip(before, 0, n - 1)]]
+    timeouts[before] = True
+    out = {k: v[keep] for k, v in data.items() if k != "timeouts"}
+    out["next_observations"] = next_obs[keep]
+    out["timeouts"] = timeouts[keep]
+    return out
+
+
+def _attr_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _attr_str(value) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def save_native(dataset: TransitionDataset, path: str | os.PathLike) -> Path:
+    """Write ``dataset`` as an rlft native HDF5 file, atomically (temp file + rename)."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key in REQUIRED_KEYS:
+                f.create_dataset(key, data=getattr(dataset, key), compression="gzip", compression_opts=4)
+            f.attrs["rlft_format"] = NATIVE_FORMAT
+            if dataset.env_id is not None:
+                f.attrs["env_id"] = dataset.env_id
+            if dataset.ref_min_score is not None:
+                f.attrs["ref_min_score"] = dataset.ref_min_score
+                f.attrs["ref_max_score"] = dataset.ref_max_score
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_native(path: str | os.PathLike) -> TransitionDataset:
+    """Read a file written by :func:`save_native`."""
+    path = Path(path)
+    with _open_hdf5(path) as f:
+        if f.attrs.get("rlft_format") != NATIVE_FORMAT:
+            raise DatasetError(f"{path}: not an rlft native dataset (attribute rlft_format != {NATIVE_FORMAT!r})")
+        data = _read_keys(f, path, REQUIRED_KEYS)
+        attrs = dict(f.attrs)
+    return TransitionDataset(
+        **data,
+        source=str(path),
+        env_id=_attr_str(attrs.get("env_id")),
+        ref_min_score=_attr_float(attrs.get("ref_min_score")),
+        ref_max_score=_attr_float(attrs.get("ref_max_score")),
+    )
+
+
+# -------------------------------------------------------------------- Minari
+def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> TransitionDataset:
+    """Read a Minari dataset by id (``minari.load_dataset``) or by its folder path.
+
+    Dict observations (goal-conditioned tasks) are flattened in the space's key order,
+    matching ``gymnasium.wrappers.FlattenObservation`` on the environment side.
+    """
+    import minari
+
+    path = Path(id_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "data").is_dir():
+            raise DatasetError(f"{path}: not a Minari dataset folder (no 'data/' inside)")
+        try:
+            dataset = minari.MinariDataset(path / "data")
+        except Exception as err:  # minari raises several types for broken folders
+            raise DatasetError(f"{path}: cannot open Minari dataset ({type(err).__name__}: {err})") from err
+        source = str(path)
+    else:
+        if path.is_absolute() or str(id_or_path).startswith("."):
+            raise FileNotFoundError(f"dataset folder not found: {path}")
+        try:
+            dataset = minari.load_dataset(str(id_or_path), download=download)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"Minari dataset {id_or_path!r} is not in the local root "
+                f"({os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}); download it with "
+                f"`minari download {id_or_path}` or pass download=True ({err})"
+            ) from err
+        source = str(id_or_path)
+
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in REQUIRED_KEYS}
+    for episode in dataset.iterate_episodes():
+        obs = _flatten_observations(episode.observations, source)
+        steps = len(episode.rewards)
+        if len(obs) != steps + 1:
+            raise DatasetError(
+                f"{source}: episode {episode.id} has {len(obs)} observations for {steps} steps (expected {steps + 1})"
+            )
+        columns["observations"].append(obs[:-1])
+        columns["next_observations"].append(obs[1:])
+        columns["actions"].append(np.asarray(episode.actions).reshape(steps, -1))
+        columns["rewards"].append(np.asarray(episode.rewards))
+        columns["terminals"].append(np.asarray(episode.terminations, dtype=bool))
+        timeouts = np.asarray(episode.truncations, dtype=bool).copy()
+        if steps and not episode.terminations[-1]:
+            timeouts[-1] = True  # an episode that did not terminate still ends here
+        columns["timeouts"].append(timeouts)
+    if not columns["rewards"]:
+        raise DatasetError(f"{source}: Minari dataset has no episodes")
+    metadata = dataset.storage.metadata
+    env_spec = dataset.env_spec
+    return TransitionDataset(
+        **{k: np.concatenate(v) for k, v in columns.items()},
+        source=source,
+        env_id=env_spec.id if env_spec is not None else None,
+        ref_min_score=_attr_float(metadata.get("ref_min_score")),
+        ref_max_score=_attr_float(metadata.get("ref_max_score")),
+        metadata={"minari_id": metadata.get("dataset_id"), "minari_version": metadata.get("minari_version")},
+    )
+
+
+def _flatten_observations(observations, source: str) -> np.ndarray:
+    if isinstance(observations, dict):
+        return np.concatenate([np.asarray(observations[k]).reshape(len(observations[k]), -1) for k in observations], -1)
+    obs = np.asarray(observations)
+    if obs.ndim != 2:
+        raise DatasetError(f"{source}: observations must be flat vectors, got per-episode shape {obs.shape}")
+    return obs

@@ -1,0 +1,1 @@
+"""Cross-cutting run machinery: experiment runner, checkpoints, seeding, logging, evaluation, plots."""

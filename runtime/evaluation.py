@@ -1,0 +1,75 @@
+"""Evaluation protocol: N deterministic episodes in a vector env, seeded, normalised."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+ActFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class EvalResult:
+    """Returns of ``episodes`` evaluation episodes and their normalised scores."""
+
+    returns: list[float]
+    lengths: list[int]
+    return_mean: float
+    return_std: float
+    normalized_score: float  # mean, 100 * (R - ref_min) / (ref_max - ref_min); NaN without references
+    normalized_score_std: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(
+    act: ActFn,
+    vec_env: gym.vector.VectorEnv,
+    episodes: int,
+    seed: int,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+) -> EvalResult:
+    """Run ``episodes`` episodes, ``vec_env.num_envs`` at a time; episode ``i`` is reset with ``seed + i``.
+
+    ``act`` maps a batch of observations to a batch of actions (the policy's deterministic
+    action). Results do not depend on training state or on how many envs run in parallel.
+    """
+    if episodes <= 0:
+        raise ValueError(f"episodes must be positive, got {episodes}")
+    returns: list[float] = []
+    lengths: list[int] = []
+    n = vec_env.num_envs
+    while len(returns) < episodes:
+        first = len(returns)
+        count = min(n, episodes - first)
+        seeds = [seed + first + i for i in range(n)]  # envs past `count` run but are not counted
+        obs, _ = vec_env.reset(seed=seeds)
+        ep_return = np.zeros(n)
+        ep_length = np.zeros(n, dtype=int)
+        running = np.ones(n, dtype=bool)
+        running[count:] = False
+        while running.any():
+            obs, reward, terminated, truncated, _ = vec_env.step(act(obs))
+            ep_return += np.where(running, reward, 0.0)
+            ep_length += running
+            running &= ~(terminated | truncated)
+        returns.extend(ep_return[:count].tolist())
+        lengths.extend(ep_length[:count].tolist())
+    r = np.asarray(returns)
+    if ref_min_score is not None and ref_max_score is not None and np.isfinite([ref_min_score, ref_max_score]).all():
+        norm = 100.0 * (r - ref_min_score) / (ref_max_score - ref_min_score)
+    else:
+        norm = np.full_like(r, np.nan)
+    return EvalResult(
+        returns=returns,
+        lengths=lengths,
+        return_mean=float(r.mean()),
+        return_std=float(r.std()),
+        normalized_score=float(norm.mean()),
+        normalized_score_std=float(norm.std()),
+    )

@@ -1,0 +1,298 @@
+"""Offline-to-online experiment: dataset phases (pretraining, offline RL) then online fine-tuning.
+
+One generic runner serves every agent with the contract of :class:`rlft.agents.td3.TD3`
+(``act``, ``update``, ``pretrain_phases``, ``start_online``, ``state_dict``). The run folder
+gets the resolved config, ``metrics.csv`` + TensorBoard, atomic checkpoints, ``eval.json``
+and a learning-curve PNG. ``resume`` continues from the newest checkpoint and reproduces
+the numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from rlft.agents.online import EnvStepper
+from rlft.agents.registry import build_agent, config_from_mapping
+from rlft.agents.replay_buffer import ReplayBuffer
+from rlft.envs.factory import make_env, make_vector_env, resolve_task
+from rlft.offline.dataset import DatasetError, TransitionDataset
+from rlft.offline.loaders import load_dataset
+from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlft.runtime.evaluation import EvalResult, evaluate
+from rlft.runtime.logger import MeanAccumulator, MetricLogger
+from rlft.runtime.plotting import plot_learning_curve
+from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainerConfig:
+    """Budgets and cadences of a run (``trainer:`` in the Hydra config)."""
+
+    batch_size: int = 256
+    pretrain_steps: dict[str, int] = field(default_factory=lambda: {"vae": 100_000})  # per agent phase
+    offline_steps: int = 1_000_000  # gradient updates on the dataset
+    online_steps: int = 1_000_000  # environment steps of fine-tuning
+    utd: int = 1  # updates per online environment step
+    eval_every: int = 5_000  # updates (offline) / env steps (online) between evaluations
+    eval_episodes: int = 10
+    eval_envs: int = 10  # evaluation episodes run in parallel (vector env)
+    eval_seed: int = 1_000_000  # evaluation episode i resets with eval_seed + i
+    log_every: int = 1_000
+    checkpoint_every: int = 50_000  # online: at the first episode end past each multiple
+    keep_checkpoints: int = 2
+    normalize_obs: bool = True  # normalise observations with dataset statistics
+    reward_scale: float = 1.0
+    progress: bool = True  # tqdm progress bars
+
+
+class Experiment:
+    """Builds everything from a resolved config and runs (or resumes) the phases."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.trainer: TrainerConfig = config_from_mapping(TrainerConfig, cfg.trainer, "trainer")
+        self.device = torch.device(cfg.device)
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        seed_everything(int(cfg.seed))
+
+        self.task = resolve_task(cfg.env.task)
+        self.dataset = self._load_dataset()
+        self.obs_stats = self.dataset.observation_stats() if self.trainer.normalize_obs else None
+        self.ref_scores = (self.dataset.ref_min_score, self.dataset.ref_max_score)
+
+        probe = make_env(cfg.env)
+        self.dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
+        probe.close()
+
+        agent_options = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
+        self.agent = build_agent(cfg.agent.name, agent_options, self.dataset.obs_dim, self.dataset.action_dim, self.device)
+        self.buffer = ReplayBuffer(
+            self.dataset.obs_dim,
+            self.dataset.action_dim,
+            len(self.dataset) + max(1, self.trainer.online_steps),
+            self.device,
+        )
+        mean, std = self.obs_stats if self.obs_stats is not None else (None, None)
+        self.buffer.load_dataset(self.dataset, mean, std, self.trainer.reward_scale)
+        self.eval_env = make_vector_env(cfg.env, min(self.trainer.eval_envs, self.trainer.eval_episodes), self.obs_stats)
+
+        phases = []
+        for name, fn in self.agent.pretrain_phases:
+            if name not in self.trainer.pretrain_steps:
+                raise ValueError(f"agent '{cfg.agent.name}' has a '{name}' phase: set trainer.pretrain_steps.{name}")
+            phases.append((name, int(self.trainer.pretrain_steps[name]), fn))
+        phases.append(("offline", self.trainer.offline_steps, self.agent.update))
+        self.dataset_phases: list[tuple[str, int, Callable]] = phases
+        self.phase_index, self.phase_step, self.global_step = 0, 0, 0
+        self.eval_history: list[dict[str, Any]] = []
+        self.phase_starts: dict[str, int] = {}
+        self.accumulator = MeanAccumulator()
+        self.stepper: EnvStepper | None = None
+        self._resume_step: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _load_dataset(self) -> TransitionDataset:
+        ds_cfg = self.cfg.dataset
+        dataset = load_dataset(ds_cfg.source, ds_cfg.get("format", "auto"))
+        if dataset.env_id and dataset.env_id.split("-v")[0] != self.task.env_id.split("-v")[0]:
+            raise DatasetError(
+                f"{dataset.source}: collected in {dataset.env_id} but the run's env is {self.task.env_id}"
+            )
+        if dataset.ref_min_score is None and np.isfinite([self.task.ref_min_score, self.task.ref_max_score]).all():
+            dataset.with_reference_scores(self.task.ref_min_score, self.task.ref_max_score)
+        return dataset
+
+    @property
+    def num_phases(self) -> int:
+        return len(self.dataset_phases) + 1  # + online
+
+    @property
+    def phase_name(self) -> str:
+        if self.phase_index < len(self.dataset_phases):
+            return self.dataset_phases[self.phase_index][0]
+        return "online" if self.phase_index == len(self.dataset_phases) else "done"
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> Path:
+        state = {
+            "agent": self.agent.state_dict(),
+            "counters": {"phase_index": self.phase_index, "phase_step": self.phase_step, "global_step": self.global_step},
+            "rng": get_rng_state(),
+            "eval_history": self.eval_history,
+            "phase_starts": self.phase_starts,
+            "accumulator": self.accumulator.state_dict(),
+            "buffer": self.buffer.online_state_dict(),
+            "stepper": self.stepper.state_dict() if self.stepper is not None else None,
+            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+        }
+        return save_checkpoint(self.run_dir / "checkpoints", self.global_step, state, self.trainer.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in the run folder; ``False`` when there is none."""
+        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.device)
+        self.agent.load_state_dict(state["agent"])
+        counters = state["counters"]
+        self.phase_index, self.phase_step, self.global_step = (
+            counters["phase_index"], counters["phase_step"], counters["global_step"],
+        )
+        self.eval_history = list(state["eval_history"])
+        self.phase_starts = dict(state["phase_starts"])
+        self.accumulator.load_state_dict(state["accumulator"])
+        self.buffer.load_online_state_dict(state["buffer"])
+        if state["stepper"] is not None:
+            self.stepper = self._make_stepper()
+            self.stepper.load_state_dict(state["stepper"])
+        set_rng_state(state["rng"])
+        self._resume_step = self.global_step
+        print(f"resumed from {path} (phase {self.phase_name}, step {self.phase_step}, global step {self.global_step})")
+        return True
+
+    def _make_stepper(self) -> EnvStepper:
+        env = make_env(self.cfg.env, self.obs_stats)
+        return EnvStepper(env, self.buffer, int(self.cfg.seed), self.device)
+
+    # -------------------------------------------------------------- evaluate
+    def _act_numpy(self, obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.agent.act(obs_t, deterministic=True).cpu().numpy()
+
+    def _evaluate(self, phase: str) -> EvalResult:
+        result = evaluate(
+            self._act_numpy, self.eval_env, self.trainer.eval_episodes, self.trainer.eval_seed, *self.ref_scores
+        )
+        record = {"step": self.global_step, "phase": phase, "phase_step": self.phase_step, **result.as_dict()}
+        self.eval_history.append(record)
+        self.logger.log(self.global_step, {"phase": phase, "eval/return": result.return_mean,
+                                           "eval/normalized_score": result.normalized_score})
+        self._write_eval_json()
+        return result
+
+    def _write_eval_json(self) -> None:
+        def last(phase: str) -> dict | None:
+            found = [r for r in self.eval_history if r["phase"] == phase]
+            return found[-1] if found else None
+
+        out = {
+            "task": self.task.name,
+            "env_id": self.task.env_id,
+            "dataset": self.dataset.summary(),
+            "seed": int(self.cfg.seed),
+            "offline_end": last("offline"),
+            "online_end": last("online") if self.phase_name == "done" else None,
+            "history": self.eval_history,
+        }
+        tmp = self.run_dir / "eval.json.tmp"
+        tmp.write_text(json.dumps(out, indent=2))
+        os.replace(tmp, self.run_dir / "eval.json")
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Run every remaining phase; returns the content of ``eval.json``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        self.logger = MetricLogger(self.run_dir, resume_step=self._resume_step)
+        try:
+            while self.phase_index < len(self.dataset_phases):
+                name, steps, update_fn = self.dataset_phases[self.phase_index]
+                self._run_dataset_phase(name, steps, update_fn)
+            if self.phase_index == len(self.dataset_phases):
+                self._run_online_phase()
+        finally:
+            self.logger.close()
+        self._write_eval_json()
+        plot_learning_curve(
+            self.eval_history,
+            self.run_dir / "learning_curve.png",
+            title=f"{self.cfg.agent.name} on {Path(str(self.cfg.dataset.source)).name} (seed {self.cfg.seed})",
+            phase_boundaries={"online": self.phase_starts["online"]} if "online" in self.phase_starts else None,
+        )
+        return json.loads((self.run_dir / "eval.json").read_text())
+
+    def _advance_phase(self) -> None:
+        self.phase_index += 1
+        self.phase_step = 0
+
+    def _log(self, phase: str, started: float, steps_done: int) -> None:
+        rate = steps_done / max(time.perf_counter() - started, 1e-9)
+        self.logger.log(self.global_step, {"phase": phase, "phase_step": self.phase_step,
+                                           "steps_per_sec": rate, **self.accumulator.pop()})
+
+    def _run_dataset_phase(self, name: str, steps: int, update_fn: Callable) -> None:
+        self.phase_starts.setdefault(name, self.global_step - self.phase_step)
+        t = self.trainer
+        started, first = time.perf_counter(), self.phase_step
+        bar = tqdm(total=steps, initial=self.phase_step, desc=name, disable=not t.progress, mininterval=1.0)
+        while self.phase_step < steps:
+            self.accumulator.add(update_fn(self.buffer.sample(t.batch_size)))
+            self.phase_step += 1
+            self.global_step += 1
+            bar.update(1)
+            if self.phase_step % t.log_every == 0:
+                self._log(name, started, self.phase_step - first)
+            if name == "offline" and (self.phase_step % t.eval_every == 0 or self.phase_step == steps):
+                result = self._evaluate(name)
+                bar.set_postfix(score=f"{result.normalized_score:.1f}")
+            if self.phase_step % t.checkpoint_every == 0 and self.phase_step < steps:
+                self._checkpoint()
+        bar.close()
+        self._advance_phase()
+        self._checkpoint()
+
+    def _run_online_phase(self) -> None:
+        t = self.trainer
+        if self.stepper is None:
+            self.agent.start_online()
+            self.stepper = self._make_stepper()
+            self.phase_starts["online"] = self.global_step
+        started, first = time.perf_counter(), self.phase_step
+        next_checkpoint = (self.phase_step // t.checkpoint_every + 1) * t.checkpoint_every
+        bar = tqdm(total=t.online_steps, initial=self.phase_step, desc="online", disable=not t.progress, mininterval=1.0)
+        explore = lambda obs: self.agent.act(obs, deterministic=False)  # noqa: E731
+        while self.phase_step < t.online_steps:
+            episode = self.stepper.step(explore)
+            for _ in range(t.utd):
+                self.accumulator.add(self.agent.update(self.buffer.sample(t.batch_size)))
+            self.phase_step += 1
+            self.global_step += 1
+            bar.update(1)
+            if episode is not None:
+                self.accumulator.add({"train/episode_return": episode.episode_return,
+                                      "train/episode_length": episode.length})
+            if self.phase_step % t.log_every == 0:
+                self._log("online", started, self.phase_step - first)
+            if self.phase_step % t.eval_every == 0 or self.phase_step == t.online_steps:
+                result = self._evaluate("online")
+                bar.set_postfix(score=f"{result.normalized_score:.1f}")
+            if episode is not None and self.phase_step >= next_checkpoint and self.phase_step < t.online_steps:
+                self._checkpoint()
+                next_checkpoint = (self.phase_step // t.checkpoint_every + 1) * t.checkpoint_every
+        bar.close()
+        self.stepper.env.close()
+        self.stepper = None
+        self._advance_phase()
+        self._checkpoint()
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """The resolved config a run folder was started with."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist (is {run_dir} an rlft run folder?)")
+    return OmegaConf.load(path)

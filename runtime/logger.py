@@ -1,0 +1,94 @@
+"""Metric logging to ``metrics.csv`` and TensorBoard, resumable without duplicate rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping
+
+STEP_KEY = "step"
+
+
+class MetricLogger:
+    """Writes one CSV row per :meth:`log` call and mirrors scalars to TensorBoard.
+
+    The CSV header grows as new keys appear (the file is rewritten then; metrics files
+    are small). ``resume_step`` drops rows logged after that step, so a run resumed from a
+    checkpoint does not keep the rows of the interrupted tail twice.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rows: list[dict[str, float | str]] = []
+        self._fields: list[str] = [STEP_KEY]
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self._fields = list(reader.fieldnames or [STEP_KEY])
+                self._rows = [row for row in reader if int(float(row[STEP_KEY])) <= resume_step]
+            self._rewrite()
+        elif self.path.exists():
+            self.path.unlink()
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+
+    def log(self, step: int, metrics: Mapping[str, float | str]) -> None:
+        """Record ``metrics`` at ``step``."""
+        row: dict[str, float | str] = {STEP_KEY: step, **metrics}
+        new_keys = [k for k in row if k not in self._fields]
+        self._rows.append(row)
+        if new_keys:
+            self._fields.extend(new_keys)
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._fields).writerow(row)
+        if self._writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._fields)
+            writer.writeheader()
+            writer.writerows(self._rows)
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class MeanAccumulator:
+    """Averages the scalar dicts returned by ``update`` between two log calls."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += float(value)
+            self.counts[key] += 1
+
+    def pop(self) -> dict[str, float]:
+        """The means so far; the accumulator is emptied."""
+        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        self.sums.clear()
+        self.counts.clear()
+        return means
+
+    def state_dict(self) -> dict[str, dict]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: Mapping[str, dict]) -> None:
+        self.sums = defaultdict(float, state["sums"])
+        self.counts = defaultdict(int, state["counts"])

@@ -1,0 +1,85 @@
+"""Learning-curve plots (PNG) for run folders and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_learning_curve(
+    history: Sequence[Mapping[str, float | str]],
+    path: str | Path,
+    title: str,
+    phase_boundaries: Mapping[str, int] | None = None,
+) -> Path:
+    """Plot normalised evaluation score (mean ± std over episodes) against training step.
+
+    ``history`` holds the evaluation records written to ``eval.json`` (keys ``step``,
+    ``phase``, ``normalized_score``, ``normalized_score_std``); ``phase_boundaries``
+    maps a label to the step where that phase starts (drawn as a dashed line).
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    phases = list(dict.fromkeys(str(r["phase"]) for r in history))
+    for phase in phases:
+        records = [r for r in history if r["phase"] == phase]
+        steps = np.array([r["step"] for r in records], dtype=float)
+        mean = np.array([r["normalized_score"] for r in records], dtype=float)
+        std = np.array([r["normalized_score_std"] for r in records], dtype=float)
+        ax.plot(steps, mean, marker="o", markersize=3, label=phase)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    for label, step in (phase_boundaries or {}).items():
+        ax.axvline(step, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color="grey")
+    _finish(ax, title, "training step", "normalised score")
+    return _save(fig, path)
+
+
+def plot_seed_curves(
+    curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "normalised score",
+    vlines: Mapping[str, float] | None = None,
+) -> Path:
+    """Plot the mean over seeds with a shaded ± std band for each named method.
+
+    ``curves[name]`` is a list (one per seed) of ``(steps, values)`` arrays on a shared grid.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in curves.items():
+        steps = runs[0][0]
+        values = np.stack([v for _, v in runs])
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(steps, mean, label=f"{name} (n={len(runs)})")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    for label, x in (vlines or {}).items():
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color="grey")
+    _finish(ax, title, xlabel, ylabel)
+    return _save(fig, path)
+
+
+def _finish(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

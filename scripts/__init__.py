@@ -1,0 +1,1 @@
+"""Entry points: the ``rlft`` command, dataset collection and benchmark drivers."""

@@ -1,0 +1,76 @@
+"""Micro-benchmark: gradient updates per second of TD3 and SPOT on this machine.
+
+Synthetic batches with Hopper's shapes (obs 11, action 3, batch 256); each configuration
+runs warm-up updates then times ``--updates`` updates. Writes ``benchmarks/update_speed.md``.
+
+    python -m rlft.scripts.benchmark_updates --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlft.agents.replay_buffer import Batch
+from rlft.agents.td3 import TD3, TD3Config
+from rlft.offline.spot import SPOT, SPOTConfig
+
+
+def updates_per_second(update: Callable[[Batch], dict], batch: Batch, updates: int) -> float:
+    for _ in range(20):
+        update(batch)
+    start = time.perf_counter()
+    for _ in range(updates):
+        update(batch)
+    return updates / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default="benchmarks/update_speed.md")
+    args = parser.parse_args(argv)
+    command = "python -m rlft.scripts.benchmark_updates " + shlex.join(sys.argv[1:] if argv is None else argv)
+    torch.manual_seed(0)
+    b = args.batch_size
+    batch = Batch(torch.randn(b, 11), torch.rand(b, 3) * 2 - 1, torch.randn(b, 1), torch.randn(b, 11), torch.zeros(b, 1))
+    configs = {  # name -> (agent factory, time VAE pretraining instead of actor-critic updates)
+        "TD3 (256-256)": (lambda: TD3(11, 3, TD3Config()), False),
+        "SPOT, VAE 256-256 (demo)": (lambda: SPOT(11, 3, SPOTConfig(vae_hidden=256)), False),
+        "SPOT, VAE 750-750 (paper)": (lambda: SPOT(11, 3, SPOTConfig()), False),
+        "SPOT VAE pretraining, 750-750": (lambda: SPOT(11, 3, SPOTConfig()), True),
+    }
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, (make, vae_only) in configs.items():
+            agent = make()
+            rate = updates_per_second(agent.update_vae if vae_only else agent.update, batch, args.updates)
+            rows.append((name, threads, rate))
+            print(f"{name:<32} threads={threads}  {rate:7.1f} updates/s")
+    lines = [
+        "# Gradient updates per second (CPU)",
+        "",
+        f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"batch {b}, Hopper shapes.",
+        "",
+        "| configuration | torch threads | updates/s |",
+        "| --- | ---: | ---: |",
+        *[f"| {n} | {t} | {r:.0f} |" for n, t, r in rows],
+        "",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Train a SAC expert and write D4RL-style Minari datasets for one or more MuJoCo tasks.
+
+Example (what produced the datasets shipped in ``data/minari``)::
+
+    python -m rlft.scripts.collect_datasets --tasks hopper --sac-steps 80000 --transitions 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from rlft.offline.collection import DATASET_KINDS, CollectionConfig, collect
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = CollectionConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["hopper", "halfcheetah", "walker2d"])
+    parser.add_argument("--kinds", nargs="+", default=list(DATASET_KINDS), choices=DATASET_KINDS)
+    parser.add_argument("--out-dir", default=defaults.out_dir)
+    parser.add_argument("--namespace", default=defaults.namespace)
+    parser.add_argument("--version", type=int, default=defaults.version)
+    parser.add_argument("--sac-steps", type=int, default=defaults.sac_steps)
+    parser.add_argument("--learning-starts", type=int, default=defaults.sac_learning_starts)
+    parser.add_argument("--snapshot-every", type=int, default=defaults.snapshot_every)
+    parser.add_argument("--transitions", type=int, default=defaults.transitions)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    for task in args.tasks:
+        summary = collect(
+            CollectionConfig(
+                task=task,
+                out_dir=args.out_dir,
+                namespace=args.namespace,
+                version=args.version,
+                kinds=tuple(args.kinds),
+                sac_steps=args.sac_steps,
+                sac_learning_starts=args.learning_starts,
+                snapshot_every=args.snapshot_every,
+                transitions=args.transitions,
+                seed=args.seed,
+            )
+        )
+        print(f"\n== {task}: SAC {args.sac_steps} steps in {summary['seconds']:.0f}s; "
+              f"expert snapshot @ {summary['expert_snapshot_step']}, medium @ {summary['medium_snapshot_step']}")
+        print(f"{'dataset':<36}{'episodes':>9}{'steps':>9}{'return':>16}{'norm. score':>13}")
+        for info in summary["datasets"].values():
+            print(f"{info['id']:<36}{info['episodes']:>9}{info['transitions']:>9}"
+                  f"{info['return_mean']:>9.1f} ±{info['return_std']:>5.0f}{info['normalized_score_mean']:>13.1f}")
+        print(json.dumps(summary["snapshots"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The ``rlft`` console command: a Hydra app that runs (or resumes) an offline-to-online experiment.
+
+    rlft                                   # embedded default: SPOT on the shipped hopper-medium data
+    rlft dataset=hopper-medium-replay seed=1 trainer.online_steps=50000
+    rlft -m seed=0,1,2                     # local sweep (Hydra multirun)
+    rlft resume=runs/spot_hopper-medium/<timestamp>
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+import rlft
+from rlft.runtime.experiment import Experiment, load_run_config
+
+DATA_ROOT = Path(rlft.__file__).resolve().parent / "data"
+
+
+def data_path(relative: str) -> str:
+    """Resolver ``${rlft_data:...}``: a path inside the repository's ``data/`` folder."""
+    return str(DATA_ROOT / relative)
+
+
+def first_set(value: str | None, default: str) -> str:
+    """Resolver ``${rlft_or:a,b}``: ``a`` unless it is null or empty, else ``b``."""
+    return value if value else default
+
+
+for _name, _fn in (("rlft_data", data_path), ("rlft_or", first_set)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run the experiment ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` is set) and print scores."""
+    resume = cfg.get("resume")
+    if resume:
+        run_dir = Path(resume)
+        cfg = load_run_config(run_dir)
+        print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
+    experiment = Experiment(cfg, run_dir)
+    if resume and not experiment.resume():
+        raise FileNotFoundError(f"cannot resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    results = experiment.run()
+    print_summary(results, run_dir)
+    return results
+
+
+def print_summary(results: dict, run_dir: str | Path) -> None:
+    """Before/after scores of an offline-to-online run."""
+    rows = [("offline end (before fine-tuning)", results.get("offline_end")),
+            ("online end (after fine-tuning)", results.get("online_end"))]
+    print(f"\n{results['task']} | dataset {results['dataset']['source']}")
+    for label, record in rows:
+        if record is not None:
+            print(f"  {label:<34} normalised score {record['normalized_score']:6.1f} ± {record['normalized_score_std']:5.1f}"
+                  f"   (return {record['return_mean']:.1f}, {len(record['returns'])} episodes)")
+    print(f"  run folder: {run_dir}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(_hydra_main())
+
+
+if __name__ == "__main__":
+    main()

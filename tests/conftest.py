@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny datasets written by the project's own code, no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlft.offline.dataset import TransitionDataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_HOPPER_MEDIUM = REPO_ROOT / "data" / "minari" / "rlft" / "hopper" / "medium-v0"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fixed seeds, one torch thread, and a private Minari root for every test."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari_root"))
+    torch.manual_seed(0)
+    np.random.seed(0)
+    torch.set_num_threads(1)
+
+
+def rollout_episodes(env_id: str, steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Random-policy episodes (Minari layout: T+1 observations per T steps); the last one is cut."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    episodes, obs = [], env.reset(seed=seed)[0]
+    current: dict[str, list] = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    for t in range(steps):
+        action = env.action_space.sample()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        last = t == steps - 1
+        current["observations"].append(obs)
+        current["actions"].append(action)
+        current["rewards"].append(reward)
+        current["terminations"].append(terminated)
+        current["truncations"].append(truncated or (last and not terminated))
+        if terminated or truncated or last:
+            episodes.append({k: np.asarray(v) for k, v in current.items()})
+            obs = env.reset()[0]
+            current = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
+    return episodes
+
+
+def episodes_to_dataset(episodes: list[dict[str, np.ndarray]], source: str = "<test>") -> TransitionDataset:
+    """Flatten Minari-layout episodes into a TransitionDataset."""
+    cat = lambda key: np.concatenate([e[key] for e in episodes])  # noqa: E731
+    return TransitionDataset(
+        observations=np.concatenate([e["observations"][:-1] for e in episodes]),
+        actions=cat("actions"),
+        rewards=cat("rewards"),
+        terminals=cat("terminations"),
+        timeouts=cat("truncations"),
+        next_observations=np.concatenate([e["observations"][1:] for e in episodes]),
+        source=source,
+    )
+
+
+@pytest.fixture(scope="session")
+def hopper_episodes() -> list[dict[str, np.ndarray]]:
+    return rollout_episodes("Hopper-v5", 400, seed=3)
+
+
+@pytest.fixture
+def hopper_dataset(hopper_episodes) -> TransitionDataset:
+    return episodes_to_dataset(hopper_episodes, "hopper-random")

@@ -1,0 +1,70 @@
+"""Replay buffer: dataset loading, online ring, sampling, checkpoint state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlft.agents.replay_buffer import ReplayBuffer
+
+
+def test_load_dataset_normalises_and_keeps_terminals(hopper_dataset):
+    mean, std = hopper_dataset.observation_stats()
+    buf = ReplayBuffer(11, 3, len(hopper_dataset) + 10)
+    buf.load_dataset(hopper_dataset, mean, std, reward_scale=2.0)
+    assert len(buf) == buf.num_offline == len(hopper_dataset)
+    np.testing.assert_allclose(buf.observations[: len(buf)].numpy(), (hopper_dataset.observations - mean) / std, rtol=1e-5)
+    np.testing.assert_allclose(buf.rewards[: len(buf), 0].numpy(), 2.0 * hopper_dataset.rewards, rtol=1e-6)
+    assert buf.dones[: len(buf), 0].sum().item() == hopper_dataset.terminals.sum()
+
+
+def test_online_ring_never_overwrites_offline_rows(hopper_dataset):
+    n = len(hopper_dataset)
+    buf = ReplayBuffer(11, 3, n + 5)
+    buf.load_dataset(hopper_dataset)
+    offline_copy = buf.observations[:n].clone()
+    for i in range(12):
+        buf.add(np.full(11, i, np.float32), np.zeros(3), np.float32(i), np.zeros(11), np.float32(0))
+    assert len(buf) == n + 5 and buf.num_online == 5
+    torch.testing.assert_close(buf.observations[:n], offline_copy)
+    # the five online slots hold the five newest transitions (7..11)
+    assert sorted(buf.rewards[n:, 0].tolist()) == [7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_sampling_is_uniform_and_seeded(hopper_dataset):
+    buf = ReplayBuffer(1, 1, 4)
+    for i in range(4):
+        buf.add(np.array([i]), np.array([0.0]), np.float32(i), np.array([0.0]), np.float32(0))
+    torch.manual_seed(0)
+    a = buf.sample(4000)
+    counts = np.bincount(a.rewards[:, 0].long().numpy(), minlength=4)
+    assert counts.min() > 850 and counts.max() < 1150
+    torch.manual_seed(0)
+    torch.testing.assert_close(buf.sample(4000).observations, a.observations)
+    assert a.observations.shape == (4000, 1) and a.dones.shape == (4000, 1)
+
+
+def test_online_state_round_trip(hopper_dataset):
+    n = len(hopper_dataset)
+    a = ReplayBuffer(11, 3, n + 50)
+    a.load_dataset(hopper_dataset)
+    for i in range(60):
+        a.add(np.random.randn(11), np.random.randn(3), np.float32(i), np.random.randn(11), np.float32(i % 2))
+    b = ReplayBuffer(11, 3, n + 50)
+    b.load_dataset(hopper_dataset)
+    b.load_online_state_dict(a.online_state_dict())
+    for field in ReplayBuffer._FIELDS:
+        torch.testing.assert_close(getattr(a, field), getattr(b, field))
+    a.add(np.ones(11), np.ones(3), np.float32(99), np.ones(11), np.float32(0))
+    b.add(np.ones(11), np.ones(3), np.float32(99), np.ones(11), np.float32(0))
+    torch.testing.assert_close(a.rewards, b.rewards)
+
+
+def test_errors_on_misuse(hopper_dataset):
+    with pytest.raises(RuntimeError, match="empty"):
+        ReplayBuffer(11, 3, 10).sample(2)
+    with pytest.raises(ValueError, match="do not match the buffer"):
+        ReplayBuffer(17, 6, 10_000).load_dataset(hopper_dataset)
+    with pytest.raises(ValueError, match="do not fit"):
+        ReplayBuffer(11, 3, 10).load_dataset(hopper_dataset)
