@@ -31,6 +31,7 @@ from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator, MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
+from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
 CONFIG_FILE = "config.yaml"

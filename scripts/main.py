@@ -13,27 +13,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import rlft
 from rlft.runtime.experiment import Experiment, load_run_config
-
-DATA_ROOT = Path(rlft.__file__).resolve().parent / "data"
-
-
-def data_path(relative: str) -> str:
-    """Resolver ``${rlft_data:...}``: a path inside the repository's ``data/`` folder."""
-    return str(DATA_ROOT / relative)
-
-
-def first_set(value: str | None, default: str) -> str:
-    """Resolver ``${rlft_or:a,b}``: ``a`` unless it is null or empty, else ``b``."""
-    return value if value else default
-
-
-for _name, _fn in (("rlft_data", data_path), ("rlft_or", first_set)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:

@@ -11,7 +11,6 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-import rlft.scripts.main  # noqa: F401  registers the ${rlft_data:} and ${rlft_or:} resolvers
 from rlft.offline.loaders import save_native
 from rlft.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from rlft.runtime.experiment import Experiment
