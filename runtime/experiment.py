@@ -118,10 +118,6 @@ class Experiment:
         return dataset
 
     @property
-    def num_phases(self) -> int:
-        return len(self.dataset_phases) + 1  # + online
-
-    @property
     def phase_name(self) -> str:
         if self.phase_index < len(self.dataset_phases):
             return self.dataset_phases[self.phase_index][0]
@@ -206,6 +202,11 @@ class Experiment:
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         """Run every remaining phase; returns the content of ``eval.json``."""
+        if self._resume_step is None and latest_checkpoint(self.run_dir / "checkpoints") is not None:
+            raise FileExistsError(
+                f"{self.run_dir} already holds checkpoints of another run: resume it (resume={self.run_dir}) "
+                "or choose a new run folder"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         self.logger = MetricLogger(self.run_dir, resume_step=self._resume_step)
@@ -221,7 +222,7 @@ class Experiment:
         plot_learning_curve(
             self.eval_history,
             self.run_dir / "learning_curve.png",
-            title=f"{self.cfg.agent.name} on {Path(str(self.cfg.dataset.source)).name} (seed {self.cfg.seed})",
+            title=f"{self.cfg.agent.name} on {self.cfg.dataset.get('name', self.dataset.source)} (seed {self.cfg.seed})",
             phase_boundaries={"online": self.phase_starts["online"]} if "online" in self.phase_starts else None,
         )
         return json.loads((self.run_dir / "eval.json").read_text())

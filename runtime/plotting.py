@@ -26,8 +26,11 @@ def plot_learning_curve(
     """
     fig, ax = plt.subplots(figsize=(7, 4))
     phases = list(dict.fromkeys(str(r["phase"]) for r in history))
+    previous: list = []
     for phase in phases:
-        records = [r for r in history if r["phase"] == phase]
+        # each phase's line starts where the previous one ended (e.g. online from the offline end)
+        records = previous[-1:] + [r for r in history if r["phase"] == phase]
+        previous = records
         steps = np.array([r["step"] for r in records], dtype=float)
         mean = np.array([r["normalized_score"] for r in records], dtype=float)
         std = np.array([r["normalized_score_std"] for r in records], dtype=float)

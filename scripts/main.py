@@ -28,7 +28,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     experiment = Experiment(cfg, run_dir)
     if resume and not experiment.resume():
         raise FileNotFoundError(f"cannot resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
-    results = experiment.run()
+    try:
+        results = experiment.run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue from the last checkpoint with `rlft resume={run_dir}`", file=sys.stderr)
+        raise
     print_summary(results, run_dir)
     return results
 

@@ -111,6 +111,13 @@ def test_resume_without_checkpoint_returns_false(tmp_path, native_hopper):
     assert Experiment(smoke_config(native_hopper), tmp_path / "empty").resume() is False
 
 
+def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, native_hopper):
+    cfg = smoke_config(native_hopper, "trainer.online_steps=0", "trainer.offline_steps=50")
+    Experiment(cfg, tmp_path / "run").run()
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        Experiment(cfg, tmp_path / "run").run()
+
+
 def test_bad_agent_option_and_env_mismatch_fail_clearly(tmp_path, native_hopper):
     with pytest.raises(ValueError, match=r"unknown agent 'spot' option\(s\) \['bogus'\]"):
         Experiment(smoke_config(native_hopper, "+agent.bogus=1"), tmp_path / "a")

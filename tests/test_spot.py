@@ -117,7 +117,6 @@ def test_vae_is_frozen_during_actor_critic_updates():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.skipif(not SHIPPED_HOPPER_MEDIUM.exists(), reason="shipped dataset missing")
 def test_spot_beats_random_policy_on_shipped_hopper_medium():
     """A short SPOT run on the real dataset clearly outscores a uniformly random policy."""
     from rlft.offline.loaders import load_dataset
