@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(f"| **mean ± std** | **{m['offline_end'][0]:.1f} ± {m['offline_end'][1]:.1f}** | "
                  f"**{m['online_end'][0]:.1f} ± {m['online_end'][1]:.1f}** | {m['online_best'][0]:.1f} ± {m['online_best'][1]:.1f} | "
                  f"{m['offline_updates_per_sec'][0]:.0f} | {m['online_steps_per_sec'][0]:.0f} |")
-    lines += ["", "![learning curves](learning_curves.png)", ""]
+    lines += ["", f"Rates are per process with {args.workers} processes sharing the machine's {os.cpu_count()} cores; "
+              "uncontended update rates are in `benchmarks/update_speed.md`.",
+              "", "![learning curves](learning_curves.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

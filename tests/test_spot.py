@@ -118,14 +118,18 @@ def test_vae_is_frozen_during_actor_critic_updates():
 
 
 def test_spot_beats_random_policy_on_shipped_hopper_medium():
-    """A short SPOT run on the real dataset clearly outscores a uniformly random policy."""
+    """A short SPOT run on the real dataset clearly outscores a uniformly random policy.
+
+    lambda = 1.0 (the top of the paper's range): a strong support constraint reaches the
+    behaviour policy's level within 1,500 updates; hopper-medium's tuned 0.1 needs ~20k.
+    """
     from rlft.offline.loaders import load_dataset
 
     dataset = load_dataset(SHIPPED_HOPPER_MEDIUM)
     mean, std = dataset.observation_stats()
     buffer = ReplayBuffer(11, 3, len(dataset))
     buffer.load_dataset(dataset, mean, std)
-    agent = SPOT(11, 3, SPOTConfig(hidden=(64, 64), vae_hidden=64, lambd=0.1))
+    agent = SPOT(11, 3, SPOTConfig(hidden=(64, 64), vae_hidden=64, lambd=1.0))
     for _ in range(400):
         agent.update_vae(buffer.sample(256))
     for _ in range(1500):
@@ -136,5 +140,5 @@ def test_spot_beats_random_policy_on_shipped_hopper_medium():
     rng = np.random.default_rng(0)
     random = evaluate(lambda o: rng.uniform(-1, 1, (len(o), 3)).astype(np.float32), env, 5, seed=0,
                       ref_min_score=dataset.ref_min_score, ref_max_score=dataset.ref_max_score)
-    assert spot.return_mean > 3 * max(random.return_mean, 1.0), (spot.return_mean, random.return_mean)
-    assert spot.normalized_score > random.normalized_score + 5
+    assert spot.return_mean > 5 * max(random.return_mean, 1.0), (spot.return_mean, random.return_mean)
+    assert spot.normalized_score > random.normalized_score + 10
