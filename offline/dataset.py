@@ -70,6 +70,9 @@ class TransitionDataset:
             setattr(self, key, value)
         self.terminals = self.terminals.astype(bool)
         self.timeouts = self.timeouts.astype(bool)
+        self._check_reference_scores()
+
+    def _check_reference_scores(self) -> None:
         if (self.ref_min_score is None) != (self.ref_max_score is None):
             raise DatasetError(f"{self.source}: give both ref_min_score and ref_max_score, or neither")
         if self.ref_min_score is not None and not self.ref_max_score > self.ref_min_score:
@@ -159,5 +162,5 @@ class TransitionDataset:
     def with_reference_scores(self, ref_min: float, ref_max: float) -> "TransitionDataset":
         """Set reference returns where the file carried none."""
         self.ref_min_score, self.ref_max_score = float(ref_min), float(ref_max)
-        self.__post_init__()
+        self._check_reference_scores()
         return self
