@@ -139,3 +139,11 @@ def test_unknown_minari_id_explains_how_to_get_it():
 def test_space_check_names_both_shapes(hopper_dataset):
     with pytest.raises(DatasetError, match=r"observations have dim 11 but Walker2d-v5 observations have shape \(17,\)"):
         hopper_dataset.check_spaces((17,), (6,), "Walker2d-v5")
+
+
+def test_reference_scores_are_validated(hopper_dataset):
+    with pytest.raises(DatasetError, match=r"ref_max_score \(5.0\) must exceed ref_min_score \(10.0\)"):
+        hopper_dataset.with_reference_scores(10.0, 5.0)
+    with pytest.raises(DatasetError, match="no reference returns"):
+        hopper_dataset.ref_min_score = hopper_dataset.ref_max_score = None
+        hopper_dataset.normalize_score(1.0)
