@@ -144,6 +144,6 @@ def test_space_check_names_both_shapes(hopper_dataset):
 def test_reference_scores_are_validated(hopper_dataset):
     with pytest.raises(DatasetError, match=r"ref_max_score \(5.0\) must exceed ref_min_score \(10.0\)"):
         hopper_dataset.with_reference_scores(10.0, 5.0)
+    hopper_dataset.ref_min_score = hopper_dataset.ref_max_score = None
     with pytest.raises(DatasetError, match="no reference returns"):
-        hopper_dataset.ref_min_score = hopper_dataset.ref_max_score = None
         hopper_dataset.normalize_score(1.0)
