@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rlft.agents.replay_buffer import ReplayBuffer
+from rlft.offline.returns import episode_returns_to_go
 from rlft.runtime.seeding import generator_state, set_generator_state
 
 ActFn = Callable[[torch.Tensor], torch.Tensor]
@@ -33,11 +34,23 @@ class EnvStepper:
     """Collects one transition per :meth:`step` into ``buffer``.
 
     The buffer stores the true next observation and ``terminated`` (not ``truncated``) as
-    the done flag, so time-limit cuts keep bootstrapping (Pardo et al. 2018).
+    the done flag, so time-limit cuts keep bootstrapping (Pardo et al. 2018). When an
+    episode ends, its Monte-Carlo returns-to-go (discount ``mc_discount``, Cal-QL's
+    sparse-failure rule with ``sparse_fail_reward``) are written into the buffer.
     """
 
-    def __init__(self, env: gym.Env, buffer: ReplayBuffer, seed: int, device: torch.device):
+    def __init__(
+        self,
+        env: gym.Env,
+        buffer: ReplayBuffer,
+        seed: int,
+        device: torch.device,
+        mc_discount: float = 0.99,
+        sparse_fail_reward: float | None = None,
+    ):
         self.env, self.buffer, self.device = env, buffer, device
+        self.mc_discount, self.sparse_fail_reward = mc_discount, sparse_fail_reward
+        self._episode_rows: list[torch.Tensor] = []
         self.episode_return, self.episode_length, self.episodes = 0.0, 0, 0
         self._last_reset: dict[str, Any] = {"seed": seed}
         self.obs, _ = env.reset(seed=seed)
@@ -51,12 +64,16 @@ class EnvStepper:
         obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
         action = act(obs_t).squeeze(0).cpu().numpy()
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        self.buffer.add(self.obs, action, np.float32(reward), next_obs, np.float32(terminated))
+        self._episode_rows.append(self.buffer.add(self.obs, action, np.float32(reward), next_obs, np.float32(terminated)))
         self.episode_return += float(reward)
         self.episode_length += 1
         self.obs = next_obs
         if not (terminated or truncated):
             return None
+        rows = torch.cat(self._episode_rows)
+        stored = self.buffer.rewards[rows, 0].cpu().numpy()
+        self.buffer.set_mc_returns(rows, episode_returns_to_go(stored, self.mc_discount, self.sparse_fail_reward))
+        self._episode_rows = []
         end = EpisodeEnd(self.episode_return, self.episode_length, bool(terminated))
         self.episodes += 1
         self.episode_return, self.episode_length = 0.0, 0

@@ -7,12 +7,20 @@ from typing import Any, Mapping
 
 import torch
 
+from rlft.agents.base import OffPolicyAgent
+from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
+from rlft.offline.cql import CQL, CQLConfig
+from rlft.offline.iql import IQL, IQLConfig
 from rlft.offline.spot import SPOT, SPOTConfig
 
+# Cal-QL, E2O and WSRL are configurations of CQL (configs/agent/{calql,e2o,wsrl}.yaml).
 AGENTS: dict[str, tuple[type, type]] = {
     "td3": (TD3Config, TD3),
     "spot": (SPOTConfig, SPOT),
+    "sac": (SACConfig, SAC),
+    "cql": (CQLConfig, CQL),
+    "iql": (IQLConfig, IQL),
 }
 
 
@@ -26,13 +34,15 @@ def config_from_mapping(cls: type, values: Mapping[str, Any], what: str) -> Any:
     for key, value in values.items():
         if isinstance(value, list):
             value = tuple(value)
+        elif key == "online_overrides" and isinstance(value, Mapping):
+            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
         kwargs[key] = value
     return cls(**kwargs)
 
 
 def build_agent(
     name: str, options: Mapping[str, Any], obs_dim: int, action_dim: int, device: str | torch.device = "cpu"
-) -> TD3:
+) -> OffPolicyAgent:
     """Instantiate agent ``name`` with ``options`` (the agent config minus ``name``)."""
     if name not in AGENTS:
         raise ValueError(f"unknown agent {name!r}; available: {sorted(AGENTS)}")

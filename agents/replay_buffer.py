@@ -20,6 +20,7 @@ class Batch:
     rewards: torch.Tensor  # [B, 1]
     next_observations: torch.Tensor  # [B, obs_dim]
     dones: torch.Tensor  # [B, 1]
+    mc_returns: torch.Tensor | None = None  # [B, 1] Monte-Carlo return-to-go (-inf where unknown)
 
 
 class ReplayBuffer:
@@ -28,20 +29,35 @@ class ReplayBuffer:
     Rows ``[0, num_offline)`` hold a loaded dataset and are never overwritten: online
     transitions cycle through the remaining capacity. Sampling draws indices with torch's
     global RNG, so seeding torch (and restoring its state on resume) fixes every batch.
+
+    Rewards are stored as ``reward_scale * r + reward_bias`` for dataset and online
+    transitions alike. ``mc_returns`` holds Monte-Carlo returns-to-go (Cal-QL): computed for
+    the dataset on load and for online episodes when they end (:meth:`set_mc_returns`);
+    ``-inf`` marks rows whose episode has not ended yet, which disables calibration there.
     """
 
-    _FIELDS = ("observations", "actions", "rewards", "next_observations", "dones")
+    _FIELDS = ("observations", "actions", "rewards", "next_observations", "dones", "mc_returns")
 
-    def __init__(self, obs_dim: int, action_dim: int, capacity: int, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        capacity: int,
+        device: str | torch.device = "cpu",
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+    ):
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.obs_dim, self.action_dim, self.capacity = obs_dim, action_dim, capacity
+        self.reward_scale, self.reward_bias = reward_scale, reward_bias
         self.device = torch.device(device)
         self.observations = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=self.device)
         self.actions = torch.zeros((capacity, action_dim), dtype=torch.float32, device=self.device)
         self.rewards = torch.zeros((capacity, 1), dtype=torch.float32, device=self.device)
         self.next_observations = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=self.device)
         self.dones = torch.zeros((capacity, 1), dtype=torch.float32, device=self.device)
+        self.mc_returns = torch.full((capacity, 1), -float("inf"), dtype=torch.float32, device=self.device)
         self.num_offline = 0
         self.size = 0
         self._cursor = 0  # next online write position (>= num_offline)
@@ -58,9 +74,13 @@ class ReplayBuffer:
         dataset: TransitionDataset,
         obs_mean: np.ndarray | None = None,
         obs_std: np.ndarray | None = None,
-        reward_scale: float = 1.0,
+        mc_returns: np.ndarray | None = None,
     ) -> None:
-        """Copy a dataset into the (empty) buffer, normalising observations if stats are given."""
+        """Copy a dataset into the (empty) buffer, normalising observations if stats are given.
+
+        ``mc_returns`` are the transitions' returns-to-go computed on the stored (scaled and
+        shifted) rewards; see :func:`rlft.offline.returns.returns_to_go`.
+        """
         if self.size:
             raise RuntimeError("load_dataset needs an empty buffer")
         if dataset.obs_dim != self.obs_dim or dataset.action_dim != self.action_dim:
@@ -76,15 +96,30 @@ class ReplayBuffer:
             obs, next_obs = (obs - obs_mean) / obs_std, (next_obs - obs_mean) / obs_std
         self.observations[:n] = torch.as_tensor(obs, dtype=torch.float32)
         self.actions[:n] = torch.as_tensor(dataset.actions)
-        self.rewards[:n, 0] = torch.as_tensor(dataset.rewards * reward_scale)
+        self.rewards[:n, 0] = torch.as_tensor(self.transform_rewards(dataset.rewards))
         self.next_observations[:n] = torch.as_tensor(next_obs, dtype=torch.float32)
         self.dones[:n, 0] = torch.as_tensor(dataset.terminals, dtype=torch.float32)
+        if mc_returns is not None:
+            if len(mc_returns) != n:
+                raise ValueError(f"{len(mc_returns)} Monte-Carlo returns for {n} transitions")
+            self.mc_returns[:n, 0] = torch.as_tensor(mc_returns, dtype=torch.float32)
         self.num_offline = self.size = self._cursor = n
+
+    def discard_offline(self) -> None:
+        """Forget the dataset rows (WSRL, ``offline_data_ratio=0``): the whole capacity
+        becomes online storage and the buffer starts empty."""
+        if self.num_online:
+            raise RuntimeError("discard_offline must come before any online transition")
+        self.num_offline = self.size = self._cursor = 0
+
+    def transform_rewards(self, rewards: np.ndarray) -> np.ndarray:
+        """The stored reward ``reward_scale * r + reward_bias`` (float32)."""
+        return (np.asarray(rewards, dtype=np.float32) * self.reward_scale + self.reward_bias).astype(np.float32)
 
     def add(
         self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray
-    ) -> None:
-        """Append a batch of online transitions (leading dim = number of envs)."""
+    ) -> torch.Tensor:
+        """Append a batch of online transitions (leading dim = number of envs); returns their rows."""
         obs = np.atleast_2d(obs)
         n = obs.shape[0]
         if self.capacity - self.num_offline < n:
@@ -92,10 +127,16 @@ class ReplayBuffer:
         idx = self._online_indices(n)
         self.observations[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         self.actions[idx] = torch.as_tensor(np.atleast_2d(action), dtype=torch.float32, device=self.device)
-        self.rewards[idx, 0] = torch.as_tensor(np.atleast_1d(reward), dtype=torch.float32, device=self.device)
+        self.rewards[idx, 0] = torch.as_tensor(self.transform_rewards(np.atleast_1d(reward)), device=self.device)
         self.next_observations[idx] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32, device=self.device)
         self.dones[idx, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
+        self.mc_returns[idx, 0] = -float("inf")
         self.size = min(self.size + n, self.capacity)
+        return idx
+
+    def set_mc_returns(self, rows: torch.Tensor, returns: np.ndarray) -> None:
+        """Fill in the returns-to-go of an online episode that just ended."""
+        self.mc_returns[rows, 0] = torch.as_tensor(returns, dtype=torch.float32, device=self.device)
 
     def _online_indices(self, n: int) -> torch.Tensor:
         online_capacity = self.capacity - self.num_offline
@@ -104,11 +145,32 @@ class ReplayBuffer:
         self._cursor = int(idx[-1]) + 1
         return idx.to(self.device)
 
-    def sample(self, batch_size: int) -> Batch:
-        """Uniform minibatch over everything stored."""
+    def sample(self, batch_size: int, offline_ratio: float | None = None) -> Batch:
+        """A minibatch of ``batch_size`` rows.
+
+        ``offline_ratio=None`` samples uniformly over everything stored. A number fixes the
+        share drawn from the dataset rows: ``round(offline_ratio * batch_size)`` offline rows
+        and the rest online, each uniform within its part (RLPD's symmetric sampling is
+        0.5; 0 never touches the dataset, as in WSRL).
+        """
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        if offline_ratio is None:
+            idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        else:
+            if not 0.0 <= offline_ratio <= 1.0:
+                raise ValueError(f"offline_ratio must be in [0, 1], got {offline_ratio}")
+            n_off = round(offline_ratio * batch_size)
+            if n_off and not self.num_offline:
+                raise RuntimeError(f"offline_ratio={offline_ratio} but the buffer holds no dataset")
+            if n_off < batch_size and not self.num_online:
+                raise RuntimeError("no online transitions to sample yet")
+            parts = []
+            if n_off:
+                parts.append(torch.randint(0, self.num_offline, (n_off,), device=self.device))
+            if n_off < batch_size:
+                parts.append(torch.randint(self.num_offline, self.size, (batch_size - n_off,), device=self.device))
+            idx = torch.cat(parts)
         return Batch(*(getattr(self, f)[idx] for f in self._FIELDS))
 
     # ------------------------------------------------------------ checkpoints
@@ -121,6 +183,8 @@ class ReplayBuffer:
 
     def load_online_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`online_state_dict` into a buffer that already holds the same dataset."""
+        if state["num_offline"] == 0 and self.num_offline:
+            self.discard_offline()
         if state["num_offline"] != self.num_offline:
             raise ValueError(
                 f"checkpoint buffer was built on {state['num_offline']} offline transitions, this one on {self.num_offline}"

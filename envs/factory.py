@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -35,14 +36,18 @@ class EnvConfig:
 def make_env(
     cfg: Mapping[str, Any] | EnvConfig, obs_stats: ObsStats | None = None, seed: int | None = None
 ) -> gym.Env:
-    """One environment: Gymnasium env -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats.
+    """One environment: Gymnasium env -> [flattened dict obs] -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats.
 
     ``seed`` seeds the env's RNG (via a first ``reset``) and its action space.
     """
     cfg = EnvConfig.from_mapping(cfg)
     task = resolve_task(cfg.task)
     kwargs = {**task.env_kwargs, **cfg.env_kwargs}
+    if task.module is not None and task.env_id not in gym.registry:
+        gym.register_envs(importlib.import_module(task.module))
     env = gym.make(task.env_id, max_episode_steps=cfg.max_episode_steps or task.max_episode_steps, **kwargs)
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = gym.wrappers.FlattenObservation(env)  # goal-conditioned obs: keys in sorted order
     env = rescale_action(env)
     if obs_stats is not None:
         env = FixedNormalizeObservation(env, *obs_stats)

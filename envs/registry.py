@@ -26,6 +26,7 @@ class TaskSpec:
     max_episode_steps: int = 1000
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     sparse_reward: bool = False  # success-style reward (affects MC returns and plots)
+    module: str | None = None  # package whose import registers env_id with gymnasium (e.g. gymnasium_robotics)
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -62,4 +63,27 @@ register_task(TaskSpec("ant", "Ant-v5", ref_min_score=-325.6, ref_max_score=3879
 register_task(TaskSpec("pendulum", "Pendulum-v1", ref_min_score=-1230.0, ref_max_score=-150.0, max_episode_steps=200))
 register_task(
     TaskSpec("inverted_pendulum", "InvertedPendulum-v5", ref_min_score=5.0, ref_max_score=1000.0)
+)
+# Sparse-reward navigation (Gymnasium-Robotics PointMaze, the D4RL maze2d successor) laid out
+# like AntMaze-umaze: a fixed start at the bottom-left ("r") and goal at the top-left ("g") of
+# the U, so the agent must go round. Reward 1 on reaching the goal, which ends the episode:
+# the normalised score is the success rate in %. A random policy never succeeds.
+U_MAZE_FIXED_GOAL = [
+    [1, 1, 1, 1, 1],
+    [1, "g", 0, 0, 1],
+    [1, 1, 1, 0, 1],
+    [1, "r", 0, 0, 1],
+    [1, 1, 1, 1, 1],
+]
+register_task(
+    TaskSpec(
+        "pointmaze_umaze",
+        "PointMaze_UMaze-v3",
+        ref_min_score=0.0,
+        ref_max_score=1.0,
+        max_episode_steps=300,
+        env_kwargs={"continuing_task": False, "maze_map": U_MAZE_FIXED_GOAL},
+        sparse_reward=True,
+        module="gymnasium_robotics",
+    )
 )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rlft.envs.registry import get_task
+from rlft.offline.recording import (
+    EpisodeRecorder,
+    evaluate_policy,
+    prepare_output,
+    rollout_episodes,
+    write_minari_dataset,
+)
 
 DATASET_KINDS = ("random", "medium", "medium-replay", "expert")
 
@@ -60,73 +66,8 @@ class _Snapshot:
     eval_return: float = float("nan")
 
 
-class _EpisodeRecorder(gym.Wrapper):
-    """Keeps every finished episode seen through this env as a Minari episode buffer."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        self.episodes: list[dict[str, np.ndarray]] = []
-        self.episode_end_steps: list[int] = []
-        self.total_steps = 0
-        self._current: dict[str, list] | None = None
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        self._current = {"observations": [obs], "actions": [], "rewards": [], "terminations": [], "truncations": []}
-        return obs, info
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        assert self._current is not None, "step() called before reset()"
-        self.total_steps += 1
-        self._current["observations"].append(obs)
-        self._current["actions"].append(np.asarray(action, dtype=np.float32))
-        self._current["rewards"].append(float(reward))
-        self._current["terminations"].append(bool(terminated))
-        self._current["truncations"].append(bool(truncated))
-        if terminated or truncated:
-            self.episodes.append({k: np.asarray(v) for k, v in self._current.items()})
-            self.episode_end_steps.append(self.total_steps)
-            self._current = None
-        return obs, reward, terminated, truncated, info
-
-
-def _rollout_episodes(
-    env: gym.Env, act: Callable[[np.ndarray], np.ndarray], transitions: int, seed: int, desc: str
-) -> list[dict[str, np.ndarray]]:
-    """Collect whole episodes until at least ``transitions`` steps; the last episode is cut
-    (marked truncated) so the dataset has exactly ``transitions`` steps."""
-    recorder = _EpisodeRecorder(env)
-    obs, _ = recorder.reset(seed=seed)
-    with tqdm(total=transitions, desc=desc, unit="step", leave=False) as bar:
-        while recorder.total_steps < transitions:
-            obs, _, terminated, truncated, _ = recorder.step(act(obs))
-            bar.update(1)
-            if terminated or truncated:
-                obs, _ = recorder.reset()
-            elif recorder.total_steps == transitions:
-                recorder._current["truncations"][-1] = True
-                recorder.episodes.append({k: np.asarray(v) for k, v in recorder._current.items()})
-    return recorder.episodes
-
-
-def _evaluate(env: gym.Env, act: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int) -> float:
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done, ret = False, 0.0
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            ret += float(reward)
-            done = terminated or truncated
-        returns.append(ret)
-    return float(np.mean(returns))
-
-
 def collect(cfg: CollectionConfig) -> dict:
     """Train the SAC expert, write the requested datasets and return a summary dict."""
-    import minari
-    from minari.data_collector import EpisodeBuffer
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -136,14 +77,11 @@ def collect(cfg: CollectionConfig) -> dict:
     task = get_task(cfg.task)
     out_dir = Path(cfg.out_dir).resolve()
     dataset_ids = {k: f"{cfg.namespace}/{task.name}/{k}-v{cfg.version}" for k in cfg.kinds}
-    for kind, dataset_id in dataset_ids.items():
-        if (out_dir / dataset_id).exists():
-            raise FileExistsError(f"{out_dir / dataset_id} exists; remove it or bump --version")
-    os.environ["MINARI_DATASETS_PATH"] = str(out_dir)
+    prepare_output(out_dir, dataset_ids.values())
     torch.manual_seed(cfg.seed)
     started = time.time()
 
-    train_env = _EpisodeRecorder(gym.make(task.env_id, **task.env_kwargs))
+    train_env = EpisodeRecorder(gym.make(task.env_id, **task.env_kwargs))
     train_env.reset(seed=cfg.seed)
     train_env.action_space.seed(cfg.seed)
     sac_kwargs = {"learning_starts": cfg.sac_learning_starts, "seed": cfg.seed, "device": "cpu", "verbose": 0}
@@ -177,7 +115,7 @@ def collect(cfg: CollectionConfig) -> dict:
         return act
 
     for snap in tqdm(snapshots, desc="scoring snapshots", leave=False):
-        snap.eval_return = _evaluate(eval_env, policy_fn(snap, True), cfg.snapshot_eval_episodes, 10_000)
+        snap.eval_return = evaluate_policy(eval_env, policy_fn(snap, True), cfg.snapshot_eval_episodes, 10_000)
     expert = max(snapshots, key=lambda s: s.eval_return)
     target = task.ref_min_score + cfg.medium_fraction * (expert.eval_return - task.ref_min_score)
     medium = min(snapshots, key=lambda s: abs(s.eval_return - target))
@@ -188,11 +126,11 @@ def collect(cfg: CollectionConfig) -> dict:
     for kind in cfg.kinds:
         if kind == "random":
             act = lambda _obs: rng.uniform(action_space.low, action_space.high).astype(np.float32)  # noqa: E731
-            episodes[kind] = _rollout_episodes(eval_env, act, cfg.transitions, cfg.seed + 1, kind)
+            episodes[kind] = rollout_episodes(eval_env, act, cfg.transitions, cfg.seed + 1, kind)
         elif kind == "medium":
-            episodes[kind] = _rollout_episodes(eval_env, policy_fn(medium, False), cfg.transitions, cfg.seed + 2, kind)
+            episodes[kind] = rollout_episodes(eval_env, policy_fn(medium, False), cfg.transitions, cfg.seed + 2, kind)
         elif kind == "expert":
-            episodes[kind] = _rollout_episodes(eval_env, policy_fn(expert, False), cfg.transitions, cfg.seed + 3, kind)
+            episodes[kind] = rollout_episodes(eval_env, policy_fn(expert, False), cfg.transitions, cfg.seed + 3, kind)
         else:
             n = sum(1 for end in train_env.episode_end_steps if end <= medium.step)
             episodes[kind] = train_env.episodes[:n]
@@ -207,46 +145,17 @@ def collect(cfg: CollectionConfig) -> dict:
         "datasets": {},
     }
     for kind, eps in episodes.items():
-        buffers = [
-            EpisodeBuffer(
-                id=i,
-                observations=ep["observations"],
-                actions=ep["actions"],
-                rewards=ep["rewards"],
-                terminations=ep["terminations"],
-                truncations=ep["truncations"],
-            )
-            for i, ep in enumerate(eps)
-        ]
-        returns = np.array([ep["rewards"].sum() for ep in eps])
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_ids[kind],
-            buffer=buffers,
-            env=task.env_id,
+        summary["datasets"][kind] = write_minari_dataset(
+            dataset_ids[kind],
+            eps,
+            task,
+            out_dir,
             algorithm_name=f"SB3-SAC ({kind})",
-            author="rlft",
-            ref_min_score=task.ref_min_score,
-            ref_max_score=task.ref_max_score,
             description=(
                 f"D4RL-style '{kind}' dataset for {task.env_id}, collected by rlft.offline.collection "
                 f"(SAC {cfg.sac_steps} steps, medium snapshot at step {medium.step}, expert at step {expert.step})."
             ),
-            data_format="hdf5",
-            eval_env=task.env_id,
-            author_email="rlft@users.noreply.github.com",
-            code_permalink="rlft/offline/collection.py",
         )
-        summary["datasets"][kind] = {
-            "id": dataset_ids[kind],
-            "path": str(out_dir / dataset_ids[kind]),
-            "episodes": len(eps),
-            "transitions": int(sum(len(ep["rewards"]) for ep in eps)),
-            "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()),
-            "normalized_score_mean": float(
-                100 * (returns.mean() - task.ref_min_score) / (task.ref_max_score - task.ref_min_score)
-            ),
-        }
     summary["seconds"] = time.time() - started
     summary_path = out_dir / cfg.namespace / task.name / f"collection-v{cfg.version}.json"
     summary_path.parent.mkdir(parents=True, exist_ok=True)

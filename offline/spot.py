@@ -88,7 +88,8 @@ class SPOT(TD3):
             return -self.vae.log_prob_iwae(obs, action, self.cfg.beta, self.cfg.num_samples)
         return self.vae.elbo_loss(obs, action, self.cfg.beta, self.cfg.num_samples)
 
-    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        obs = batch.observations
         action = self.actor(obs)
         q = self.critic(obs, action)[0]
         neg_log_beta = self.neg_log_behavior(obs, action)

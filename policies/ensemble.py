@@ -82,3 +82,37 @@ class CriticEnsemble(nn.Module):
         x = torch.cat([obs, action], dim=-1)
         x = x.unsqueeze(0).expand(self.num_critics, *x.shape)
         return self.net(x).squeeze(-1)
+
+
+TARGET_REDUCTIONS = ("min", "mean", "redq", "weighted_min_pair")
+
+
+def reduce_ensemble(q: torch.Tensor, reduction: str, subset_size: int = 2) -> torch.Tensor:
+    """Collapse ensemble values ``q`` of shape ``[N, B]`` into one target value per sample.
+
+    - ``"min"``: ``min_i Q_i`` (clipped double-Q for N=2, SAC-N / EDAC for larger N).
+    - ``"mean"``: ``mean_i Q_i``.
+    - ``"redq"``: min over a random subset of ``subset_size`` members, one subset per call
+      (REDQ, Chen et al. 2021, Alg. 1; WSRL subsamples 2 of 10).
+    - ``"weighted_min_pair"``: the mean of ``min(Q_i, Q_j)`` over all ``N(N-1)/2`` pairs
+      (E2O / ENOTO, Zhao et al. 2023, Sec. 4.2: the expectation of RandomMinPair).
+      Computed in closed form: after sorting ascending, the k-th smallest value is the
+      pair minimum of the ``N - 1 - k`` pairs it forms with larger members.
+    """
+    n = q.shape[0]
+    if reduction == "min":
+        return q.min(0).values
+    if reduction == "mean":
+        return q.mean(0)
+    if reduction == "redq":
+        if not 1 <= subset_size <= n:
+            raise ValueError(f"redq subset size must be in [1, {n}], got {subset_size}")
+        members = torch.randperm(n, device=q.device)[:subset_size]
+        return q[members].min(0).values
+    if reduction == "weighted_min_pair":
+        if n < 2:
+            raise ValueError("weighted_min_pair needs at least 2 critics")
+        ascending = q.sort(0).values
+        weights = torch.arange(n - 1, -1, -1, device=q.device, dtype=q.dtype) / (n * (n - 1) / 2)
+        return (weights.unsqueeze(-1) * ascending).sum(0)
+    raise ValueError(f"unknown target reduction {reduction!r}; choose from {TARGET_REDUCTIONS}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from rlft.agents.replay_buffer import ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.dataset import DatasetError, TransitionDataset
 from rlft.offline.loaders import load_dataset
+from rlft.offline.returns import returns_to_go
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator, MetricLogger
@@ -35,6 +37,7 @@ from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
 CONFIG_FILE = "config.yaml"
+OFFLINE_CHECKPOINT = "offline_checkpoint"  # the agent at the end of the dataset phases, kept for init_from
 
 
 @dataclass
@@ -46,6 +49,8 @@ class TrainerConfig:
     offline_steps: int = 1_000_000  # gradient updates on the dataset
     online_steps: int = 1_000_000  # environment steps of fine-tuning
     utd: int = 1  # updates per online environment step
+    warmup_steps: int = 0  # first online env steps act with the pretrained policy and do no updates (WSRL)
+    offline_data_ratio: float | None = None  # online batches: share of dataset rows (None: uniform over all)
     eval_every: int = 5_000  # updates (offline) / env steps (online) between evaluations
     eval_episodes: int = 10
     eval_envs: int = 10  # evaluation episodes run in parallel (vector env)
@@ -54,7 +59,8 @@ class TrainerConfig:
     checkpoint_every: int = 50_000  # online: at the first episode end past each multiple
     keep_checkpoints: int = 2
     normalize_obs: bool = True  # normalise observations with dataset statistics
-    reward_scale: float = 1.0
+    reward_scale: float = 1.0  # stored reward = reward_scale * r + reward_bias (dataset and online)
+    reward_bias: float = 0.0
     progress: bool = True  # tqdm progress bars
 
 
@@ -86,9 +92,17 @@ class Experiment:
             self.dataset.action_dim,
             len(self.dataset) + max(1, self.trainer.online_steps),
             self.device,
+            self.trainer.reward_scale,
+            self.trainer.reward_bias,
         )
         mean, std = self.obs_stats if self.obs_stats is not None else (None, None)
-        self.buffer.load_dataset(self.dataset, mean, std, self.trainer.reward_scale)
+        stored_rewards = self.buffer.transform_rewards(self.dataset.rewards)
+        # Sparse tasks: an episode that only ever got the lowest reward failed (Cal-QL's rule).
+        self.sparse_fail_reward = float(stored_rewards.min()) if self.task.sparse_reward else None
+        mc_returns = returns_to_go(
+            stored_rewards, self.dataset.episode_ends, self.agent.cfg.discount, self.sparse_fail_reward
+        )
+        self.buffer.load_dataset(self.dataset, mean, std, mc_returns)
         self.eval_env = make_vector_env(cfg.env, min(self.trainer.eval_envs, self.trainer.eval_episodes), self.obs_stats)
 
         phases = []
@@ -161,9 +175,39 @@ class Experiment:
         print(f"resumed from {path} (phase {self.phase_name}, step {self.phase_step}, global step {self.global_step})")
         return True
 
+    def _init_from(self, source: str | Path) -> None:
+        """Start from another run's offline agent and go straight to online fine-tuning.
+
+        ``source`` is a run folder (its ``offline_checkpoint``) or a checkpoint folder. The
+        offline run must share agent and dataset, since the observation normalisation and
+        network shapes come from them. The loaded agent is evaluated once (phase ``offline``).
+        """
+        source = Path(source)
+        path = source / OFFLINE_CHECKPOINT if (source / OFFLINE_CHECKPOINT).is_dir() else source
+        state = load_checkpoint(path, self.device)
+        theirs = OmegaConf.create(state["config"])
+        if theirs.agent.name != self.cfg.agent.name:
+            raise ValueError(f"init_from {path}: agent '{theirs.agent.name}' cannot start a '{self.cfg.agent.name}' run")
+        if str(theirs.dataset.source) != str(self.cfg.dataset.source):
+            raise ValueError(
+                f"init_from {path}: pretrained on {theirs.dataset.source}, this run uses {self.cfg.dataset.source} "
+                "(observation normalisation would differ)"
+            )
+        if state["counters"]["phase_index"] < len(self.dataset_phases):
+            raise ValueError(f"init_from {path}: that checkpoint is from before the end of offline training")
+        agent_state = dict(state["agent"], online=False)
+        self.agent.load_state_dict(agent_state)
+        self.phase_index, self.phase_step = len(self.dataset_phases), 0
+        self.global_step = int(state["counters"]["global_step"])
+        self.phase_starts["offline"] = self.global_step
+        print(f"initialised from {path} (offline agent at step {self.global_step})")
+        self._evaluate("offline")
+
     def _make_stepper(self) -> EnvStepper:
         env = make_env(self.cfg.env, self.obs_stats)
-        return EnvStepper(env, self.buffer, int(self.cfg.seed), self.device)
+        return EnvStepper(
+            env, self.buffer, int(self.cfg.seed), self.device, self.agent.cfg.discount, self.sparse_fail_reward
+        )
 
     # -------------------------------------------------------------- evaluate
     def _act_numpy(self, obs: np.ndarray) -> np.ndarray:
@@ -210,6 +254,8 @@ class Experiment:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         self.logger = MetricLogger(self.run_dir, resume_step=self._resume_step)
+        if self._resume_step is None and self.cfg.get("init_from"):
+            self._init_from(self.cfg.init_from)
         try:
             while self.phase_index < len(self.dataset_phases):
                 name, steps, update_fn = self.dataset_phases[self.phase_index]
@@ -255,12 +301,16 @@ class Experiment:
                 self._checkpoint()
         bar.close()
         self._advance_phase()
-        self._checkpoint()
+        path = self._checkpoint()
+        if self.phase_index == len(self.dataset_phases):
+            shutil.copytree(path, self.run_dir / OFFLINE_CHECKPOINT, dirs_exist_ok=True)
 
     def _run_online_phase(self) -> None:
         t = self.trainer
         if self.stepper is None:
             self.agent.start_online()
+            if t.offline_data_ratio == 0.0:
+                self.buffer.discard_offline()
             self.stepper = self._make_stepper()
             self.phase_starts["online"] = self.global_step
         started, first = time.perf_counter(), self.phase_step
@@ -269,8 +319,10 @@ class Experiment:
         explore = lambda obs: self.agent.act(obs, deterministic=False)  # noqa: E731
         while self.phase_step < t.online_steps:
             episode = self.stepper.step(explore)
-            for _ in range(t.utd):
-                self.accumulator.add(self.agent.update(self.buffer.sample(t.batch_size)))
+            if self.phase_step >= t.warmup_steps:
+                for _ in range(t.utd):
+                    batch = self.buffer.sample(t.batch_size, t.offline_data_ratio)
+                    self.accumulator.add(self.agent.update(batch))
             self.phase_step += 1
             self.global_step += 1
             bar.update(1)

@@ -1,7 +1,8 @@
-"""Micro-benchmark: gradient updates per second of TD3 and SPOT on this machine.
+"""Micro-benchmark: gradient updates per second of every off-policy learner on this machine.
 
 Synthetic batches with Hopper's shapes (obs 11, action 3, batch 256); each configuration
-runs warm-up updates then times ``--updates`` updates. Writes ``benchmarks/update_speed.md``.
+runs warm-up updates then times ``--updates`` updates. Writes ``benchmarks/update_speed.md``
+with, for the critic ensembles, the cost ratio of 10 critics to 2.
 
     python -m rlft.scripts.benchmark_updates --threads 1 2
 """
@@ -19,8 +20,17 @@ from typing import Callable
 import torch
 
 from rlft.agents.replay_buffer import Batch
+from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
+from rlft.offline.cql import CQL, CQLConfig
+from rlft.offline.iql import IQL, IQLConfig
 from rlft.offline.spot import SPOT, SPOTConfig
+
+WSRL_ENSEMBLE = dict(num_critics=10, critic_layer_norm=True, target_reduction="redq", actor_reduction="mean")
+PAIRS = {  # 10-critic configuration -> its 2-critic counterpart, for the cost ratio
+    "SAC, 10 LayerNorm critics (WSRL online)": "SAC, 2 critics",
+    "Cal-QL, 10 LayerNorm critics (WSRL offline)": "Cal-QL, 2 critics",
+}
 
 
 def updates_per_second(update: Callable[[Batch], dict], batch: Batch, updates: int) -> float:
@@ -38,21 +48,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default="benchmarks/update_speed.md")
+    parser.add_argument("--only", nargs="*", help="substrings of configuration names to run (default: all)")
     args = parser.parse_args(argv)
     command = "python -m rlft.scripts.benchmark_updates " + shlex.join(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(0)
     b = args.batch_size
-    batch = Batch(torch.randn(b, 11), torch.rand(b, 3) * 2 - 1, torch.randn(b, 1), torch.randn(b, 11), torch.zeros(b, 1))
+    batch = Batch(torch.randn(b, 11), torch.rand(b, 3) * 2 - 1, torch.randn(b, 1), torch.randn(b, 11), torch.zeros(b, 1),
+                  torch.randn(b, 1))
     configs = {  # name -> (agent factory, time VAE pretraining instead of actor-critic updates)
         "TD3 (256-256)": (lambda: TD3(11, 3, TD3Config()), False),
         "SPOT, VAE 256-256 (demo)": (lambda: SPOT(11, 3, SPOTConfig(vae_hidden=256)), False),
         "SPOT, VAE 750-750 (paper)": (lambda: SPOT(11, 3, SPOTConfig()), False),
         "SPOT VAE pretraining, 750-750": (lambda: SPOT(11, 3, SPOTConfig()), True),
+        "SAC, 2 critics": (lambda: SAC(11, 3, SACConfig()), False),
+        "SAC, 10 LayerNorm critics (WSRL online)": (lambda: SAC(11, 3, SACConfig(**WSRL_ENSEMBLE)), False),
+        "Cal-QL, 2 critics": (lambda: CQL(11, 3, CQLConfig(calibrated=True)), False),
+        "Cal-QL, 10 LayerNorm critics (WSRL offline)": (
+            lambda: CQL(11, 3, CQLConfig(calibrated=True, **WSRL_ENSEMBLE)), False),
+        "IQL": (lambda: IQL(11, 3, IQLConfig()), False),
     }
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, (make, vae_only) in configs.items():
+            if args.only and not any(key in name for key in args.only):
+                continue
             agent = make()
             rate = updates_per_second(agent.update_vae if vae_only else agent.update, batch, args.updates)
             rows.append((name, threads, rate))
@@ -67,7 +87,18 @@ def main(argv: list[str] | None = None) -> None:
         "| --- | ---: | ---: |",
         *[f"| {n} | {t} | {r:.0f} |" for n, t, r in rows],
         "",
+        "Cost of the batched 10-critic ensemble relative to 2 critics (time per update; "
+        "5.0 would mean no gain from batching the members):",
+        "",
+        "| 10 critics vs 2 | torch threads | slowdown |",
+        "| --- | ---: | ---: |",
     ]
+    rate = {(n, t): r for n, t, r in rows}
+    for big, small in PAIRS.items():
+        for threads in args.threads:
+            if (big, threads) in rate and (small, threads) in rate:
+                lines.append(f"| {big} | {threads} | {rate[(small, threads)] / rate[(big, threads)]:.2f}x |")
+    lines.append("")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
 

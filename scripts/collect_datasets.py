@@ -1,8 +1,10 @@
-"""Train a SAC expert and write D4RL-style Minari datasets for one or more MuJoCo tasks.
+"""Write D4RL-style Minari datasets: SAC-expert recipes for MuJoCo locomotion tasks, a noisy
+waypoint controller for the sparse-reward maze (``pointmaze_umaze``).
 
-Example (what produced the datasets shipped in ``data/minari``)::
+Examples (what produced the datasets shipped in ``data/minari``)::
 
-    python -m rlft.scripts.collect_datasets --tasks hopper --sac-steps 80000 --transitions 100000
+    python -m rlft.scripts.collect_datasets --tasks hopper --kinds medium medium-replay
+    python -m rlft.scripts.collect_datasets --tasks pointmaze_umaze --transitions 50000
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 
 import torch
 
+from rlft.envs.registry import get_task
 from rlft.offline.collection import DATASET_KINDS, CollectionConfig, collect
+from rlft.offline.maze_collection import MazeCollectionConfig, collect_maze
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +37,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     for task in args.tasks:
+        if get_task(task).module == "gymnasium_robotics":
+            maze = collect_maze(MazeCollectionConfig(task=task, out_dir=args.out_dir, namespace=args.namespace,
+                                                     version=args.version, transitions=args.transitions,
+                                                     seed=args.seed))
+            print(json.dumps(maze["dataset"], indent=2))
+            continue
         summary = collect(
             CollectionConfig(
                 task=task,

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from rlft.offline.dataset import TransitionDataset
+from rlft.offline.loaders import save_native
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_HOPPER_MEDIUM = REPO_ROOT / "data" / "minari" / "rlft" / "hopper" / "medium-v0"
+SHIPPED_MAZE = REPO_ROOT / "data" / "minari" / "rlft" / "pointmaze_umaze" / "noisy-v0"
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +70,10 @@ def hopper_episodes() -> list[dict[str, np.ndarray]]:
 @pytest.fixture
 def hopper_dataset(hopper_episodes) -> TransitionDataset:
     return episodes_to_dataset(hopper_episodes, "hopper-random")
+
+
+@pytest.fixture
+def native_hopper(tmp_path, hopper_dataset) -> Path:
+    """The random-policy hopper dataset saved in rlft's native HDF5 format."""
+    hopper_dataset.env_id = "Hopper-v5"
+    return save_native(hopper_dataset, tmp_path / "hopper-random.h5")

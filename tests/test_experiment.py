@@ -11,7 +11,6 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from rlft.offline.loaders import save_native
 from rlft.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from rlft.runtime.experiment import Experiment
 
@@ -31,12 +30,6 @@ def smoke_config(dataset_path: Path, *overrides: str) -> DictConfig:
                 *overrides,
             ],
         )
-
-
-@pytest.fixture
-def native_hopper(tmp_path, hopper_dataset) -> Path:
-    hopper_dataset.env_id = "Hopper-v5"
-    return save_native(hopper_dataset, tmp_path / "hopper-random.h5")
 
 
 def test_checkpoint_writes_are_atomic_and_pruned(tmp_path):

@@ -11,11 +11,11 @@ from rlft.agents.replay_buffer import ReplayBuffer
 
 def test_load_dataset_normalises_and_keeps_terminals(hopper_dataset):
     mean, std = hopper_dataset.observation_stats()
-    buf = ReplayBuffer(11, 3, len(hopper_dataset) + 10)
-    buf.load_dataset(hopper_dataset, mean, std, reward_scale=2.0)
+    buf = ReplayBuffer(11, 3, len(hopper_dataset) + 10, reward_scale=2.0, reward_bias=-1.0)
+    buf.load_dataset(hopper_dataset, mean, std)
     assert len(buf) == buf.num_offline == len(hopper_dataset)
     np.testing.assert_allclose(buf.observations[: len(buf)].numpy(), (hopper_dataset.observations - mean) / std, rtol=1e-5)
-    np.testing.assert_allclose(buf.rewards[: len(buf), 0].numpy(), 2.0 * hopper_dataset.rewards, rtol=1e-6)
+    np.testing.assert_allclose(buf.rewards[: len(buf), 0].numpy(), 2.0 * hopper_dataset.rewards - 1.0, rtol=1e-5)
     assert buf.dones[: len(buf), 0].sum().item() == hopper_dataset.terminals.sum()
 
 

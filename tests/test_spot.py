@@ -83,7 +83,7 @@ def test_actor_loss_is_normalised_q_plus_lambda_times_density():
     agent = SPOT(4, 2, SPOTConfig(hidden=(32, 32), vae_hidden=32, lambd=0.7, actor_dropout=0.0))
     obs = torch.randn(16, 4)
     torch.manual_seed(5)
-    loss, info = agent.actor_loss(obs)
+    loss, info = agent.actor_loss(Batch(obs, torch.zeros(16, 2), torch.zeros(16, 1), obs, torch.zeros(16, 1)))
     torch.manual_seed(5)
     pi = agent.actor(obs)
     q = agent.critic(obs, pi)[0]

@@ -1,0 +1,156 @@
+"""The off-policy actor-critic skeleton every replay-buffer learner shares.
+
+One :meth:`OffPolicyAgent.update` is one critic step and, every ``policy_freq`` critic
+steps, one actor step, followed by target-network updates. Learners differ only in the
+pieces: :meth:`critic_loss`, :meth:`actor_loss`, :meth:`update_targets` and
+:meth:`after_actor_step`. The experiment runner (:mod:`rlft.runtime.experiment`) needs
+nothing else: ``act``, ``update``, ``pretrain_phases``, ``start_online``, ``state_dict``.
+
+``online_overrides`` in the config switches hyperparameters when fine-tuning starts, so
+an offline-to-online recipe is a config, not a class (E2O drops CQL's penalty and changes
+its target; WSRL turns Cal-QL into SAC): ``online_overrides: {cql_alpha: 0.0}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from rlft.agents.replay_buffer import Batch
+
+UpdateFn = Callable[[Batch], dict[str, float]]
+
+
+@dataclass
+class AgentConfig:
+    """Hyperparameters every off-policy learner has."""
+
+    discount: float = 0.99  # gamma
+    tau: float = 0.005  # Polyak rate of the target networks
+    policy_freq: int = 1  # one actor step every policy_freq critic steps
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    hidden: tuple[int, ...] = (256, 256)  # actor and critic hidden widths
+    num_critics: int = 2
+    online_overrides: dict[str, Any] = field(default_factory=dict)  # config changes applied by start_online
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in dataclasses.fields(self)} - {"online_overrides"}
+        unknown = sorted(set(self.online_overrides) - known)
+        if unknown:
+            raise ValueError(f"online_overrides has unknown option(s) {unknown}; known: {sorted(known)}")
+        if self.policy_freq < 1:
+            raise ValueError(f"policy_freq must be >= 1, got {self.policy_freq}")
+
+
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) * target + tau * source``, parameter by parameter."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """Zero the gradients, backpropagate ``loss`` and step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class OffPolicyAgent:
+    """Base of TD3, SAC and their offline variants. Subclasses build the networks
+    (``actor``, ``critic``, ``critic_target``) and optimisers, then list every stateful
+    object in :meth:`_modules` so that checkpoints capture it."""
+
+    actor: torch.nn.Module
+    critic: torch.nn.Module
+    critic_target: torch.nn.Module
+    actor_optimizer: torch.optim.Optimizer
+    critic_optimizer: torch.optim.Optimizer
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: AgentConfig, device: str | torch.device = "cpu"):
+        self.base_cfg = cfg
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.num_updates = 0
+        self.online = False
+
+    # ------------------------------------------------------------ interface
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Evaluation action, or with ``deterministic=False`` the exploration action."""
+        raise NotImplementedError
+
+    @property
+    def pretrain_phases(self) -> list[tuple[str, UpdateFn]]:
+        """Phases run on the dataset before :meth:`update`: (name, update function). Their
+        budgets come from the run config (``trainer.pretrain_steps.<name>``)."""
+        return []
+
+    def start_online(self) -> None:
+        """Called once when online fine-tuning begins: applies ``online_overrides``."""
+        self.online = True
+        self.cfg = dataclasses.replace(self.base_cfg, **self.base_cfg.online_overrides)
+
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_actor_step(self) -> dict[str, float]:
+        """Extra work after each actor step (e.g. SAC's temperature); returns metrics."""
+        return {}
+
+    def update_targets(self, actor_updated: bool) -> None:
+        """Polyak-average target networks after an update."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- learning
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One critic step; every ``policy_freq`` critic steps also an actor step."""
+        self.num_updates += 1
+        critic_loss, info = self.critic_loss(batch)
+        optimizer_step(self.critic_optimizer, critic_loss)
+        info["critic_loss"] = critic_loss.item()
+
+        actor_updated = self.num_updates % self.cfg.policy_freq == 0
+        if actor_updated:
+            self.critic.requires_grad_(False)
+            try:
+                actor_loss, actor_info = self.actor_loss(batch)
+            finally:
+                self.critic.requires_grad_(True)
+            optimizer_step(self.actor_optimizer, actor_loss)
+            info.update(actor_loss=actor_loss.item(), **actor_info, **self.after_actor_step())
+        self.update_targets(actor_updated)
+        return info
+
+    # ---------------------------------------------------------- checkpoints
+    def _modules(self) -> dict[str, Any]:
+        """Every object with ``state_dict``/``load_state_dict`` that a checkpoint must hold."""
+        return {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_target,
+            "actor_optimizer": self.actor_optimizer,
+            "critic_optimizer": self.critic_optimizer,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: m.state_dict() for name, m in self._modules().items()}
+        state.update(num_updates=self.num_updates, online=self.online)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self._modules()) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint lacks {missing}: was it written by a different agent?")
+        for name, m in self._modules().items():
+            m.load_state_dict(state[name])
+        self.num_updates = int(state["num_updates"])
+        if bool(state["online"]):
+            self.start_online()

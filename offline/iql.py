@@ -1,0 +1,99 @@
+"""IQL: implicit Q-learning (Kostrikov et al. 2021, arXiv 2110.06169).
+
+Never queries Q on actions outside the dataset. Per update (Alg. 1):
+
+- value, expectile regression (Eq. 5): ``L_V = E |tau - 1(u < 0)| u^2`` with
+  ``u = min_i Q'_i(s, a) - V(s)``;
+- critic, one-step TD to the value (Eq. 6): ``L_Q = E (r + gamma (1 - d) V(s') - Q_i(s, a))^2``;
+- actor, advantage-weighted regression (Eq. 7):
+  ``L_pi = -E exp(beta (Q'(s, a) - V(s))) log pi(a|s)`` with weights clipped at 100.
+
+Defaults are the paper's Gym-MuJoCo settings (App. B: tau 0.7, beta 3, lr 3e-4, Polyak
+0.005, Gaussian policy with a state-independent std); AntMaze-style sparse tasks use
+tau 0.9, beta 10 and rewards shifted by -1 (``configs/experiment/o2o/iql/*``). Online
+fine-tuning (Sec. 5.3) keeps the same losses on the growing buffer and samples the
+stochastic policy. The paper's cosine decay of the actor learning rate is left out:
+runs here are short and resume must not depend on a total-step schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlft.agents.base import AgentConfig, OffPolicyAgent, soft_update
+from rlft.agents.replay_buffer import Batch
+from rlft.agents.td3 import ensemble_td_loss
+from rlft.policies.ensemble import CriticEnsemble
+from rlft.policies.gaussian import GaussianActor
+from rlft.policies.mlp import mlp
+
+
+@dataclass
+class IQLConfig(AgentConfig):
+    """IQL hyperparameters (paper, App. B, Gym-MuJoCo)."""
+
+    expectile: float = 0.7  # tau of the expectile regression
+    beta: float = 3.0  # inverse temperature of advantage weighting
+    max_weight: float = 100.0  # exp(beta * A) is clipped here
+    value_lr: float = 3e-4
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """``|tau - 1(u < 0)| u^2`` averaged, the asymmetric L2 of IQL Eq. 5."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+class IQL(OffPolicyAgent):
+    """Expectile value, TD critic ensemble, AWR actor."""
+
+    cfg: IQLConfig
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: IQLConfig, device: str | torch.device = "cpu"):
+        super().__init__(obs_dim, action_dim, cfg, device)
+        self.actor = GaussianActor(obs_dim, action_dim, cfg.hidden, squash=False, state_dependent_std=False)
+        self.actor = self.actor.to(self.device)
+        self.critic = CriticEnsemble(obs_dim, action_dim, cfg.num_critics, cfg.hidden).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value = mlp(obs_dim, 1, cfg.hidden).to(self.device)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(
+            [{"params": self.critic.parameters()}, {"params": self.value.parameters(), "lr": cfg.value_lr}],
+            lr=cfg.critic_lr,
+        )
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.actor.act(obs, deterministic)
+
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Value and critic losses together: their gradients touch disjoint parameters
+        (the value's target is the frozen target critic, the critic's target a detached V)."""
+        with torch.no_grad():
+            q_target = self.critic_target(batch.observations, batch.actions).min(0).values
+            next_v = self.value(batch.next_observations).squeeze(-1)
+            td_target = batch.rewards.squeeze(-1) + self.cfg.discount * (1.0 - batch.dones.squeeze(-1)) * next_v
+        v = self.value(batch.observations).squeeze(-1)
+        value_loss = expectile_loss(q_target - v, self.cfg.expectile)
+        q = self.critic(batch.observations, batch.actions)
+        q_loss = ensemble_td_loss(q, td_target)
+        return value_loss + q_loss, {"value_loss": value_loss.item(), "td_loss": q_loss.item(),
+                                     "q_data": q.mean().item(), "v": v.mean().item()}
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            q = self.critic_target(batch.observations, batch.actions).min(0).values
+            advantage = q - self.value(batch.observations).squeeze(-1)
+            weight = torch.exp(self.cfg.beta * advantage).clamp(max=self.cfg.max_weight)
+        log_prob = self.actor.log_prob(batch.observations, batch.actions)
+        return -(weight * log_prob).mean(), {"adv_weight": weight.mean().item(), "bc_log_prob": log_prob.mean().item()}
+
+    def update_targets(self, actor_updated: bool) -> None:
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+
+    def _modules(self) -> dict[str, Any]:
+        return {**super()._modules(), "value": self.value}

@@ -1,0 +1,82 @@
+"""Gaussian actors: the tanh-squashed policy of SAC / CQL / Cal-QL and IQL's Gaussian policy."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Normal
+
+from rlft.policies.mlp import mlp
+
+_LOG_2 = math.log(2.0)
+
+
+class GaussianActor(nn.Module):
+    """``pi(a|s)`` with a Gaussian over actions in ``[-1, 1]^act_dim``.
+
+    ``squash=True`` (SAC, Haarnoja et al. 2018, App. C): ``a = tanh(u)``, ``u ~ N(mu(s),
+    sigma(s))``, with the change-of-variables correction in :meth:`log_prob`.
+    ``squash=False`` (IQL, Kostrikov et al. 2021, App. B): ``a ~ N(tanh(mu(s)), sigma)``
+    with a state-independent ``sigma``; samples are clipped to the action box.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        squash: bool = True,
+        state_dependent_std: bool = True,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.action_dim, self.squash, self.state_dependent_std = action_dim, squash, state_dependent_std
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        out = 2 * action_dim if state_dependent_std else action_dim
+        self.net = mlp(obs_dim, out, hidden, dropout=dropout)
+        self.log_std = None if state_dependent_std else nn.Parameter(torch.zeros(action_dim))
+
+    def distribution(self, obs: torch.Tensor) -> Normal:
+        """The Gaussian before squashing (SAC) or over actions directly (IQL)."""
+        out = self.net(obs)
+        if self.state_dependent_std:
+            mean, log_std = out.chunk(2, dim=-1)
+        else:
+            mean, log_std = out, self.log_std.expand_as(out)
+        if not self.squash:
+            mean = torch.tanh(mean)
+        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        return Normal(mean, log_std.exp())
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-density ``log pi(a|s)`` (summed over dims)."""
+        dist = self.distribution(obs)
+        u = dist.rsample()
+        log_prob = dist.log_prob(u).sum(-1)
+        if not self.squash:
+            return u.clamp(-1.0, 1.0), log_prob
+        # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable.
+        log_prob = log_prob - (2.0 * (_LOG_2 - u - nn.functional.softplus(-2.0 * u))).sum(-1)
+        return torch.tanh(u), log_prob
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """``log pi(a|s)`` of given actions (dataset actions at the box edge are pulled in by ``eps``)."""
+        dist = self.distribution(obs)
+        if not self.squash:
+            return dist.log_prob(actions).sum(-1)
+        actions = actions.clamp(-1.0 + eps, 1.0 - eps)
+        u = torch.atanh(actions)
+        return (dist.log_prob(u) - torch.log1p(-actions.pow(2) + eps)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The mode (squashed mean) or a sample, in ``[-1, 1]``."""
+        if not deterministic:
+            return self.sample(obs)[0]
+        mean = self.distribution(obs).mean
+        return torch.tanh(mean) if self.squash else mean.clamp(-1.0, 1.0)

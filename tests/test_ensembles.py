@@ -1,0 +1,102 @@
+"""Ensemble targets against member-by-member references; SAC / E2O pieces built on them."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rlft.agents.sac import SAC, SACConfig
+from rlft.agents.replay_buffer import Batch
+from rlft.policies.ensemble import reduce_ensemble
+from rlft.policies.gaussian import GaussianActor
+
+
+@pytest.fixture
+def q() -> torch.Tensor:
+    return torch.randn(10, 64)
+
+
+def test_min_and_mean_match_a_loop_over_members(q):
+    members = [q[i] for i in range(q.shape[0])]
+    expected_min = members[0]
+    for m in members[1:]:
+        expected_min = torch.minimum(expected_min, m)
+    torch.testing.assert_close(reduce_ensemble(q, "min"), expected_min)
+    torch.testing.assert_close(reduce_ensemble(q, "mean"), sum(members) / len(members))
+
+
+def test_weighted_min_pair_is_the_mean_over_all_pairs(q):
+    pairs = [torch.minimum(q[i], q[j]) for i, j in itertools.combinations(range(q.shape[0]), 2)]
+    torch.testing.assert_close(reduce_ensemble(q, "weighted_min_pair"), torch.stack(pairs).mean(0))
+    two = q[:2]
+    torch.testing.assert_close(reduce_ensemble(two, "weighted_min_pair"), two.min(0).values)
+
+
+def test_redq_is_the_min_over_one_random_subset(q):
+    torch.manual_seed(3)
+    got = reduce_ensemble(q, "redq", subset_size=2)
+    torch.manual_seed(3)
+    members = torch.randperm(10)[:2].tolist()
+    torch.testing.assert_close(got, torch.minimum(q[members[0]], q[members[1]]))
+    assert not torch.equal(got, q.min(0).values)  # a subset, not all ten
+    with pytest.raises(ValueError, match="subset size"):
+        reduce_ensemble(q, "redq", subset_size=11)
+    with pytest.raises(ValueError, match="unknown target reduction"):
+        reduce_ensemble(q, "median")
+
+
+@pytest.mark.parametrize("squash", [True, False])
+def test_gaussian_actor_log_prob_matches_its_samples(squash):
+    actor = GaussianActor(4, 3, (32,), squash=squash, state_dependent_std=squash)
+    obs = torch.randn(50, 4)
+    actions, log_prob = actor.sample(obs)
+    assert actions.abs().max() <= 1.0
+    if squash:  # unclipped samples: the density of the returned action is the sampled one
+        torch.testing.assert_close(actor.log_prob(obs, actions), log_prob, atol=2e-3, rtol=1e-3)
+    else:
+        inside = (actions.abs() < 1).all(-1)
+        torch.testing.assert_close(actor.log_prob(obs, actions)[inside], log_prob[inside])
+
+
+def test_sac_target_uses_the_configured_reduction():
+    torch.manual_seed(0)
+    agent = SAC(3, 2, SACConfig(hidden=(16,), num_critics=5, target_reduction="weighted_min_pair",
+                                backup_entropy=False))
+    batch = Batch(torch.randn(8, 3), torch.rand(8, 2), torch.randn(8, 1), torch.randn(8, 3), torch.zeros(8, 1))
+    torch.manual_seed(1)
+    target = agent.critic_target_values(batch)
+    torch.manual_seed(1)
+    next_actions, _ = agent.actor.sample(batch.next_observations)
+    next_q = agent.critic_target(batch.next_observations, next_actions)
+    expected = batch.rewards.squeeze(-1) + 0.99 * reduce_ensemble(next_q, "weighted_min_pair")
+    torch.testing.assert_close(target, expected)
+
+
+def test_e2o_ucb_exploration_picks_the_most_optimistic_candidate():
+    torch.manual_seed(0)
+    agent = SAC(3, 2, SACConfig(hidden=(16,), num_critics=4, exploration="ucb", ucb_candidates=6, ucb_lambda=2.0))
+    obs = torch.randn(5, 3)
+    torch.manual_seed(7)
+    chosen = agent.act(obs, deterministic=False)
+    torch.manual_seed(7)
+    candidates = agent.actor.sample(obs.repeat_interleave(6, 0))[0].view(5, 6, 2)
+    for i in range(5):
+        q = agent.critic(obs[i].expand(6, 3), candidates[i])
+        best = (q.mean(0) + 2.0 * q.std(0)).argmax()
+        torch.testing.assert_close(chosen[i], candidates[i, best])
+
+
+def test_online_overrides_switch_at_start_online_and_survive_checkpoints():
+    cfg = SACConfig(hidden=(8,), num_critics=4, online_overrides={"target_reduction": "weighted_min_pair",
+                                                                  "policy_freq": 4})
+    agent = SAC(3, 2, cfg)
+    assert agent.cfg.target_reduction == "min" and agent.cfg.policy_freq == 1
+    agent.start_online()
+    assert agent.cfg.target_reduction == "weighted_min_pair" and agent.cfg.policy_freq == 4
+    restored = SAC(3, 2, cfg)
+    restored.load_state_dict(agent.state_dict())
+    assert restored.online and restored.cfg.policy_freq == 4
+    with pytest.raises(ValueError, match="online_overrides has unknown"):
+        SACConfig(online_overrides={"nope": 1})

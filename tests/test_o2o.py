@@ -1,0 +1,162 @@
+"""Offline-to-online machinery: MC returns, batch mixing, WSRL warm-up, Cal-QL's bound, init_from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from rlft.agents.replay_buffer import ReplayBuffer
+from rlft.offline.cql import CQL, CQLConfig, conservative_gap
+from rlft.offline.returns import episode_returns_to_go, returns_to_go
+from rlft.runtime.experiment import Experiment
+
+
+def o2o_config(dataset_path: Path, agent: str, *overrides: str) -> DictConfig:
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        return compose(
+            "config",
+            [
+                "experiment=smoke",
+                f"agent={agent}",
+                f"dataset.source={dataset_path}",
+                "agent.hidden=[32,32]",
+                "trainer.offline_steps=40",
+                "trainer.online_steps=60",
+                "trainer.eval_every=1000",
+                *overrides,
+            ],
+        )
+
+
+# ------------------------------------------------------------------ MC returns
+def test_returns_to_go_discount_within_episodes_only():
+    rewards = np.array([1.0, 2.0, 3.0, 10.0, 20.0])
+    got = returns_to_go(rewards, np.array([2, 4]), discount=0.5)
+    np.testing.assert_allclose(got, [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3, 10 + 0.5 * 20, 20])
+    with pytest.raises(ValueError, match="episode_ends stop"):
+        returns_to_go(rewards, np.array([2]), discount=0.5)
+
+
+def test_sparse_failures_get_the_infinite_horizon_failure_value():
+    failed = episode_returns_to_go(np.full(4, -1.0), 0.99, sparse_fail_reward=-1.0)
+    np.testing.assert_allclose(failed, np.full(4, -100.0), rtol=1e-6)
+    reached = episode_returns_to_go(np.array([-1.0, -1.0, 0.0]), 0.99, sparse_fail_reward=-1.0)
+    np.testing.assert_allclose(reached, [-1 - 0.99, -1.0, 0.0], rtol=1e-6)
+    dense = episode_returns_to_go(np.full(4, -1.0), 0.99)  # without the rule: a plain truncated sum
+    assert dense[0] == pytest.approx(-(1 + 0.99 + 0.99**2 + 0.99**3))
+
+
+# ------------------------------------------------------------- batch mixing
+def _marked_buffer(n_offline: int, n_online: int) -> ReplayBuffer:
+    """Offline rows carry reward 0, online rows reward 1."""
+    buf = ReplayBuffer(1, 1, n_offline + n_online)
+    for i in range(n_offline + n_online):
+        buf.add(np.array([i]), np.zeros(1), np.float32(0.0), np.zeros(1), np.float32(0))
+    buf.num_offline = n_offline  # treat the first rows as the dataset
+    buf.rewards[n_offline:] = 1.0
+    return buf
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 1.0])
+def test_offline_data_ratio_mixes_the_stated_fraction(ratio):
+    buf = _marked_buffer(300, 100)
+    for _ in range(5):
+        batch = buf.sample(256, offline_ratio=ratio)
+        assert int((batch.rewards == 0).sum()) == round(ratio * 256)
+
+
+def test_uniform_sampling_without_a_ratio_and_errors_without_data():
+    buf = _marked_buffer(300, 100)
+    torch.manual_seed(0)
+    share = float((buf.sample(20_000).rewards == 0).float().mean())
+    assert share == pytest.approx(0.75, abs=0.02)
+    empty_online = _marked_buffer(10, 0)
+    with pytest.raises(RuntimeError, match="no online transitions"):
+        empty_online.sample(8, offline_ratio=0.5)
+    with pytest.raises(ValueError, match=r"offline_ratio must be in \[0, 1\]"):
+        buf.sample(8, offline_ratio=1.5)
+
+
+# ------------------------------------------------------------------ warm-up
+def test_warmup_does_no_updates_and_fills_only_the_online_buffer(tmp_path, native_hopper):
+    cfg = o2o_config(native_hopper, "wsrl", "trainer.warmup_steps=60", "trainer.offline_data_ratio=0.0",
+                     "trainer.utd=4")
+    exp = Experiment(cfg, tmp_path / "run")
+    exp.run()
+    assert exp.agent.num_updates == 40  # offline updates only: all 60 online steps were warm-up
+    assert exp.buffer.num_offline == 0 and exp.buffer.num_online == 60  # offline data discarded
+    assert exp.agent.online and exp.agent.cfg.cql_alpha == 0.0 and exp.agent.cfg.policy_freq == 4
+
+
+def test_updates_start_after_warmup_at_the_configured_utd(tmp_path, native_hopper):
+    cfg = o2o_config(native_hopper, "calql", "trainer.warmup_steps=20", "trainer.utd=2",
+                     "trainer.offline_data_ratio=0.5")
+    exp = Experiment(cfg, tmp_path / "run")
+    n_offline = exp.buffer.num_offline
+    exp.run()
+    assert exp.agent.num_updates == 40 + 2 * (60 - 20)
+    assert exp.buffer.num_offline == n_offline and exp.buffer.num_online == 60
+    # every online row of a finished episode has its MC return; Cal-QL sees finite bounds there
+    online = exp.buffer.mc_returns[n_offline:exp.buffer.size, 0]
+    assert torch.isfinite(online).any()
+
+
+# -------------------------------------------------------------------- Cal-QL
+def test_calql_bound_keeps_policy_values_from_being_pushed_below_the_mc_return():
+    torch.manual_seed(0)
+    n, b, k = 2, 6, 3
+    q_data = torch.randn(n, b)
+    q_random = torch.randn(n, b, k)
+    q_pi = torch.randn(n, b, k, requires_grad=True)
+    q_next = torch.randn(n, b, k, requires_grad=True)
+    log_pi, log_next = torch.randn(b, k), torch.randn(b, k)
+    mc = torch.linspace(-1.0, 1.0, b)
+    gap = conservative_gap(q_data, q_random, q_pi, q_next, log_pi, log_next, action_dim=2, mc_returns=mc)
+    gap.sum().backward()
+    below = q_pi.detach() < mc.view(1, b, 1)
+    assert below.any() and (~below).any()
+    assert torch.all(q_pi.grad[below] == 0)  # no push-down below V^mu
+    assert torch.all(q_pi.grad[~below] > 0)  # pushed down above it, as in CQL
+    # with every Q above the bound, Cal-QL's penalty is exactly CQL's
+    low = torch.full((b,), -1e3)
+    plain = conservative_gap(q_data, q_random, q_pi, q_next, log_pi, log_next, action_dim=2)
+    torch.testing.assert_close(
+        conservative_gap(q_data, q_random, q_pi, q_next, log_pi, log_next, action_dim=2, mc_returns=low), plain
+    )
+
+
+def test_calql_needs_mc_returns_and_reports_how_often_the_bound_binds():
+    from rlft.agents.replay_buffer import Batch
+
+    agent = CQL(3, 2, CQLConfig(hidden=(16,), calibrated=True, cql_n_actions=2))
+    batch = Batch(torch.randn(8, 3), torch.rand(8, 2), torch.randn(8, 1), torch.randn(8, 3), torch.zeros(8, 1))
+    with pytest.raises(ValueError, match="Monte-Carlo returns"):
+        agent.update(batch)
+    batch.mc_returns = torch.full((8, 1), 1e3)
+    info = agent.update(batch)
+    assert info["calql_bound_rate"] == 1.0 and np.isfinite(info["critic_loss"])
+
+
+# ------------------------------------------------------------------ init_from
+def test_init_from_starts_online_from_the_offline_agent(tmp_path, native_hopper):
+    offline_dir = tmp_path / "offline"
+    Experiment(o2o_config(native_hopper, "iql", "trainer.online_steps=0"), offline_dir).run()
+    assert (offline_dir / "offline_checkpoint").is_dir()
+    offline_eval = json.loads((offline_dir / "eval.json").read_text())["offline_end"]
+
+    cfg = o2o_config(native_hopper, "iql", f"init_from={offline_dir}", "trainer.offline_steps=999")
+    online = Experiment(cfg, tmp_path / "online")
+    results = online.run()
+    assert online.agent.num_updates == 40 + 60  # the offline run's updates, then one per online step
+    assert results["offline_end"]["returns"] == offline_eval["returns"]  # same agent, same eval episodes
+    assert results["online_end"]["phase"] == "online"
+
+    other = o2o_config(native_hopper, "calql", f"init_from={offline_dir}")
+    with pytest.raises(ValueError, match="agent 'iql' cannot start a 'cql' run"):
+        Experiment(other, tmp_path / "bad").run()
