@@ -160,3 +160,34 @@ def test_init_from_starts_online_from_the_offline_agent(tmp_path, native_hopper)
     other = o2o_config(native_hopper, "calql", f"init_from={offline_dir}")
     with pytest.raises(ValueError, match="agent 'iql' cannot start a 'cql' run"):
         Experiment(other, tmp_path / "bad").run()
+
+
+# ------------------------------------------------------------------ configs
+O2O_EXPERIMENTS = sorted(
+    f"o2o/{p.parent.name}/{p.stem}" for p in (Path(__file__).parents[1] / "configs" / "experiment" / "o2o").glob("*/*.yaml")
+)
+
+
+@pytest.mark.parametrize("experiment", O2O_EXPERIMENTS)
+def test_every_o2o_experiment_composes_into_a_valid_agent_and_trainer(experiment):
+    from omegaconf import OmegaConf
+
+    from rlft.agents.registry import AGENTS, config_from_mapping
+    from rlft.runtime.experiment import TrainerConfig
+
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        cfg = compose("config", [f"experiment={experiment}"])
+    method, dataset = experiment.split("/")[1:]
+    assert cfg.dataset.name == dataset
+    options = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
+    agent_cfg = config_from_mapping(AGENTS[cfg.agent.name][0], options, method)
+    trainer = config_from_mapping(TrainerConfig, cfg.trainer, "trainer")
+    if method == "wsrl":
+        assert trainer.warmup_steps == 5000 and trainer.offline_data_ratio == 0.0 and trainer.utd == 4
+        assert agent_cfg.num_critics == 10 and agent_cfg.target_reduction == "redq" and agent_cfg.critic_layer_norm
+    if method == "calql":
+        assert agent_cfg.calibrated and trainer.offline_data_ratio == 0.5
+    if method == "e2o":
+        assert agent_cfg.num_critics == 10 and agent_cfg.online_overrides["exploration"] == "ucb"
+    if dataset == "pointmaze-umaze":
+        assert trainer.reward_bias == -1.0
