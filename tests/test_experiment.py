@@ -15,14 +15,19 @@ from rlft.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_ch
 from rlft.runtime.experiment import Experiment
 
 
+WSRL_SMOKE = ("agent=wsrl", "agent.cql_n_actions=2", "trainer.warmup_steps=50", "trainer.offline_data_ratio=0.0",
+              "trainer.utd=2")
+
+
 def smoke_config(dataset_path: Path, *overrides: str) -> DictConfig:
+    spot = not any(o.startswith("agent=") for o in overrides)
     with initialize_config_module("rlft.configs", version_base="1.3"):
         return compose(
             "config",
             [
                 "experiment=smoke",
                 f"dataset.source={dataset_path}",
-                "agent.vae_hidden=32",
+                *(["agent.vae_hidden=32"] if spot else []),
                 "agent.hidden=[32,32]",
                 "trainer.online_steps=240",
                 "trainer.checkpoint_every=60",
@@ -63,9 +68,15 @@ def _metric_rows(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("crash_after_save, phase_index", [(4, 1), (7, 2)], ids=["mid-offline", "mid-online"])
-def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, native_hopper, monkeypatch, crash_after_save, phase_index):
-    cfg = smoke_config(native_hopper)
+@pytest.mark.parametrize(
+    "agent, crash_after_save, phase_index",
+    [((), 4, 1), ((), 7, 2), (WSRL_SMOKE, 6, 1)],
+    ids=["spot-mid-offline", "spot-mid-online", "wsrl-mid-online"],
+)
+def test_resume_reproduces_an_uninterrupted_run_exactly(
+    tmp_path, native_hopper, monkeypatch, agent, crash_after_save, phase_index
+):
+    cfg = smoke_config(native_hopper, *agent)
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = Experiment(cfg, full_dir).run()
 
@@ -94,7 +105,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, native_hopper,
     assert results["history"] == full["history"]
     final_full = load_checkpoint(latest_checkpoint(full_dir / "checkpoints"))["agent"]
     final_cut = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))["agent"]
-    for key in ("actor", "critic", "vae"):
+    for key in ("actor", "critic", "vae") if "vae" in final_full else ("actor", "critic", "critic_target"):
         for name, tensor in final_full[key].items():
             assert torch.equal(tensor, final_cut[key][name]), f"{key}.{name} differs after resume"
     assert _metric_rows(full_dir) == _metric_rows(cut_dir)
