@@ -53,6 +53,11 @@ def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) ->
             t.lerp_(s, tau)
 
 
+def ensemble_td_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over members of each member's mean squared TD error; ``q`` is ``[N, B]``, ``target`` ``[B]``."""
+    return torch.nn.functional.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """Zero the gradients, backpropagate ``loss`` and step."""
     optimizer.zero_grad(set_to_none=True)

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlft.agents.base import AgentConfig, OffPolicyAgent, soft_update
+from rlft.agents.base import AgentConfig, OffPolicyAgent, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
-from rlft.agents.td3 import ensemble_td_loss
 from rlft.policies.ensemble import TARGET_REDUCTIONS, CriticEnsemble, reduce_ensemble
 from rlft.policies.gaussian import GaussianActor
 

@@ -12,19 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from rlft.agents.base import AgentConfig, OffPolicyAgent, UpdateFn, soft_update
+from rlft.agents.base import AgentConfig, OffPolicyAgent, UpdateFn, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.mlp import DeterministicActor
 
-__all__ = ["TD3", "TD3Config", "UpdateFn", "ensemble_td_loss"]
-
-
-def ensemble_td_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over members of each member's mean squared TD error; ``q`` is ``[N, B]``, ``target`` ``[B]``."""
-    return F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(1).sum()
+__all__ = ["TD3", "TD3Config", "UpdateFn"]
 
 
 @dataclass

@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 
-from rlft.agents.base import AgentConfig, OffPolicyAgent, soft_update
+from rlft.agents.base import AgentConfig, OffPolicyAgent, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
-from rlft.agents.td3 import ensemble_td_loss
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.gaussian import GaussianActor
 from rlft.policies.mlp import mlp
