@@ -36,7 +36,7 @@ class EnvConfig:
 def make_env(
     cfg: Mapping[str, Any] | EnvConfig, obs_stats: ObsStats | None = None, seed: int | None = None
 ) -> gym.Env:
-    """One environment: Gymnasium env -> [flattened dict obs] -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats.
+    """One environment: Gymnasium env -> [action repeat] -> [flattened dict obs] -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats.
 
     ``seed`` seeds the env's RNG (via a first ``reset``) and its action space.
     """
@@ -46,6 +46,8 @@ def make_env(
     if task.module is not None and task.env_id not in gym.registry:
         gym.register_envs(importlib.import_module(task.module))
     env = gym.make(task.env_id, max_episode_steps=cfg.max_episode_steps or task.max_episode_steps, **kwargs)
+    if task.action_repeat > 1:
+        env = gym.wrappers.RepeatAction(env, task.action_repeat)
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)  # goal-conditioned obs: keys in sorted order
     env = rescale_action(env)

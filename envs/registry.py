@@ -27,6 +27,7 @@ class TaskSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     sparse_reward: bool = False  # success-style reward (affects MC returns and plots)
     module: str | None = None  # package whose import registers env_id with gymnasium (e.g. gymnasium_robotics)
+    action_repeat: int = 1  # each agent action is applied this many simulator steps (rewards summed)
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -67,7 +68,9 @@ register_task(
 # Sparse-reward navigation (Gymnasium-Robotics PointMaze, the D4RL maze2d successor) laid out
 # like AntMaze-umaze: a fixed start at the bottom-left ("r") and goal at the top-left ("g") of
 # the U, so the agent must go round. Reward 1 on reaching the goal, which ends the episode:
-# the normalised score is the success rate in %. A random policy never succeeds.
+# the normalised score is the success rate in %. A random policy never succeeds. Actions repeat
+# for 4 simulator steps (40 ms), so the 300-step limit is 75 decisions and a good route about
+# 30: short enough for Q-values to propagate within CPU-sized offline budgets.
 U_MAZE_FIXED_GOAL = [
     [1, 1, 1, 1, 1],
     [1, "g", 0, 0, 1],
@@ -85,5 +88,6 @@ register_task(
         env_kwargs={"continuing_task": False, "maze_map": U_MAZE_FIXED_GOAL},
         sparse_reward=True,
         module="gymnasium_robotics",
+        action_repeat=4,
     )
 )

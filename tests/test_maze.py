@@ -24,20 +24,20 @@ def test_flattened_goal_observation_and_bfs_path():
         controller.path((1, 1), (0, 0))
 
 
-def test_noise_free_controller_reaches_the_goal_a_random_policy_never_does():
+def test_noise_free_controller_reaches_the_goal_a_random_policy_rarely_does():
     env = make_env({"task": "pointmaze_umaze"})
     controller = WaypointController(env.unwrapped.maze)
     for seed in range(3):
         obs, _ = env.reset(seed=seed)
-        for _ in range(300):
+        for step in range(75):  # 300 simulator steps, 4 per action
             obs, reward, terminated, truncated, _ = env.step(controller(obs[4:6], obs[6:8], obs[2:4]))
             if terminated or truncated:
                 break
-        assert terminated and reward == 1.0
+        assert terminated and reward == 1.0 and step < 40
     rng = np.random.default_rng(0)
     envs = make_vector_env({"task": "pointmaze_umaze"}, 5)
-    random = evaluate(lambda o: rng.uniform(-1, 1, (len(o), 2)).astype(np.float32), envs, 10, 0, 0.0, 1.0)
-    assert random.normalized_score == 0.0  # the fixed start is two turns away from the goal
+    random = evaluate(lambda o: rng.uniform(-1, 1, (len(o), 2)).astype(np.float32), envs, 20, 0, 0.0, 1.0)
+    assert random.normalized_score <= 10.0  # the fixed start is two turns away from the goal
 
 
 def test_collection_writes_a_loadable_sparse_dataset(tmp_path):
