@@ -149,6 +149,7 @@ class Experiment:
             "buffer": self.buffer.online_state_dict(),
             "stepper": self.stepper.state_dict() if self.stepper is not None else None,
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+            "obs_stats": [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None,
         }
         return save_checkpoint(self.run_dir / "checkpoints", self.global_step, state, self.trainer.keep_checkpoints)
 
@@ -179,8 +180,8 @@ class Experiment:
         """Start from another run's offline agent and go straight to online fine-tuning.
 
         ``source`` is a run folder (its ``offline_checkpoint``) or a checkpoint folder. The
-        offline run must share agent and dataset, since the observation normalisation and
-        network shapes come from them. The loaded agent is evaluated once (phase ``offline``).
+        offline run must share the agent and the observation normalisation (compared by value,
+        so a copy of the dataset elsewhere is fine). The loaded agent is evaluated once (phase ``offline``).
         """
         source = Path(source)
         path = source / OFFLINE_CHECKPOINT if (source / OFFLINE_CHECKPOINT).is_dir() else source
@@ -188,10 +189,16 @@ class Experiment:
         theirs = OmegaConf.create(state["config"])
         if theirs.agent.name != self.cfg.agent.name:
             raise ValueError(f"init_from {path}: agent '{theirs.agent.name}' cannot start a '{self.cfg.agent.name}' run")
-        if str(theirs.dataset.source) != str(self.cfg.dataset.source):
+        ours = [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None
+        theirs_stats = state.get("obs_stats")
+        same = (ours is None and theirs_stats is None) or (
+            ours is not None and theirs_stats is not None
+            and all(torch.allclose(o.float(), t.float()) for o, t in zip(ours, theirs_stats))
+        )
+        if not same:
             raise ValueError(
-                f"init_from {path}: pretrained on {theirs.dataset.source}, this run uses {self.cfg.dataset.source} "
-                "(observation normalisation would differ)"
+                f"init_from {path}: pretrained on {theirs.dataset.source} with other observation normalisation "
+                f"than this run's dataset {self.cfg.dataset.source}"
             )
         if state["counters"]["phase_index"] < len(self.dataset_phases):
             raise ValueError(f"init_from {path}: that checkpoint is from before the end of offline training")

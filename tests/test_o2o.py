@@ -191,3 +191,16 @@ def test_every_o2o_experiment_composes_into_a_valid_agent_and_trainer(experiment
         assert agent_cfg.num_critics == 10 and agent_cfg.online_overrides["exploration"] == "ucb"
     if dataset == "pointmaze-umaze":
         assert trainer.reward_bias == -1.0
+
+
+def test_init_from_refuses_an_agent_trained_with_other_observation_statistics(tmp_path, hopper_dataset):
+    from rlft.offline.loaders import save_native
+
+    hopper_dataset.env_id = "Hopper-v5"
+    first = save_native(hopper_dataset, tmp_path / "a.h5")
+    hopper_dataset.observations = hopper_dataset.observations * 2.0
+    hopper_dataset.next_observations = hopper_dataset.next_observations * 2.0
+    second = save_native(hopper_dataset, tmp_path / "b.h5")
+    Experiment(o2o_config(first, "iql", "trainer.online_steps=0"), tmp_path / "offline").run()
+    with pytest.raises(ValueError, match="other observation normalisation"):
+        Experiment(o2o_config(second, "iql", f"init_from={tmp_path / 'offline'}"), tmp_path / "online").run()
