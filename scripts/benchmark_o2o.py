@@ -131,7 +131,7 @@ def online_curve(history: list[dict], eval_every: int, online_steps: int) -> tup
 
 
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
-    labels = [m for m in args.methods] + ([NO_WARMUP] if "wsrl" in args.methods else [])
+    labels = list(args.methods) + ([NO_WARMUP] if "wsrl" in args.methods else [])
     results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
     for task in args.tasks:
         per_label: dict = {}
