@@ -64,7 +64,8 @@ class EnvStepper:
         obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
         action = act(obs_t).squeeze(0).cpu().numpy()
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        self._episode_rows.append(self.buffer.add(self.obs, action, np.float32(reward), next_obs, np.float32(terminated)))
+        rows = self.buffer.add(self.obs, action, np.float32(reward), next_obs, np.float32(terminated))
+        self._episode_rows.append(rows)
         self.episode_return += float(reward)
         self.episode_length += 1
         self.obs = next_obs

@@ -188,7 +188,9 @@ class Experiment:
         state = load_checkpoint(path, self.device)
         theirs = OmegaConf.create(state["config"])
         if theirs.agent.name != self.cfg.agent.name:
-            raise ValueError(f"init_from {path}: agent '{theirs.agent.name}' cannot start a '{self.cfg.agent.name}' run")
+            raise ValueError(
+                f"init_from {path}: agent '{theirs.agent.name}' cannot start a '{self.cfg.agent.name}' run"
+            )
         ours = [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None
         theirs_stats = state.get("obs_stats")
         same = (ours is None and theirs_stats is None) or (

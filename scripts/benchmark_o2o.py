@@ -173,7 +173,8 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
         f"env steps, WSRL warm-up {args.warmup_steps} steps, networks {args.width}-{args.width}, "
         f"{args.cql_actions} CQL actions per source; {len(args.seeds)} seeds; "
         f"wall clock {results['wall_seconds'] / 60:.0f} min.",
-        "Normalised score: 100 * (return - random) / (expert - random); on pointmaze-umaze it is the success rate in %.",
+        "Normalised score: 100 * (return - random) / (expert - random); "
+        "on pointmaze-umaze it is the success rate in %.",
         "",
     ]
     for task, per_label in results["tasks"].items():

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m rlft.scripts.benchmark_updates " + shlex.join(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(0)
     b = args.batch_size
-    batch = Batch(torch.randn(b, 11), torch.rand(b, 3) * 2 - 1, torch.randn(b, 1), torch.randn(b, 11), torch.zeros(b, 1),
-                  torch.randn(b, 1))
+    obs, next_obs = torch.randn(b, 11), torch.randn(b, 11)
+    batch = Batch(obs, torch.rand(b, 3) * 2 - 1, torch.randn(b, 1), next_obs, torch.zeros(b, 1), torch.randn(b, 1))
     configs = {  # name -> (agent factory, time VAE pretraining instead of actor-critic updates)
         "TD3 (256-256)": (lambda: TD3(11, 3, TD3Config()), False),
         "SPOT, VAE 256-256 (demo)": (lambda: SPOT(11, 3, SPOTConfig(vae_hidden=256)), False),
