@@ -312,7 +312,16 @@ class Experiment:
         self._advance_phase()
         path = self._checkpoint()
         if self.phase_index == len(self.dataset_phases):
-            shutil.copytree(path, self.run_dir / OFFLINE_CHECKPOINT, dirs_exist_ok=True)
+            self._keep_offline_checkpoint(path)
+
+    def _keep_offline_checkpoint(self, path: Path) -> None:
+        """Copy the end-of-offline checkpoint to ``OFFLINE_CHECKPOINT``: copy to a temporary
+        folder, then rename, so a crash never leaves a half-written one for ``init_from``."""
+        final, tmp = self.run_dir / OFFLINE_CHECKPOINT, self.run_dir / f".tmp-{OFFLINE_CHECKPOINT}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(path, tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
 
     def _run_online_phase(self) -> None:
         t = self.trainer
