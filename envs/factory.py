@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlft.envs.registry import TaskSpec, get_task
-from rlft.envs.wrappers import FixedNormalizeObservation, rescale_action
+from rlft.envs.wrappers import ActionChunking, FixedNormalizeObservation, SuccessReward, rescale_action
 
 ObsStats = tuple[np.ndarray, np.ndarray]
 
@@ -34,11 +34,19 @@ class EnvConfig:
 
 
 def make_env(
-    cfg: Mapping[str, Any] | EnvConfig, obs_stats: ObsStats | None = None, seed: int | None = None
+    cfg: Mapping[str, Any] | EnvConfig,
+    obs_stats: ObsStats | None = None,
+    seed: int | None = None,
+    action_chunk: int = 1,
+    obs_history: int = 1,
 ) -> gym.Env:
-    """One environment: Gymnasium env -> [action repeat] -> [flattened dict obs] -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats.
+    """One environment: Gymnasium env -> [success reward] -> [action repeat] -> [flattened dict obs]
+    -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats -> [obs history] -> [action chunks].
 
-    ``seed`` seeds the env's RNG (via a first ``reset``) and its action space.
+    ``seed`` seeds the env's RNG (via a first ``reset``) and its action space. ``action_chunk > 1``
+    makes each agent action a flat chunk of that many actions (:class:`ActionChunking`); episode
+    statistics still count simulator steps. ``obs_history > 1`` stacks that many observations,
+    oldest first, flat (the episode's first observation pads the start).
     """
     cfg = EnvConfig.from_mapping(cfg)
     task = resolve_task(cfg.task)
@@ -46,6 +54,8 @@ def make_env(
     if task.module is not None and task.env_id not in gym.registry:
         gym.register_envs(importlib.import_module(task.module))
     env = gym.make(task.env_id, max_episode_steps=cfg.max_episode_steps or task.max_episode_steps, **kwargs)
+    if task.success_key is not None:
+        env = SuccessReward(env, task.success_key)
     if task.action_repeat > 1:
         env = gym.wrappers.RepeatAction(env, task.action_repeat)
     if isinstance(env.observation_space, gym.spaces.Dict):
@@ -54,6 +64,11 @@ def make_env(
     if obs_stats is not None:
         env = FixedNormalizeObservation(env, *obs_stats)
     env = gym.wrappers.RecordEpisodeStatistics(env)
+    if obs_history > 1:
+        stacked = gym.wrappers.FrameStackObservation(env, obs_history, padding_type="reset")
+        env = gym.wrappers.FlattenObservation(stacked)
+    if action_chunk > 1:
+        env = ActionChunking(env, action_chunk)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
@@ -65,13 +80,22 @@ def make_vector_env(
     num_envs: int,
     obs_stats: ObsStats | None = None,
     asynchronous: bool = False,
+    action_chunk: int = 1,
+    obs_history: int = 1,
 ) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of :func:`make_env` in a Gymnasium vector env (sync or subprocess)."""
+    """``num_envs`` copies of :func:`make_env` in a Gymnasium vector env (sync or subprocess).
+
+    Finished sub-envs reset in the same step (``AutoresetMode.SAME_STEP``): the returned
+    observation starts the next episode and ``info["final_obs"]`` holds the last one.
+    """
     cfg = EnvConfig.from_mapping(cfg)
-    thunks: list[Callable[[], gym.Env]] = [lambda: make_env(cfg, obs_stats) for _ in range(num_envs)]
+    thunks: list[Callable[[], gym.Env]] = [
+        lambda: make_env(cfg, obs_stats, action_chunk=action_chunk, obs_history=obs_history) for _ in range(num_envs)
+    ]
+    mode = gym.vector.AutoresetMode.SAME_STEP
     if asynchronous:
-        return gym.vector.AsyncVectorEnv(thunks)
-    return gym.vector.SyncVectorEnv(thunks)
+        return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=mode)
+    return gym.vector.SyncVectorEnv(thunks, autoreset_mode=mode)
 
 
 def resolve_task(name: str) -> TaskSpec:
@@ -80,5 +104,7 @@ def resolve_task(name: str) -> TaskSpec:
         return get_task(name)
     except KeyError:
         if name in gym.registry:
-            return TaskSpec(name=name, env_id=name, ref_min_score=float("nan"), ref_max_score=float("nan"))
+            limit = gym.registry[name].max_episode_steps or 1000
+            return TaskSpec(name=name, env_id=name, ref_min_score=float("nan"), ref_max_score=float("nan"),
+                            max_episode_steps=limit)
         raise

@@ -28,6 +28,7 @@ class TaskSpec:
     sparse_reward: bool = False  # success-style reward (affects MC returns and plots)
     module: str | None = None  # package whose import registers env_id with gymnasium (e.g. gymnasium_robotics)
     action_repeat: int = 1  # each agent action is applied this many simulator steps (rewards summed)
+    success_key: str | None = None  # info key of task success: the reward becomes 1 on success, which ends the episode
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -91,3 +92,23 @@ register_task(
         action_repeat=4,
     )
 )
+
+# Meta-World manipulation (rlft.envs.metaworld): state observations (39 dims), 4-D end-effector
+# + gripper actions, sparse success reward (1 on success, which ends the episode), so the
+# normalised score is the success rate in %. The scripted experts finish these in 40-80 steps;
+# the 150-step limit leaves room for recoveries.
+METAWORLD_TASKS = ("push", "door-open", "drawer-open", "button-press-topdown", "pick-place", "reach", "window-open")
+for _name in METAWORLD_TASKS:
+    register_task(
+        TaskSpec(
+            f"mw-{_name}",
+            "rlft/MetaWorld-v3",
+            ref_min_score=0.0,
+            ref_max_score=1.0,
+            max_episode_steps=150,
+            env_kwargs={"env_name": f"{_name}-v3"},
+            sparse_reward=True,
+            module="rlft.envs.metaworld",
+            success_key="success",
+        )
+    )

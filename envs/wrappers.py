@@ -49,3 +49,54 @@ def rescale_action(env: gym.Env) -> gym.Env:
         raise ValueError(f"cannot rescale an unbounded action space {space}")
     ones = np.ones(space.shape, dtype=space.dtype)
     return gym.wrappers.RescaleAction(env, -ones, ones)
+
+
+class SuccessReward(gym.Wrapper):
+    """Sparse success reward: ``r = 1`` on the step where ``info[key]`` turns true, else 0,
+    and the episode terminates there (the setting of DPPO's and ResiP's manipulation tasks,
+    arXiv 2409.00588 Sec. 5, arXiv 2407.16677 Sec. 4). ``info["success"]`` is set on every step.
+    """
+
+    def __init__(self, env: gym.Env, key: str = "success"):
+        super().__init__(env)
+        self.key = key
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        if self.key not in info:
+            raise KeyError(f"SuccessReward: the env's info has no {self.key!r} key (keys: {sorted(info)})")
+        success = bool(info[self.key])
+        info["success"] = success
+        return obs, float(success), terminated or success, truncated, info
+
+
+class ActionChunking(gym.Wrapper):
+    """Executes a chunk of ``steps`` actions per agent step (diffusion policies' action chunks).
+
+    The agent's action space is ``Box(low, high, (steps * action_dim,))`` (the chunk, flat,
+    first action first). Rewards of the executed steps are summed (discount 1 inside a
+    chunk, as DPPO's multi-step wrapper does); the chunk stops early when the episode ends.
+    ``info["chunk_steps"]`` says how many simulator steps ran.
+    """
+
+    def __init__(self, env: gym.Env, steps: int):
+        super().__init__(env)
+        if steps < 1:
+            raise ValueError(f"ActionChunking needs steps >= 1, got {steps}")
+        space = env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise TypeError(f"ActionChunking needs a flat Box action space, got {space}")
+        self.steps, self.action_dim = steps, space.shape[0]
+        self.action_space = gym.spaces.Box(np.tile(space.low, steps), np.tile(space.high, steps), dtype=space.dtype)
+
+    def step(self, action):
+        chunk = np.asarray(action).reshape(self.steps, self.action_dim)
+        total, executed = 0.0, 0
+        for a in chunk:
+            obs, reward, terminated, truncated, info = self.env.step(a)
+            total += float(reward)
+            executed += 1
+            if terminated or truncated:
+                break
+        info = dict(info, chunk_steps=executed)
+        return obs, total, terminated, truncated, info

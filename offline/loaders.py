@@ -235,7 +235,11 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
         env_id=env_spec.id if env_spec is not None else None,
         ref_min_score=_attr_float(metadata.get("ref_min_score")),
         ref_max_score=_attr_float(metadata.get("ref_max_score")),
-        metadata={"minari_id": metadata.get("dataset_id"), "minari_version": metadata.get("minari_version")},
+        metadata={
+            "minari_id": metadata.get("dataset_id"),
+            "minari_version": metadata.get("minari_version"),
+            "env_kwargs": dict(env_spec.kwargs) if env_spec is not None else {},
+        },
     )
 
 

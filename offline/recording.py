@@ -107,10 +107,12 @@ def write_minari_dataset(
     description: str,
     observation_space: gym.Space | None = None,
     action_space: gym.Space | None = None,
+    env_spec: gym.envs.registration.EnvSpec | None = None,
 ) -> dict:
     """Write ``episodes`` with Minari's own writer under ``out_dir`` (``MINARI_DATASETS_PATH``
     must point there) and return the dataset's statistics. Pass the spaces when the recorded
-    observations are a wrapped (e.g. flattened) view of the environment's."""
+    observations are a wrapped (e.g. flattened) view of the environment's, and ``env_spec`` when
+    the env needs ``gymnasium.make`` kwargs (the spec keeps them, so the dataset can rebuild it)."""
     buffers = [
         EpisodeBuffer(
             id=i,
@@ -125,14 +127,14 @@ def write_minari_dataset(
     minari.create_dataset_from_buffers(
         dataset_id=dataset_id,
         buffer=buffers,
-        env=task.env_id,
+        env=env_spec or task.env_id,
         algorithm_name=algorithm_name,
         author="rlft",
         ref_min_score=task.ref_min_score,
         ref_max_score=task.ref_max_score,
         description=description,
         data_format="hdf5",
-        eval_env=task.env_id,
+        eval_env=env_spec or task.env_id,
         author_email="rlft@users.noreply.github.com",
         code_permalink="rlft/offline",
         observation_space=observation_space,

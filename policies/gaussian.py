@@ -1,4 +1,4 @@
-"""Gaussian actors: the tanh-squashed policy of SAC / CQL / Cal-QL and IQL's Gaussian policy."""
+"""Gaussian actors: the tanh-squashed policy of SAC / CQL / Cal-QL, IQL's Gaussian policy and PPO's."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
+from rlft.policies.base import Exploration
 from rlft.policies.mlp import mlp
 
 _LOG_2 = math.log(2.0)
@@ -80,3 +81,77 @@ class GaussianActor(nn.Module):
             return self.sample(obs)[0]
         mean = self.distribution(obs).mean
         return torch.tanh(mean) if self.squash else mean.clamp(-1.0, 1.0)
+
+
+class GaussianPPOPolicy(nn.Module):
+    """PPO's Gaussian MLP policy (Schulman et al. 2017, Sec. 6.1): ``a ~ N(mu(s), diag(sigma))``
+    with a state-independent, learned ``log sigma``.
+
+    ``tanh_mean`` keeps the mean inside the action box (behaviour-cloned starts); samples
+    are clipped to ``[-1, 1]`` for the env (``clip_actions``) while the log-probability is
+    that of the unclipped sample, which is what PPO stores. ``head_gain`` scales an orthogonal
+    init of the mean head (0.01 gives a near-zero mean, as ResiP's residual head). The output
+    may be a flat action chunk (an env wrapped with ``ActionChunking``).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        init_log_std: float = -1.0,
+        log_std_min: float = -5.0,
+        log_std_max: float = 0.5,
+        tanh_mean: bool = True,
+        clip_actions: bool = True,
+        head_gain: float | None = None,
+        clip_coef: float = 0.2,
+        activation: type[nn.Module] = nn.Mish,
+    ):
+        super().__init__()
+        self.tanh_mean, self.clip_actions, self.clip_coef = tanh_mean, clip_actions, clip_coef
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.net = mlp(in_dim, out_dim, hidden, activation=activation)
+        if head_gain is not None:
+            nn.init.orthogonal_(self.net[-1].weight, gain=head_gain)
+            nn.init.zeros_(self.net[-1].bias)
+        self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)
+        return torch.tanh(out) if self.tanh_mean else out
+
+    def distribution(self, obs: torch.Tensor) -> Normal:
+        mean = self.mean(obs)
+        return Normal(mean, self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mean))
+
+    def _to_env(self, action: torch.Tensor) -> torch.Tensor:
+        return action.clamp(-1.0, 1.0) if self.clip_actions else action
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self._to_env(self.mean(obs) if deterministic else self.distribution(obs).sample())
+
+    def bc_loss(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Behaviour cloning of the mean (mean squared error)."""
+        return (self.mean(obs) - actions).pow(2).mean()
+
+    # ---- PPOActor
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> Exploration:
+        dist = self.distribution(obs)
+        action = dist.sample()
+        return Exploration(self._to_env(action), {"action": action}, dist.log_prob(action).sum(-1, keepdim=True))
+
+    def evaluate(self, obs: torch.Tensor, stored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.distribution(obs)
+        return dist.log_prob(stored["action"]).sum(-1, keepdim=True), dist.entropy().sum(-1)
+
+    def clip_coefficients(self) -> torch.Tensor:
+        return torch.tensor([self.clip_coef], device=self.log_std.device)
+
+    def advantage_weights(self) -> torch.Tensor:
+        return torch.ones(1, device=self.log_std.device)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())

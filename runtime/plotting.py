@@ -17,6 +17,7 @@ def plot_learning_curve(
     path: str | Path,
     title: str,
     phase_boundaries: Mapping[str, int] | None = None,
+    xlabel: str = "training step",
 ) -> Path:
     """Plot normalised evaluation score (mean ± std over episodes) against training step.
 
@@ -40,7 +41,7 @@ def plot_learning_curve(
         ax.axvline(step, color="grey", linestyle="--", linewidth=1)
         ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="grey")
-    _finish(ax, title, "training step", "normalised score")
+    _finish(ax, title, xlabel, "normalised score")
     return _save(fig, path)
 
 

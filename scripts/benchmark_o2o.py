@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rlft.runtime.plotting import plot_seed_curves
+from rlft.scripts import bench_runs
 
 METHODS = ("wsrl", "calql", "e2o", "iql", "spot")
 NO_WARMUP = "wsrl-no-warmup"  # WSRL's checkpoint fine-tuned without warm-up (offline data discarded)
@@ -91,21 +90,13 @@ def run_dir(out: Path, task: str, label: str, seed: int) -> Path:
 
 
 def finished(folder: Path, online: bool) -> bool:
-    path = folder / "eval.json"
-    if not path.is_file():
-        return False
-    data = json.loads(path.read_text())
-    return data["online_end"] is not None if online else data["offline_end"] is not None
+    key = "online_end" if online else "offline_end"
+    return bench_runs.finished(folder, lambda data: data[key] is not None)
 
 
 def launch(overrides: list[str], folder: Path) -> None:
     """Run (or resume) one ``rlft`` command into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    extra = [f"resume={folder}"] if (folder / "checkpoints").is_dir() else []
-    cmd = [sys.executable, "-m", "rlft.scripts.main", *overrides, *extra, f"hydra.run.dir={folder}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(folder / "stdout.log", "a") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    bench_runs.launch("rlft.scripts.main", overrides, folder)
 
 
 def run_chain(chain: Chain, out: Path) -> str:

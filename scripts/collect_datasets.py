@@ -1,10 +1,12 @@
 """Write D4RL-style Minari datasets: SAC-expert recipes for MuJoCo locomotion tasks, a noisy
-waypoint controller for the sparse-reward maze (``pointmaze_umaze``).
+waypoint controller for the sparse-reward maze (``pointmaze_umaze``), and noisy scripted-expert
+demonstrations for Meta-World tasks (``mw-*``).
 
 Examples (what produced the datasets shipped in ``data/minari``)::
 
     python -m rlft.scripts.collect_datasets --tasks hopper --kinds medium medium-replay
     python -m rlft.scripts.collect_datasets --tasks pointmaze_umaze --transitions 50000
+    python -m rlft.scripts.collect_datasets --tasks mw-push mw-pick-place --episodes 10 --noise 0.3
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from rlft.envs.registry import get_task
 from rlft.offline.collection import DATASET_KINDS, CollectionConfig, collect
+from rlft.offline.demos import DemoConfig, collect_demos
 from rlft.offline.maze_collection import MazeCollectionConfig, collect_maze
 
 
@@ -33,10 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transitions", type=int, default=defaults.transitions)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--episodes", type=int, default=DemoConfig.episodes, help="Meta-World: demonstrations to keep")
+    parser.add_argument("--noise", type=float, default=DemoConfig.noise, help="Meta-World: expert action noise std")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     for task in args.tasks:
+        if get_task(task).env_id == "rlft/MetaWorld-v3":
+            demos = collect_demos(DemoConfig(task=task, episodes=args.episodes, noise=args.noise, seed=args.seed),
+                                  args.out_dir, args.version)
+            print(json.dumps(demos, indent=2))
+            continue
         if get_task(task).module == "gymnasium_robotics":
             maze = collect_maze(MazeCollectionConfig(task=task, out_dir=args.out_dir, namespace=args.namespace,
                                                      version=args.version, transitions=args.transitions,

@@ -1,0 +1,120 @@
+"""Policy families for on-policy fine-tuning, built from one config block (``method.policy``).
+
+=========  ========================  ====================================  =========================
+family     behaviour-cloned base     what PPO trains                       env the PPO actor sees
+=========  ========================  ====================================  =========================
+gaussian   Gaussian MLP (optional)   the whole Gaussian policy             chunks of ``act_steps``
+dppo       diffusion policy          last ``ft_steps`` denoising steps     chunks of ``act_steps``
+residual   diffusion policy (frozen) a Gaussian residual on [obs, a_base]  single steps (ResiP)
+=========  ========================  ====================================  =========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from rlft.policies.base import PPOActor
+from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy
+from rlft.policies.dppo import DPPOPolicy
+from rlft.policies.gaussian import GaussianPPOPolicy
+from rlft.policies.residual import ResidualVectorEnv
+
+FAMILIES = ("gaussian", "dppo", "residual")
+
+
+@dataclass
+class FamilyConfig:
+    """Everything that shapes the policy (``method.policy`` in configs)."""
+
+    family: str = "dppo"
+    horizon: int = 4  # predicted chunk length H
+    act_steps: int = 4  # executed actions per chunk
+    obs_history: int = 1  # observations the policy conditions on (To)
+    hidden: Sequence[int] = field(default_factory=lambda: (256, 256))
+    bc_init: bool = True  # gaussian only: start from behaviour cloning (else from scratch)
+    # diffusion (dppo, residual base)
+    denoising_steps: int = 20
+    time_dim: int = 16
+    # DPPO (arXiv 2409.00588 App. D)
+    ft_steps: int = 10
+    min_sampling_std: float = 0.1
+    min_logprob_std: float = 0.1
+    noise_clip: float = 3.0
+    gamma_denoise: float = 0.99
+    clip_coef: float = 0.01
+    clip_coef_base: float = 0.001
+    clip_coef_rate: float = 3.0
+    # Gaussian PPO / residual (arXiv 2407.16677 Sec. 4)
+    init_log_std: float = -1.0
+    gaussian_clip_coef: float = 0.2
+    residual_scale: float = 0.1
+    residual_hidden: Sequence[int] = field(default_factory=lambda: (256, 256))
+    residual_head_gain: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown policy family {self.family!r}; available: {FAMILIES}")
+        if self.family == "gaussian" and self.horizon != self.act_steps:
+            raise ValueError("the Gaussian family predicts exactly the executed chunk: set horizon == act_steps")
+
+    def spec(self, obs_dim: int, action_dim: int) -> ChunkSpec:
+        return ChunkSpec(obs_dim, action_dim, self.horizon, self.act_steps, self.obs_history)
+
+    @property
+    def env_chunk(self) -> int:
+        """Actions per agent step in the PPO env (the residual acts every step)."""
+        return 1 if self.family == "residual" else self.act_steps
+
+
+def build_base(cfg: FamilyConfig, obs_dim: int, action_dim: int) -> nn.Module:
+    """The behaviour-cloned policy: a diffusion policy, or the Gaussian policy itself."""
+    spec = cfg.spec(obs_dim, action_dim)
+    if cfg.family == "gaussian":
+        return GaussianPPOPolicy(
+            spec.cond_dim, spec.chunk_dim, cfg.hidden, cfg.init_log_std, clip_coef=cfg.gaussian_clip_coef
+        )
+    return DiffusionPolicy(spec, cfg.denoising_steps, cfg.hidden, cfg.time_dim)
+
+
+def build_actor(cfg: FamilyConfig, base: nn.Module, obs_dim: int, action_dim: int) -> PPOActor:
+    """The PPO actor around a (behaviour-cloned) base."""
+    if cfg.family == "gaussian":
+        return base
+    if cfg.family == "dppo":
+        return DPPOPolicy(
+            base,
+            cfg.ft_steps,
+            cfg.min_sampling_std,
+            cfg.min_logprob_std,
+            cfg.noise_clip,
+            cfg.gamma_denoise,
+            cfg.clip_coef,
+            cfg.clip_coef_base,
+            cfg.clip_coef_rate,
+        )
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return GaussianPPOPolicy(
+        obs_dim * cfg.obs_history + action_dim,
+        action_dim,
+        cfg.residual_hidden,
+        cfg.init_log_std,
+        tanh_mean=False,
+        clip_actions=False,
+        head_gain=cfg.residual_head_gain,
+        clip_coef=cfg.gaussian_clip_coef,
+    )
+
+
+def wrap_env(
+    cfg: FamilyConfig, env: gym.vector.VectorEnv, base: nn.Module, device: str | torch.device
+) -> gym.vector.VectorEnv:
+    """The env the actor acts in: the residual family hides its frozen base inside it."""
+    if cfg.family != "residual":
+        return env
+    return ResidualVectorEnv(env, base, cfg.act_steps, cfg.residual_scale, device)

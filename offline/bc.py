@@ -1,0 +1,100 @@
+"""Behaviour cloning of chunked policies (diffusion or Gaussian) from a transition dataset.
+
+:func:`chunk_windows` turns episodes into training pairs the way Diffusion Policy does
+(Chi et al. 2023, Sec. 3.1): at every step ``t`` the condition is the observation history
+``o_{t-To+1..t}`` and the target the action chunk ``a_{t..t+H-1}``; windows that reach past
+an episode's start or end repeat its first observation or last action, so every step of
+every episode is a training sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlft.offline.dataset import TransitionDataset
+
+
+class ChunkCloner(Protocol):
+    """A policy trainable by :func:`train_bc`."""
+
+    def bc_loss(self, obs: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self): ...
+
+
+def chunk_windows(
+    dataset: TransitionDataset,
+    horizon: int,
+    obs_history: int = 1,
+    obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(cond [N, obs_history * obs_dim], chunks [N, horizon * action_dim])``, one per dataset step.
+
+    ``obs_stats`` normalises observations first (the policy then sees env observations
+    normalised with the same statistics)."""
+    if horizon < 1 or obs_history < 1:
+        raise ValueError(f"horizon and obs_history must be >= 1, got {horizon}, {obs_history}")
+    obs = dataset.observations
+    if obs_stats is not None:
+        obs = (obs - obs_stats[0]) / obs_stats[1]
+    conds, chunks = [], []
+    for sl in dataset.episode_slices():
+        o, a = obs[sl], dataset.actions[sl]
+        n = len(a)
+        steps = np.arange(n)
+        hist = np.clip(steps[:, None] + np.arange(-obs_history + 1, 1)[None], 0, n - 1)
+        fut = np.clip(steps[:, None] + np.arange(horizon)[None], 0, n - 1)
+        conds.append(o[hist].reshape(n, -1))
+        chunks.append(a[fut].reshape(n, -1))
+    return np.concatenate(conds).astype(np.float32), np.concatenate(chunks).astype(np.float32)
+
+
+@dataclass
+class BCConfig:
+    """Behaviour-cloning budget (``bc:`` in configs)."""
+
+    steps: int = 5000  # gradient steps
+    batch_size: int = 256
+    lr: float = 1e-4  # DPPO's pretraining learning rate
+    weight_decay: float = 1e-6
+    log_every: int = 500
+
+
+def train_bc(
+    policy: ChunkCloner,
+    cond: np.ndarray,
+    chunks: np.ndarray,
+    cfg: BCConfig,
+    device: str | torch.device = "cpu",
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Minimise ``policy.bc_loss`` on random minibatches with AdamW and a cosine learning-rate
+    decay; returns the mean loss of every ``log_every`` steps."""
+    if len(cond) != len(chunks):
+        raise ValueError(f"{len(cond)} conditions but {len(chunks)} chunks")
+    cond_t = torch.as_tensor(cond, device=device)
+    chunks_t = torch.as_tensor(chunks, device=device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.steps, 1), eta_min=cfg.lr / 10)
+    history, running = [], 0.0
+    for step in tqdm(range(1, cfg.steps + 1), desc="bc", disable=not progress, mininterval=1.0):
+        idx = torch.randint(0, len(cond_t), (cfg.batch_size,), device=device)
+        loss = policy.bc_loss(cond_t[idx], chunks_t[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running += loss.item()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            history.append(running / count)
+            running = 0.0
+            if log is not None:
+                log(step, {"bc/loss": history[-1]})
+    return history

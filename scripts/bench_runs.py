@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark drivers: run an rlft command into a folder (resuming it
+if it was interrupted), and tell whether a run folder is finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def launch(module: str, overrides: list[str], folder: Path) -> None:
+    """Run ``python -m <module> <overrides>`` into ``folder`` with one torch thread; a folder
+    that already holds checkpoints is resumed instead of started again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    extra = [f"resume={folder}"] if (folder / "checkpoints").is_dir() else []
+    cmd = [sys.executable, "-m", module, *overrides, *extra, f"hydra.run.dir={folder}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(folder / "stdout.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def finished(folder: Path, done: Callable[[dict], bool]) -> bool:
+    """``done(eval.json)`` for a run folder that has one."""
+    path = folder / "eval.json"
+    return path.is_file() and done(json.loads(path.read_text()))

@@ -1,0 +1,70 @@
+"""The ``rlft-finetune`` console command: behaviour cloning on demonstrations, then PPO
+fine-tuning (DPPO, residual PPO or Gaussian PPO); see ``configs/finetune.yaml``.
+
+    rlft-finetune                                  # DPPO on the shipped Meta-World push demos
+    rlft-finetune method=residual seed=1
+    rlft-finetune resume=runs/dppo_mw-push/<timestamp>
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
+from rlft.runtime.finetune import FinetuneExperiment, load_run_config
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run (or resume) the fine-tuning experiment ``cfg`` in ``run_dir`` and print before/after scores."""
+    resume = cfg.get("resume")
+    if resume:
+        run_dir = Path(resume)
+        cfg = load_run_config(run_dir)
+        print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
+    experiment = FinetuneExperiment(cfg, run_dir)
+    if resume and not experiment.resume():
+        raise FileNotFoundError(f"cannot resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    try:
+        results = experiment.run()
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: continue from the last checkpoint with `rlft-finetune resume={run_dir}`", file=sys.stderr
+        )
+        raise
+    print_summary(results, run_dir)
+    return results
+
+
+def print_summary(results: dict, run_dir: str | Path) -> None:
+    """Scores of the behaviour-cloned policy and of the fine-tuned one."""
+    print(f"\n{results['method']} on {results['task']} | dataset {results['dataset']['source']}")
+    for label, record in (
+        ("behaviour cloning (before)", results.get("bc")),
+        ("after fine-tuning", results.get("final")),
+    ):
+        if record is not None:
+            score, std = record["normalized_score"], record["normalized_score_std"]
+            print(
+                f"  {label:<28} normalised score {score:6.1f} ± {std:5.1f}"
+                f"   ({len(record['returns'])} episodes, {record['step']} env steps)"
+            )
+    print(f"  run folder: {run_dir}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="finetune")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(_hydra_main())
+
+
+if __name__ == "__main__":
+    main()

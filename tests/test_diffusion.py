@@ -1,0 +1,91 @@
+"""Diffusion policy: DDPM closed forms, behaviour cloning, action-chunk windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlft.offline.bc import BCConfig, chunk_windows, train_bc
+from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy, NoiseSchedule
+from conftest import episodes_to_dataset
+
+
+def test_forward_process_matches_its_closed_form():
+    """Running q(x_k | x_{k-1}) step by step gives N(sqrt(abar_k) x0, 1 - abar_k)."""
+    sched = NoiseSchedule(10)
+    x0 = torch.full((200_000,), 0.7)
+    x = x0.clone()
+    for k in range(10):
+        beta = sched.betas[k]
+        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn_like(x)
+        closed = sched.q_sample(x0[:1], torch.tensor([k]), torch.zeros(1))
+        assert x.mean().item() == pytest.approx(closed.item(), abs=0.01)
+        assert x.var().item() == pytest.approx(1 - sched.alphas_cumprod[k].item(), abs=0.01)
+    assert sched.alphas_cumprod[-1] < 1e-3  # the cosine schedule ends at (almost) pure noise
+
+
+def test_posterior_is_the_bayes_posterior():
+    """q(x_{k-1} | x_k, x_0) from the schedule equals the product of prior and likelihood Gaussians."""
+    sched = NoiseSchedule(20)
+    x0, xk = torch.tensor([[0.3, -0.8]]), torch.tensor([[1.1, 0.2]])
+    for k in (1, 5, 19):
+        abar_prev, alpha = sched.alphas_cumprod[k - 1], 1 - sched.betas[k]
+        prior_mean, prior_var = abar_prev.sqrt() * x0, 1 - abar_prev
+        precision = 1 / prior_var + alpha / sched.betas[k]
+        mean = (prior_mean / prior_var + alpha.sqrt() * xk / sched.betas[k]) / precision
+        got_mean, got_logvar = sched.posterior(x0, xk, torch.tensor([k]))
+        torch.testing.assert_close(got_mean, mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got_logvar.exp(), (1 / precision).expand_as(mean), atol=1e-6, rtol=1e-4)
+
+
+def test_predict_x0_inverts_the_forward_process():
+    sched = NoiseSchedule(20)
+    x0, noise, k = torch.randn(8, 3), torch.randn(8, 3), torch.randint(0, 20, (8,))
+    torch.testing.assert_close(sched.predict_x0(sched.q_sample(x0, k, noise), k, noise), x0, atol=1e-4, rtol=1e-4)
+
+
+def test_ddpm_and_ddim_samples_reproduce_a_cloned_mapping():
+    """Behaviour cloning lowers the loss, and both samplers then return the demonstrated chunk."""
+    torch.manual_seed(0)
+    obs = torch.rand(512, 2) * 2 - 1
+    chunks = torch.cat([0.8 * obs[:, :1], -0.5 * obs[:, 1:], obs.sum(1, keepdim=True).clamp(-1, 1) * 0.5], 1)
+    policy = DiffusionPolicy(
+        ChunkSpec(obs_dim=2, action_dim=3, horizon=1, act_steps=1), denoising_steps=10, hidden=(64, 64)
+    )
+    losses = train_bc(
+        policy,
+        obs.numpy(),
+        chunks.numpy(),
+        BCConfig(steps=1500, batch_size=128, lr=3e-3, log_every=250),
+        progress=False,
+    )
+    assert losses[-1] < 0.3 * losses[0]
+    test = torch.tensor([[0.5, -0.5], [-0.6, 0.2]])
+    target = torch.cat([0.8 * test[:, :1], -0.5 * test[:, 1:], test.sum(1, keepdim=True).clamp(-1, 1) * 0.5], 1)
+    assert (policy.act(test) - target).abs().max() < 0.15
+    assert (policy.sample_ddim(test, steps=5) - target).abs().max() < 0.15
+
+
+def test_chunk_windows_pad_at_episode_edges():
+    episode = {
+        "observations": np.arange(5, dtype=np.float32).reshape(5, 1),
+        "actions": np.arange(4, dtype=np.float32).reshape(4, 1) * 10,
+        "rewards": np.zeros(4),
+        "terminations": np.array([0, 0, 0, 1], bool),
+        "truncations": np.zeros(4, bool),
+    }
+    dataset = episodes_to_dataset([episode, episode])
+    cond, chunks = chunk_windows(dataset, horizon=3, obs_history=2)
+    assert cond.shape == (8, 2) and chunks.shape == (8, 3)
+    np.testing.assert_array_equal(cond[0], [0, 0])  # history padded with the first observation
+    np.testing.assert_array_equal(cond[2], [1, 2])
+    np.testing.assert_array_equal(chunks[2], [20, 30, 30])  # chunk padded with the last action
+    np.testing.assert_array_equal(chunks[4], [0, 10, 20])  # the second episode starts afresh
+    with pytest.raises(ValueError, match="horizon"):
+        chunk_windows(dataset, horizon=0)
+
+
+def test_chunk_spec_rejects_inconsistent_shapes():
+    with pytest.raises(ValueError, match="act_steps"):
+        ChunkSpec(obs_dim=3, action_dim=2, horizon=2, act_steps=4)

@@ -1,0 +1,175 @@
+"""PPO core and its policy families: GAE, DPPO's chain log-probabilities and clip schedule,
+residual policies over a frozen base, and learning on a small task."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+
+from rlft.agents.families import FamilyConfig, build_actor, build_base, wrap_env
+from rlft.agents.ppo import PPO, PPOConfig, compute_gae
+from rlft.envs import make_vector_env
+from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy
+from rlft.policies.dppo import DPPOPolicy
+from rlft.policies.gaussian import GaussianPPOPolicy
+from rlft.policies.residual import ResidualVectorEnv
+from rlft.runtime.evaluation import evaluate
+
+
+class PointReach(gym.Env):
+    """Move a point on a line to the origin: obs = position, action = velocity, reward = -|x|."""
+
+    observation_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1.5, 1.5)
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + 0.25 * float(action[0]), -2.0, 2.0))
+        return np.array([self.x], np.float32), -abs(self.x), False, False, {}
+
+
+if "rlft-test/PointReach-v0" not in gym.registry:
+    gym.register("rlft-test/PointReach-v0", entry_point=PointReach, max_episode_steps=20)
+
+
+def test_gae_matches_discounted_returns_and_one_step_td():
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    values = torch.tensor([[0.5], [0.2], [0.1]])
+    dones = torch.tensor([[0.0], [1.0], [0.0]])
+    last = torch.tensor([4.0])
+    adv, ret = compute_gae(rewards, values, dones, last, gamma=0.9, lam=1.0)
+    # lambda = 1: returns are discounted sums that stop at the episode end and bootstrap at the rollout end
+    torch.testing.assert_close(ret[:, 0], torch.tensor([1 + 0.9 * 2, 2.0, 3 + 0.9 * 4]))
+    adv0, _ = compute_gae(rewards, values, dones, last, gamma=0.9, lam=0.0)
+    torch.testing.assert_close(adv0[:, 0], torch.tensor([1 + 0.9 * 0.2 - 0.5, 2 - 0.2, 3 + 0.9 * 4 - 0.1]))
+    torch.testing.assert_close(adv, ret - values)
+
+
+def _dppo(ft_steps: int = 3) -> DPPOPolicy:
+    torch.manual_seed(0)
+    base = DiffusionPolicy(
+        ChunkSpec(obs_dim=3, action_dim=2, horizon=2, act_steps=2), denoising_steps=6, hidden=(32, 32)
+    )
+    return DPPOPolicy(base, ft_steps=ft_steps)
+
+
+def test_dppo_chain_log_prob_is_the_sum_of_per_step_gaussians():
+    policy = _dppo()
+    obs = torch.randn(4, 3)
+    _, chain = policy.sample_chain(obs)
+    assert chain.shape == (4, 4, 4)  # x_{K'} and three fine-tuned steps, flat chunks of 2 x 2
+    expected = torch.zeros(4)
+    for i, k in enumerate(range(policy.ft_steps - 1, -1, -1)):  # one denoising step at a time
+        kk = torch.full((4,), k)
+        mean, logvar = policy.base.reverse_step(chain[:, i], kk, obs, policy.ft_network)
+        std = (0.5 * logvar).exp().clamp(min=policy.min_logprob_std)
+        expected += Normal(mean, std).log_prob(chain[:, i + 1]).sum(-1)
+    torch.testing.assert_close(policy.chain_log_prob(obs, chain), expected)
+
+
+def test_dppo_recomputed_log_probs_equal_sampled_ones_and_only_the_copy_trains():
+    policy = _dppo()
+    obs = torch.randn(5, 3)
+    sample = policy.explore(obs)
+    assert sample.env_action.shape == (5, 4) and sample.log_prob.shape == (5, 3)
+    recomputed, entropy = policy.evaluate(obs, sample.stored)
+    torch.testing.assert_close(recomputed, sample.log_prob)
+    assert entropy is None
+    trainable = {id(p) for p in policy.trainable_parameters()}
+    assert trainable == {id(p) for p in policy.ft_network.parameters()}
+    assert not any(p.requires_grad for p in policy.base.parameters())
+
+
+def test_dppo_clip_schedule_and_denoising_discount():
+    policy = _dppo(ft_steps=4)
+    clip = policy.clip_coefficients()
+    assert clip[0].item() == pytest.approx(policy.clip_coef_base) and clip[-1].item() == pytest.approx(policy.clip_coef)
+    assert torch.all(clip[1:] > clip[:-1])
+    torch.testing.assert_close(policy.advantage_weights(), torch.tensor([0.99**3, 0.99**2, 0.99, 1.0]))
+    single = _dppo(ft_steps=1)  # the interpolation divides by K' - 1: one step must not
+    torch.testing.assert_close(single.clip_coefficients(), torch.tensor([single.clip_coef]))
+    with pytest.raises(ValueError, match="ft_steps"):
+        DPPOPolicy(single.base, ft_steps=7)
+
+
+def test_zero_residual_reproduces_the_base_policy_exactly():
+    """Residual PPO's env with a zero residual executes exactly what the base policy does alone."""
+    torch.manual_seed(0)
+    base = GaussianPPOPolicy(1, 3, hidden=(16,))  # deterministic chunks of 3 actions
+    cfg = FamilyConfig(family="residual", horizon=3, act_steps=3, residual_hidden=(16,))
+    residual = build_actor(cfg, base, obs_dim=1, action_dim=1)
+    torch.nn.init.zeros_(residual.net[-1].weight)
+    plain = make_vector_env({"task": "rlft-test/PointReach-v0"}, 3, action_chunk=3)
+    wrapped = wrap_env(cfg, make_vector_env({"task": "rlft-test/PointReach-v0"}, 3), base, "cpu")
+    assert isinstance(wrapped, ResidualVectorEnv) and wrapped.single_observation_space.shape == (2,)
+    act_base = lambda o: base.act(torch.as_tensor(o)).numpy()  # noqa: E731
+    act_residual = lambda o: residual.act(torch.as_tensor(o)).numpy()  # noqa: E731
+    a, b = evaluate(act_base, plain, 6, seed=5), evaluate(act_residual, wrapped, 6, seed=5)
+    # same trajectories: returns agree to float rounding (a chunk's rewards are summed before the episode's)
+    np.testing.assert_allclose(a.returns, b.returns, rtol=1e-12, atol=0)
+    assert a.lengths == [7] * 6 and b.lengths == [20] * 6  # 20 steps: 7 chunks (the last one cut) or 20 residual steps
+
+
+def test_residual_env_refills_chunks_and_adds_the_scaled_residual():
+    torch.manual_seed(0)
+    base = DiffusionPolicy(ChunkSpec(obs_dim=1, action_dim=1, horizon=4, act_steps=2), denoising_steps=4, hidden=(16,))
+    env = ResidualVectorEnv(make_vector_env({"task": "rlft-test/PointReach-v0"}, 2), base, act_steps=2, scale=0.1)
+    obs, _ = env.reset(seed=[0, 1])
+    calls = []
+    original = env._base_chunks
+    env._base_chunks = lambda o: calls.append(len(o)) or original(o)
+    np.testing.assert_array_equal(obs[:, 1], env.base_action()[:, 0])
+    x0 = obs[:, 0].copy()
+    env.step(np.full((2, 1), 2.0, np.float32))  # residual 2 * scale 0.1 = +0.2 on top of the base action
+    expected = np.clip(x0 + 0.25 * np.clip(obs[:, 1] + 0.2, -1, 1), -2, 2)
+    np.testing.assert_allclose(env.unwrapped.envs[0].unwrapped.x, expected[0], rtol=1e-6)
+    assert calls == []  # the first chunk has a second action left
+    env.step(np.zeros((2, 1), np.float32))
+    assert calls == [2]  # both chunks used up: one batched base call
+
+
+def test_gaussian_ppo_learns_point_reach():
+    """PPO from scratch beats the initial policy clearly on a 20-step task within a few iterations."""
+    torch.manual_seed(0)
+    env = make_vector_env({"task": "rlft-test/PointReach-v0"}, 8)
+    eval_env = make_vector_env({"task": "rlft-test/PointReach-v0"}, 8)
+    actor = GaussianPPOPolicy(1, 1, hidden=(32, 32), init_log_std=-0.5)
+    ppo = PPO(
+        actor,
+        1,
+        PPOConfig(
+            actor_lr=3e-3,
+            critic_lr=3e-3,
+            minibatch_size=64,
+            update_epochs=5,
+            critic_hidden=(32, 32),
+            target_kl=None,
+            reward_scale_running=False,
+            gamma=0.9,
+        ),
+        8,
+    )
+    act = lambda o: actor.act(torch.as_tensor(o)).numpy()  # noqa: E731
+    before = evaluate(act, eval_env, 16, seed=100).return_mean
+    for it in range(15):
+        obs, _ = env.reset(seed=list(range(8 * it, 8 * it + 8)))
+        rollout, _ = ppo.collect(env, obs, 20)
+        metrics = ppo.update(rollout)
+    after = evaluate(act, eval_env, 16, seed=100).return_mean
+    assert rollout.env_steps == 160 and metrics["ppo/updates"] > 0
+    assert after > before + 3.0 and after > -4.0, (before, after)
+
+
+def test_family_config_validates():
+    with pytest.raises(ValueError, match="unknown policy family"):
+        FamilyConfig(family="flow")
+    with pytest.raises(ValueError, match="horizon == act_steps"):
+        FamilyConfig(family="gaussian", horizon=8, act_steps=4)
+    assert isinstance(build_base(FamilyConfig(family="dppo", hidden=(8,)), 3, 2), DiffusionPolicy)
