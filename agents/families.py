@@ -21,6 +21,7 @@ from torch import nn
 from rlft.policies.base import PPOActor
 from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy
 from rlft.policies.dppo import DPPOPolicy
+from rlft.policies.encoders import ImageStateEncoder
 from rlft.policies.gaussian import GaussianPPOPolicy
 from rlft.policies.residual import ResidualVectorEnv
 
@@ -55,8 +56,14 @@ class FamilyConfig:
     residual_scale: float = 0.1
     residual_hidden: Sequence[int] = field(default_factory=lambda: (256, 256))
     residual_head_gain: float = 0.01
+    # pixel observations: flat [state, H*W*C pixels] per frame (a flattened gym-pusht Dict observation)
+    image_shape: Sequence[int] | None = None  # (H, W, C); None: no image encoder
+    state_dim: int = 0  # low-dimensional entries before the pixels
+    image_features: int = 64
 
     def __post_init__(self) -> None:
+        if self.image_shape is not None and len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (height, width, channels), got {self.image_shape}")
         if self.family not in FAMILIES:
             raise ValueError(f"unknown policy family {self.family!r}; available: {FAMILIES}")
         if self.family == "gaussian" and self.horizon != self.act_steps:
@@ -71,14 +78,28 @@ class FamilyConfig:
         return 1 if self.family == "residual" else self.act_steps
 
 
+def build_encoder(cfg: FamilyConfig, extra_dim: int = 0) -> ImageStateEncoder | None:
+    """A fresh image encoder for pixel tasks (``extra_dim`` trailing inputs pass through), else ``None``."""
+    if cfg.image_shape is None:
+        return None
+    return ImageStateEncoder(cfg.image_shape, cfg.state_dim, cfg.obs_history, cfg.image_features, extra_dim=extra_dim)
+
+
 def build_base(cfg: FamilyConfig, obs_dim: int, action_dim: int) -> nn.Module:
     """The behaviour-cloned policy: a diffusion policy, or the Gaussian policy itself."""
     spec = cfg.spec(obs_dim, action_dim)
+    encoder = build_encoder(cfg)
     if cfg.family == "gaussian":
         return GaussianPPOPolicy(
-            spec.cond_dim, spec.chunk_dim, cfg.hidden, cfg.init_log_std, clip_coef=cfg.gaussian_clip_coef
+            spec.cond_dim, spec.chunk_dim, cfg.hidden, cfg.init_log_std, clip_coef=cfg.gaussian_clip_coef,
+            encoder=encoder,
         )
-    return DiffusionPolicy(spec, cfg.denoising_steps, cfg.hidden, cfg.time_dim)
+    return DiffusionPolicy(spec, cfg.denoising_steps, cfg.hidden, cfg.time_dim, encoder=encoder)
+
+
+def build_critic_encoder(cfg: FamilyConfig, action_dim: int) -> ImageStateEncoder | None:
+    """The value function's own encoder (the residual family's critic also reads the base action)."""
+    return build_encoder(cfg, extra_dim=action_dim if cfg.family == "residual" else 0)
 
 
 def build_actor(cfg: FamilyConfig, base: nn.Module, obs_dim: int, action_dim: int) -> PPOActor:
@@ -108,6 +129,7 @@ def build_actor(cfg: FamilyConfig, base: nn.Module, obs_dim: int, action_dim: in
         clip_actions=False,
         head_gain=cfg.residual_head_gain,
         clip_coef=cfg.gaussian_clip_coef,
+        encoder=build_encoder(cfg, extra_dim=action_dim),
     )
 
 

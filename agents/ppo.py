@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from rlft.policies.base import PPOActor
+from rlft.policies.encoders import encoded
 from rlft.policies.mlp import mlp
 
 
@@ -129,10 +130,19 @@ class PPO:
     """Owns the actor's trainable parameters, the critic and their optimiser."""
 
     def __init__(
-        self, actor: PPOActor, obs_dim: int, cfg: PPOConfig, num_envs: int, device: str | torch.device = "cpu"
+        self,
+        actor: PPOActor,
+        obs_dim: int,
+        cfg: PPOConfig,
+        num_envs: int,
+        device: str | torch.device = "cpu",
+        critic_encoder: nn.Module | None = None,
     ):
+        """``critic_encoder`` (its own parameters, e.g. a CNN for pixels) maps observations to the
+        value MLP's input; without one the MLP reads ``obs_dim`` raw observation values."""
         self.actor, self.cfg, self.device = actor, cfg, torch.device(device)
-        self.critic = mlp(obs_dim, 1, cfg.critic_hidden, activation=nn.Mish).to(self.device)
+        in_dim = critic_encoder.out_dim if critic_encoder is not None else obs_dim
+        self.critic = encoded(critic_encoder, mlp(in_dim, 1, cfg.critic_hidden, activation=nn.Mish)).to(self.device)
         self.optimizer = torch.optim.Adam(
             [
                 {"params": actor.trainable_parameters(), "lr": cfg.actor_lr},

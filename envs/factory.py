@@ -39,6 +39,7 @@ def make_env(
     seed: int | None = None,
     action_chunk: int = 1,
     obs_history: int = 1,
+    flatten_dict: bool = True,
 ) -> gym.Env:
     """One environment: Gymnasium env -> [success reward] -> [action repeat] -> [flattened dict obs]
     -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats -> [obs history] -> [action chunks].
@@ -46,7 +47,8 @@ def make_env(
     ``seed`` seeds the env's RNG (via a first ``reset``) and its action space. ``action_chunk > 1``
     makes each agent action a flat chunk of that many actions (:class:`ActionChunking`); episode
     statistics still count simulator steps. ``obs_history > 1`` stacks that many observations,
-    oldest first, flat (the episode's first observation pads the start).
+    oldest first, flat (the episode's first observation pads the start). ``flatten_dict=False``
+    keeps Dict observations as they are (recording datasets with uint8 images).
     """
     cfg = EnvConfig.from_mapping(cfg)
     task = resolve_task(cfg.task)
@@ -58,7 +60,7 @@ def make_env(
         env = SuccessReward(env, task.success_key)
     if task.action_repeat > 1:
         env = gym.wrappers.RepeatAction(env, task.action_repeat)
-    if isinstance(env.observation_space, gym.spaces.Dict):
+    if flatten_dict and isinstance(env.observation_space, gym.spaces.Dict):
         env = gym.wrappers.FlattenObservation(env)  # goal-conditioned obs: keys in sorted order
     env = rescale_action(env)
     if obs_stats is not None:

@@ -112,3 +112,23 @@ for _name in METAWORLD_TASKS:
             success_key="success",
         )
     )
+
+# Push-T (Chi et al. 2023, Diffusion Policy) through gym-pusht: a 2-D pymunk scene that renders
+# fast on CPU. "pusht" observes a 64x64 RGB image and the agent position (flattened to
+# [x, y, pixels...]); "pusht-state" the 5-D state. Actions are the agent's target position
+# (rescaled to [-1, 1]); success is 95% overlap with the goal pose, rewarded sparsely.
+for _name, _obs in (("pusht", {"obs_type": "pixels_agent_pos", "observation_width": 64, "observation_height": 64}),
+                    ("pusht-state", {"obs_type": "state"})):
+    register_task(
+        TaskSpec(
+            _name,
+            "gym_pusht/PushT-v0",
+            ref_min_score=0.0,
+            ref_max_score=1.0,
+            max_episode_steps=300,
+            env_kwargs=_obs,
+            sparse_reward=True,
+            module="gym_pusht",
+            success_key="is_success",
+        )
+    )

@@ -1,11 +1,12 @@
 """Demonstration datasets for manipulation tasks, written by scripted experts.
 
-Meta-World ships a hand-written policy for every task (:func:`rlft.envs.metaworld.scripted_expert`).
-:func:`collect_demos` runs it with Gaussian action noise (so demonstrations cover some
+Meta-World ships a hand-written policy for every task (:func:`rlft.envs.metaworld.scripted_expert`);
+Push-T has rlft's pusher (:class:`rlft.offline.pusht_controller.PushTController`).
+:func:`collect_demos` runs the expert with Gaussian action noise (so demonstrations cover some
 recoveries, and behaviour cloning from few of them is imperfect, which leaves fine-tuning
 something to fix), keeps the successful episodes and writes them as a Minari dataset, the
-same format as every other rlft dataset. Training pairs with action chunks are cut from it
-at load time (:func:`rlft.offline.bc.chunk_windows`).
+same format as every other rlft dataset (images stay uint8 inside it). Training pairs with
+action chunks are cut from it at load time (:func:`rlft.offline.bc.chunk_windows`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -21,14 +23,30 @@ from tqdm.auto import tqdm
 from rlft.envs.factory import make_env
 from rlft.envs.metaworld import scripted_expert
 from rlft.envs.registry import get_task
+from rlft.offline.pusht_controller import PushTController
 from rlft.offline.recording import EpisodeRecorder, prepare_output, write_minari_dataset
+
+Expert = Callable[[gym.Env, Any], np.ndarray]  # (env, observation) -> action in [-1, 1]
+
+
+def make_expert(task_name: str) -> tuple[Expert, Callable[[], None]]:
+    """The scripted expert of a task and the function to call after every reset."""
+    task = get_task(task_name)
+    if task.env_id == "rlft/MetaWorld-v3":
+        policy = scripted_expert(task.env_kwargs["env_name"])
+        return (lambda env, obs: policy(obs)), (lambda: None)
+    if task.env_id == "gym_pusht/PushT-v0":
+        pusher = PushTController()
+        # the pusher commands a target position in pixels; the env's actions are rescaled to [-1, 1]
+        return (lambda env, obs: pusher.act(env) / 256.0 - 1.0), pusher.reset
+    raise ValueError(f"no scripted expert for {task_name!r}: Meta-World tasks (mw-*) and pusht have one")
 
 
 @dataclass
 class DemoConfig:
     """What :func:`collect_demos` records."""
 
-    task: str = "mw-push"  # a registered Meta-World task (``mw-<name>``)
+    task: str = "mw-push"  # a registered Meta-World task (``mw-<name>``) or ``pusht`` / ``pusht-state``
     episodes: int = 50  # successful demonstrations to keep
     noise: float = 0.1  # std of Gaussian noise added to the expert's actions
     seed: int = 0
@@ -37,11 +55,9 @@ class DemoConfig:
 
 def record_demos(cfg: DemoConfig) -> tuple[list[dict[str, np.ndarray]], int]:
     """Run the noisy expert until ``cfg.episodes`` successes; returns them and the attempts used."""
-    task = get_task(cfg.task)
-    if task.env_id != "rlft/MetaWorld-v3":
-        raise ValueError(f"scripted demonstrations exist for Meta-World tasks (mw-*), not {cfg.task!r}")
-    expert = scripted_expert(task.env_kwargs["env_name"])
-    recorder = EpisodeRecorder(make_env({"task": cfg.task}))
+    expert, on_reset = make_expert(cfg.task)
+    recorder = EpisodeRecorder(make_env({"task": cfg.task}, flatten_dict=False))
+    action_dim = recorder.action_space.shape[0]
     rng = np.random.default_rng(cfg.seed)
     kept: list[dict[str, np.ndarray]] = []
     attempts = 0
@@ -52,10 +68,12 @@ def record_demos(cfg: DemoConfig) -> tuple[list[dict[str, np.ndarray]], int]:
                     f"{cfg.task}: only {len(kept)} of {attempts} noisy expert episodes succeeded; lower the noise"
                 )
             obs, _ = recorder.reset(seed=cfg.seed * 100_003 + attempts)
+            on_reset()
             attempts += 1
             done, success = False, False
             while not done:
-                action = np.clip(expert(obs) + cfg.noise * rng.standard_normal(4), -1.0, 1.0).astype(np.float32)
+                noise = cfg.noise * rng.standard_normal(action_dim)
+                action = np.clip(expert(recorder, obs) + noise, -1.0, 1.0).astype(np.float32)
                 obs, _, terminated, truncated, info = recorder.step(action)
                 done, success = terminated or truncated, bool(info["success"])
             if success:
@@ -72,6 +90,7 @@ def collect_demos(cfg: DemoConfig, out_dir: str | Path, version: int = 0) -> dic
     prepare_output(out_dir, [dataset_id])
     episodes, attempts = record_demos(cfg)
     task = get_task(cfg.task)
+    probe = make_env({"task": cfg.task}, flatten_dict=False)
     spec = dataclasses.replace(
         gym.spec(task.env_id),
         kwargs={**gym.spec(task.env_id).kwargs, **task.env_kwargs},
@@ -82,11 +101,14 @@ def collect_demos(cfg: DemoConfig, out_dir: str | Path, version: int = 0) -> dic
         episodes,
         task,
         out_dir,
-        algorithm_name=f"metaworld-scripted-expert+gaussian-noise-{cfg.noise}",
+        algorithm_name=f"scripted-expert+gaussian-noise-{cfg.noise}",
         description=(
-            f"{len(episodes)} successful episodes of Meta-World's scripted {task.env_kwargs['env_name']} policy "
+            f"{len(episodes)} successful episodes of the scripted expert of {cfg.task} "
             f"with N(0, {cfg.noise}^2) action noise ({attempts} attempts); sparse success reward."
         ),
+        observation_space=probe.observation_space,
+        action_space=probe.action_space,
         env_spec=spec,
     )
+    probe.close()
     return dict(stats, attempts=attempts, success_rate_of_attempts=len(episodes) / attempts)

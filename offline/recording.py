@@ -44,10 +44,21 @@ class EpisodeRecorder(gym.Wrapper):
         self._current["terminations"].append(bool(terminated))
         self._current["truncations"].append(bool(truncated))
         if terminated or truncated:
-            self.episodes.append({k: np.asarray(v) for k, v in self._current.items()})
+            self.episodes.append(self._finished())
             self.episode_end_steps.append(self.total_steps)
             self._current = None
         return obs, reward, terminated, truncated, info
+
+    def _finished(self) -> dict:
+        assert self._current is not None
+        return {k: _stack(v) for k, v in self._current.items()}
+
+
+def _stack(values: list) -> np.ndarray | dict[str, np.ndarray]:
+    """Stack a list of observations; Dict observations become a dict of stacked arrays (Minari's layout)."""
+    if values and isinstance(values[0], dict):
+        return {k: np.stack([v[k] for v in values]) for k in values[0]}
+    return np.asarray(values)
 
 
 def rollout_episodes(
@@ -73,7 +84,7 @@ def rollout_episodes(
                     on_reset()
             elif recorder.total_steps == transitions:
                 recorder._current["truncations"][-1] = True
-                recorder.episodes.append({k: np.asarray(v) for k, v in recorder._current.items()})
+                recorder.episodes.append(recorder._finished())
     return recorder.episodes
 
 

@@ -157,28 +157,35 @@ class DiffusionPolicy(nn.Module):
         hidden: Sequence[int] = (256, 256),
         time_dim: int = 16,
         denoised_clip: float = 1.0,
+        encoder: nn.Module | None = None,
     ):
         super().__init__()
         self.spec, self.denoised_clip = spec, denoised_clip
         self.schedule = NoiseSchedule(denoising_steps)
-        self.network = NoisePredictionMLP(spec.cond_dim, spec.chunk_dim, hidden, time_dim)
+        self.encoder = encoder  # e.g. an ImageStateEncoder for pixel observations
+        cond_dim = encoder.out_dim if encoder is not None else spec.cond_dim
+        self.network = NoisePredictionMLP(cond_dim, spec.chunk_dim, hidden, time_dim)
 
     @property
     def denoising_steps(self) -> int:
         return self.schedule.steps
 
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The denoiser's condition: encoded observations (the observations themselves without an encoder)."""
+        return obs if self.encoder is None else self.encoder(obs)
+
     def bc_loss(self, obs: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
         """DDPM's simplified objective on dataset chunks, ``k`` uniform over all steps."""
         k = torch.randint(0, self.denoising_steps, (len(chunks),), device=chunks.device)
         noise = torch.randn_like(chunks)
-        return (self.network(self.schedule.q_sample(chunks, k, noise), k, obs) - noise).pow(2).mean()
+        return (self.network(self.schedule.q_sample(chunks, k, noise), k, self.encode(obs)) - noise).pow(2).mean()
 
     def reverse_step(
-        self, xk: torch.Tensor, k: torch.Tensor, obs: torch.Tensor, network: nn.Module | None = None
+        self, xk: torch.Tensor, k: torch.Tensor, cond: torch.Tensor, network: nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of ``p(x_{k-1} | x_k, obs)``; ``network`` overrides the noise
-        predictor (DPPO's fine-tuned copy)."""
-        eps = (network or self.network)(xk, k, obs)
+        """Mean and log-variance of ``p(x_{k-1} | x_k, obs)`` given the encoded observation ``cond``
+        (:meth:`encode`); ``network`` overrides the noise predictor (DPPO's fine-tuned copy)."""
+        eps = (network or self.network)(xk, k, cond)
         x0 = self.schedule.predict_x0(xk, k, eps).clamp(-self.denoised_clip, self.denoised_clip)
         return self.schedule.posterior(x0, xk, k)
 
@@ -186,10 +193,11 @@ class DiffusionPolicy(nn.Module):
     def sample(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         """A chunk by ancestral DDPM sampling. ``deterministic`` drops the noise of the last step
         (the standard DDPM output); the other steps keep their posterior noise."""
+        cond = self.encode(obs)
         x = torch.randn(len(obs), self.spec.chunk_dim, device=obs.device)
         for k in reversed(range(self.denoising_steps)):
             kk = torch.full((len(obs),), k, device=obs.device, dtype=torch.long)
-            mean, logvar = self.reverse_step(x, kk, obs)
+            mean, logvar = self.reverse_step(x, kk, cond)
             std = torch.zeros_like(mean) if (k == 0 and deterministic) else (0.5 * logvar).exp()
             x = mean + std * torch.randn_like(x)
         return x.clamp(-1.0, 1.0)
@@ -201,10 +209,11 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"DDIM steps must be in [1, {self.denoising_steps}], got {steps}")
         sched = self.schedule
         ks = torch.linspace(self.denoising_steps - 1, 0, steps).round().long().tolist()
+        cond = self.encode(obs)
         x = torch.randn(len(obs), self.spec.chunk_dim, device=obs.device)
         for i, k in enumerate(ks):
             kk = torch.full((len(obs),), k, device=obs.device, dtype=torch.long)
-            eps = self.network(x, kk, obs)
+            eps = self.network(x, kk, cond)
             x0 = sched.predict_x0(x, kk, eps).clamp(-self.denoised_clip, self.denoised_clip)
             eps = (x - sched.sqrt_abar[k] * x0) / sched.sqrt_one_minus_abar[k]
             abar_prev = sched.alphas_cumprod[ks[i + 1]] if i + 1 < len(ks) else torch.ones(())

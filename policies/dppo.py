@@ -9,7 +9,7 @@ discounted by ``gamma_denoise^(k)`` towards the noisier steps (Sec. 4.2).
 
 Only the last ``K'`` (``ft_steps``) of the ``K`` denoising steps are fine-tuned, by a
 trainable copy of the noise predictor; the earlier steps keep the frozen pretrained one
-(Sec. 5.2). Defaults follow the paper's Gym and Robomimic configs (App. D):
+(Sec. 5.2); so does the observation encoder of pixel policies. Defaults follow the paper's Gym and Robomimic configs (App. D):
 ``K' = 10`` of ``K = 20``, a minimum sampling std 0.1 on every fine-tuned step for exploration,
 a minimum std 0.1 in the log-probabilities for stability, sampled noise clipped to 3 std,
 ``gamma_denoise = 0.99``, and a clip range growing exponentially over the denoising steps
@@ -78,13 +78,14 @@ class DPPOPolicy(nn.Module):
         ``deterministic`` follows the DDPM sampler of :meth:`DiffusionPolicy.sample`.
         """
         B, dim = len(obs), self.spec.chunk_dim
+        cond = self.base.encode(obs)
         x = torch.randn(B, dim, device=obs.device)
         chain = []
         for k in reversed(range(self.base.denoising_steps)):
             if k == self.ft_steps - 1:
                 chain.append(x)
             kk = torch.full((B,), k, device=obs.device, dtype=torch.long)
-            mean, logvar = self.base.reverse_step(x, kk, obs, self._network_for(k))
+            mean, logvar = self.base.reverse_step(x, kk, cond, self._network_for(k))
             std = (0.5 * logvar).exp()
             if deterministic:
                 std = torch.zeros_like(std) if k == 0 else std
@@ -105,7 +106,7 @@ class DPPOPolicy(nn.Module):
             raise ValueError(f"chain has {K1} states, expected ft_steps + 1 = {self.ft_steps + 1}")
         ks = torch.arange(self.ft_steps - 1, -1, -1, device=chain.device).repeat(B)
         x_prev = chain[:, :-1].reshape(-1, dim)
-        cond = obs.repeat_interleave(self.ft_steps, dim=0)
+        cond = self.base.encode(obs).repeat_interleave(self.ft_steps, dim=0)
         mean, logvar = self.base.reverse_step(x_prev, ks, cond, self.ft_network)
         std = (0.5 * logvar).exp().clamp(min=self.min_logprob_std)
         return Normal(mean, std).log_prob(chain[:, 1:].reshape(-1, dim)).reshape(B, self.ft_steps, dim)

@@ -107,18 +107,20 @@ class GaussianPPOPolicy(nn.Module):
         head_gain: float | None = None,
         clip_coef: float = 0.2,
         activation: type[nn.Module] = nn.Mish,
+        encoder: nn.Module | None = None,
     ):
         super().__init__()
         self.tanh_mean, self.clip_actions, self.clip_coef = tanh_mean, clip_actions, clip_coef
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        self.net = mlp(in_dim, out_dim, hidden, activation=activation)
+        self.encoder = encoder  # e.g. an ImageStateEncoder; in_dim is then its input size
+        self.net = mlp(encoder.out_dim if encoder is not None else in_dim, out_dim, hidden, activation=activation)
         if head_gain is not None:
             nn.init.orthogonal_(self.net[-1].weight, gain=head_gain)
             nn.init.zeros_(self.net[-1].bias)
         self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
-        out = self.net(obs)
+        out = self.net(obs if self.encoder is None else self.encoder(obs))
         return torch.tanh(out) if self.tanh_mean else out
 
     def distribution(self, obs: torch.Tensor) -> Normal:

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rlft.agents.families import FamilyConfig, build_actor, build_base, wrap_env
+from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
 from rlft.agents.registry import config_from_mapping
 from rlft.envs.factory import make_vector_env, resolve_task
@@ -35,11 +35,11 @@ from rlft.offline.dataset import DatasetError, TransitionDataset
 from rlft.offline.loaders import load_dataset
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
+from rlft.runtime.experiment import CONFIG_FILE
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
-CONFIG_FILE = "config.yaml"
 BC_CHECKPOINT = "bc_checkpoint"
 
 
@@ -71,12 +71,14 @@ class FinetuneExperiment:
             torch.set_num_threads(int(cfg.threads))
         seed_everything(int(cfg.seed))
         self.loop: LoopConfig = config_from_mapping(LoopConfig, cfg.loop, "loop")
-        self.family: FamilyConfig = config_from_mapping(FamilyConfig, cfg.method.policy, "method.policy")
+        # the task may add policy settings that depend on its observations (pixel layout)
+        policy = {**cfg.method.policy, **cfg.task.get("policy", {})}
+        self.family: FamilyConfig = config_from_mapping(FamilyConfig, policy, "method.policy / task.policy")
         self.bc_cfg: BCConfig = config_from_mapping(BCConfig, cfg.method.bc, "method.bc")
         self.ppo_cfg: PPOConfig = config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo")
         self.task = resolve_task(cfg.task.env)
         self.dataset = self._load_dataset()
-        self.obs_stats = self.dataset.observation_stats() if self.loop.normalize_obs else None
+        self.obs_stats = self._observation_stats() if self.loop.normalize_obs else None
         obs_dim, action_dim = self.dataset.obs_dim, self.dataset.action_dim
         self.base = build_base(self.family, obs_dim, action_dim).to(self.device)
         self.iteration, self.env_steps = 0, 0
@@ -100,6 +102,14 @@ class FinetuneExperiment:
         if dataset.ref_min_score is None and np.isfinite([self.task.ref_min_score, self.task.ref_max_score]).all():
             dataset.with_reference_scores(self.task.ref_min_score, self.task.ref_max_score)
         return dataset
+
+    def _observation_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset mean/std per observation entry; pixel entries are only scaled to ``[0, 1]``
+        (per-pixel statistics of a mostly static background would blow up rare changes)."""
+        mean, std = self.dataset.observation_stats()
+        if self.family.image_shape is not None:
+            mean[self.family.state_dim :], std[self.family.state_dim :] = 0.0, 255.0
+        return mean, std
 
     def _vector_env(self, num_envs: int):
         env = make_vector_env(
@@ -126,9 +136,9 @@ class FinetuneExperiment:
             self.family.act_steps,
             self.family.obs_history,
         )
-        self.ppo = PPO(
-            self.actor, self.env.single_observation_space.shape[0], self.ppo_cfg, self.loop.num_envs, self.device
-        )
+        critic_encoder = build_critic_encoder(self.family, self.dataset.action_dim)
+        obs_dim = self.env.single_observation_space.shape[0]
+        self.ppo = PPO(self.actor, obs_dim, self.ppo_cfg, self.loop.num_envs, self.device, critic_encoder)
 
     # ---------------------------------------------------------------- phases
     def _behaviour_cloning(self) -> None:
@@ -289,11 +299,3 @@ class FinetuneExperiment:
         tmp = self.run_dir / "eval.json.tmp"
         tmp.write_text(json.dumps(out, indent=2))
         os.replace(tmp, self.run_dir / "eval.json")
-
-
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config a fine-tuning run folder was started with."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist (is {run_dir} an rlft run folder?)")
-    return OmegaConf.load(path)

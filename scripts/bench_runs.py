@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 
 def launch(module: str, overrides: list[str], folder: Path) -> None:
@@ -26,3 +28,8 @@ def finished(folder: Path, done: Callable[[dict], bool]) -> bool:
     """``done(eval.json)`` for a run folder that has one."""
     path = folder / "eval.json"
     return path.is_file() and done(json.loads(path.read_text()))
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` with one decimal, for results tables."""
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"

@@ -115,9 +115,7 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
 
 
 def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
-    def fmt(values: list[float]) -> str:
-        return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
-
+    fmt = bench_runs.mean_std
     lines = [
         "# Fine-tuning benchmark: behaviour cloning -> DPPO / residual PPO / Gaussian PPO",
         "",

@@ -1,12 +1,13 @@
 """Write D4RL-style Minari datasets: SAC-expert recipes for MuJoCo locomotion tasks, a noisy
 waypoint controller for the sparse-reward maze (``pointmaze_umaze``), and noisy scripted-expert
-demonstrations for Meta-World tasks (``mw-*``).
+demonstrations for Meta-World tasks (``mw-*``) and Push-T (``pusht``, from pixels).
 
 Examples (what produced the datasets shipped in ``data/minari``)::
 
     python -m rlft.scripts.collect_datasets --tasks hopper --kinds medium medium-replay
     python -m rlft.scripts.collect_datasets --tasks pointmaze_umaze --transitions 50000
     python -m rlft.scripts.collect_datasets --tasks mw-push mw-pick-place --episodes 10 --noise 0.3
+    python -m rlft.scripts.collect_datasets --tasks pusht --episodes 20 --noise 0.0
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     for task in args.tasks:
-        if get_task(task).env_id == "rlft/MetaWorld-v3":
+        if get_task(task).env_id in ("rlft/MetaWorld-v3", "gym_pusht/PushT-v0"):
             demos = collect_demos(DemoConfig(task=task, episodes=args.episodes, noise=args.noise, seed=args.seed),
                                   args.out_dir, args.version)
             print(json.dumps(demos, indent=2))

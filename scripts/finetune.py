@@ -16,26 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
-from rlft.runtime.finetune import FinetuneExperiment, load_run_config
+from rlft.runtime.finetune import FinetuneExperiment
+from rlft.scripts.cli import run_or_resume
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run (or resume) the fine-tuning experiment ``cfg`` in ``run_dir`` and print before/after scores."""
-    resume = cfg.get("resume")
-    if resume:
-        run_dir = Path(resume)
-        cfg = load_run_config(run_dir)
-        print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
-    experiment = FinetuneExperiment(cfg, run_dir)
-    if resume and not experiment.resume():
-        raise FileNotFoundError(f"cannot resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
-    try:
-        results = experiment.run()
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted: continue from the last checkpoint with `rlft-finetune resume={run_dir}`", file=sys.stderr
-        )
-        raise
+    results, run_dir = run_or_resume(cfg, run_dir, FinetuneExperiment, "rlft-finetune")
     print_summary(results, run_dir)
     return results
 

@@ -15,24 +15,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlft.runtime.experiment import Experiment, load_run_config
+from rlft.runtime.experiment import Experiment
+from rlft.scripts.cli import run_or_resume
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run the experiment ``cfg`` in ``run_dir`` (resuming when ``cfg.resume`` is set) and print scores."""
-    resume = cfg.get("resume")
-    if resume:
-        run_dir = Path(resume)
-        cfg = load_run_config(run_dir)
-        print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
-    experiment = Experiment(cfg, run_dir)
-    if resume and not experiment.resume():
-        raise FileNotFoundError(f"cannot resume: no checkpoint in {Path(run_dir) / 'checkpoints'}")
-    try:
-        results = experiment.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue from the last checkpoint with `rlft resume={run_dir}`", file=sys.stderr)
-        raise
+    results, run_dir = run_or_resume(cfg, run_dir, Experiment, "rlft")
     print_summary(results, run_dir)
     return results
 

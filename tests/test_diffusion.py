@@ -89,3 +89,18 @@ def test_chunk_windows_pad_at_episode_edges():
 def test_chunk_spec_rejects_inconsistent_shapes():
     with pytest.raises(ValueError, match="act_steps"):
         ChunkSpec(obs_dim=3, action_dim=2, horizon=2, act_steps=4)
+
+
+def test_image_encoder_splits_state_pixels_and_passthrough():
+    from rlft.policies.encoders import ImageStateEncoder
+
+    encoder = ImageStateEncoder((16, 16, 3), state_dim=2, frames=2, features=8, extra_dim=3)
+    obs = torch.rand(4, encoder.in_dim)
+    out = encoder(obs)
+    assert encoder.in_dim == 2 * (2 + 16 * 16 * 3) + 3 and out.shape == (4, 2 * (8 + 2) + 3)
+    frame = 2 + 16 * 16 * 3
+    torch.testing.assert_close(out[:, 8:10], obs[:, :2])  # first frame's state passes through
+    torch.testing.assert_close(out[:, 18:20], obs[:, frame : frame + 2])  # second frame's state
+    torch.testing.assert_close(out[:, -3:], obs[:, -3:])  # e.g. the residual policy's base action
+    with pytest.raises(ValueError, match="expects"):
+        encoder(obs[:, :-1])

@@ -68,7 +68,7 @@ def test_dppo_chain_log_prob_is_the_sum_of_per_step_gaussians():
     expected = torch.zeros(4)
     for i, k in enumerate(range(policy.ft_steps - 1, -1, -1)):  # one denoising step at a time
         kk = torch.full((4,), k)
-        mean, logvar = policy.base.reverse_step(chain[:, i], kk, obs, policy.ft_network)
+        mean, logvar = policy.base.reverse_step(chain[:, i], kk, policy.base.encode(obs), policy.ft_network)
         std = (0.5 * logvar).exp().clamp(min=policy.min_logprob_std)
         expected += Normal(mean, std).log_prob(chain[:, i + 1]).sum(-1)
     torch.testing.assert_close(policy.chain_log_prob(obs, chain), expected)
