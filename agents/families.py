@@ -41,6 +41,8 @@ class FamilyConfig:
     # diffusion (dppo, residual base)
     denoising_steps: int = 20
     time_dim: int = 16
+    denoiser: str = "mlp"  # or "unet": Diffusion Policy's 1-D temporal U-Net
+    unet_channels: Sequence[int] = field(default_factory=lambda: (64, 128))
     # DPPO (arXiv 2409.00588 App. D)
     ft_steps: int = 10
     min_sampling_std: float = 0.1
@@ -91,10 +93,22 @@ def build_base(cfg: FamilyConfig, obs_dim: int, action_dim: int) -> nn.Module:
     encoder = build_encoder(cfg)
     if cfg.family == "gaussian":
         return GaussianPPOPolicy(
-            spec.cond_dim, spec.chunk_dim, cfg.hidden, cfg.init_log_std, clip_coef=cfg.gaussian_clip_coef,
+            spec.cond_dim,
+            spec.chunk_dim,
+            cfg.hidden,
+            cfg.init_log_std,
+            clip_coef=cfg.gaussian_clip_coef,
             encoder=encoder,
         )
-    return DiffusionPolicy(spec, cfg.denoising_steps, cfg.hidden, cfg.time_dim, encoder=encoder)
+    return DiffusionPolicy(
+        spec,
+        cfg.denoising_steps,
+        cfg.hidden,
+        cfg.time_dim,
+        encoder=encoder,
+        denoiser=cfg.denoiser,
+        unet_channels=cfg.unet_channels,
+    )
 
 
 def build_critic_encoder(cfg: FamilyConfig, action_dim: int) -> ImageStateEncoder | None:

@@ -84,7 +84,9 @@ class PushTController:
         e_xy = goal_com - com
         e_theta = (goal[2] - angle + np.pi) % (2 * np.pi) - np.pi
         # push gently near the goal: the depth shrinks with the remaining pose error
-        depth = min(self.push_depth, self.min_depth + self.depth_gain * (np.linalg.norm(e_xy) + self.lever * abs(e_theta)))
+        depth = min(
+            self.push_depth, self.min_depth + self.depth_gain * (np.linalg.norm(e_xy) + self.lever * abs(e_theta))
+        )
         if self._pushing > 0 and self._contact is not None:
             self._pushing -= 1
             c, n = self._contact

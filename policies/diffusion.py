@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rlft.policies.mlp import mlp
+from rlft.policies.denoisers import ConditionalUnet1D, NoisePredictionMLP
 
 
 def cosine_beta_schedule(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -83,40 +83,6 @@ def _at(values: torch.Tensor, k: torch.Tensor, like: torch.Tensor) -> torch.Tens
     return values[k].reshape(-1, *([1] * (like.dim() - 1)))
 
 
-class SinusoidalEmbedding(nn.Module):
-    """Transformer-style sinusoidal embedding of the denoising index."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        if dim % 2:
-            raise ValueError(f"embedding dim must be even, got {dim}")
-        self.dim = dim
-
-    def forward(self, k: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=k.device) / max(half - 1, 1))
-        angles = k.float()[:, None] * freqs[None]
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-
-class NoisePredictionMLP(nn.Module):
-    """``eps_theta(x_k, k, obs)``: an MLP over ``[x_k, embed(k), obs]`` (DPPO's DiffusionMLP
-    layout: a 16-dim time embedding through a small Mish MLP, then the main MLP)."""
-
-    def __init__(self, cond_dim: int, chunk_dim: int, hidden: Sequence[int] = (256, 256), time_dim: int = 16):
-        super().__init__()
-        self.time = nn.Sequential(
-            SinusoidalEmbedding(time_dim),
-            nn.Linear(time_dim, 2 * time_dim),
-            nn.Mish(),
-            nn.Linear(2 * time_dim, time_dim),
-        )
-        self.net = mlp(chunk_dim + time_dim + cond_dim, chunk_dim, hidden, activation=nn.Mish)
-
-    def forward(self, xk: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([xk, self.time(k), cond], dim=-1))
-
-
 @dataclass(frozen=True)
 class ChunkSpec:
     """Shapes of a chunked policy: it sees ``obs_history`` observations and predicts
@@ -158,13 +124,20 @@ class DiffusionPolicy(nn.Module):
         time_dim: int = 16,
         denoised_clip: float = 1.0,
         encoder: nn.Module | None = None,
+        denoiser: str = "mlp",
+        unet_channels: Sequence[int] = (64, 128),
     ):
         super().__init__()
         self.spec, self.denoised_clip = spec, denoised_clip
         self.schedule = NoiseSchedule(denoising_steps)
         self.encoder = encoder  # e.g. an ImageStateEncoder for pixel observations
         cond_dim = encoder.out_dim if encoder is not None else spec.cond_dim
-        self.network = NoisePredictionMLP(cond_dim, spec.chunk_dim, hidden, time_dim)
+        if denoiser == "mlp":
+            self.network = NoisePredictionMLP(cond_dim, spec.chunk_dim, hidden, time_dim)
+        elif denoiser == "unet":
+            self.network = ConditionalUnet1D(cond_dim, spec.action_dim, spec.horizon, unet_channels, 2 * time_dim)
+        else:
+            raise ValueError(f"unknown denoiser {denoiser!r}; available: 'mlp', 'unet'")
 
     @property
     def denoising_steps(self) -> int:

@@ -9,7 +9,8 @@ discounted by ``gamma_denoise^(k)`` towards the noisier steps (Sec. 4.2).
 
 Only the last ``K'`` (``ft_steps``) of the ``K`` denoising steps are fine-tuned, by a
 trainable copy of the noise predictor; the earlier steps keep the frozen pretrained one
-(Sec. 5.2); so does the observation encoder of pixel policies. Defaults follow the paper's Gym and Robomimic configs (App. D):
+(Sec. 5.2); so does the observation encoder of pixel policies. Defaults follow the paper's
+Gym and Robomimic configs (App. D):
 ``K' = 10`` of ``K = 20``, a minimum sampling std 0.1 on every fine-tuned step for exploration,
 a minimum std 0.1 in the log-probabilities for stability, sampled noise clipped to 3 std,
 ``gamma_denoise = 0.99``, and a clip range growing exponentially over the denoising steps

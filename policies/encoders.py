@@ -33,7 +33,12 @@ class ImageStateEncoder(nn.Module):
     ):
         super().__init__()
         height, width, depth = (int(v) for v in image_shape)
-        self.image_shape, self.state_dim, self.frames, self.extra_dim = (height, width, depth), state_dim, frames, extra_dim
+        self.image_shape, self.state_dim, self.frames, self.extra_dim = (
+            (height, width, depth),
+            state_dim,
+            frames,
+            extra_dim,
+        )
         self.cnn = nn.Sequential(
             nn.Conv2d(depth, channels, 3, stride=2),
             nn.ReLU(),

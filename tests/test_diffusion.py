@@ -104,3 +104,25 @@ def test_image_encoder_splits_state_pixels_and_passthrough():
     torch.testing.assert_close(out[:, -3:], obs[:, -3:])  # e.g. the residual policy's base action
     with pytest.raises(ValueError, match="expects"):
         encoder(obs[:, :-1])
+
+
+def test_unet_denoiser_keeps_chunk_shapes_and_clones_a_mapping():
+    from rlft.policies.denoisers import ConditionalUnet1D
+
+    net = ConditionalUnet1D(cond_dim=3, action_dim=2, horizon=8, channels=(16, 32, 32), time_dim=8)
+    out = net(torch.randn(5, 16), torch.randint(0, 10, (5,)), torch.randn(5, 3))
+    assert out.shape == (5, 16)
+    with pytest.raises(ValueError, match="divisible"):
+        ConditionalUnet1D(cond_dim=3, action_dim=2, horizon=6, channels=(16, 32, 32))
+
+    torch.manual_seed(0)
+    obs = torch.rand(256, 1) * 2 - 1
+    ramp = torch.linspace(0.2, 1.0, 4)
+    chunks = obs * ramp  # a 4-step chunk of one action: x * (0.2 .. 1.0)
+    policy = DiffusionPolicy(ChunkSpec(obs_dim=1, action_dim=1, horizon=4, act_steps=4), denoising_steps=10,
+                             time_dim=8, denoiser="unet", unet_channels=(16, 32))
+    losses = train_bc(policy, obs.numpy(), chunks.numpy(), BCConfig(steps=600, batch_size=64, lr=3e-3, log_every=100),
+                      progress=False)
+    assert losses[-1] < 0.5 * losses[0]
+    test = torch.tensor([[0.8], [-0.5]])
+    assert (policy.sample_ddim(test, steps=5) - test * ramp).abs().max() < 0.2

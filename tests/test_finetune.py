@@ -141,13 +141,27 @@ def test_pixel_policies_fine_tune_on_pusht(tmp_path):
     dataset = load_dataset(info["path"])
     assert dataset.obs_dim == 2 + 64 * 64 * 3 and dataset.observations[:, 2:].max() <= 255
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("finetune", [
-            "task=pusht", f"task.dataset.source={info['path']}", "+task.env_cfg.max_episode_steps=24",
-            "task.episode_steps=24", "task.policy.image_features=16",
-            "loop.num_envs=2", "loop.iterations=1", "loop.eval_episodes=2", "loop.eval_envs=2", "loop.progress=false",
-            "method.bc.steps=20", "method.policy.hidden=[32,32]", "method.policy.denoising_steps=4",
-            "method.policy.ft_steps=2", "method.ppo.critic_hidden=[32,32]", "method.ppo.minibatch_size=4",
-        ])
+        cfg = compose(
+            "finetune",
+            [
+                "task=pusht",
+                f"task.dataset.source={info['path']}",
+                "+task.env_cfg.max_episode_steps=24",
+                "task.episode_steps=24",
+                "task.policy.image_features=16",
+                "loop.num_envs=2",
+                "loop.iterations=1",
+                "loop.eval_episodes=2",
+                "loop.eval_envs=2",
+                "loop.progress=false",
+                "method.bc.steps=20",
+                "method.policy.hidden=[32,32]",
+                "method.policy.denoising_steps=4",
+                "method.policy.ft_steps=2",
+                "method.ppo.critic_hidden=[32,32]",
+                "method.ppo.minibatch_size=4",
+            ],
+        )
     experiment = FinetuneExperiment(cfg, tmp_path / "run")
     results = experiment.run()
     assert experiment.obs_stats[1][2:].min() == 255.0  # pixels scaled to [0, 1], not standardised

@@ -52,11 +52,10 @@ def test_gae_matches_discounted_returns_and_one_step_td():
     torch.testing.assert_close(adv, ret - values)
 
 
-def _dppo(ft_steps: int = 3) -> DPPOPolicy:
+def _dppo(ft_steps: int = 3, denoiser: str = "mlp") -> DPPOPolicy:
     torch.manual_seed(0)
-    base = DiffusionPolicy(
-        ChunkSpec(obs_dim=3, action_dim=2, horizon=2, act_steps=2), denoising_steps=6, hidden=(32, 32)
-    )
+    spec = ChunkSpec(obs_dim=3, action_dim=2, horizon=2, act_steps=2)
+    base = DiffusionPolicy(spec, denoising_steps=6, hidden=(32, 32), denoiser=denoiser, unet_channels=(8, 16))
     return DPPOPolicy(base, ft_steps=ft_steps)
 
 
@@ -74,8 +73,9 @@ def test_dppo_chain_log_prob_is_the_sum_of_per_step_gaussians():
     torch.testing.assert_close(policy.chain_log_prob(obs, chain), expected)
 
 
-def test_dppo_recomputed_log_probs_equal_sampled_ones_and_only_the_copy_trains():
-    policy = _dppo()
+@pytest.mark.parametrize("denoiser", ["mlp", "unet"])
+def test_dppo_recomputed_log_probs_equal_sampled_ones_and_only_the_copy_trains(denoiser):
+    policy = _dppo(denoiser=denoiser)
     obs = torch.randn(5, 3)
     sample = policy.explore(obs)
     assert sample.env_action.shape == (5, 4) and sample.log_prob.shape == (5, 3)
