@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
 from rlft.agents.registry import config_from_mapping
-from rlft.envs.factory import make_vector_env, resolve_task
+from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
 from rlft.offline.dataset import DatasetError, TransitionDataset
 from rlft.offline.loaders import load_dataset
@@ -76,8 +76,11 @@ class FinetuneExperiment:
         self.family: FamilyConfig = config_from_mapping(FamilyConfig, policy, "method.policy / task.policy")
         self.bc_cfg: BCConfig = config_from_mapping(BCConfig, cfg.method.bc, "method.bc")
         self.ppo_cfg: PPOConfig = config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo")
-        self.task = resolve_task(cfg.task.env)
+        self.task = resolve_task(cfg.task.env_cfg.task)
         self.dataset = self._load_dataset()
+        probe = make_env(cfg.task.env_cfg)
+        self.dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
+        probe.close()
         self.obs_stats = self._observation_stats() if self.loop.normalize_obs else None
         obs_dim, action_dim = self.dataset.obs_dim, self.dataset.action_dim
         self.base = build_base(self.family, obs_dim, action_dim).to(self.device)

@@ -35,7 +35,6 @@ def finetune_config(demos: Path, *overrides: str) -> DictConfig:
             [
                 "task=mw-push",
                 "task.name=mw-reach",
-                "task.env=mw-reach",
                 "task.env_cfg.task=mw-reach",
                 f"task.dataset.source={demos}",
                 "task.episode_steps=40",
@@ -130,8 +129,8 @@ def test_init_from_reuses_the_cloned_base_and_checks_its_kind(tmp_path, reach_de
 
 
 def test_dataset_of_another_task_is_refused(tmp_path, reach_demos):
-    cfg = finetune_config(reach_demos, "task.env=mw-push", "task.env_cfg.task=mw-push")
-    with pytest.raises(DatasetError, match="env_name='reach-v3'|reach-v3"):
+    cfg = finetune_config(reach_demos, "task.env_cfg.task=mw-push")
+    with pytest.raises(DatasetError, match="env_name='reach-v3' but the task uses 'push-v3'"):
         FinetuneExperiment(cfg, tmp_path / "x")
 
 
@@ -167,3 +166,11 @@ def test_pixel_policies_fine_tune_on_pusht(tmp_path):
     assert experiment.obs_stats[1][2:].min() == 255.0  # pixels scaled to [0, 1], not standardised
     assert results["final"] is not None and results["env_steps"] <= 2 * 24
     assert experiment.ppo.critic[0].in_dim == dataset.obs_dim  # the critic has its own image encoder
+
+
+def test_demonstrations_that_do_not_fit_the_env_are_refused(tmp_path, reach_demos):
+    cfg = finetune_config(reach_demos, "task.env_cfg.task=hopper")
+    with pytest.raises(DatasetError, match="collected in rlft/MetaWorld-v3"):
+        FinetuneExperiment(cfg, tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        FinetuneExperiment(finetune_config(tmp_path / "missing"), tmp_path / "y")
