@@ -2,7 +2,8 @@
 
 For each task and seed: ``dppo`` clones a diffusion policy from the task's demonstrations
 and fine-tunes it; ``residual`` (ResiP) starts from *the same* cloned diffusion policy
-(``init_from`` the DPPO run) and trains a residual over it; ``gaussian`` clones a Gaussian
+(``init_from`` the DPPO run) and trains a residual over it (``residual-paper-std``: the same
+with ResiP's initial log std -1.5 instead of rlft's -0.5); ``gaussian`` clones a Gaussian
 MLP on the same demonstrations and fine-tunes it with PPO; ``gaussian-scratch`` runs PPO
 from a random Gaussian policy. Runs are ``rlft-finetune`` commands in parallel workers (one
 torch thread each); finished runs are skipped and interrupted ones resumed. Writes to ``<out>``:
@@ -14,6 +15,8 @@ torch thread each); finished runs are skipped and interrupted ones resumed. Writ
 
     python -m rlft.scripts.benchmark_finetune --tasks mw-push mw-pick-place --seeds 0 1 2
     python -m rlft.scripts.benchmark_finetune --tasks hopper-medium --methods dppo --dppo-method dppo_gym
+    python -m rlft.scripts.benchmark_finetune --methods residual --bc-from benchmarks/finetune \
+        --overrides method.policy.residual_scale=0.2 --out benchmarks/finetune_residual_scale   # a variant, same BC
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import numpy as np
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
-METHODS = ("dppo", "residual", "gaussian", "gaussian-scratch")
+METHODS = ("dppo", "residual", "residual-paper-std", "gaussian", "gaussian-scratch")
 METHOD_OVERRIDES = {
     "dppo": [],  # the method config comes from --dppo-method
     "residual": ["method=residual"],
+    "residual-paper-std": ["method=residual", "method.policy.init_log_std=-1.5"],  # ResiP's own exploration
     "gaussian": ["method=gaussian"],
     "gaussian-scratch": ["method=gaussian", "method.policy.bc_init=false"],
 }
@@ -58,6 +62,7 @@ def overrides(method: str, task: str, seed: int, args: argparse.Namespace) -> li
         f"loop.checkpoint_every={args.eval_every}",
         f"method.bc.steps={args.bc_steps}",
         "loop.progress=false",
+        *args.overrides,
     ]
     return [o for o in out if o]
 
@@ -66,14 +71,15 @@ def run_task_seed(task: str, seed: int, args: argparse.Namespace, out: Path) -> 
     """DPPO first (its cloned diffusion policy starts the residual run), then the others."""
     started = time.time()
     done = lambda data: data["final"] is not None  # noqa: E731
-    dppo_dir = run_dir(out, task, "dppo", seed)
+    dppo_dir = run_dir(Path(args.bc_from) if args.bc_from else out, task, "dppo", seed)
     for method in args.methods:
         folder = run_dir(out, task, method, seed)
         if bench_runs.finished(folder, done):
             continue
-        extra = [f"init_from={dppo_dir}"] if method == "residual" else []
-        if method == "residual" and not bench_runs.finished(dppo_dir, done):
-            raise RuntimeError("the residual run needs the DPPO run's cloned policy: list dppo first in --methods")
+        residual = method.startswith("residual")
+        extra = [f"init_from={dppo_dir}"] if residual else []
+        if residual and not bench_runs.finished(dppo_dir, done):
+            raise RuntimeError(f"the residual run needs the DPPO run's cloned policy in {dppo_dir}")
         bench_runs.launch("rlft.scripts.finetune", overrides(method, task, seed, args) + extra, folder)
     return f"{task} seed {seed}: {time.time() - started:.0f}s"
 
@@ -157,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/finetune")
+    parser.add_argument("--bc-from", default=None, help="benchmark folder whose DPPO runs start the residual runs")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-finetune overrides for every run")
     args = parser.parse_args(argv)
-    if "residual" in args.methods and (
-        "dppo" not in args.methods or args.methods.index("residual") < args.methods.index("dppo")
-    ):
-        parser.error("residual runs start from the DPPO run's cloned policy: list dppo before residual")
+    residuals = [i for i, m in enumerate(args.methods) if m.startswith("residual")]
+    if residuals and not args.bc_from and ("dppo" not in args.methods or min(residuals) < args.methods.index("dppo")):
+        parser.error("residual runs start from a DPPO run's cloned policy: list dppo before residual, or --bc-from")
     command = "python -m rlft.scripts.benchmark_finetune " + shlex.join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

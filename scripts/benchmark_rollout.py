@@ -26,7 +26,8 @@ from rlft.envs import make_vector_env
 
 def measure(task: str, family: str, num_envs: int, asynchronous: bool, agent_steps: int) -> float:
     """Simulator steps per second of ``PPO.collect`` over ``agent_steps`` steps per env."""
-    cfg = FamilyConfig(family=family, ft_steps=10)
+    pixels = {"image_shape": (64, 64, 3), "state_dim": 2} if task == "pusht" else {}  # configs/task/pusht.yaml
+    cfg = FamilyConfig(family=family, ft_steps=10, **pixels)
     probe = make_vector_env({"task": task}, 1)
     obs_dim, action_dim = probe.single_observation_space.shape[0], probe.single_action_space.shape[0]
     probe.close()
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Simulator steps per second of `PPO.collect` (policy sampling included), torch threads: {args.threads}, "
         "2-core CPU. DPPO samples all 20 denoising steps per 4-action chunk; the residual family runs its "
-        "diffusion base once per chunk and the residual MLP every step.",
+        "diffusion base once per chunk and the residual MLP every step. On pusht (64x64 pixels rendered by "
+        "pygame) every network reads the image through its CNN encoder.",
         "",
         "| task | family | envs | vector env | steps/s | vs one env |",
         "| --- | --- | ---: | --- | ---: | ---: |",
