@@ -1,1 +1,2 @@
-"""Online learners, the replay buffer and online interaction."""
+"""Online learners: the off-policy skeleton (TD3, SAC family), the replay buffer and online
+interaction; the PPO core and its policy families (Gaussian, DPPO, residual)."""
