@@ -114,31 +114,24 @@ class FinetuneExperiment:
             mean[self.family.state_dim :], std[self.family.state_dim :] = 0.0, 255.0
         return mean, std
 
-    def _vector_env(self, num_envs: int):
-        env = make_vector_env(
-            self.cfg.task.env_cfg,
-            num_envs,
-            self.obs_stats,
-            self.loop.asynchronous,
-            self.family.env_chunk,
-            self.family.obs_history,
+    def _chunked_env(self, num_envs: int, chunk: int):
+        return make_vector_env(
+            self.cfg.task.env_cfg, num_envs, self.obs_stats, self.loop.asynchronous, chunk, self.family.obs_history
         )
-        return wrap_env(self.family, env, self.base, self.device)
+
+    def _vector_env(self, num_envs: int):
+        """The env the PPO actor acts in (chunked, or hiding the residual family's base)."""
+        return wrap_env(self.family, self._chunked_env(num_envs, self.family.env_chunk), self.base, self.device)
 
     def _build_learner(self) -> None:
         obs_dim, action_dim = self.dataset.obs_dim, self.dataset.action_dim
         self.actor = build_actor(self.family, self.base, obs_dim, action_dim).to(self.device)
         self.env = self._vector_env(self.loop.num_envs)
         self.eval_env = self._vector_env(min(self.loop.eval_envs, self.loop.eval_episodes))
-        # the cloned base alone acts in chunks (the residual family's PPO env hides it)
-        self.base_eval_env = make_vector_env(
-            self.cfg.task.env_cfg,
-            min(self.loop.eval_envs, self.loop.eval_episodes),
-            self.obs_stats,
-            self.loop.asynchronous,
-            self.family.act_steps,
-            self.family.obs_history,
-        )
+        # the cloned base alone acts in chunks; only the residual family's PPO env differs (it hides the base)
+        self.base_eval_env = self.eval_env
+        if self.family.family == "residual":
+            self.base_eval_env = self._chunked_env(self.eval_env.num_envs, self.family.act_steps)
         critic_encoder = build_critic_encoder(self.family, self.dataset.action_dim)
         obs_dim = self.env.single_observation_space.shape[0]
         self.ppo = PPO(self.actor, obs_dim, self.ppo_cfg, self.loop.num_envs, self.device, critic_encoder)
