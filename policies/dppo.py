@@ -71,23 +71,29 @@ class DPPOPolicy(nn.Module):
         return self.ft_network if k < self.ft_steps else self.base.network
 
     @torch.no_grad()
-    def sample_chain(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(chunk [B, chunk_dim], chain [B, ft_steps + 1, chunk_dim])``: the chain holds ``x_{K'}``
-        (input of the first fine-tuned step) and every fine-tuned step's output, ending with the chunk.
+    def sample_chain(
+        self, obs: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(chunk [B, chunk_dim], chain [B, ft_steps + 1, chunk_dim], log_probs [B, ft_steps, chunk_dim])``.
 
-        Exploring (``deterministic=False``) floors every step's std at ``min_sampling_std``;
-        ``deterministic`` follows the DDPM sampler of :meth:`DiffusionPolicy.sample`.
+        The chain holds ``x_{K'}`` (input of the first fine-tuned step) and every fine-tuned step's
+        output, ending with the chunk; ``log_probs`` are those of :meth:`step_log_probs`, taken from
+        the means computed while sampling. Exploring (``deterministic=False``) floors every step's
+        std at ``min_sampling_std``; ``deterministic`` follows :meth:`DiffusionPolicy.sample`.
         """
         B, dim = len(obs), self.spec.chunk_dim
         cond = self.base.encode(obs)
         x = torch.randn(B, dim, device=obs.device)
-        chain = []
+        chain, means, stds = [], [], []
         for k in reversed(range(self.base.denoising_steps)):
             if k == self.ft_steps - 1:
                 chain.append(x)
             kk = torch.full((B,), k, device=obs.device, dtype=torch.long)
             mean, logvar = self.base.reverse_step(x, kk, cond, self._network_for(k))
             std = (0.5 * logvar).exp()
+            if k < self.ft_steps:
+                means.append(mean)
+                stds.append(std.clamp(min=self.min_logprob_std))
             if deterministic:
                 std = torch.zeros_like(std) if k == 0 else std
             else:
@@ -97,7 +103,9 @@ class DPPOPolicy(nn.Module):
                 chain.append(x)
         chunk = x.clamp(-1.0, 1.0)
         chain[-1] = chunk
-        return chunk, torch.stack(chain, dim=1)
+        chain_t = torch.stack(chain, dim=1)
+        log_probs = Normal(torch.stack(means, dim=1), torch.stack(stds, dim=1)).log_prob(chain_t[:, 1:])
+        return chunk, chain_t, log_probs
 
     def step_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """Element-wise ``log N(x_{k-1}; mu_theta(x_k, k, s), sigma_k^2)`` of every fine-tuned step:
@@ -116,10 +124,10 @@ class DPPOPolicy(nn.Module):
         """Exact log-likelihood of the fine-tuned part of a chain, ``[B]``."""
         return self.step_log_probs(obs, chain).sum(dim=(1, 2))
 
-    def _ratio_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
+    def _ratio_log_probs(self, step_log_probs: torch.Tensor) -> torch.Tensor:
+        """Per-step log-probability for PPO's ratio: clamped, averaged over the executed actions."""
         executed = self.spec.act_steps * self.spec.action_dim  # only executed actions carry the reward
-        lp = self.step_log_probs(obs, chain)[..., :executed]
-        return lp.clamp(*self.log_prob_bounds).mean(-1)
+        return step_log_probs[..., :executed].clamp(*self.log_prob_bounds).mean(-1)
 
     # ---- Policy / PPOActor
     @torch.no_grad()
@@ -128,11 +136,13 @@ class DPPOPolicy(nn.Module):
 
     @torch.no_grad()
     def explore(self, obs: torch.Tensor) -> Exploration:
-        chunk, chain = self.sample_chain(obs, deterministic=False)
-        return Exploration(self.base.executed(chunk), {"chain": chain}, self._ratio_log_probs(obs, chain))
+        chunk, chain, log_probs = self.sample_chain(obs, deterministic=False)
+        return Exploration(self.base.executed(chunk), {"chain": chain}, self._ratio_log_probs(log_probs))
 
     def evaluate(self, obs: torch.Tensor, stored: dict[str, torch.Tensor]) -> tuple[torch.Tensor, None]:
-        return self._ratio_log_probs(obs, stored["chain"]), None  # the DDPM noise is fixed: no entropy term
+        """Log-probabilities of stored chains, recomputed in one batched pass (the DDPM noise is fixed:
+        no entropy term)."""
+        return self._ratio_log_probs(self.step_log_probs(obs, stored["chain"])), None
 
     def clip_coefficients(self) -> torch.Tensor:
         """Per fine-tuned step (noisiest first): ``base + (clip - base) (e^{r t} - 1) / (e^r - 1)``,

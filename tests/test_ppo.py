@@ -62,7 +62,7 @@ def _dppo(ft_steps: int = 3, denoiser: str = "mlp") -> DPPOPolicy:
 def test_dppo_chain_log_prob_is_the_sum_of_per_step_gaussians():
     policy = _dppo()
     obs = torch.randn(4, 3)
-    _, chain = policy.sample_chain(obs)
+    _, chain, sampled = policy.sample_chain(obs)
     assert chain.shape == (4, 4, 4)  # x_{K'} and three fine-tuned steps, flat chunks of 2 x 2
     expected = torch.zeros(4)
     for i, k in enumerate(range(policy.ft_steps - 1, -1, -1)):  # one denoising step at a time
@@ -71,6 +71,7 @@ def test_dppo_chain_log_prob_is_the_sum_of_per_step_gaussians():
         std = (0.5 * logvar).exp().clamp(min=policy.min_logprob_std)
         expected += Normal(mean, std).log_prob(chain[:, i + 1]).sum(-1)
     torch.testing.assert_close(policy.chain_log_prob(obs, chain), expected)
+    torch.testing.assert_close(sampled.sum(dim=(1, 2)), expected)  # captured while sampling
 
 
 @pytest.mark.parametrize("denoiser", ["mlp", "unet"])
