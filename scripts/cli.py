@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlft.runtime.experiment import load_run_config
@@ -36,3 +38,17 @@ def run_or_resume(
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue from the last checkpoint with `{command} resume={run_dir}`", file=sys.stderr)
         raise
+
+
+def console_entry(config_name: str, run: Callable[[DictConfig, str], Any]) -> Callable[[], None]:
+    """A console entry point: the Hydra app over ``configs/<config_name>.yaml`` that calls
+    ``run(cfg, run_dir)`` with Hydra's output folder as the run folder."""
+
+    @hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name=config_name)
+    def hydra_main(cfg: DictConfig) -> None:
+        run(cfg, HydraConfig.get().runtime.output_dir)
+
+    def main() -> None:
+        sys.exit(hydra_main())
+
+    return main

@@ -8,16 +8,13 @@ fine-tuning (DPPO, residual PPO or Gaussian PPO); see ``configs/finetune.yaml``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.finetune import FinetuneExperiment
-from rlft.scripts.cli import run_or_resume
+from rlft.scripts.cli import console_entry, run_or_resume
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -43,14 +40,7 @@ def print_summary(results: dict, run_dir: str | Path) -> None:
     print(f"  run folder: {run_dir}")
 
 
-@hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="finetune")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir)
-
-
-def main() -> None:
-    """Console entry point."""
-    sys.exit(_hydra_main())
+main = console_entry("finetune", run)  # the console command
 
 
 if __name__ == "__main__":

@@ -8,15 +8,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlft.runtime.experiment import Experiment
-from rlft.scripts.cli import run_or_resume
+from rlft.scripts.cli import console_entry, run_or_resume
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -38,14 +35,7 @@ def print_summary(results: dict, run_dir: str | Path) -> None:
     print(f"  run folder: {run_dir}")
 
 
-@hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir)
-
-
-def main() -> None:
-    """Console entry point."""
-    sys.exit(_hydra_main())
+main = console_entry("config", run)  # the console command
 
 
 if __name__ == "__main__":
