@@ -1,16 +1,34 @@
-"""Helpers shared by the benchmark drivers: run an rlft command into a folder (resuming it
-if it was interrupted), and tell whether a run folder is finished."""
+"""Helpers shared by the benchmark drivers: the command line written next to results, running
+an rlft command into a folder (resuming it if it was interrupted) and jobs in parallel, telling
+whether a run folder is finished, and table formatting."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
+
+
+Job = TypeVar("Job")
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that reproduces this benchmark: ``python -m <module> <arguments>``."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def run_parallel(run: Callable[[Job], str], jobs: Sequence[Job], workers: int) -> None:
+    """``run`` every job on ``workers`` threads (each launches subprocesses), printing what each returns."""
+    with ThreadPoolExecutor(workers) as pool:
+        for message in pool.map(run, jobs):
+            print(message, flush=True)
 
 
 def launch(module: str, overrides: list[str], folder: Path) -> None:

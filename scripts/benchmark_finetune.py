@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -169,14 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     residuals = [i for i, m in enumerate(args.methods) if m.startswith("residual")]
     if residuals and not args.bc_from and ("dppo" not in args.methods or min(residuals) < args.methods.index("dppo")):
         parser.error("residual runs start from a DPPO run's cloned policy: list dppo before residual, or --bc-from")
-    command = "python -m rlft.scripts.benchmark_finetune " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_finetune", argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     jobs = [(task, seed) for task in args.tasks for seed in args.seeds]
-    with ThreadPoolExecutor(args.workers) as pool:
-        for message in pool.map(lambda job: run_task_seed(*job, args, out), jobs):
-            print(message, flush=True)
+    bench_runs.run_parallel(lambda job: run_task_seed(*job, args, out), jobs, args.workers)
     results = summarise(args, out, command, time.time() - started)
     write_markdown(results, args, out)
     print((out / "results.md").read_text())

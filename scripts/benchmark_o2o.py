@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,15 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cql-actions", type=int, default=4, help="actions per source in CQL's log-sum-exp")
     parser.add_argument("--out", default="benchmarks/o2o")
     args = parser.parse_args(argv)
-    command = "python -m rlft.scripts.benchmark_o2o " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_o2o", argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cost = {"wsrl": 0, "e2o": 1, "calql": 2, "spot": 3, "iql": 4}  # tasks in order, expensive chains first
     chains = sorted(build_chains(args), key=lambda c: (args.tasks.index(c.task), cost[c.method], c.seed))
     started = time.time()
-    with ThreadPoolExecutor(args.workers) as pool:
-        for message in pool.map(lambda c: run_chain(c, out), chains):
-            print(message, flush=True)
+    bench_runs.run_parallel(lambda c: run_chain(c, out), chains, args.workers)
     results = summarise(args, out, command, time.time() - started)
     write_markdown(results, args, out)
     print((out / "results.md").read_text())

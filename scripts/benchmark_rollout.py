@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from rlft.agents.families import FamilyConfig, build_actor, build_base, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
 from rlft.envs import make_vector_env
+from rlft.scripts import bench_runs
 
 
 def measure(task: str, family: str, num_envs: int, asynchronous: bool, agent_steps: int) -> float:
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/rollout_speed.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m rlft.scripts.benchmark_rollout " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_rollout", argv)
     rows = []
     for task in args.tasks:
         for family in args.families:

@@ -14,7 +14,6 @@ import argparse
 import csv
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rlft.runtime.plotting import plot_seed_curves
+from rlft.scripts import bench_runs
 
 
 def run_seed(seed: int, args: argparse.Namespace, out: Path) -> Path:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out or f"benchmarks/spot_{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
-    command = "python -m rlft.scripts.benchmark_spot " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_spot", argv)
 
     started = time.time()
     with ThreadPoolExecutor(args.workers) as pool:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +25,7 @@ from rlft.offline.cql import CQL, CQLConfig
 from rlft.offline.iql import IQL, IQLConfig
 from rlft.offline.spot import SPOT, SPOTConfig
 from rlft.policies.mlp import mlp
+from rlft.scripts import bench_runs
 
 WSRL_ENSEMBLE = dict(critic_layer_norm=True, target_reduction="redq", actor_reduction="mean")
 PAIRS = {  # configuration -> the one it is compared with, for the cost ratio
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/update_speed.md")
     parser.add_argument("--only", nargs="*", help="substrings of configuration names to run (default: all)")
     args = parser.parse_args(argv)
-    command = "python -m rlft.scripts.benchmark_updates " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_updates", argv)
     torch.manual_seed(0)
     b = args.batch_size
     obs, next_obs = torch.randn(b, 11), torch.randn(b, 11)
