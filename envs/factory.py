@@ -8,7 +8,6 @@ from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 import numpy as np
-
 from rlft.envs.registry import TaskSpec, get_task
 from rlft.envs.wrappers import ActionChunking, FixedNormalizeObservation, SuccessReward, rescale_action
 
@@ -60,7 +59,7 @@ def make_env(
         env = SuccessReward(env, task.success_key)
     if task.action_repeat > 1:
         env = gym.wrappers.RepeatAction(env, task.action_repeat)
-    if flatten_dict and isinstance(env.observation_space, gym.spaces.Dict):
+    if flatten_dict and isinstance(env.observation_space, gym.spaces.Dict) and not _has_text(env.observation_space):
         env = gym.wrappers.FlattenObservation(env)  # goal-conditioned obs: keys in sorted order
     env = rescale_action(env)
     if obs_stats is not None:
@@ -98,6 +97,11 @@ def make_vector_env(
     if asynchronous:
         return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=mode)
     return gym.vector.SyncVectorEnv(thunks, autoreset_mode=mode)
+
+
+def _has_text(space: gym.spaces.Dict) -> bool:
+    """Text-and-image observations (VLM tasks) stay Dicts."""
+    return any(isinstance(sub, gym.spaces.Text) for sub in space.values())
 
 
 def resolve_task(name: str) -> TaskSpec:

@@ -132,3 +132,24 @@ for _name, _obs in (("pusht", {"obs_type": "pixels_agent_pos", "observation_widt
             success_key="is_success",
         )
     )
+
+# Text tasks (rlft.envs.text_tasks, rlft.envs.language): text observations and actions, success
+# reported in info["success"]. Returns mix task rewards and penalties, so the evaluator's success
+# rate is the score to read; the references below make the normalised score the mean return
+# relative to the task's success reward. Turn limits are the envs' own (max_turns).
+for _name, _id, _success_reward, _turns, _kwargs in (
+    ("numberline", "rlft/NumberLine-v0", 1.0, 10, {}),
+    ("numberline-image", "rlft/NumberLineImage-v0", 1.0, 10, {}),
+    ("guess-number", "rlft/GuessNumber-v0", 1.0, 6, {}),
+    ("ezpoints", "rlft/EZPoints-v0", 10.0, 5, {}),
+    ("text-maze", "rlft/TextMaze-v0", 1.0, 24, {}),
+    ("guess-my-city", "rlft/GuessMyCity-v0", 1.0, 8, {}),
+    ("calculator", "rlft/Calculator-v0", 1.0, 4, {}),
+    ("text-frozenlake", "rlft/Text-FrozenLake-v1", 1.0, 20, {"is_slippery": False}),
+    ("text-cliffwalking", "rlft/Text-CliffWalking-v1", float("nan"), 100, {}),
+    ("text-taxi", "rlft/Text-Taxi-v4", float("nan"), 100, {}),
+    ("text-blackjack", "rlft/Text-Blackjack-v1", 1.0, 100, {}),
+    ("textarena-guess-the-number", "rlft/TextArena-v0", 1.0, 12, {"game": "GuessTheNumber-v0-raw"}),
+):
+    register_task(TaskSpec(_name, _id, ref_min_score=0.0, ref_max_score=_success_reward, max_episode_steps=_turns,
+                           env_kwargs=_kwargs, sparse_reward=True, module="rlft.envs.text_registry"))

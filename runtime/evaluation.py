@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
-ActFn = Callable[[np.ndarray], np.ndarray]
+ActFn = Callable[[Any], Any]
 
 
 @dataclass
@@ -21,6 +21,8 @@ class EvalResult:
     return_std: float
     normalized_score: float  # mean, 100 * (R - ref_min) / (ref_max - ref_min); NaN without references
     normalized_score_std: float
+    successes: list[bool] = field(default_factory=list)  # info["success"] at each episode's end, if the env says
+    success_rate: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -38,28 +40,41 @@ def evaluate(
 
     ``act`` maps a batch of observations to a batch of actions (the policy's deterministic
     action). Results do not depend on training state or on how many envs run in parallel.
+    Observations and actions may be arrays or, for text envs, tuples of strings. A stateful
+    policy (one that keeps a dialogue per env) exposes ``reset(num_envs)``, called at every
+    vector reset. Where the env reports ``info["success"]``, the success rate is recorded too.
     """
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
     returns: list[float] = []
     lengths: list[int] = []
+    successes: list[bool] = []
+    tracks_success = False
     n = vec_env.num_envs
     while len(returns) < episodes:
         first = len(returns)
         count = min(n, episodes - first)
         seeds = [seed + first + i for i in range(n)]  # envs past `count` run but are not counted
         obs, _ = vec_env.reset(seed=seeds)
+        if hasattr(act, "reset"):
+            act.reset(n)
         ep_return = np.zeros(n)
         ep_length = np.zeros(n, dtype=int)
+        ep_success = np.zeros(n, dtype=bool)
         running = np.ones(n, dtype=bool)
         running[count:] = False
         while running.any():
-            obs, reward, terminated, truncated, _ = vec_env.step(act(obs))
+            obs, reward, terminated, truncated, info = vec_env.step(act(obs))
             ep_return += np.where(running, reward, 0.0)
             ep_length += running
-            running &= ~(terminated | truncated)
+            ended = running & (terminated | truncated)
+            if "final_info" in info and "success" in info["final_info"]:
+                tracks_success = True
+                ep_success |= ended & info["final_info"]["success"].astype(bool)
+            running &= ~ended
         returns.extend(ep_return[:count].tolist())
         lengths.extend(ep_length[:count].tolist())
+        successes.extend(ep_success[:count].tolist())
     r = np.asarray(returns)
     if ref_min_score is not None and ref_max_score is not None and np.isfinite([ref_min_score, ref_max_score]).all():
         norm = 100.0 * (r - ref_min_score) / (ref_max_score - ref_min_score)
@@ -72,4 +87,6 @@ def evaluate(
         return_std=float(r.std()),
         normalized_score=float(norm.mean()),
         normalized_score_std=float(norm.std()),
+        successes=successes,
+        success_rate=float(np.mean(successes)) if tracks_success else float("nan"),
     )

@@ -18,12 +18,13 @@ def plot_learning_curve(
     title: str,
     phase_boundaries: Mapping[str, int] | None = None,
     xlabel: str = "training step",
+    metric: str = "normalized_score",
 ) -> Path:
-    """Plot normalised evaluation score (mean ± std over episodes) against training step.
+    """Plot an evaluation metric (mean ± std over episodes) against training step.
 
     ``history`` holds the evaluation records written to ``eval.json`` (keys ``step``,
-    ``phase``, ``normalized_score``, ``normalized_score_std``); ``phase_boundaries``
-    maps a label to the step where that phase starts (drawn as a dashed line).
+    ``phase``, ``<metric>``, ``<metric>_std``); ``phase_boundaries`` maps a label to the
+    step where that phase starts (drawn as a dashed line).
     """
     fig, ax = plt.subplots(figsize=(7, 4))
     phases = list(dict.fromkeys(str(r["phase"]) for r in history))
@@ -33,15 +34,15 @@ def plot_learning_curve(
         records = previous[-1:] + [r for r in history if r["phase"] == phase]
         previous = records
         steps = np.array([r["step"] for r in records], dtype=float)
-        mean = np.array([r["normalized_score"] for r in records], dtype=float)
-        std = np.array([r["normalized_score_std"] for r in records], dtype=float)
+        mean = np.array([r[metric] for r in records], dtype=float)
+        std = np.array([r[f"{metric}_std"] for r in records], dtype=float)
         ax.plot(steps, mean, marker="o", markersize=3, label=phase)
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     for label, step in (phase_boundaries or {}).items():
         ax.axvline(step, color="grey", linestyle="--", linewidth=1)
         ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="grey")
-    _finish(ax, title, xlabel, "normalised score")
+    _finish(ax, title, xlabel, metric.replace("_", " "))
     return _save(fig, path)
 
 

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmark drivers: the command line written next to results, running
 an rlft command into a folder (resuming it if it was interrupted) and jobs in parallel, telling
-whether a run folder is finished, and table formatting."""
+whether a run folder is finished, learning curves on a common grid, and table formatting."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
-
 
 Job = TypeVar("Job")
 
@@ -46,6 +45,13 @@ def finished(folder: Path, done: Callable[[dict], bool]) -> bool:
     """``done(eval.json)`` for a run folder that has one."""
     path = folder / "eval.json"
     return path.is_file() and done(json.loads(path.read_text()))
+
+
+def curve(history: list[dict], grid: np.ndarray, key: str = "normalized_score") -> tuple[np.ndarray, np.ndarray]:
+    """An ``eval.json`` history's ``key`` against its ``step``, interpolated onto ``grid``."""
+    steps = np.array([r["step"] for r in history], dtype=float)
+    values = np.array([r[key] for r in history], dtype=float)
+    return grid, np.interp(grid, steps, values)
 
 
 def mean_std(values: Sequence[float]) -> str:

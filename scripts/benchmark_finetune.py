@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
@@ -81,13 +80,6 @@ def run_task_seed(task: str, seed: int, args: argparse.Namespace, out: Path) -> 
     return f"{task} seed {seed}: {time.time() - started:.0f}s"
 
 
-def curve(history: list[dict], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Score against env steps (the cloned policy at step 0), interpolated onto ``grid``."""
-    steps = np.array([r["step"] for r in history], dtype=float)
-    values = np.array([r["normalized_score"] for r in history], dtype=float)
-    return grid, np.interp(grid, steps, values)
-
-
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
     results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
     for task in args.tasks:
@@ -104,7 +96,7 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
                 "final": [r["final"]["normalized_score"] for r in rs],
                 "env_steps": [r["env_steps"] for r in rs],
             }
-            curves[method] = [curve(r["history"], grid) for r in rs]
+            curves[method] = [bench_runs.curve(r["history"], grid) for r in rs]  # the cloned policy at step 0
         results["tasks"][task] = per_method
         plot_seed_curves(
             curves,

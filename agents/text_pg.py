@@ -1,0 +1,332 @@
+"""Policy-gradient fine-tuning of language policies on multi-turn text tasks: PPO and GRPO.
+
+Both train on a :class:`rlft.agents.text_rollout.TextBatch` and differ in where the advantage
+comes from and at which granularity the probability ratio is clipped:
+
+- **PPO over turns** (RL4VLM, Zhai et al. 2024, Sec. 4): each turn (one whole reply) is an
+  action. Its log-probability is ``lambda * log p(reasoning tokens) + log p(action tokens)``
+  (Sec. 4.2; the action span is found by the env's parser, ``info["action_start/end"]``, never
+  by token ids), the ratio of that turn log-probability is clipped, and advantages are GAE over
+  turns from a value head on the LM's hidden state at the last prompt token.
+- **GRPO** (Shao et al. 2024, DeepSeekMath Sec. 4.1, eq. 3): no critic. Groups of episodes start
+  from the same task instance. Outcome supervision (Sec. 4.1.2) gives every model token of episode
+  ``i`` the advantage ``(R_i - mean(R)) / std(R)``; process supervision (Sec. 4.1.3, the default
+  here, since multi-turn tasks reward each turn) standardises the turn rewards over the group and
+  gives each turn the sum of the standardised rewards from it onwards. The ratio is clipped per
+  token, token losses are averaged per episode, and an optional ``beta * KL(pi || pi_ref)`` uses
+  the unbiased k3 estimator against the initial policy.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from rlft.agents.ppo import compute_gae
+from rlft.agents.text_rollout import TextBatch
+from rlft.policies.llm import LLMPolicy
+
+
+@dataclass
+class TextPGConfig:
+    """Hyperparameters. Defaults: RL4VLM's PPO (gamma 0.9, GAE lambda 0.95, 4 epochs, value
+    coefficient 0.5) and DeepSeekMath's GRPO (clip 0.2, beta 0.04), with a learning rate for
+    small models."""
+
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    lr: float = 3e-4
+    epochs: int = 4
+    minibatch_samples: int = 32  # token sequences per gradient step
+    clip: float = 0.2
+    gamma: float = 0.9
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    cot_lambda: float = 1.0  # RL4VLM's weight on reasoning tokens (0.5 in its CoT runs); 1 = plain sum
+    kl_coef: float = 0.0  # GRPO's beta (0.04 in DeepSeekMath); needs a reference policy
+    supervision: Literal["outcome", "process"] = "process"  # GRPO: episode return, or per-turn rewards
+    max_grad_norm: float = 1.0
+    normalize_advantages: bool = True
+    skip_uninformative: bool = True  # no policy step on a batch whose episodes all returned the same
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("ppo", "grpo"):
+            raise ValueError(f"algorithm must be 'ppo' or 'grpo', got {self.algorithm!r}")
+        if self.supervision not in ("outcome", "process"):
+            raise ValueError(f"supervision must be 'outcome' or 'process', got {self.supervision!r}")
+        if not 0.0 <= self.cot_lambda <= 1.0:
+            raise ValueError(f"cot_lambda must be in [0, 1], got {self.cot_lambda}")
+
+
+def group_advantages(returns: np.ndarray, groups: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """GRPO's outcome advantages: each return standardised within its group (zero if all equal)."""
+    advantages = np.zeros_like(returns, dtype=np.float64)
+    for g in np.unique(groups):
+        members = groups == g
+        r = returns[members]
+        advantages[members] = (r - r.mean()) / (r.std() + eps) if r.std() > 0 else 0.0
+    return advantages
+
+
+def process_advantages(turn_rewards: list[np.ndarray], groups: np.ndarray, eps: float = 1e-6) -> list[np.ndarray]:
+    """GRPO with process supervision (DeepSeekMath Sec. 4.1.3): every turn reward is standardised
+    over all turn rewards of its group, and a turn's advantage is the sum of the standardised
+    rewards from that turn to the episode's end. ``turn_rewards[e]`` holds episode ``e``'s rewards."""
+    advantages: list[np.ndarray] = [np.zeros(len(r)) for r in turn_rewards]
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        pooled = np.concatenate([turn_rewards[e] for e in members])
+        if pooled.std() == 0:
+            continue
+        for e in members:
+            normalised = (turn_rewards[e] - pooled.mean()) / (pooled.std() + eps)
+            advantages[e] = np.cumsum(normalised[::-1])[::-1].copy()
+    return advantages
+
+
+def action_token_weights(policy: LLMPolicy, tokens: list[int], action_span: tuple[int, int] | None,
+                         cot_lambda: float) -> np.ndarray:
+    """Per-token weights of one reply: 1 on tokens overlapping the action's characters (and on the
+    end-of-turn token), ``cot_lambda`` on the reasoning around it."""
+    weights = np.ones(len(tokens))
+    if cot_lambda == 1.0 or action_span is None:
+        return weights
+    ends = [len(policy.tokenizer.decode(tokens[: k + 1], skip_special_tokens=True)) for k in range(len(tokens))]
+    starts = [0] + ends[:-1]
+    for k, (s, e) in enumerate(zip(starts, ends)):
+        if e > s and (e <= action_span[0] or s >= action_span[1]):
+            weights[k] = cot_lambda
+    return weights
+
+
+@dataclass
+class _Prepared:
+    """Flat per-token and per-turn tensors of a batch, indexed by sample."""
+
+    rows: torch.Tensor  # [K] sample index of each model token
+    cols: torch.Tensor  # [K] position of each model token
+    turn_of: torch.Tensor  # [K] turn index of each model token
+    weight: torch.Tensor  # [K] RL4VLM weight of each token
+    old_log_prob: torch.Tensor  # [K] sampled log-probability
+    ref_log_prob: torch.Tensor | None  # [K] under the reference policy (GRPO's KL)
+    token_advantage: torch.Tensor  # [K] GRPO: the episode's advantage; PPO: unused
+    token_scale: torch.Tensor  # [K] 1 / tokens in the token's episode (GRPO's per-episode mean)
+    episode_of: torch.Tensor  # [K]
+    turn_sample: torch.Tensor  # [T] sample of each turn
+    value_pos: torch.Tensor  # [T] token index where each turn's state value is read
+    turn_advantage: torch.Tensor  # [T]
+    turn_return: torch.Tensor  # [T]
+    informative: bool = True  # the episodes' returns differ (else normalised advantages are pure noise)
+
+
+class TextPolicyGradient:
+    """PPO over turns or GRPO on a :class:`LLMPolicy` (see the module docstring)."""
+
+    def __init__(self, policy: LLMPolicy, config: TextPGConfig, generator: torch.Generator | None = None):
+        if config.algorithm == "ppo" and policy.value_head is None:
+            raise ValueError("PPO over turns needs a policy with a value head (LLMPolicy(value_head=True))")
+        self.policy = policy
+        self.config = config
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
+        self.reference = None
+        if config.kl_coef > 0 and not hasattr(policy.model, "disable_adapter"):
+            self.reference = copy.deepcopy(policy.model).requires_grad_(False)
+
+    @contextmanager
+    def _reference_model(self) -> Iterator[None]:
+        """Swap in the reference LM: LoRA models disable their adapters, full models a frozen copy."""
+        if self.reference is None:
+            with self.policy.model.disable_adapter():
+                yield
+            return
+        trained, self.policy.model = self.policy.model, self.reference
+        try:
+            yield
+        finally:
+            self.policy.model = trained
+
+    @torch.no_grad()
+    def _prepare(self, batch: TextBatch) -> _Prepared:
+        cfg = self.config
+        rows, cols, turn_of, weight, old, episode_of = [], [], [], [], [], []
+        turn_episode = np.zeros(len(batch.turns), dtype=int)
+        for e, episode in enumerate(batch.episodes):
+            turn_episode[episode.turns] = e
+        for t, turn in enumerate(batch.turns):
+            start, end = turn.span
+            sample = batch.samples[turn.sample]
+            reply = sample.tokens[start:end]
+            rows += [turn.sample] * len(reply)
+            cols += list(range(start, end))
+            turn_of += [t] * len(reply)
+            weight += action_token_weights(self.policy, reply, turn.action_span, cfg.cot_lambda).tolist()
+            old += sample.sampled_log_probs[start:end]
+            episode_of += [int(turn_episode[t])] * len(reply)
+        prepared = _Prepared(
+            rows=torch.tensor(rows), cols=torch.tensor(cols), turn_of=torch.tensor(turn_of),
+            weight=torch.tensor(weight, dtype=torch.float32), old_log_prob=torch.tensor(old, dtype=torch.float32),
+            ref_log_prob=None, token_advantage=torch.zeros(len(rows)), token_scale=torch.zeros(len(rows)),
+            episode_of=torch.tensor(episode_of), turn_sample=torch.tensor([t.sample for t in batch.turns]),
+            value_pos=torch.tensor([t.span[0] - 1 for t in batch.turns]),
+            turn_advantage=torch.zeros(len(batch.turns)), turn_return=torch.zeros(len(batch.turns)),
+        )
+        returns = batch.episode_returns()
+        prepared.informative = bool(returns.max() > returns.min()) or not cfg.skip_uninformative
+        tokens_per_episode = torch.bincount(prepared.episode_of, minlength=len(batch.episodes)).float()
+        prepared.token_scale = 1.0 / tokens_per_episode[prepared.episode_of]
+        if cfg.algorithm == "grpo":
+            groups = np.array([ep.group for ep in batch.episodes])
+            if cfg.supervision == "outcome":
+                advantages = group_advantages(returns, groups)
+                prepared.token_advantage = torch.as_tensor(advantages, dtype=torch.float32)[prepared.episode_of]
+            else:
+                rewards = [np.array([batch.turns[t].reward for t in ep.turns]) for ep in batch.episodes]
+                per_turn = torch.zeros(len(batch.turns))
+                for episode, adv in zip(batch.episodes, process_advantages(rewards, groups)):
+                    per_turn[episode.turns] = torch.as_tensor(adv, dtype=torch.float32)
+                prepared.token_advantage = per_turn[prepared.turn_of]
+            if cfg.kl_coef > 0:
+                with self._reference_model():
+                    prepared.ref_log_prob = self._token_log_probs(batch, prepared)
+        else:
+            self._turn_advantages(batch, prepared)
+        return prepared
+
+    def _token_log_probs(self, batch: TextBatch, prepared: _Prepared) -> torch.Tensor:
+        log_probs = torch.zeros(len(prepared.rows))
+        for chunk in self._chunks(len(batch.samples), shuffle=False):
+            scores = self.policy.score_conversations([batch.samples[j] for j in chunk])
+            picked, rows = self._localize(prepared, chunk, len(batch.samples))
+            log_probs[picked] = scores.log_probs[rows, prepared.cols[picked]]
+        return log_probs
+
+    @staticmethod
+    def _localize(prepared: _Prepared, chunk: list[int], n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which model tokens lie in the chunk's samples, and their row in the chunk's batch."""
+        local = torch.full((n_samples,), -1, dtype=torch.long)
+        local[torch.tensor(chunk)] = torch.arange(len(chunk))
+        picked = local[prepared.rows] >= 0
+        return picked, local[prepared.rows[picked]]
+
+    def _turn_advantages(self, batch: TextBatch, prepared: _Prepared) -> None:
+        """GAE over each episode's turns; truncated episodes bootstrap from ``V(final state)``."""
+        cfg = self.config
+        value_at = {}
+        wanted = {(t.sample, t.span[0] - 1) for t in batch.turns}
+        wanted |= {ep.bootstrap for ep in batch.episodes if ep.bootstrap is not None}
+        by_sample: dict[int, list[int]] = {}
+        for sample, pos in wanted:
+            by_sample.setdefault(sample, []).append(pos)
+        samples = sorted(by_sample)
+        for chunk in self._chunks(len(samples), shuffle=False):
+            ids = [samples[k] for k in chunk]
+            scores = self.policy.score_conversations([batch.samples[j] for j in ids])
+            positions = torch.tensor([(r, p) for r, j in enumerate(ids) for p in by_sample[j]])
+            values = self.policy.values(scores.hidden, positions)
+            for (r, p), v in zip(positions.tolist(), values.tolist()):
+                value_at[(ids[r], p)] = v
+        for episode in batch.episodes:
+            turns = [batch.turns[t] for t in episode.turns]
+            rewards = torch.tensor([[t.reward] for t in turns])
+            values = torch.tensor([[value_at[(t.sample, t.span[0] - 1)]] for t in turns])
+            last = torch.tensor([value_at[episode.bootstrap] if episode.bootstrap is not None else 0.0])
+            adv, ret = compute_gae(rewards, values, torch.zeros_like(rewards), last, cfg.gamma, cfg.gae_lambda)
+            prepared.turn_advantage[episode.turns] = adv[:, 0]
+            prepared.turn_return[episode.turns] = ret[:, 0]
+        if cfg.normalize_advantages and len(batch.turns) > 1:
+            a = prepared.turn_advantage
+            prepared.turn_advantage = (a - a.mean()) / (a.std() + 1e-8)
+
+    def _chunks(self, n: int, shuffle: bool) -> list[list[int]]:
+        order = torch.randperm(n, generator=self.generator).tolist() if shuffle else list(range(n))
+        size = self.config.minibatch_samples
+        return [order[i:i + size] for i in range(0, n, size)]
+
+    def update(self, batch: TextBatch) -> dict[str, float]:
+        """``epochs`` passes of minibatch gradient steps over the batch; returns mean losses."""
+        cfg = self.config
+        prepared = self._prepare(batch)
+        totals: dict[str, float] = {}
+        steps = 0
+        for _ in range(cfg.epochs):
+            for chunk in self._chunks(len(batch.samples), shuffle=True):
+                metrics = self._step(batch, prepared, chunk)
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                steps += bool(metrics)
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def _step(self, batch: TextBatch, prepared: _Prepared, chunk: list[int]) -> dict[str, float]:
+        cfg = self.config
+        picked, rows = self._localize(prepared, chunk, len(batch.samples))
+        if not bool(picked.any()):  # only prompt-only sequences (truncated episodes' final states)
+            return {}
+        scores = self.policy.score_conversations([batch.samples[j] for j in chunk])
+        log_prob = scores.log_probs[rows, prepared.cols[picked]]
+        entropy = scores.entropy[rows, prepared.cols[picked]].mean()
+        metrics: dict[str, float] = {"entropy": entropy.item()}
+        if cfg.algorithm == "grpo":
+            policy_loss = self._grpo_loss(prepared, picked, log_prob, metrics)
+            loss = policy_loss
+        else:
+            policy_loss, value_loss = self._ppo_losses(prepared, picked, log_prob, scores.hidden, chunk, metrics)
+            loss = policy_loss + cfg.value_coef * value_loss
+        if not prepared.informative:  # e.g. no success yet on a sparse task: fit values, keep the policy
+            loss = loss - policy_loss
+        loss = loss - cfg.entropy_coef * entropy
+        self.optimizer.zero_grad()
+        loss.backward()
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
+                                                                    cfg.max_grad_norm))
+        self.optimizer.step()
+        metrics["policy_loss"] = policy_loss.item()
+        return metrics
+
+    def _grpo_loss(self, prepared: _Prepared, picked: torch.Tensor, log_prob: torch.Tensor,
+                   metrics: dict[str, float]) -> torch.Tensor:
+        cfg = self.config
+        ratio = torch.exp(log_prob - prepared.old_log_prob[picked])
+        advantage = prepared.token_advantage[picked]
+        surrogate = torch.min(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
+        per_token = -surrogate
+        if prepared.ref_log_prob is not None:
+            log_ratio_ref = prepared.ref_log_prob[picked] - log_prob
+            kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1.0  # k3 estimator (DeepSeekMath eq. 4)
+            per_token = per_token + cfg.kl_coef * kl
+            metrics["kl_ref"] = kl.mean().item()
+        episodes = prepared.episode_of[picked].unique().numel()
+        metrics["clip_fraction"] = float(((ratio - 1).abs() > cfg.clip).float().mean())
+        return (per_token * prepared.token_scale[picked]).sum() / episodes
+
+    def _ppo_losses(self, prepared: _Prepared, picked: torch.Tensor, log_prob: torch.Tensor, hidden: torch.Tensor,
+                    chunk: list[int], metrics: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        turns = prepared.turn_of[picked]
+        turn_ids, inverse = turns.unique(return_inverse=True)
+        weight = prepared.weight[picked]
+        new = torch.zeros(len(turn_ids)).index_add(0, inverse, weight * log_prob)
+        old = torch.zeros(len(turn_ids)).index_add(0, inverse, weight * prepared.old_log_prob[picked])
+        ratio = torch.exp(new - old)
+        advantage = prepared.turn_advantage[turn_ids]
+        surrogate = torch.min(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
+        row_of_sample = {j: k for k, j in enumerate(chunk)}
+        rows = torch.tensor([row_of_sample[int(j)] for j in prepared.turn_sample[turn_ids]], dtype=torch.long)
+        positions = torch.stack([rows, prepared.value_pos[turn_ids]], dim=1)
+        values = self.policy.values(hidden, positions)
+        value_loss = 0.5 * (values - prepared.turn_return[turn_ids]).pow(2).mean()
+        metrics["value_loss"] = value_loss.item()
+        metrics["clip_fraction"] = float(((ratio - 1).abs() > cfg.clip).float().mean())
+        return -surrogate.mean(), value_loss
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+

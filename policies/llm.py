@@ -1,0 +1,435 @@
+"""A language-model policy around any Hugging Face causal LM.
+
+- Loads with ``from_pretrained`` (a folder or hub id; ``gguf_file=`` for GGUF checkpoints, which
+  transformers de-quantises into a trainable float model), optionally adds LoRA adapters (peft)
+  and a value head.
+- Samples a batch of replies with a KV cache and records the log-probability of every sampled
+  token *at generation time*, under the sampling distribution ``softmax(logits / temperature)``.
+  Training recomputes the same quantity with :meth:`LLMPolicy.token_log_probs`; the two agree
+  to float rounding (tested). Top-k/top-p truncation is deliberately absent: it would make the
+  sampling distribution differ from the one the policy gradient differentiates.
+- Builds multi-turn token sequences *token-exactly* (:class:`Conversation`): sampled tokens are
+  appended as sampled, never re-tokenised from text, and the chat template's tokens between
+  turns come from the tokenizer's own template. ``model_mask`` marks the model's tokens, the only
+  ones any loss touches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings; ``temperature`` also defines the policy's log-probabilities."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive (use greedy=True for argmax), got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (Hu et al. 2021) on every linear layer of the LM; peft does the work."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class Generation:
+    """One sampled reply."""
+
+    tokens: list[int]
+    log_probs: list[float]
+    text: str
+    finished: bool  # ended with the end-of-turn token (else cut at max_new_tokens)
+
+
+@dataclass
+class Conversation:
+    """One token sequence spanning one or more turns.
+
+    ``model_mask[i]`` is True for tokens the model sampled; ``turns`` holds each reply's
+    ``(start, end)`` token span; the token before ``start`` is the last prompt token, where the
+    value head reads the state.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    model_mask: list[bool] = field(default_factory=list)
+    sampled_log_probs: list[float] = field(default_factory=list)
+    turns: list[tuple[int, int]] = field(default_factory=list)
+    image: np.ndarray | None = None  # the [H, W, 3] uint8 image of a VLM prompt (one per sequence)
+
+    def extend_prompt(self, tokens: Sequence[int]) -> None:
+        self.tokens.extend(tokens)
+        self.model_mask.extend([False] * len(tokens))
+        self.sampled_log_probs.extend([0.0] * len(tokens))
+
+    def extend_reply(self, generation: Generation, end_of_turn: int) -> None:
+        start = len(self.tokens)
+        self.tokens.extend(generation.tokens)
+        self.model_mask.extend([True] * len(generation.tokens))
+        self.sampled_log_probs.extend(generation.log_probs)
+        self.turns.append((start, len(self.tokens)))
+        if not generation.finished:  # close the turn as the template would; not a model token
+            self.extend_prompt([end_of_turn])
+
+
+Observation = str | Mapping[str, Any]  # text, or {"text": str, "image": uint8 [H, W, 3]} for VLM tasks
+
+
+def split_observation(observation: Observation) -> tuple[str, np.ndarray | None]:
+    """``(text, image or None)`` of a text or text-and-image observation."""
+    if isinstance(observation, str):
+        return observation, None
+    if "text" not in observation:
+        raise KeyError(f"an image observation needs 'text' and 'image' keys, got {sorted(observation)}")
+    return str(observation["text"]), observation.get("image")
+
+
+class ChatFormat:
+    """Token-exact chat formatting from a tokenizer's own chat template.
+
+    ``image_placeholder`` (a VLM's image tokens, :attr:`LLMPolicy.image_placeholder`) is put in
+    front of the text of observations that carry an image.
+    """
+
+    def __init__(self, tokenizer: Any, system_prompt: str = "", image_placeholder: str | None = None):
+        self.image_placeholder = image_placeholder
+        if tokenizer.chat_template is None:
+            raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template first")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token to end a turn")
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.end_of_turn = int(tokenizer.eos_token_id)
+        self._between_turns = self._between_turns_text()
+
+    def _messages(self, *turns: dict[str, str]) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + list(turns)
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _between_turns_text(self) -> tuple[str, str]:
+        """Text the template puts after a reply's end-of-turn token and around the next user message."""
+        marker = "\x00USER\x00"
+        done = self._messages({"role": "user", "content": "u"}, {"role": "assistant", "content": "a"})
+        before = self._render(done, False)
+        after = self._render(done + [{"role": "user", "content": marker}], True)
+        eos = self.tokenizer.eos_token
+        end = before.rfind("a" + eos)
+        if end < 0 or not after.startswith(before):
+            raise ValueError("the chat template does not close replies with the eos token and extend "
+                             "conversations by appending; token-exact multi-turn formatting needs both")
+        tail = before[end + len("a" + eos):] + after[len(before):]
+        head, _, rest = tail.partition(marker)
+        return head, rest
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _content(self, observation: Observation) -> str:
+        text, image = split_observation(observation)
+        if image is None:
+            return text
+        if not self.image_placeholder:
+            raise ValueError("an image observation needs a vision-language model (this policy has no image tokens)")
+        return self.image_placeholder + text
+
+    def first_prompt(self, observation: Observation) -> list[int]:
+        """Tokens of the system prompt, the first user message and the generation prompt."""
+        return self.encode(self._render(self._messages({"role": "user", "content": self._content(observation)}), True))
+
+    def next_prompt(self, observation: Observation) -> list[int]:
+        """Tokens that follow a closed reply: the next user message and the generation prompt."""
+        head, tail = self._between_turns
+        return self.encode(head + self._content(observation) + tail)
+
+    def start(self, observation: Observation) -> Conversation:
+        """A new sequence prompted with ``observation`` (and carrying its image, if any)."""
+        conversation = Conversation(image=split_observation(observation)[1])
+        conversation.extend_prompt(self.first_prompt(observation))
+        return conversation
+
+    def extend(self, conversation: Conversation, observation: Observation) -> None:
+        """Append the next observation to a dialogue; one image per sequence."""
+        if split_observation(observation)[1] is not None:
+            raise ValueError("image observations start a new sequence each turn: use context='turn'")
+        conversation.extend_prompt(self.next_prompt(observation))
+
+
+class ValueHead(nn.Module):
+    """Scalar value from the LM's last hidden state at the last prompt token."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size))
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class SequenceScores:
+    """What one training forward pass over padded sequences gives."""
+
+    log_probs: torch.Tensor  # [B, L]: log p(token t | tokens < t); 0 at t = 0 and on padding
+    entropy: torch.Tensor  # [B, L] entropy of the distribution that produced token t
+    hidden: torch.Tensor  # [B, L, H] last hidden states (state at t is read at t)
+
+
+class LLMPolicy(nn.Module):
+    """A causal LM that samples replies with log-probs, scores sequences, and (optionally) values states."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, generation: GenerationConfig | None = None,
+                 value_head: bool = False):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation = generation or GenerationConfig()
+        hidden = model.config.get_text_config().hidden_size
+        self.value_head = ValueHead(hidden) if value_head else None
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.eos_id = int(tokenizer.eos_token_id)
+        # a VLM never writes its image placeholder token: it is outside the policy's support
+        image_token = getattr(model.config, "image_token_id", None)
+        self._unsampleable = [int(image_token)] if image_token is not None else []
+
+    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """The policy's token distribution: ``log softmax(logits / T)`` without unsampleable tokens."""
+        logits = logits.float() / self.generation.temperature
+        if self._unsampleable:
+            logits = logits.clone()
+            logits[..., self._unsampleable] = float("-inf")
+        return F.log_softmax(logits, dim=-1)
+
+    # --- loading --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, lora: LoraSettings | None = None,
+                        value_head: bool = False, generation: GenerationConfig | None = None,
+                        dtype: torch.dtype = torch.float32) -> "LLMPolicy":
+        """Load a causal LM and its tokenizer (``gguf_file``: a GGUF file inside ``path``)."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+        path = str(path)
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        vision = hasattr(AutoConfig.from_pretrained(path, **extra), "vision_config")
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = auto.from_pretrained(path, dtype=dtype, **extra)
+        if lora is not None:
+            model = add_lora(model, lora)
+        policy = cls(model, tokenizer, generation, value_head)
+        head = Path(path) / VALUE_HEAD_FILE
+        if value_head and head.exists():
+            policy.value_head.load_state_dict(torch.load(head, weights_only=True))
+        return policy
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the model (merged LoRA weights too), tokenizer and value head to ``path``."""
+        path = Path(path)
+        is_peft = hasattr(self.model, "merge_and_unload")
+        model = copy.deepcopy(self.model).merge_and_unload() if is_peft else self.model  # keep adapters live
+        model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        if self.value_head is not None:
+            torch.save(self.value_head.state_dict(), path / VALUE_HEAD_FILE)
+
+    # --- images ---------------------------------------------------------------------------
+    @property
+    def image_placeholder(self) -> str | None:
+        """The prompt text standing for one image (a VLM's image token per patch); None for text LMs."""
+        config = self.model.config
+        if not hasattr(config, "vision_config"):
+            return None
+        token = self.tokenizer.convert_ids_to_tokens(config.image_token_id)
+        return token * config.image_seq_length
+
+    def pixel_values(self, images: Sequence[np.ndarray | None] | None) -> torch.Tensor | None:
+        """uint8 ``[H, W, 3]`` images as the vision tower's normalised ``[B, 3, H, W]`` input."""
+        if images is None or all(image is None for image in images):
+            return None
+        if any(image is None for image in images):
+            raise ValueError("a batch mixes image and text-only prompts")
+        pixels = torch.as_tensor(np.stack(images), device=self.device).permute(0, 3, 1, 2).float() / 255.0
+        return (pixels - 0.5) / 0.5
+
+    # --- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], greedy: bool = False,
+                 generator: torch.Generator | None = None,
+                 images: Sequence[np.ndarray | None] | None = None) -> list[Generation]:
+        """Sample one reply per prompt (a batch, left-padded) with a KV cache.
+
+        Each reply stops at the eos token or after ``max_new_tokens``. The log-probability of each
+        sampled token under ``softmax(logits / temperature)`` is recorded as it is sampled.
+        ``images`` (one per prompt) feed a VLM's vision tower in the first forward pass.
+        """
+        from transformers import DynamicCache
+
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs a non-empty batch of non-empty prompts")
+        device = self.device
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long, device=device)
+        attention = torch.zeros((batch, width), dtype=torch.long, device=device)
+        for i, prompt in enumerate(prompts):
+            input_ids[i, width - len(prompt):] = torch.as_tensor(list(prompt), device=device)
+            attention[i, width - len(prompt):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        pixels = self.pixel_values(images)
+        vision = {} if pixels is None else {"pixel_values": pixels}
+        logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                            use_cache=True, **vision).logits[:, -1]
+        next_position = positions[:, -1] + 1
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        log_probs: list[list[float]] = [[] for _ in range(batch)]
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for _ in range(self.generation.max_new_tokens):
+            step_log_probs = self._log_softmax(logits)
+            if greedy:
+                token = step_log_probs.argmax(-1)
+            else:
+                token = torch.multinomial(step_log_probs.exp(), 1, generator=generator).squeeze(-1)
+            chosen = step_log_probs.gather(-1, token[:, None]).squeeze(-1)
+            for i in torch.nonzero(~finished).flatten().tolist():
+                tokens[i].append(int(token[i]))
+                log_probs[i].append(float(chosen[i]))
+            finished |= token == self.eos_id
+            if bool(finished.all()):
+                break
+            attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long, device=device)], dim=1)
+            logits = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position[:, None],
+                                cache=cache, use_cache=True).logits[:, -1]
+            next_position = next_position + 1
+        return [Generation(t, lp, self.tokenizer.decode(t, skip_special_tokens=True), bool(t and t[-1] == self.eos_id))
+                for t, lp in zip(tokens, log_probs)]
+
+    # --- training -------------------------------------------------------------------------
+    def score(self, sequences: Sequence[Sequence[int]],
+              images: Sequence[np.ndarray | None] | None = None) -> tuple[SequenceScores, torch.Tensor]:
+        """One forward pass over right-padded sequences: ``(scores, attention mask [B, L])``."""
+        device = self.device
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long, device=device)
+        attention = torch.zeros_like(input_ids)
+        for i, seq in enumerate(sequences):
+            input_ids[i, : len(seq)] = torch.as_tensor(list(seq), device=device)
+            attention[i, : len(seq)] = 1
+        pixels = self.pixel_values(images)
+        vision = {} if pixels is None else {"pixel_values": pixels}
+        out = self.model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True, use_cache=False,
+                         **vision)
+        log_softmax = self._log_softmax(out.logits[:, :-1])
+        taken = log_softmax.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        taken = taken.masked_fill(torch.isinf(taken), 0.0)  # prompt image tokens: never the policy's to write
+        entropy = -(log_softmax.exp() * log_softmax.clamp(min=-1e9)).sum(-1)
+        zero = torch.zeros((len(sequences), 1), device=device)
+        scores = SequenceScores(
+            log_probs=torch.cat([zero, taken], dim=1) * attention,
+            entropy=torch.cat([zero, entropy], dim=1) * attention,
+            hidden=out.hidden_states[-1],
+        )
+        return scores, attention
+
+    def score_conversations(self, conversations: Sequence[Conversation]) -> SequenceScores:
+        """:meth:`score` of conversations, with their images."""
+        return self.score([c.tokens for c in conversations], [c.image for c in conversations])[0]
+
+    def token_log_probs(self, sequences: Sequence[Sequence[int]],
+                        images: Sequence[np.ndarray | None] | None = None) -> torch.Tensor:
+        """``[B, L]`` log-probabilities of each token given its prefix (training recomputation)."""
+        return self.score(sequences, images)[0].log_probs
+
+    def values(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Value head at ``positions`` (``[N, 2]`` rows of (sequence, token index))."""
+        if self.value_head is None:
+            raise RuntimeError("this policy was built without a value head (value_head=True)")
+        return self.value_head(hidden[positions[:, 0], positions[:, 1]])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+VALUE_HEAD_FILE = "value_head.pt"
+
+
+def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
+    """Wrap ``model`` with trainable LoRA adapters; the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+class ChatAgent:
+    """An :class:`LLMPolicy` as the evaluator's batch ``act``: text observations in, replies out.
+
+    Keeps one dialogue per env: with ``context="episode"`` each observation extends it
+    token-exactly, with ``"turn"`` each turn is prompted afresh. ``reset(num_envs)`` starts new
+    dialogues (the evaluator calls it at every vector reset).
+    """
+
+    def __init__(self, policy: LLMPolicy, chat: ChatFormat, context: str = "turn", greedy: bool = True,
+                 generator: torch.Generator | None = None):
+        if context not in ("episode", "turn"):
+            raise ValueError(f"context must be 'episode' or 'turn', got {context!r}")
+        self.policy, self.chat, self.context = policy, chat, context
+        self.greedy, self.generator = greedy, generator
+        self._dialogues: list[Conversation | None] = []
+
+    def reset(self, num_envs: int) -> None:
+        self._dialogues = [None] * num_envs
+
+    def __call__(self, observations: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...]:
+        batch = unbatch_observations(observations)
+        if len(self._dialogues) != len(batch):
+            self.reset(len(batch))
+        for i, observation in enumerate(batch):
+            dialogue = self._dialogues[i]
+            if dialogue is None or self.context == "turn":
+                self._dialogues[i] = self.chat.start(observation)
+            else:
+                self.chat.extend(dialogue, observation)
+        replies = self.policy.generate([d.tokens for d in self._dialogues], greedy=self.greedy,
+                                       generator=self.generator, images=[d.image for d in self._dialogues])
+        for dialogue, reply in zip(self._dialogues, replies):
+            dialogue.extend_reply(reply, self.chat.end_of_turn)
+        return tuple(reply.text for reply in replies)
+
+
+def unbatch_observations(observations: Sequence[str] | Mapping[str, Any]) -> list[Observation]:
+    """A vector env's batched observations (a tuple of strings, or a dict of batched fields) per env."""
+    if isinstance(observations, Mapping):
+        count = len(observations["text"])
+        return [{key: value[i] for key, value in observations.items()} for i in range(count)]
+    return list(observations)

