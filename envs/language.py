@@ -2,7 +2,8 @@
 
 A :class:`Verbalizer` says how one env speaks: its rules, its observation as text, the names of
 its actions and when an episode counts as a success. Verbalizers for Gymnasium's toy-text envs
-(FrozenLake, Taxi, CliffWalking, Blackjack) are registered here; pass your own for other envs.
+(FrozenLake, Taxi, CliffWalking, Blackjack) and for MiniGrid/BabyAI (the egocentric view as a
+character grid, with the mission) are here; pass your own for other envs.
 The wrapped env's scripted expert is the greedy policy of value iteration on the env's own
 transition table (``env.unwrapped.P``) where it has one.
 """
@@ -145,9 +146,39 @@ VERBALIZERS: dict[str, Verbalizer] = {
 }
 
 
+MINIGRID_CELLS = {"unseen": " ", "empty": ".", "wall": "#", "floor": "_", "door": "D", "key": "K", "ball": "B",
+                  "box": "X", "goal": "G", "lava": "L", "agent": "A"}
+
+
+def _minigrid(obs: Any, env: gym.Env) -> str:
+    from minigrid.core.constants import IDX_TO_OBJECT
+
+    view = obs["image"][:, :, 0]  # [x, y] object indices of the egocentric view; the agent is bottom-centre
+    width, height = view.shape
+    rows = []
+    for y in range(height):
+        rows.append("".join("^" if (x, y) == (width // 2, height - 1) else MINIGRID_CELLS[IDX_TO_OBJECT[int(view[x, y])]]
+                            for x in range(width)))
+    return f"mission: {obs['mission']}\n" + "\n".join(rows)
+
+
+MINIGRID_VERBALIZER = Verbalizer(
+    "You are ^ in a grid world, seeing the cells ahead of you (# wall, . floor, G goal, D door, K key, B ball, "
+    "X box, L lava). Answer left, right, forward, pickup, drop, toggle or done.",
+    ("left", "right", "forward", "pickup", "drop", "toggle", "done"), _minigrid, lambda r, done: r > 0)
+
+
 def make_language_env(env_id: str, max_turns: int = 100, invalid_action: InvalidActionPolicy | None = None,
                       **env_kwargs: Any) -> LanguageWrapper:
-    """``gymnasium.make(env_id, **env_kwargs)`` wrapped with its registered :class:`Verbalizer`."""
-    if env_id not in VERBALIZERS:
-        raise KeyError(f"no verbalizer for {env_id!r}; known: {sorted(VERBALIZERS)} (or wrap it yourself)")
-    return LanguageWrapper(gym.make(env_id, **env_kwargs), VERBALIZERS[env_id], max_turns, invalid_action)
+    """``gymnasium.make(env_id, **env_kwargs)`` wrapped with its registered :class:`Verbalizer`;
+    MiniGrid and BabyAI ids (``minigrid`` package) share one verbalizer of the egocentric view."""
+    if env_id.startswith(("MiniGrid-", "BabyAI-")):
+        import minigrid  # noqa: F401  registers the MiniGrid / BabyAI ids
+
+        verbalizer = MINIGRID_VERBALIZER
+    elif env_id in VERBALIZERS:
+        verbalizer = VERBALIZERS[env_id]
+    else:
+        raise KeyError(f"no verbalizer for {env_id!r}; known: {sorted(VERBALIZERS)}, MiniGrid-*, BabyAI-* "
+                       "(or wrap it yourself)")
+    return LanguageWrapper(gym.make(env_id, **env_kwargs), verbalizer, max_turns, invalid_action)

@@ -31,12 +31,12 @@ from rlft.offline.loaders import load_dataset
 from rlft.offline.returns import returns_to_go
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
-from rlft.runtime.logger import MeanAccumulator, MetricLogger
+from rlft.runtime.logger import MeanAccumulator
 from rlft.runtime.plotting import plot_learning_curve
+from rlft.runtime.run_folder import CONFIG_FILE, open_run_folder, write_eval_json
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
-CONFIG_FILE = "config.yaml"
 OFFLINE_CHECKPOINT = "offline_checkpoint"  # the agent at the end of the dataset phases, kept for init_from
 
 
@@ -248,21 +248,12 @@ class Experiment:
             "online_end": last("online") if self.phase_name == "done" else None,
             "history": self.eval_history,
         }
-        tmp = self.run_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, self.run_dir / "eval.json")
+        write_eval_json(self.run_dir, out)
 
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         """Run every remaining phase; returns the content of ``eval.json``."""
-        if self._resume_step is None and latest_checkpoint(self.run_dir / "checkpoints") is not None:
-            raise FileExistsError(
-                f"{self.run_dir} already holds checkpoints of another run: resume it (resume={self.run_dir}) "
-                "or choose a new run folder"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-        self.logger = MetricLogger(self.run_dir, resume_step=self._resume_step)
+        self.logger = open_run_folder(self.run_dir, self.cfg, self._resume_step)
         if self._resume_step is None and self.cfg.get("init_from"):
             self._init_from(self.cfg.init_from)
         try:

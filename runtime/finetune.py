@@ -35,8 +35,7 @@ from rlft.offline.dataset import DatasetError, TransitionDataset
 from rlft.offline.loaders import load_dataset
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
-from rlft.runtime.experiment import CONFIG_FILE
-from rlft.runtime.logger import MetricLogger
+from rlft.runtime.run_folder import open_run_folder, write_eval_json
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
@@ -214,11 +213,7 @@ class FinetuneExperiment:
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         """Behaviour cloning (unless resumed), then the remaining PPO iterations; returns ``eval.json``."""
-        if not self._resumed and latest_checkpoint(self.run_dir / "checkpoints") is not None:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it (resume={self.run_dir})")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-        self.logger = MetricLogger(self.run_dir, resume_step=self.env_steps if self._resumed else None)
+        self.logger = open_run_folder(self.run_dir, self.cfg, self.env_steps if self._resumed else None)
         try:
             if not self._resumed:
                 self._behaviour_cloning()
@@ -292,6 +287,4 @@ class FinetuneExperiment:
             "env_steps": self.env_steps,
             "history": self.eval_history,
         }
-        tmp = self.run_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, self.run_dir / "eval.json")
+        write_eval_json(self.run_dir, out)

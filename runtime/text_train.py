@@ -15,7 +15,6 @@ against episodes) and ``model/`` (``save_pretrained``: loadable by transformers 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.registry import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
@@ -44,8 +43,7 @@ from rlft.policies.llm import ChatAgent, ChatFormat, GenerationConfig, LLMPolicy
 from rlft.policies.tiny_lm import TinyLMConfig, build_tiny_lm, build_tiny_vlm
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
-from rlft.runtime.experiment import CONFIG_FILE
-from rlft.runtime.logger import MetricLogger
+from rlft.runtime.run_folder import open_run_folder, write_eval_json
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 from tqdm.auto import tqdm
@@ -208,11 +206,7 @@ class TextExperiment:
     # ------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         """SFT and a first evaluation (unless resumed), then the remaining RL iterations."""
-        if not self._resumed and latest_checkpoint(self.run_dir / "checkpoints") is not None:
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it (resume={self.run_dir})")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-        self.logger = MetricLogger(self.run_dir, resume_step=self.episodes if self._resumed else None)
+        self.logger = open_run_folder(self.run_dir, self.cfg, self.episodes if self._resumed else None)
         try:
             if not self._resumed:
                 self._sft()
@@ -267,6 +261,4 @@ class TextExperiment:
             "episodes": self.episodes,
             "history": self.eval_history,
         }
-        tmp = self.run_dir / "eval.json.tmp"
-        tmp.write_text(json.dumps(out, indent=2))
-        os.replace(tmp, self.run_dir / "eval.json")
+        write_eval_json(self.run_dir, out)

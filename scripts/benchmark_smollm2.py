@@ -65,7 +65,7 @@ def training_speed(policy: LLMPolicy, sequences: list[list[int]], steps: int = 3
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="numberline")
-    parser.add_argument("--method", default="grpo", choices=["ppo", "grpo"])
+    parser.add_argument("--method", default="ppo", choices=["ppo", "grpo"])
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/smollm2")

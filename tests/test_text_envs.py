@@ -187,3 +187,14 @@ def test_textarena_games_play_through_the_adapter() -> None:
         elif "lower" in text:
             high = guess - 1
     assert info["success"] and reward > 0
+
+
+def test_minigrid_speaks_through_the_language_wrapper() -> None:
+    pytest.importorskip("minigrid")
+    env = make_language_env("MiniGrid-Empty-5x5-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.startswith("mission: get to the green goal square") and "^" in obs
+    info = {}
+    for move in ("forward", "forward", "right", "forward", "forward"):  # start (1, 1) facing east; goal (3, 3)
+        _, reward, terminated, _, info = env.step(f"Action: {move}")
+    assert terminated and reward > 0 and info["success"]
