@@ -1,12 +1,12 @@
 """Benchmark: language policies learning text tasks with PPO over turns, GRPO and ArCHer, several seeds.
 
-Each run is an ``rlft-llm`` command (tiny Llama with a character tokenizer, SFT on transcripts
-of *random* admissible actions -- it teaches the answer format, not the task -- then RL), in
-parallel workers with one torch thread each; finished runs are skipped, interrupted ones
-resumed. Writes to ``<out>``:
+Each run is an ``rlft-llm`` command (tiny Llama with a character tokenizer; the task config's
+offline stage -- NumberLine: SFT on transcripts of *random* admissible actions, which teaches
+the answer format, not the task; FrozenLake: filtered BC -- then RL), in parallel workers with
+one torch thread each; finished runs are skipped, interrupted ones resumed. Writes to ``<out>``:
 
-- ``results.md`` / ``results.json``: greedy success rate after SFT and after RL, mean ± std over
-  seeds and per seed, with training episodes, wall-clock minutes and the command;
+- ``results.md`` / ``results.json``: success rate after SFT and after RL, mean ± std over
+  seeds and per seed, with each run's minutes and the command;
 - ``<task>.png``: success rate against training episodes (mean ± std over seeds) per method.
 
     python -m rlft.scripts.benchmark_llm --tasks numberline text-frozenlake --seeds 0 1 2
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
+
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
@@ -65,8 +67,12 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
             }
             curves[method] = [(grid, 100 * bench_runs.curve(r["history"], grid, "success_rate")[1]) for r in rs]
         results["tasks"][task] = per_method
-        plot_seed_curves(curves, out / f"{task}.png", f"{task}: tiny LM, SFT on random actions, then RL "
-                         f"({len(args.seeds)} seeds)", "training episodes", "greedy success rate %")
+        sft = OmegaConf.load(run_dir(out, task, args.methods[0], args.seeds[0]) / "config.yaml").sft
+        results.setdefault("sft", {})[task] = (
+            f"SFT {sft.steps} steps on the {'successful ' if sft.success_only else ''}transcripts of {sft.episodes} "
+            f"episodes of the scripted expert taking a random admissible action with probability {sft.epsilon}")
+        plot_seed_curves(curves, out / f"{task}.png", f"{task}: tiny LM, SFT then RL ({len(args.seeds)} seeds)",
+                         "training episodes", "success rate %")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -74,19 +80,20 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
 def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
     fmt = bench_runs.mean_std
     lines = [
-        "# Language policies on text tasks: SFT on random transcripts -> PPO / GRPO / ArCHer",
+        "# Language policies on text tasks: SFT on transcripts -> PPO / GRPO / ArCHer",
         "",
         f"Command: `{results['command']}`",
         "",
-        f"Model: tiny Llama (2 layers, 64 wide, character tokenizer; `policies/tiny_lm.py`). SFT: 150 steps on 200 "
-        f"transcripts of random admissible actions. RL: {args.iterations} iterations of 32 episodes. Success: greedy "
-        f"replies, 64 evaluation episodes. {len(args.seeds)} seeds, one CPU thread per run; the whole benchmark took "
-        f"{results['wall_seconds'] / 60:.0f} min on 2 cores.",
+        f"Model: tiny Llama (2 layers, 64 wide, character tokenizer; `policies/tiny_lm.py`). RL: {args.iterations} "
+        f"iterations of 32 episodes. Success: greedy replies (FrozenLake: sampled, see its task config), 64 "
+        f"evaluation episodes. {len(args.seeds)} seeds, one CPU thread per run, two runs at a time on 2 cores; "
+        "'minutes per run' is each run's own wall clock.",
         "",
     ]
     for task, per_method in results["tasks"].items():
-        lines += [f"## {task}", "", "| method | after SFT | after RL | best eval | minutes per run | "
-                  "per seed (SFT -> RL) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"## {task}", "", f"Offline stage: {results['sft'][task]}.", "",
+                  "| method | after SFT | after RL | best eval | minutes per run | per seed (SFT -> RL) |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
         for method, r in per_method.items():
             seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["final"], strict=True))
             lines.append(f"| {method} | {fmt(r['before'])} | {fmt(r['final'])} | {fmt(r['best'])} | "
