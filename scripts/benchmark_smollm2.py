@@ -7,8 +7,10 @@ torch model: no hub access needed. Writes ``<out>/results.md`` and ``results.jso
 
 - generation tokens/s (KV cache, temperature sampling, log-probs recorded) at batch 1 and 16;
 - training tokens/s (forward + backward over whole sequences), full fine-tuning and LoRA;
-- greedy success rate on ``--task`` zero-shot and after ``--iterations`` of RL (an ``rlft-llm``
-  run folder under ``<out>/run``, with its curve and metrics).
+- greedy success rate on ``--task`` before and after ``--iterations`` of RL with LoRA (an
+  ``rlft-llm`` run folder under ``<out>/run``, with its curve and metrics). Zero-shot, the 135M
+  model answers in prose, never in the task's format, so RL would see no signal; ``--sft-steps``
+  of SFT on transcripts of random admissible moves first teach the format (0: zero-shot).
 
     make smollm2 && python -m rlft.scripts.benchmark_smollm2 --task numberline --iterations 8
 """
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="numberline")
     parser.add_argument("--method", default="ppo", choices=["ppo", "grpo"])
     parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--sft-steps", type=int, default=40, help="format SFT before RL (0: start zero-shot)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/smollm2")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-llm overrides for the RL run")
@@ -95,11 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     if not bench_runs.finished(run, lambda data: data["final"] is not None):
         bench_runs.launch("rlft.scripts.llm", [
             f"text_task={args.task}", f"text_method={args.method}", f"model.path={model_dir}",
-            f"model.gguf_file={GGUF_FILE}", "model.lora={rank: 8, alpha: 16}", "sft.episodes=0",
+            f"model.gguf_file={GGUF_FILE}", "model.lora={rank: 8, alpha: 16}",
+            f"sft.episodes={200 if args.sft_steps else 0}", f"sft.steps={args.sft_steps}", "sft.batch_size=16",
+            "sft.lr=3e-4",
             f"threads={args.threads}", f"loop.iterations={args.iterations}", "loop.num_envs=8", "loop.waves=2",
             "loop.eval_every=4", "loop.eval_episodes=32", "loop.eval_envs=16", "loop.checkpoint_every=4",
             "loop.keep_checkpoints=1", "loop.progress=false", "text_method.algorithm.lr=1e-4",
-            "generation.max_new_tokens=8", *args.overrides], run)
+            "generation.max_new_tokens=4", *args.overrides], run)
     results = json.loads((run / "eval.json").read_text())
     summary = {"command": command, "speed": speed, "task": args.task, "method": args.method,
                "before": results["before"]["success_rate"], "after": results["final"]["success_rate"],
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         "| measurement | value |", "| --- | ---: |",
         *[f"| {k.replace('_', ' ')} | {v:.1f} |" for k, v in speed.items()],
         "", f"## {args.method} with LoRA (rank 8) on {args.task}", "",
-        f"Greedy success rate, 32 episodes: **{100 * summary['before']:.1f}%** zero-shot -> "
+        f"Greedy success rate, 32 episodes: **{100 * summary['before']:.1f}%** "
+        f"{'after format SFT' if args.sft_steps else 'zero-shot'} -> "
         f"**{100 * summary['after']:.1f}%** after {summary['episodes']} training episodes "
         f"({args.iterations} iterations, {summary['rl_minutes']:.0f} min).", "",
         "![curve](run/learning_curve.png)", "",
