@@ -155,10 +155,9 @@ def _minigrid(obs: Any, env: gym.Env) -> str:
 
     view = obs["image"][:, :, 0]  # [x, y] object indices of the egocentric view; the agent is bottom-centre
     width, height = view.shape
-    rows = []
-    for y in range(height):
-        rows.append("".join("^" if (x, y) == (width // 2, height - 1) else MINIGRID_CELLS[IDX_TO_OBJECT[int(view[x, y])]]
-                            for x in range(width)))
+    agent = (width // 2, height - 1)
+    rows = ["".join("^" if (x, y) == agent else MINIGRID_CELLS[IDX_TO_OBJECT[int(view[x, y])]] for x in range(width))
+            for y in range(height)]
     return f"mission: {obs['mission']}\n" + "\n".join(rows)
 
 

@@ -1,8 +1,9 @@
 """Registers the text tasks with gymnasium (imported by ``make_env`` through ``TaskSpec.module``).
 
 Ids: ``rlft/NumberLine-v0``, ``rlft/NumberLineImage-v0`` (image + instruction), ``rlft/GuessNumber-v0``,
-``rlft/EZPoints-v0``, ``rlft/TextMaze-v0``, ``rlft/GuessMyCity-v0``, ``rlft/Calculator-v0``, and ``rlft/Text-<toy-text id>`` for Gymnasium's
-toy-text envs behind the language wrapper (e.g. ``rlft/Text-FrozenLake-v1``), and
+``rlft/EZPoints-v0``, ``rlft/TextMaze-v0``, ``rlft/GuessMyCity-v0``, ``rlft/Calculator-v0``,
+``rlft/Text-<toy-text id>`` for Gymnasium's toy-text envs behind the language wrapper (e.g.
+``rlft/Text-FrozenLake-v1``), and
 ``rlft/TextArena-v0`` (kwarg ``game``: a TextArena single-player game, needs ``textarena``).
 """
 

@@ -253,6 +253,10 @@ class LLMPolicy(nn.Module):
         path = Path(path)
         is_peft = hasattr(self.model, "merge_and_unload")
         model = copy.deepcopy(self.model).merge_and_unload() if is_peft else self.model  # keep adapters live
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF checkpoints load de-quantised: plain floats
+            model = model if is_peft else copy.deepcopy(model)
+            model.hf_quantizer = None
+            model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         if self.value_head is not None:

@@ -18,6 +18,7 @@ torch model: no hub access needed. Writes ``<out>/results.md`` and ``results.jso
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from rlft.envs import make_env
 from rlft.policies.llm import ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
+from rlft.runtime.plotting import plot_learning_curve
 from rlft.scripts import bench_runs
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -94,7 +96,6 @@ def main(argv: list[str] | None = None) -> None:
     del policy
 
     run = out / "run"
-    started = time.time()
     if not bench_runs.finished(run, lambda data: data["final"] is not None):
         bench_runs.launch("rlft.scripts.llm", [
             f"text_task={args.task}", f"text_method={args.method}", f"model.path={model_dir}",
@@ -106,9 +107,15 @@ def main(argv: list[str] | None = None) -> None:
             "loop.keep_checkpoints=1", "loop.progress=false", "text_method.algorithm.lr=1e-4",
             "generation.max_new_tokens=4", *args.overrides], run)
     results = json.loads((run / "eval.json").read_text())
+    with open(run / "metrics.csv", newline="") as f:  # RL time from the run itself (it may have been resumed)
+        rl_seconds = sum(float(r["time/rollout_s"]) + float(r["time/update_s"])
+                         for r in csv.DictReader(f) if r.get("time/rollout_s"))
+    if not (run / "learning_curve.png").exists():
+        plot_learning_curve(results["history"], run / "learning_curve.png", title=f"SmolLM2-135M, {args.method} on "
+                            f"{args.task}", xlabel="training episodes", metric="success_rate")
     summary = {"command": command, "speed": speed, "task": args.task, "method": args.method,
                "before": results["before"]["success_rate"], "after": results["final"]["success_rate"],
-               "episodes": results["episodes"], "rl_minutes": (time.time() - started) / 60}
+               "episodes": results["episodes"], "rl_minutes": rl_seconds / 60}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     lines = [
         "# SmolLM2-135M-Instruct on CPU (2 cores)", "", f"Command: `{command}`", "",
@@ -119,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Greedy success rate, 32 episodes: **{100 * summary['before']:.1f}%** "
         f"{'after format SFT' if args.sft_steps else 'zero-shot'} -> "
         f"**{100 * summary['after']:.1f}%** after {summary['episodes']} training episodes "
-        f"({args.iterations} iterations, {summary['rl_minutes']:.0f} min).", "",
+        f"({args.iterations} iterations, {summary['rl_minutes']:.0f} min of rollouts and updates; the run's "
+        "metrics.csv has the per-iteration timings).", "",
         "![curve](run/learning_curve.png)", "",
     ]
     (out / "results.md").write_text("\n".join(lines))
