@@ -235,6 +235,10 @@ class LLMPolicy(nn.Module):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         path = str(path)
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            raise FileNotFoundError(f"no model folder at {path} (give a from_pretrained folder or a hub id)")
+        if gguf_file and Path(path).is_dir() and not (Path(path) / gguf_file).is_file():
+            raise FileNotFoundError(f"no GGUF file {gguf_file} in {path}")
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
         vision = hasattr(AutoConfig.from_pretrained(path, **extra), "vision_config")

@@ -206,6 +206,13 @@ def test_lora_trains_adapters_only_and_its_base_is_the_reference(tiny_lm: Path) 
     assert learner.reference is None  # the adapters switched off give the initial policy
 
 
+def test_missing_model_files_are_named(tiny_lm: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        LLMPolicy.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        LLMPolicy.from_pretrained(tiny_lm, gguf_file="model.gguf")
+
+
 def test_save_and_load_round_trip(tiny_lm: Path, tmp_path: Path) -> None:
     policy = load(tiny_lm, value_head=True)
     with torch.no_grad():
