@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.llm import ChatFormat, LLMPolicy

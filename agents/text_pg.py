@@ -26,6 +26,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 import torch
+
 from rlft.agents.ppo import compute_gae
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.llm import LLMPolicy

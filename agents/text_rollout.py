@@ -22,6 +22,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 import torch
+
 from rlft.policies.llm import ChatFormat, Conversation, Generation, LLMPolicy, split_observation, unbatch_observations
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 import numpy as np
+
 from rlft.envs.registry import TaskSpec, get_task
 from rlft.envs.wrappers import ActionChunking, FixedNormalizeObservation, SuccessReward, rescale_action
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from rlft.envs.text import InvalidActionPolicy, Outcome, TextEnv, parse_choice
 
 

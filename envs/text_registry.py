@@ -10,6 +10,7 @@ Ids: ``rlft/NumberLine-v0``, ``rlft/NumberLineImage-v0`` (image + instruction), 
 from __future__ import annotations
 
 import gymnasium as gym
+
 from rlft.envs.language import VERBALIZERS
 
 TEXT_TASKS = {

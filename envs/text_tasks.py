@@ -25,6 +25,7 @@ from collections import deque
 
 import numpy as np
 from gymnasium import spaces
+
 from rlft.envs.text import InvalidActionPolicy, Outcome, TextEnv, parse_choice, text_space
 
 _LAST_NUMBER = re.compile(r"-?\d+")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+
 from rlft.envs.text import TextEnv
 from rlft.policies.llm import ChatFormat, Conversation, Generation, LLMPolicy
 

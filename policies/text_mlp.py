@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
 from rlft.envs.text import CHARSET
 from rlft.policies.mlp import mlp
 from torch import nn

@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig
+
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.registry import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from rlft.envs import make_env
 from rlft.policies.llm import ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
 from rlft.runtime.plotting import plot_learning_curve

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig
+
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_or:}
 from rlft.runtime.text_train import TextExperiment
 from rlft.scripts.cli import console_entry, run_or_resume

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from rlft.agents.text_pg import (
     TextPGConfig,
     TextPolicyGradient,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from rlft.envs import make_env, make_vector_env
 from rlft.envs.language import LanguageWrapper, Verbalizer, make_language_env
 from rlft.envs.text import InvalidActionPolicy, parse_choice

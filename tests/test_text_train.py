@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
 from rlft.agents import text_rollout
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.runtime.checkpoint import list_checkpoints, load_checkpoint
