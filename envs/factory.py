@@ -51,15 +51,7 @@ def make_env(
     keeps Dict observations as they are (recording datasets with uint8 images).
     """
     cfg = EnvConfig.from_mapping(cfg)
-    task = resolve_task(cfg.task)
-    kwargs = {**task.env_kwargs, **cfg.env_kwargs}
-    if task.module is not None and task.env_id not in gym.registry:
-        gym.register_envs(importlib.import_module(task.module))
-    env = gym.make(task.env_id, max_episode_steps=cfg.max_episode_steps or task.max_episode_steps, **kwargs)
-    if task.success_key is not None:
-        env = SuccessReward(env, task.success_key)
-    if task.action_repeat > 1:
-        env = gym.wrappers.RepeatAction(env, task.action_repeat)
+    env = make_task_env(resolve_task(cfg.task), cfg.max_episode_steps, cfg.env_kwargs)
     if flatten_dict and isinstance(env.observation_space, gym.spaces.Dict) and not _has_text(env.observation_space):
         env = gym.wrappers.FlattenObservation(env)  # goal-conditioned obs: keys in sorted order
     env = rescale_action(env)
@@ -74,6 +66,20 @@ def make_env(
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
+    return env
+
+
+def make_task_env(task: TaskSpec, max_episode_steps: int | None = None, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
+    """The task as the agent sees it, before any rlft-side transform: ``gymnasium.make`` with the
+    task's kwargs and time limit -> [success reward] -> [action repeat]. Dataset collection acts here."""
+    if task.module is not None and task.env_id not in gym.registry:
+        gym.register_envs(importlib.import_module(task.module))
+    kwargs = {**task.env_kwargs, **(env_kwargs or {})}
+    env = gym.make(task.env_id, max_episode_steps=max_episode_steps or task.max_episode_steps, **kwargs)
+    if task.success_key is not None:
+        env = SuccessReward(env, task.success_key)
+    if task.action_repeat > 1:
+        env = gym.wrappers.RepeatAction(env, task.action_repeat)
     return env
 
 

@@ -93,6 +93,27 @@ register_task(
     )
 )
 
+# DeepMind Control Suite (rlft.envs.dm_control): flat state observations, rewards in [0, 1] per
+# control step, 1,000-step episodes that end by time limit only. Actions repeat for 2 steps as in
+# TD-MPC2 (500 decisions per episode); the references make the normalised score return / 10, the
+# suite's usual 0-1000 scale.
+DMC_TASKS = ("cartpole-balance", "cartpole-swingup", "reacher-easy", "walker-stand", "walker-walk", "cheetah-run",
+             "finger-spin", "hopper-stand")
+for _name in DMC_TASKS:
+    _domain, _task = _name.split("-", 1)
+    register_task(
+        TaskSpec(
+            f"dmc-{_name}",
+            "rlft/DMC-v0",
+            ref_min_score=0.0,
+            ref_max_score=1000.0,
+            max_episode_steps=1000,
+            env_kwargs={"domain": _domain, "task": _task},
+            module="rlft.envs.dm_control",
+            action_repeat=2,
+        )
+    )
+
 # Meta-World manipulation (rlft.envs.metaworld): state observations (39 dims), 4-D end-effector
 # + gripper actions, sparse success reward (1 on success, which ends the episode), so the
 # normalised score is the success rate in %. The scripted experts finish these in 40-80 steps;

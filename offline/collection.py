@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import gymnasium as gym
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlft.envs.factory import make_task_env
 from rlft.envs.registry import get_task
 from rlft.offline.recording import (
     EpisodeRecorder,
@@ -81,7 +81,7 @@ def collect(cfg: CollectionConfig) -> dict:
     torch.manual_seed(cfg.seed)
     started = time.time()
 
-    train_env = EpisodeRecorder(gym.make(task.env_id, **task.env_kwargs))
+    train_env = EpisodeRecorder(make_task_env(task))
     train_env.reset(seed=cfg.seed)
     train_env.action_space.seed(cfg.seed)
     sac_kwargs = {"learning_starts": cfg.sac_learning_starts, "seed": cfg.seed, "device": "cpu", "verbose": 0}
@@ -99,7 +99,7 @@ def collect(cfg: CollectionConfig) -> dict:
     if not snapshots:
         raise ValueError(f"sac_steps={cfg.sac_steps} < snapshot_every={cfg.snapshot_every}: no snapshot was taken")
 
-    eval_env = gym.make(task.env_id, **task.env_kwargs)
+    eval_env = make_task_env(task)
 
     def policy_fn(snapshot: _Snapshot, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
         actor = copy.deepcopy(model.policy.actor)
@@ -155,6 +155,7 @@ def collect(cfg: CollectionConfig) -> dict:
                 f"D4RL-style '{kind}' dataset for {task.env_id}, collected by rlft.offline.collection "
                 f"(SAC {cfg.sac_steps} steps, medium snapshot at step {medium.step}, expert at step {expert.step})."
             ),
+            env_spec=eval_env.spec,  # keeps the gymnasium.make kwargs of registered tasks (e.g. DMC domain/task)
         )
     summary["seconds"] = time.time() - started
     summary_path = out_dir / cfg.namespace / task.name / f"collection-v{cfg.version}.json"

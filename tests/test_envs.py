@@ -9,6 +9,7 @@ import pytest
 from rlft.envs import get_task, make_env, make_vector_env
 from rlft.envs.wrappers import FixedNormalizeObservation
 from rlft.runtime.evaluation import evaluate
+from rlft.runtime.seeding import generator_state, set_generator_state
 
 
 def test_registry_has_d4rl_reference_scores():
@@ -76,3 +77,24 @@ def test_evaluation_is_seeded_and_independent_of_vectorisation():
     other_seed = evaluate(act, make_vector_env({"task": "pendulum"}, 3), episodes=3, seed=8)
     assert not np.allclose(other_seed.returns, one.returns)
     assert np.isnan(other_seed.normalized_score)  # no reference scores given
+
+
+def test_deepmind_control_tasks_are_seeded_flat_and_end_by_time_limit():
+    env = make_env({"task": "dmc-cartpole-balance"})
+    first, _ = env.reset(seed=5)
+    assert first.shape == (5,) and first.dtype == np.float32
+    assert np.array_equal(env.reset(seed=5)[0], first) and not np.array_equal(env.reset(seed=6)[0], first)
+    state = generator_state(env.unwrapped.np_random)  # what an exact resume restores
+    expected, _ = env.reset()
+    set_generator_state(env.unwrapped.np_random, state)
+    assert np.array_equal(env.reset()[0], expected)
+    decisions, total = 0, 0.0
+    while True:
+        _, reward, terminated, truncated, _ = env.step(np.zeros(1, dtype=np.float32))
+        decisions, total = decisions + 1, total + reward
+        if terminated or truncated:
+            break
+    assert (decisions, terminated, truncated) == (500, False, True)  # 1000 control steps, action repeat 2
+    assert 0 < total <= 1000
+    with pytest.raises(KeyError, match="unknown DeepMind Control task cartpole-jump"):
+        gym.make("rlft/DMC-v0", domain="cartpole", task="jump")
