@@ -25,7 +25,20 @@ UpdateFn = Callable[[Batch], dict[str, float]]
 
 
 @dataclass
-class AgentConfig:
+class OnlineOverridable:
+    """A learner config whose ``online_overrides`` switch some of its fields when fine-tuning starts."""
+
+    online_overrides: dict[str, Any] = field(default_factory=dict)  # config changes applied by start_online
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in dataclasses.fields(self)} - {"online_overrides"}
+        unknown = sorted(set(self.online_overrides) - known)
+        if unknown:
+            raise ValueError(f"online_overrides has unknown option(s) {unknown}; known: {sorted(known)}")
+
+
+@dataclass
+class AgentConfig(OnlineOverridable):
     """Hyperparameters every off-policy learner has."""
 
     discount: float = 0.99  # gamma
@@ -35,15 +48,55 @@ class AgentConfig:
     critic_lr: float = 3e-4
     hidden: tuple[int, ...] = (256, 256)  # actor and critic hidden widths
     num_critics: int = 2
-    online_overrides: dict[str, Any] = field(default_factory=dict)  # config changes applied by start_online
 
     def __post_init__(self) -> None:
-        known = {f.name for f in dataclasses.fields(self)} - {"online_overrides"}
-        unknown = sorted(set(self.online_overrides) - known)
-        if unknown:
-            raise ValueError(f"online_overrides has unknown option(s) {unknown}; known: {sorted(known)}")
+        super().__post_init__()
         if self.policy_freq < 1:
             raise ValueError(f"policy_freq must be >= 1, got {self.policy_freq}")
+
+
+class Learner:
+    """What every learner of the offline-to-online runner shares: ``cfg`` is ``base_cfg`` until
+    :meth:`start_online` applies its ``online_overrides``; ``num_updates`` counts updates; the
+    checkpoint holds every object :meth:`_modules` lists. Subclasses add ``act`` and ``update``."""
+
+    sequence_length: int = 1  # > 1: update() takes time-major sequence batches (ReplayBuffer.sample_sequences)
+
+    def __init__(self, cfg: OnlineOverridable):
+        self.base_cfg = cfg
+        self.cfg = cfg
+        self.num_updates = 0
+        self.online = False
+
+    @property
+    def pretrain_phases(self) -> list[tuple[str, UpdateFn]]:
+        """Phases run on the dataset before :meth:`update`: (name, update function). Their
+        budgets come from the run config (``trainer.pretrain_steps.<name>``)."""
+        return []
+
+    def start_online(self) -> None:
+        """Called once when online fine-tuning begins: applies ``online_overrides``."""
+        self.online = True
+        self.cfg = dataclasses.replace(self.base_cfg, **self.base_cfg.online_overrides)
+
+    def _modules(self) -> dict[str, Any]:
+        """Every object with ``state_dict``/``load_state_dict`` that a checkpoint must hold."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: m.state_dict() for name, m in self._modules().items()}
+        state.update(num_updates=self.num_updates, online=self.online)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self._modules()) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint lacks {missing}: was it written by a different agent?")
+        for name, m in self._modules().items():
+            m.load_state_dict(state[name])
+        self.num_updates = int(state["num_updates"])
+        if bool(state["online"]):
+            self.start_online()
 
 
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
@@ -65,7 +118,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
     optimizer.step()
 
 
-class OffPolicyAgent:
+class OffPolicyAgent(Learner):
     """Base of TD3, SAC and their offline variants. Subclasses build the networks
     (``actor``, ``critic``, ``critic_target``) and optimisers, then list every stateful
     object in :meth:`_modules` so that checkpoints capture it."""
@@ -77,28 +130,14 @@ class OffPolicyAgent:
     critic_optimizer: torch.optim.Optimizer
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: AgentConfig, device: str | torch.device = "cpu"):
-        self.base_cfg = cfg
-        self.cfg = cfg
+        super().__init__(cfg)
         self.device = torch.device(device)
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.num_updates = 0
-        self.online = False
 
     # ------------------------------------------------------------ interface
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         """Evaluation action, or with ``deterministic=False`` the exploration action."""
         raise NotImplementedError
-
-    @property
-    def pretrain_phases(self) -> list[tuple[str, UpdateFn]]:
-        """Phases run on the dataset before :meth:`update`: (name, update function). Their
-        budgets come from the run config (``trainer.pretrain_steps.<name>``)."""
-        return []
-
-    def start_online(self) -> None:
-        """Called once when online fine-tuning begins: applies ``online_overrides``."""
-        self.online = True
-        self.cfg = dataclasses.replace(self.base_cfg, **self.base_cfg.online_overrides)
 
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -136,7 +175,6 @@ class OffPolicyAgent:
 
     # ---------------------------------------------------------- checkpoints
     def _modules(self) -> dict[str, Any]:
-        """Every object with ``state_dict``/``load_state_dict`` that a checkpoint must hold."""
         return {
             "actor": self.actor,
             "critic": self.critic,
@@ -144,18 +182,3 @@ class OffPolicyAgent:
             "actor_optimizer": self.actor_optimizer,
             "critic_optimizer": self.critic_optimizer,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {name: m.state_dict() for name, m in self._modules().items()}
-        state.update(num_updates=self.num_updates, online=self.online)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = sorted(set(self._modules()) - set(state))
-        if missing:
-            raise KeyError(f"checkpoint lacks {missing}: was it written by a different agent?")
-        for name, m in self._modules().items():
-            m.load_state_dict(state[name])
-        self.num_updates = int(state["num_updates"])
-        if bool(state["online"]):
-            self.start_online()

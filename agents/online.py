@@ -60,7 +60,10 @@ class EnvStepper:
         return self.episode_length == 0
 
     def step(self, act: ActFn) -> EpisodeEnd | None:
-        """Act once; returns the finished episode's statistics when it ended."""
+        """Act once; returns the finished episode's statistics when it ended. A stateful ``act``
+        (a planner's warm start) exposes ``reset(num_envs)``, called at each episode's first step."""
+        if self.at_episode_start and hasattr(act, "reset"):
+            act.reset(1)
         obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
         action = act(obs_t).squeeze(0).cpu().numpy()
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
@@ -73,7 +76,7 @@ class EnvStepper:
             return None
         rows = torch.cat(self._episode_rows)
         stored = self.buffer.rewards[rows, 0].cpu().numpy()
-        self.buffer.set_mc_returns(rows, episode_returns_to_go(stored, self.mc_discount, self.sparse_fail_reward))
+        self.buffer.end_episode(rows, episode_returns_to_go(stored, self.mc_discount, self.sparse_fail_reward))
         self._episode_rows = []
         end = EpisodeEnd(self.episode_return, self.episode_length, bool(terminated))
         self.episodes += 1

@@ -13,7 +13,11 @@ from rlft.offline.dataset import TransitionDataset
 
 @dataclass
 class Batch:
-    """A minibatch of transitions; ``dones`` is 1.0 where the MDP terminated (no bootstrap)."""
+    """A minibatch of transitions; ``dones`` is 1.0 where the MDP terminated (no bootstrap).
+
+    Sequence batches (:meth:`ReplayBuffer.sample_sequences`) carry a leading time dimension:
+    ``[L, B, ...]``, consecutive steps of one episode each.
+    """
 
     observations: torch.Tensor  # [B, obs_dim]
     actions: torch.Tensor  # [B, act_dim]
@@ -32,11 +36,15 @@ class ReplayBuffer:
 
     Rewards are stored as ``reward_scale * r + reward_bias`` for dataset and online
     transitions alike. ``mc_returns`` holds Monte-Carlo returns-to-go (Cal-QL): computed for
-    the dataset on load and for online episodes when they end (:meth:`set_mc_returns`);
+    the dataset on load and for online episodes when they end (:meth:`end_episode`);
     ``-inf`` marks rows whose episode has not ended yet, which disables calibration there.
+    ``ends`` marks the last row of every episode (terminated, truncated or cut), which is what
+    :meth:`sample_sequences` needs to keep sequences inside one episode.
     """
 
     _FIELDS = ("observations", "actions", "rewards", "next_observations", "dones", "mc_returns")
+    _STORED = (*_FIELDS, "ends")
+    _MAX_SEQUENCE_DRAWS = 100  # rejection rounds before sample_sequences gives up
 
     def __init__(
         self,
@@ -58,6 +66,7 @@ class ReplayBuffer:
         self.next_observations = torch.zeros((capacity, obs_dim), dtype=torch.float32, device=self.device)
         self.dones = torch.zeros((capacity, 1), dtype=torch.float32, device=self.device)
         self.mc_returns = torch.full((capacity, 1), -float("inf"), dtype=torch.float32, device=self.device)
+        self.ends = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.num_offline = 0
         self.size = 0
         self._cursor = 0  # next online write position (>= num_offline)
@@ -99,6 +108,8 @@ class ReplayBuffer:
         self.rewards[:n, 0] = torch.as_tensor(self.transform_rewards(dataset.rewards))
         self.next_observations[:n] = torch.as_tensor(next_obs, dtype=torch.float32)
         self.dones[:n, 0] = torch.as_tensor(dataset.terminals, dtype=torch.float32)
+        self.ends[:n] = False
+        self.ends[torch.as_tensor(dataset.episode_ends, dtype=torch.long)] = True
         if mc_returns is not None:
             if len(mc_returns) != n:
                 raise ValueError(f"{len(mc_returns)} Monte-Carlo returns for {n} transitions")
@@ -131,12 +142,15 @@ class ReplayBuffer:
         self.next_observations[idx] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32, device=self.device)
         self.dones[idx, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
         self.mc_returns[idx, 0] = -float("inf")
+        self.ends[idx] = False
         self.size = min(self.size + n, self.capacity)
         return idx
 
-    def set_mc_returns(self, rows: torch.Tensor, returns: np.ndarray) -> None:
-        """Fill in the returns-to-go of an online episode that just ended."""
+    def end_episode(self, rows: torch.Tensor, returns: np.ndarray) -> None:
+        """An online episode stored in ``rows`` (in order) just ended: fill in its returns-to-go
+        and mark its last row as an episode end."""
         self.mc_returns[rows, 0] = torch.as_tensor(returns, dtype=torch.float32, device=self.device)
+        self.ends[rows[-1]] = True
 
     def _online_indices(self, n: int) -> torch.Tensor:
         online_capacity = self.capacity - self.num_offline
@@ -158,13 +172,7 @@ class ReplayBuffer:
         if offline_ratio is None:
             idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         else:
-            if not 0.0 <= offline_ratio <= 1.0:
-                raise ValueError(f"offline_ratio must be in [0, 1], got {offline_ratio}")
-            n_off = round(offline_ratio * batch_size)
-            if n_off and not self.num_offline:
-                raise RuntimeError(f"offline_ratio={offline_ratio} but the buffer holds no dataset")
-            if n_off < batch_size and not self.num_online:
-                raise RuntimeError("no online transitions to sample yet")
+            n_off = self._offline_count(batch_size, offline_ratio)
             parts = []
             if n_off:
                 parts.append(torch.randint(0, self.num_offline, (n_off,), device=self.device))
@@ -173,11 +181,67 @@ class ReplayBuffer:
             idx = torch.cat(parts)
         return Batch(*(getattr(self, f)[idx] for f in self._FIELDS))
 
+    def sample_sequences(self, batch_size: int, length: int, offline_ratio: float | None = None) -> Batch:
+        """``batch_size`` runs of ``length`` consecutive transitions of one episode, as a
+        time-major :class:`Batch` (``[length, batch_size, ...]``); world-model learners train on them.
+
+        A run may end at an episode's last transition (a terminal one included) but never
+        crosses it, nor the newest online row into the oldest of a wrapped ring. Starts are
+        uniform over the valid ones (rejection sampling with torch's RNG); ``offline_ratio``
+        splits the batch between dataset and online rows as in :meth:`sample`.
+        """
+        if length < 1:
+            raise ValueError(f"sequence length must be >= 1, got {length}")
+        n_off = self._offline_count(batch_size, offline_ratio)
+        parts = []
+        if n_off:
+            parts.append(self._sequence_starts(n_off, length, 0, self.num_offline))
+        if n_off < batch_size:
+            parts.append(self._sequence_starts(batch_size - n_off, length, self.num_offline, self.size))
+        rows = torch.cat(parts).unsqueeze(0) + torch.arange(length, device=self.device).unsqueeze(1)  # [L, B]
+        return Batch(*(getattr(self, f)[rows] for f in self._FIELDS))
+
+    def _offline_count(self, batch_size: int, offline_ratio: float | None) -> int:
+        """How many of ``batch_size`` rows come from the dataset (``None``: in proportion to storage)."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        if offline_ratio is None:
+            return int(torch.binomial(torch.tensor(float(batch_size)), torch.tensor(self.num_offline / self.size)))
+        if not 0.0 <= offline_ratio <= 1.0:
+            raise ValueError(f"offline_ratio must be in [0, 1], got {offline_ratio}")
+        n_off = round(offline_ratio * batch_size)
+        if n_off and not self.num_offline:
+            raise RuntimeError(f"offline_ratio={offline_ratio} but the buffer holds no dataset")
+        if n_off < batch_size and not self.num_online:
+            raise RuntimeError("no online transitions to sample yet")
+        return n_off
+
+    def _sequence_starts(self, count: int, length: int, lo: int, hi: int) -> torch.Tensor:
+        """``count`` start rows in ``[lo, hi - length]`` whose runs stay inside one episode."""
+        last_start = hi - length
+        if last_start < lo:
+            raise RuntimeError(f"rows [{lo}, {hi}) hold fewer than {length} transitions: cannot sample sequences")
+        starts = torch.randint(lo, last_start + 1, (count,), device=self.device)
+        offsets = torch.arange(length - 1, device=self.device)
+        newest = self._cursor - 1 if lo >= self.num_offline and self.size == self.capacity else None
+        for _ in range(self._MAX_SEQUENCE_DRAWS):
+            inner = starts.unsqueeze(1) + offsets  # rows that must not end an episode
+            bad = self.ends[inner].any(1)
+            if newest is not None:
+                bad |= (inner == newest).any(1)
+            if not bad.any():
+                return starts
+            starts[bad] = torch.randint(lo, last_start + 1, (int(bad.sum()),), device=self.device)
+        raise RuntimeError(
+            f"could not draw {length}-step sequences inside single episodes from rows [{lo}, {hi}): "
+            "are the episodes shorter than the sequence length?"
+        )
+
     # ------------------------------------------------------------ checkpoints
     def online_state_dict(self) -> dict[str, Any]:
         """The online part only: offline rows are reloaded from the dataset on resume."""
         lo, hi = self.num_offline, self.size
-        state: dict[str, Any] = {f: getattr(self, f)[lo:hi].cpu().clone() for f in self._FIELDS}
+        state: dict[str, Any] = {f: getattr(self, f)[lo:hi].cpu().clone() for f in self._STORED}
         state.update(num_offline=self.num_offline, size=self.size, cursor=self._cursor)
         return state
 
@@ -190,6 +254,6 @@ class ReplayBuffer:
                 f"checkpoint buffer was built on {state['num_offline']} offline transitions, this one on {self.num_offline}"
             )
         lo, hi = self.num_offline, state["size"]
-        for f in self._FIELDS:
+        for f in self._STORED:
             getattr(self, f)[lo:hi] = state[f].to(self.device)
         self.size, self._cursor = state["size"], state["cursor"]

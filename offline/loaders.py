@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlft.envs.registry import TaskSpec
 from rlft.offline.dataset import REQUIRED_KEYS, DatasetError, TransitionDataset
 
 NATIVE_FORMAT = "rlft-transitions-v1"
@@ -48,6 +49,22 @@ def load_dataset(source: str | os.PathLike, format: str = "auto") -> TransitionD
 
 
 # ---------------------------------------------------------------------- HDF5
+def load_task_dataset(source: str | os.PathLike, task: TaskSpec, format: str = "auto") -> TransitionDataset:
+    """:func:`load_dataset` for a run in ``task``: refuses data collected in another environment
+    (its Gymnasium id, or the ``gymnasium.make`` kwargs of a parametrised env such as a Meta-World
+    or DeepMind Control task) and gives the dataset the task's reference returns if it has none."""
+    dataset = load_dataset(source, format)
+    if dataset.env_id and dataset.env_id.split("-v")[0] != task.env_id.split("-v")[0]:
+        raise DatasetError(f"{dataset.source}: collected in {dataset.env_id} but the run's env is {task.env_id}")
+    theirs = dataset.metadata.get("env_kwargs", {})
+    for key, value in task.env_kwargs.items():
+        if key in theirs and theirs[key] != value:
+            raise DatasetError(f"{dataset.source}: collected with {key}={theirs[key]!r} but the task uses {value!r}")
+    if dataset.ref_min_score is None and np.isfinite([task.ref_min_score, task.ref_max_score]).all():
+        dataset.with_reference_scores(task.ref_min_score, task.ref_max_score)
+    return dataset
+
+
 def _open_hdf5(path: Path):
     import h5py
 

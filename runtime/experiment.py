@@ -22,12 +22,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from rlft.agents.base import Learner
 from rlft.agents.online import EnvStepper
 from rlft.agents.registry import build_agent, config_from_mapping
-from rlft.agents.replay_buffer import ReplayBuffer
+from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
-from rlft.offline.dataset import DatasetError, TransitionDataset
-from rlft.offline.loaders import load_dataset
+from rlft.offline.dataset import TransitionDataset
+from rlft.offline.loaders import load_task_dataset
 from rlft.offline.returns import returns_to_go
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
@@ -122,14 +123,7 @@ class Experiment:
     # ------------------------------------------------------------------ setup
     def _load_dataset(self) -> TransitionDataset:
         ds_cfg = self.cfg.dataset
-        dataset = load_dataset(ds_cfg.source, ds_cfg.get("format", "auto"))
-        if dataset.env_id and dataset.env_id.split("-v")[0] != self.task.env_id.split("-v")[0]:
-            raise DatasetError(
-                f"{dataset.source}: collected in {dataset.env_id} but the run's env is {self.task.env_id}"
-            )
-        if dataset.ref_min_score is None and np.isfinite([self.task.ref_min_score, self.task.ref_max_score]).all():
-            dataset.with_reference_scores(self.task.ref_min_score, self.task.ref_max_score)
-        return dataset
+        return load_task_dataset(ds_cfg.source, self.task, ds_cfg.get("format", "auto"))
 
     @property
     def phase_name(self) -> str:
@@ -219,13 +213,10 @@ class Experiment:
         )
 
     # -------------------------------------------------------------- evaluate
-    def _act_numpy(self, obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        return self.agent.act(obs_t, deterministic=True).cpu().numpy()
-
     def _evaluate(self, phase: str) -> EvalResult:
         result = evaluate(
-            self._act_numpy, self.eval_env, self.trainer.eval_episodes, self.trainer.eval_seed, *self.ref_scores
+            AgentActor(self.agent, self.device, deterministic=True), self.eval_env, self.trainer.eval_episodes,
+            self.trainer.eval_seed, *self.ref_scores,
         )
         record = {"step": self.global_step, "phase": phase, "phase_step": self.phase_step, **result.as_dict()}
         self.eval_history.append(record)
@@ -273,6 +264,12 @@ class Experiment:
         )
         return json.loads((self.run_dir / "eval.json").read_text())
 
+    def _sample(self, offline_ratio: float | None = None) -> Batch:
+        """A training batch: transitions, or sequences for agents that learn from them."""
+        if self.agent.sequence_length > 1:
+            return self.buffer.sample_sequences(self.trainer.batch_size, self.agent.sequence_length, offline_ratio)
+        return self.buffer.sample(self.trainer.batch_size, offline_ratio)
+
     def _advance_phase(self) -> None:
         self.phase_index += 1
         self.phase_step = 0
@@ -288,7 +285,7 @@ class Experiment:
         started, first = time.perf_counter(), self.phase_step
         bar = tqdm(total=steps, initial=self.phase_step, desc=name, disable=not t.progress, mininterval=1.0)
         while self.phase_step < steps:
-            self.accumulator.add(update_fn(self.buffer.sample(t.batch_size)))
+            self.accumulator.add(update_fn(self._sample()))
             self.phase_step += 1
             self.global_step += 1
             bar.update(1)
@@ -325,13 +322,13 @@ class Experiment:
         started, first = time.perf_counter(), self.phase_step
         next_checkpoint = (self.phase_step // t.checkpoint_every + 1) * t.checkpoint_every
         bar = tqdm(total=t.online_steps, initial=self.phase_step, desc="online", disable=not t.progress, mininterval=1.0)
-        explore = lambda obs: self.agent.act(obs, deterministic=False)  # noqa: E731
+        explore = AgentActor(self.agent, self.device, deterministic=False)
         while self.phase_step < t.online_steps:
             episode = self.stepper.step(explore)
-            if self.phase_step >= t.warmup_steps:
+            # sequence learners wait until the online rows hold one whole sequence
+            if self.phase_step >= t.warmup_steps and self.buffer.num_online >= self.agent.sequence_length:
                 for _ in range(t.utd):
-                    batch = self.buffer.sample(t.batch_size, t.offline_data_ratio)
-                    self.accumulator.add(self.agent.update(batch))
+                    self.accumulator.add(self.agent.update(self._sample(t.offline_data_ratio)))
             self.phase_step += 1
             self.global_step += 1
             bar.update(1)
@@ -351,6 +348,24 @@ class Experiment:
         self.stepper = None
         self._advance_phase()
         self._checkpoint()
+
+
+class AgentActor:
+    """The agent as the evaluator and the env stepper call it: observations (numpy or torch) in,
+    actions of the same kind out. ``reset(num_envs)`` tells a planning agent that new episodes
+    begin in this acting stream (evaluation and exploration are separate streams)."""
+
+    def __init__(self, agent: Learner, device: torch.device, deterministic: bool):
+        self.agent, self.device, self.deterministic = agent, device, deterministic
+
+    def __call__(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        action = self.agent.act(obs_t, deterministic=self.deterministic)
+        return action if isinstance(obs, torch.Tensor) else action.cpu().numpy()
+
+    def reset(self, num_envs: int) -> None:
+        if hasattr(self.agent, "reset"):
+            self.agent.reset(num_envs, self.deterministic)
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -31,8 +31,8 @@ from rlft.agents.ppo import PPO, PPOConfig
 from rlft.agents.registry import config_from_mapping
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
-from rlft.offline.dataset import DatasetError, TransitionDataset
-from rlft.offline.loaders import load_dataset
+from rlft.offline.dataset import TransitionDataset
+from rlft.offline.loaders import load_task_dataset
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.run_folder import open_run_folder, write_eval_json
@@ -90,20 +90,7 @@ class FinetuneExperiment:
     # ------------------------------------------------------------------ setup
     def _load_dataset(self) -> TransitionDataset:
         ds_cfg = self.cfg.task.dataset
-        dataset = load_dataset(ds_cfg.source, ds_cfg.get("format", "auto"))
-        if dataset.env_id and dataset.env_id.split("-v")[0] != self.task.env_id.split("-v")[0]:
-            raise DatasetError(
-                f"{dataset.source}: collected in {dataset.env_id} but the task's env is {self.task.env_id}"
-            )
-        theirs = dataset.metadata.get("env_kwargs", {})
-        for key, value in self.task.env_kwargs.items():
-            if key in theirs and theirs[key] != value:
-                raise DatasetError(
-                    f"{dataset.source}: collected with {key}={theirs[key]!r} but the task uses {value!r}"
-                )
-        if dataset.ref_min_score is None and np.isfinite([self.task.ref_min_score, self.task.ref_max_score]).all():
-            dataset.with_reference_scores(self.task.ref_min_score, self.task.ref_max_score)
-        return dataset
+        return load_task_dataset(ds_cfg.source, self.task, ds_cfg.get("format", "auto"))
 
     def _observation_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Dataset mean/std per observation entry; pixel entries are only scaled to ``[0, 1]``

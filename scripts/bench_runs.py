@@ -47,6 +47,22 @@ def finished(folder: Path, done: Callable[[dict], bool]) -> bool:
     return path.is_file() and done(json.loads(path.read_text()))
 
 
+def phase_finished(folder: Path, online: bool) -> bool:
+    """Whether an ``rlft`` run folder has finished its online phase (or, ``online=False``, its offline one)."""
+    key = "online_end" if online else "offline_end"
+    return finished(folder, lambda data: data[key] is not None)
+
+
+def online_curve(history: list[dict], eval_every: int, online_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised score against online env steps of an ``rlft`` run, the offline-end score at step 0."""
+    start = next(r for r in history if r["phase"] == "offline")
+    pairs = [(0, start["normalized_score"])]
+    pairs += [(r["step"] - start["step"], r["normalized_score"]) for r in history if r["phase"] == "online"]
+    steps, values = map(np.asarray, zip(*pairs))
+    grid = np.arange(0, online_steps + 1, eval_every)
+    return grid, np.interp(grid, steps, values)
+
+
 def curve(history: list[dict], grid: np.ndarray, key: str = "normalized_score") -> tuple[np.ndarray, np.ndarray]:
     """An ``eval.json`` history's ``key`` against its ``step``, interpolated onto ``grid``."""
     steps = np.array([r["step"] for r in history], dtype=float)

@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
@@ -86,11 +84,6 @@ def run_dir(out: Path, task: str, label: str, seed: int) -> Path:
     return out / "runs" / task / label / f"seed{seed}"
 
 
-def finished(folder: Path, online: bool) -> bool:
-    key = "online_end" if online else "offline_end"
-    return bench_runs.finished(folder, lambda data: data[key] is not None)
-
-
 def launch(overrides: list[str], folder: Path) -> None:
     """Run (or resume) one ``rlft`` command into ``folder``."""
     bench_runs.launch("rlft.scripts.main", overrides, folder)
@@ -99,23 +92,13 @@ def launch(overrides: list[str], folder: Path) -> None:
 def run_chain(chain: Chain, out: Path) -> str:
     started = time.time()
     offline_dir = run_dir(out, chain.task, f"{chain.method}-offline", chain.seed)
-    if not finished(offline_dir, online=False):
+    if not bench_runs.phase_finished(offline_dir, online=False):
         launch(chain.offline, offline_dir)
     for label, overrides in chain.online.items():
         folder = run_dir(out, chain.task, label, chain.seed)
-        if not finished(folder, online=True):
+        if not bench_runs.phase_finished(folder, online=True):
             launch(overrides + [f"init_from={offline_dir}"], folder)
     return f"{chain.task} {chain.method} seed {chain.seed}: {time.time() - started:.0f}s"
-
-
-def online_curve(history: list[dict], eval_every: int, online_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised score against online env steps, the offline-end score at step 0."""
-    start = next(r for r in history if r["phase"] == "offline")
-    pairs = [(0, start["normalized_score"])]
-    pairs += [(r["step"] - start["step"], r["normalized_score"]) for r in history if r["phase"] == "online"]
-    steps, values = map(np.asarray, zip(*pairs))
-    grid = np.arange(0, online_steps + 1, eval_every)
-    return grid, np.interp(grid, steps, values)
 
 
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
@@ -129,7 +112,7 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
             offline = [r["offline_end"]["normalized_score"] for r in runs]
             online = [r["online_end"]["normalized_score"] for r in runs]
             per_label[label] = {"offline_end": offline, "online_end": online}
-            curves[label] = [online_curve(r["history"], args.eval_every, args.online_steps) for r in runs]
+            curves[label] = [bench_runs.online_curve(r["history"], args.eval_every, args.online_steps) for r in runs]
         results["tasks"][task] = per_label
         xlabel = "online environment steps"
         plot_seed_curves(curves, out / f"{task}_online.png", f"offline-to-online on {task}", xlabel)
