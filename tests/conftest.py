@@ -11,6 +11,8 @@ import torch
 
 from rlft.offline.dataset import TransitionDataset
 from rlft.offline.loaders import save_native
+from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint
+from rlft.runtime.experiment import Experiment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_HOPPER_MEDIUM = REPO_ROOT / "data" / "minari" / "rlft" / "hopper" / "medium-v0"
@@ -77,3 +79,23 @@ def native_hopper(tmp_path, hopper_dataset) -> Path:
     """The random-policy hopper dataset saved in rlft's native HDF5 format."""
     hopper_dataset.env_id = "Hopper-v5"
     return save_native(hopper_dataset, tmp_path / "hopper-random.h5")
+
+
+def run_interrupted(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch, after_saves: int) -> dict:
+    """Run an ``rlft`` experiment that crashes right after its ``after_saves``-th checkpoint
+    save (as a killed process would); returns the state of the checkpoint it left."""
+    saves = {"n": 0}
+    original = Experiment._checkpoint
+
+    def crashing_checkpoint(self):
+        path = original(self)
+        saves["n"] += 1
+        if saves["n"] == after_saves:
+            raise KeyboardInterrupt
+        return path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Experiment, "_checkpoint", crashing_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            Experiment(cfg, run_dir).run()
+    return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))

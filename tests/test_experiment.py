@@ -14,6 +14,8 @@ from omegaconf import DictConfig
 from rlft.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from rlft.runtime.experiment import Experiment
 
+from conftest import run_interrupted
+
 
 WSRL_SMOKE = ("agent=wsrl", "agent.cql_n_actions=2", "trainer.warmup_steps=50", "trainer.offline_data_ratio=0.0",
               "trainer.utd=2")
@@ -81,21 +83,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(
     full = Experiment(cfg, full_dir).run()
 
     # Crash right after a checkpoint save, inside the offline or the online phase.
-    saves = {"n": 0}
-    original = Experiment._checkpoint
-
-    def crashing_checkpoint(self):
-        path = original(self)
-        saves["n"] += 1
-        if saves["n"] == crash_after_save:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(Experiment, "_checkpoint", crashing_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        Experiment(cfg, cut_dir).run()
-    monkeypatch.setattr(Experiment, "_checkpoint", original)
-    state = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))
+    state = run_interrupted(cfg, cut_dir, monkeypatch, crash_after_save)
     assert state["counters"]["phase_index"] == phase_index and state["counters"]["phase_step"] > 0
 
     resumed = Experiment(cfg, cut_dir)

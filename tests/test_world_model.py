@@ -24,6 +24,8 @@ from rlft.policies.world_model import WorldModel, WorldModelConfig
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from rlft.runtime.experiment import Experiment
 
+from conftest import run_interrupted
+
 TINY_MODEL = {"latent_dim": 16, "enc_dim": 32, "mlp_dim": 32, "num_q": 3, "simnorm_dim": 4, "activation": "silu"}
 TINY_PLANNER = {"iterations": 3, "num_samples": 64, "num_elites": 8, "num_pi_trajs": 8}
 
@@ -287,21 +289,7 @@ def test_world_model_run_resumes_bit_for_bit(tmp_path, native_hopper, monkeypatc
     for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "offline_checkpoint"):
         assert (full_dir / name).exists(), name
 
-    saves = {"n": 0}
-    original = Experiment._checkpoint
-
-    def crashing_checkpoint(self):
-        path = original(self)
-        saves["n"] += 1
-        if saves["n"] == 4:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(Experiment, "_checkpoint", crashing_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        Experiment(cfg, cut_dir).run()
-    monkeypatch.setattr(Experiment, "_checkpoint", original)
-    state = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))
+    state = run_interrupted(cfg, cut_dir, monkeypatch, after_saves=4)
     assert state["counters"]["phase_index"] == 1 and state["counters"]["phase_step"] > 0  # inside online
     resumed = Experiment(cfg, cut_dir)
     assert resumed.resume()
