@@ -117,6 +117,7 @@ class TDMPC2(Learner):
         self.model.eval()
         m = self.model
         rest = [p for name, p in m.named_parameters() if p.requires_grad and not name.startswith(("encoder.", "prior."))]
+        self._model_parameters = [*m.encoder.parameters(), *rest]  # everything but the prior
         self.optimizer = torch.optim.Adam(
             [{"params": m.encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr
         )
@@ -236,7 +237,7 @@ class TDMPC2(Learner):
         total, latents, q_data, info = self._model_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        info["grad_norm"] = float(nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip_norm))
+        info["grad_norm"] = float(nn.utils.clip_grad_norm_(self._model_parameters, cfg.grad_clip_norm))
         self.optimizer.step()
 
         m.qs.requires_grad_(False).eval()  # the prior's gradient flows through Q, not into it

@@ -18,6 +18,7 @@ from rlft.agents.registry import build_agent
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.agents.tdmpc2 import TDMPC2
 from rlft.offline.dataset import DatasetError, TransitionDataset
+from rlft.policies.base import Policy
 from rlft.policies.planner import MPPIConfig, MPPIPlanner
 from rlft.policies.two_hot import TwoHot
 from rlft.policies.world_model import WorldModel, WorldModelConfig
@@ -217,6 +218,7 @@ def test_predicted_termination_stops_reward_collection():
 
 def test_agent_acts_in_bounds_and_keeps_evaluation_and_exploration_plans_apart():
     agent = tiny_agent()
+    assert isinstance(agent, Policy)  # acts through the same protocol as every other policy
     obs = torch.randn(3, 4)
     a = agent.act(obs, deterministic=True)
     assert a.shape == (3, 2) and a.abs().max() <= 1
