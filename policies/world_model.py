@@ -17,8 +17,8 @@ reward) and ``value`` (FOWM's state value ``V(z)``, Feng et al. 2023, arXiv 2310
 learned by expectile regression for in-sample offline TD targets).
 
 Parameter counts for Hopper (11-D observations, 3-D actions): the paper's 5M preset (latent 512,
-MLPs 512, 5 Q-functions) has 5.6M with both optional heads; rlft's CPU preset (latent 128,
-MLPs 256, 5 Q-functions) about 1.2M (``configs/wm_size/``).
+MLPs 512, 5 Q-functions) has 4.9M, 6.0M with both optional heads; rlft's CPU preset (latent 128,
+MLPs 256, 5 Q-functions) 1.0M, 1.2M with both heads (``configs/wm_size/``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class WorldModelConfig:
     vmax: float = 10.0
     log_std_min: float = -10.0  # policy prior log-std range
     log_std_max: float = 2.0
-    activation: str = "mish"  # "mish" (the paper) or "silu": near-identical, 7x faster fwd+bwd on CPU torch
+    activation: str = "mish"  # "mish" (the paper) or "silu": near-identical, much faster in torch on CPU
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:

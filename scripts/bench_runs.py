@@ -63,6 +63,12 @@ def online_curve(history: list[dict], eval_every: int, online_steps: int) -> tup
     return grid, np.interp(grid, steps, values)
 
 
+def run_minutes(folder: Path) -> float:
+    """Wall-clock minutes of an ``rlft`` run folder: from its ``config.yaml`` (written at the start,
+    and again when it is resumed) to its final ``eval.json``."""
+    return ((folder / "eval.json").stat().st_mtime - (folder / "config.yaml").stat().st_mtime) / 60
+
+
 def curve(history: list[dict], grid: np.ndarray, key: str = "normalized_score") -> tuple[np.ndarray, np.ndarray]:
     """An ``eval.json`` history's ``key`` against its ``step``, interpolated onto ``grid``."""
     steps = np.array([r["step"] for r in history], dtype=float)
