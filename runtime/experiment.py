@@ -1,7 +1,8 @@
 """Offline-to-online experiment: dataset phases (pretraining, offline RL) then online fine-tuning.
 
-One generic runner serves every agent with the contract of :class:`rlft.agents.td3.TD3`
-(``act``, ``update``, ``pretrain_phases``, ``start_online``, ``state_dict``). The run folder
+One generic runner serves every :class:`rlft.agents.base.Learner` (``act``, ``update``,
+``pretrain_phases``, ``start_online``, ``state_dict``; ``sequence_length`` and ``reset`` for
+world models, which learn from sequences and plan). The run folder
 gets the resolved config, ``metrics.csv`` + TensorBoard, atomic checkpoints, ``eval.json``
 and a learning-curve PNG. ``resume`` continues from the newest checkpoint and reproduces
 the numbers of an uninterrupted run.
