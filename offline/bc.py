@@ -14,9 +14,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from rlft.offline.dataset import TransitionDataset
+from rlft.runtime.progress import Progress
 
 
 class ChunkCloner(Protocol):
@@ -83,7 +82,8 @@ def train_bc(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.steps, 1), eta_min=cfg.lr / 10)
     history, running = [], 0.0
-    for step in tqdm(range(1, cfg.steps + 1), desc="bc", disable=not progress, mininterval=1.0):
+    bar = Progress(cfg.steps, "bc", enabled=progress)
+    for step in range(1, cfg.steps + 1):
         idx = torch.randint(0, len(cond_t), (cfg.batch_size,), device=device)
         loss = policy.bc_loss(cond_t[idx], chunks_t[idx])
         optimizer.zero_grad(set_to_none=True)
@@ -91,10 +91,12 @@ def train_bc(
         optimizer.step()
         schedule.step()
         running += loss.item()
+        bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
             history.append(running / count)
             running = 0.0
             if log is not None:
                 log(step, {"bc/loss": history[-1]})
+    bar.close()
     return history

@@ -49,11 +49,20 @@ def load_dataset(source: str | os.PathLike, format: str = "auto") -> TransitionD
 
 
 # ---------------------------------------------------------------------- HDF5
-def load_task_dataset(source: str | os.PathLike, task: TaskSpec, format: str = "auto") -> TransitionDataset:
+def load_task_dataset(
+    source: str | os.PathLike, task: TaskSpec, format: str = "auto", collect: str | None = None
+) -> TransitionDataset:
     """:func:`load_dataset` for a run in ``task``: refuses data collected in another environment
     (its Gymnasium id, or the ``gymnasium.make`` kwargs of a parametrised env such as a Meta-World
-    or DeepMind Control task) and gives the dataset the task's reference returns if it has none."""
-    dataset = load_dataset(source, format)
+    or DeepMind Control task) and gives the dataset the task's reference returns if it has none.
+    ``collect`` is the command that writes a missing dataset (the dataset config's ``collect:``);
+    the error for a missing dataset shows it."""
+    try:
+        dataset = load_dataset(source, format)
+    except FileNotFoundError as err:
+        if collect:
+            raise FileNotFoundError(f"{err}\n  this dataset is not shipped; write it with:\n    {collect}") from None
+        raise
     if dataset.env_id and dataset.env_id.split("-v")[0] != task.env_id.split("-v")[0]:
         raise DatasetError(f"{dataset.source}: collected in {dataset.env_id} but the run's env is {task.env_id}")
     theirs = dataset.metadata.get("env_kwargs", {})

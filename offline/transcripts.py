@@ -23,6 +23,7 @@ import torch
 
 from rlft.envs.text import TextEnv
 from rlft.policies.llm import ChatFormat, Conversation, Generation, LLMPolicy
+from rlft.runtime.progress import Progress
 
 REQUIRED_KEYS = ("task", "seed", "messages", "return", "success")
 
@@ -164,14 +165,18 @@ def sft_loss(policy: LLMPolicy, samples: Sequence[Conversation]) -> torch.Tensor
 
 
 def train_sft(policy: LLMPolicy, samples: Sequence[Conversation], steps: int, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Supervised fine-tuning on model tokens; returns the loss of every step."""
+              lr: float = 1e-3, seed: int = 0, log: Callable[[int, float], None] | None = None,
+              progress: bool = False) -> list[float]:
+    """Supervised fine-tuning on model tokens; returns the loss of every step. ``log(step, loss)``
+    is called about 50 times over the run; ``progress`` shows a bar (or periodic lines)."""
     if not samples:
         raise ValueError("no SFT samples")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=lr)
     losses = []
-    for _ in range(steps):
+    log_every = max(1, steps // 50)
+    bar = Progress(steps, "sft", enabled=progress)
+    for step in range(1, steps + 1):
         index = torch.randint(len(samples), (min(batch_size, len(samples)),), generator=generator)
         loss = sft_loss(policy, [samples[i] for i in index.tolist()])
         optimizer.zero_grad()
@@ -179,4 +184,8 @@ def train_sft(policy: LLMPolicy, samples: Sequence[Conversation], steps: int, ba
         torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
+        bar.update(1)
+        if log is not None and (step % log_every == 0 or step == steps):
+            log(step, losses[-1])
+    bar.close()
     return losses

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
+from rlft.runtime.progress import Progress
+
 ActFn = Callable[[Any], Any]
 
 
@@ -23,6 +25,7 @@ class EvalResult:
     normalized_score_std: float
     successes: list[bool] = field(default_factory=list)  # info["success"] at each episode's end, if the env says
     success_rate: float = float("nan")
+    success_rate_std: float = float("nan")  # sqrt(p (1 - p)) over episodes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,6 +38,7 @@ def evaluate(
     seed: int,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` episodes, ``vec_env.num_envs`` at a time; episode ``i`` is reset with ``seed + i``.
 
@@ -43,6 +47,7 @@ def evaluate(
     Observations and actions may be arrays or, for text envs, tuples of strings. A stateful
     policy (one that keeps a dialogue per env) exposes ``reset(num_envs)``, called at every
     vector reset. Where the env reports ``info["success"]``, the success rate is recorded too.
+    ``progress`` shows the episodes as they finish (long evaluations of language policies).
     """
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
@@ -51,6 +56,7 @@ def evaluate(
     successes: list[bool] = []
     tracks_success = False
     n = vec_env.num_envs
+    bar = Progress(episodes, "eval", enabled=progress, unit="episodes", leave=False)
     while len(returns) < episodes:
         first = len(returns)
         count = min(n, episodes - first)
@@ -72,14 +78,17 @@ def evaluate(
                 tracks_success = True
                 ep_success |= ended & info["final_info"]["success"].astype(bool)
             running &= ~ended
+            bar.update(int(ended[:count].sum()))
         returns.extend(ep_return[:count].tolist())
         lengths.extend(ep_length[:count].tolist())
         successes.extend(ep_success[:count].tolist())
+    bar.close()
     r = np.asarray(returns)
     if ref_min_score is not None and ref_max_score is not None and np.isfinite([ref_min_score, ref_max_score]).all():
         norm = 100.0 * (r - ref_min_score) / (ref_max_score - ref_min_score)
     else:
         norm = np.full_like(r, np.nan)
+    rate = float(np.mean(successes)) if tracks_success else float("nan")
     return EvalResult(
         returns=returns,
         lengths=lengths,
@@ -88,5 +97,6 @@ def evaluate(
         normalized_score=float(norm.mean()),
         normalized_score_std=float(norm.std()),
         successes=successes,
-        success_rate=float(np.mean(successes)) if tracks_success else float("nan"),
+        success_rate=rate,
+        success_rate_std=float(np.sqrt(rate * (1 - rate))),
     )

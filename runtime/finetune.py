@@ -1,45 +1,34 @@
-"""On-policy fine-tuning run: behaviour cloning on demonstrations, then PPO in vectorised envs.
+"""The BC -> PPO pipeline (``pipeline: finetune``): behaviour cloning on demonstrations, then PPO
+in vectorised envs.
 
-Phases: ``bc`` (clone the base policy from the dataset, or load another run's with
-``init_from``), an evaluation of the cloned policy, then ``iterations`` PPO iterations of
+Phases: ``bc`` (clone the base policy from the dataset; ``init_from`` takes another run's
+instead), an evaluation of the cloned policy, then ``ppo``: ``iterations`` PPO iterations of
 ``rollout_env_steps`` simulator steps in each of ``num_envs`` envs. Every iteration starts from
-freshly reset envs (seeds derived from the run seed and the iteration), so a checkpoint at
-an iteration boundary holds the whole state and ``resume`` continues bit for bit.
-
-The run folder gets ``config.yaml``, ``metrics.csv`` (+ TensorBoard), ``bc_checkpoint/``,
-``checkpoints/step_<iteration>`` (atomic), ``eval.json`` and ``learning_curve.png`` (success or
-normalised score against environment steps).
+freshly reset envs (seeds derived from the run seed and the iteration), so a checkpoint at an
+iteration boundary holds the whole state and ``resume`` continues bit for bit. The run folder,
+checkpoints (``checkpoints/step_<iteration>``), ``eval.json`` and the learning curve (against
+environment steps) come from :class:`rlft.runtime.runner.Runner`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
+from omegaconf import DictConfig
 
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
 from rlft.agents.registry import config_from_mapping
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
-from rlft.offline.dataset import TransitionDataset
-from rlft.offline.loaders import load_task_dataset
-from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
-from rlft.runtime.run_folder import open_run_folder, write_eval_json
-from rlft.runtime.plotting import plot_learning_curve
-from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
-
-BC_CHECKPOINT = "bc_checkpoint"
+from rlft.runtime.progress import Progress
+from rlft.runtime.runner import DatasetRunner, Phase
 
 
 @dataclass
@@ -57,41 +46,40 @@ class LoopConfig:
     keep_checkpoints: int = 2
     asynchronous: bool = False  # subprocess vector envs
     normalize_obs: bool = True  # dataset statistics
-    progress: bool = True
 
 
-class FinetuneExperiment:
-    """Builds the dataset, policy, envs and PPO from a resolved config, and runs or resumes."""
+class FinetuneExperiment(DatasetRunner):
+    """The BC -> PPO pipeline: builds the dataset, policy, envs and PPO from a resolved config."""
+
+    pipeline = "finetune"
+    axis = "environment steps"
+    method_key = "method"
+    reference_label = "demonstrations"
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = torch.device(cfg.device)
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        seed_everything(int(cfg.seed))
+        super().__init__(cfg, run_dir)
         self.loop: LoopConfig = config_from_mapping(LoopConfig, cfg.loop, "loop")
+        self.keep_checkpoints = self.loop.keep_checkpoints
         # the task may add policy settings that depend on its observations (pixel layout)
         policy = {**cfg.method.policy, **cfg.task.get("policy", {})}
         self.family: FamilyConfig = config_from_mapping(FamilyConfig, policy, "method.policy / task.policy")
         self.bc_cfg: BCConfig = config_from_mapping(BCConfig, cfg.method.bc, "method.bc")
         self.ppo_cfg: PPOConfig = config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo")
         self.task = resolve_task(cfg.task.env_cfg.task)
-        self.dataset = self._load_dataset()
+        self.dataset = self.load_dataset(cfg.task.dataset)
         probe = make_env(cfg.task.env_cfg)
         self.dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
         probe.close()
         self.obs_stats = self._observation_stats() if self.loop.normalize_obs else None
         obs_dim, action_dim = self.dataset.obs_dim, self.dataset.action_dim
         self.base = build_base(self.family, obs_dim, action_dim).to(self.device)
-        self.iteration, self.env_steps = 0, 0
-        self.eval_history: list[dict[str, Any]] = []
-        self._resumed = False
+        self.phases = [
+            Phase("bc", self._behaviour_cloning, self.bc_cfg.steps, pretraining=True, on_axis=False,
+                  evaluate_at_end=True),
+            Phase("ppo", self._iterate, self.loop.iterations),
+        ]
 
     # ------------------------------------------------------------------ setup
-    def _load_dataset(self) -> TransitionDataset:
-        ds_cfg = self.cfg.task.dataset
-        return load_task_dataset(ds_cfg.source, self.task, ds_cfg.get("format", "auto"))
-
     def _observation_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Dataset mean/std per observation entry; pixel entries are only scaled to ``[0, 1]``
         (per-pixel statistics of a mostly static background would blow up rare changes)."""
@@ -124,31 +112,23 @@ class FinetuneExperiment:
 
     # ---------------------------------------------------------------- phases
     def _behaviour_cloning(self) -> None:
-        source = self.cfg.get("init_from")
-        if source:
-            path = Path(source) / BC_CHECKPOINT if (Path(source) / BC_CHECKPOINT).is_dir() else Path(source)
-            state = load_checkpoint(path, self.device)
-            if state["family_base"] != type(self.base).__name__:
-                raise ValueError(
-                    f"init_from {path}: holds a {state['family_base']}, this run needs a {type(self.base).__name__}"
-                )
-            self.base.load_state_dict(state["base"])
-            print(f"initialised the base policy from {path}")
-        elif self.family.family != "gaussian" or self.family.bc_init:
+        """Clone the base policy (unless it is a Gaussian trained from scratch), then build PPO over it."""
+        if self.family.family != "gaussian" or self.family.bc_init:
             cond, chunks = chunk_windows(self.dataset, self.family.horizon, self.family.obs_history, self.obs_stats)
-            log = lambda step, m: self.logger.log(0, {"phase": "bc", "bc/step": step, **m})  # noqa: E731
-            train_bc(self.base, cond, chunks, self.bc_cfg, self.device, log, self.loop.progress)
-        state = {
-            "base": self.base.state_dict(),
-            "family_base": type(self.base).__name__,
-            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
-        }
-        final = save_checkpoint(self.run_dir / ".bc", 0, state)
-        shutil.rmtree(self.run_dir / BC_CHECKPOINT, ignore_errors=True)
-        os.replace(final, self.run_dir / BC_CHECKPOINT)
-        shutil.rmtree(self.run_dir / ".bc", ignore_errors=True)
+            log = lambda step, m: self.log(m, phase_step=step)  # noqa: E731
+            train_bc(self.base, cond, chunks, self.bc_cfg, self.device, log, self.show_progress)
+        self._build_learner()
 
-    def _evaluate(self, phase: str) -> EvalResult:
+    def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
+        """Another run's cloned base (of the same kind), then PPO over it."""
+        if state["family_base"] != type(self.base).__name__:
+            raise ValueError(
+                f"init_from {path}: holds a {state['family_base']}, this run needs a {type(self.base).__name__}"
+            )
+        self.base.load_state_dict(state["base"])
+        self._build_learner()
+
+    def evaluate_policy(self, phase: str) -> EvalResult:
         act, env = (self.base.act, self.base_eval_env) if phase == "bc" else (self.actor.act, self.eval_env)
 
         def act_numpy(obs: np.ndarray) -> np.ndarray:
@@ -158,67 +138,19 @@ class FinetuneExperiment:
         # same, and evaluating never shifts the training run's random stream
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.loop.eval_seed)
-            result = evaluate(act_numpy, env, self.loop.eval_episodes, self.loop.eval_seed, *self._ref_scores())
-        record = {"step": self.env_steps, "iteration": self.iteration, "phase": phase, **result.as_dict()}
-        self.eval_history.append(record)
-        self.logger.log(
-            self.env_steps,
-            {"phase": phase, "eval/return": result.return_mean, "eval/normalized_score": result.normalized_score},
-        )
-        self._write_eval_json()
-        return result
-
-    def _ref_scores(self) -> tuple[float | None, float | None]:
-        return self.dataset.ref_min_score, self.dataset.ref_max_score
+            return evaluate(act_numpy, env, self.loop.eval_episodes, self.loop.eval_seed,
+                            self.dataset.ref_min_score, self.dataset.ref_max_score, self.show_progress)
 
     # ------------------------------------------------------------ checkpoints
-    def _checkpoint(self) -> Path:
-        state = {
-            "ppo": self.ppo.state_dict(),
-            "counters": {"iteration": self.iteration, "env_steps": self.env_steps},
-            "rng": get_rng_state(),
-            "eval_history": self.eval_history,
-            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
-        }
-        return save_checkpoint(self.run_dir / "checkpoints", self.iteration, state, self.loop.keep_checkpoints)
+    def pipeline_state(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict(), "family_base": type(self.base).__name__, "ppo": self.ppo.state_dict()}
 
-    def resume(self) -> bool:
-        """Continue from the newest checkpoint; ``False`` when there is none."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is None:
-            return False
-        state = load_checkpoint(path, self.device)
+    def load_pipeline_state(self, state: Mapping[str, Any]) -> None:
+        self.base.load_state_dict(state["base"])
         self._build_learner()
         self.ppo.load_state_dict(state["ppo"])
-        self.iteration, self.env_steps = state["counters"]["iteration"], state["counters"]["env_steps"]
-        self.eval_history = list(state["eval_history"])
-        set_rng_state(state["rng"])
-        self._resumed = True
-        print(f"resumed from {path} (iteration {self.iteration}, {self.env_steps} env steps)")
-        return True
 
     # ------------------------------------------------------------------- run
-    def run(self) -> dict[str, Any]:
-        """Behaviour cloning (unless resumed), then the remaining PPO iterations; returns ``eval.json``."""
-        self.logger = open_run_folder(self.run_dir, self.cfg, self.env_steps if self._resumed else None)
-        try:
-            if not self._resumed:
-                self._behaviour_cloning()
-                self._build_learner()
-                self._evaluate("bc")
-                self._checkpoint()
-            self._iterate()
-        finally:
-            self.logger.close()
-        self._write_eval_json(done=True)
-        plot_learning_curve(
-            self.eval_history,
-            self.run_dir / "learning_curve.png",
-            title=f"{self.cfg.method.name} on {self.task.name} (seed {self.cfg.seed})",
-            xlabel="environment steps",
-        )
-        return json.loads((self.run_dir / "eval.json").read_text())
-
     @property
     def agent_steps(self) -> int:
         """Agent steps per env per iteration (chunks for chunked families)."""
@@ -226,18 +158,17 @@ class FinetuneExperiment:
 
     def _iterate(self) -> None:
         loop = self.loop
-        bar = tqdm(
-            total=loop.iterations, initial=self.iteration, desc="ppo", disable=not loop.progress, mininterval=1.0
-        )
-        while self.iteration < loop.iterations:
+        bar = Progress(loop.iterations, "ppo", initial=self.phase_step, enabled=self.show_progress)
+        while self.phase_step < loop.iterations:
             started = time.perf_counter()
-            seeds = [int(self.cfg.seed) * 1_000_003 + self.iteration * loop.num_envs + i for i in range(loop.num_envs)]
+            seeds = [int(self.cfg.seed) * 1_000_003 + self.phase_step * loop.num_envs + i for i in range(loop.num_envs)]
             obs, _ = self.env.reset(seed=seeds)
             rollout, _ = self.ppo.collect(self.env, obs, self.agent_steps)
             collected = time.perf_counter()
             metrics = self.ppo.update(rollout)
-            self.iteration += 1
-            self.env_steps += rollout.env_steps
+            self.phase_step += 1
+            self.work += 1
+            self.step += rollout.env_steps
             episodes = rollout.episodes
             if episodes:
                 metrics["train/episode_return"] = float(np.mean([e["return"] for e in episodes]))
@@ -245,33 +176,16 @@ class FinetuneExperiment:
                     metrics["train/success_rate"] = float(np.mean([e["success"] for e in episodes]))
             metrics.update(
                 {
-                    "phase": "ppo",
-                    "iteration": self.iteration,
+                    "iteration": self.phase_step,
                     "time/rollout_s": collected - started,
                     "time/update_s": time.perf_counter() - collected,
                     "time/env_steps_per_s": rollout.env_steps / max(collected - started, 1e-9),
                 }
             )
-            self.logger.log(self.env_steps, metrics)
+            self.log(metrics)
             bar.update(1)
-            if self.iteration % loop.eval_every == 0 or self.iteration == loop.iterations:
-                result = self._evaluate("ppo")
-                bar.set_postfix(score=f"{result.normalized_score:.1f}")
-            if self.iteration % loop.checkpoint_every == 0 or self.iteration == loop.iterations:
-                self._checkpoint()
+            if self.phase_step % loop.eval_every == 0 or self.phase_step == loop.iterations:
+                bar.set_postfix(score=f"{self.evaluate().normalized_score:.1f}")
+            if self.phase_step % loop.checkpoint_every == 0 and self.phase_step < loop.iterations:
+                self.checkpoint()
         bar.close()
-
-    def _write_eval_json(self, done: bool = False) -> None:
-        bc = [r for r in self.eval_history if r["phase"] == "bc"]
-        ppo = [r for r in self.eval_history if r["phase"] == "ppo"]
-        out = {
-            "task": self.task.name,
-            "method": self.cfg.method.name,
-            "dataset": self.dataset.summary(),
-            "seed": int(self.cfg.seed),
-            "bc": bc[-1] if bc else None,
-            "final": ppo[-1] if (done and ppo) else None,
-            "env_steps": self.env_steps,
-            "history": self.eval_history,
-        }
-        write_eval_json(self.run_dir, out)

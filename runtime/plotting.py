@@ -19,14 +19,18 @@ def plot_learning_curve(
     phase_boundaries: Mapping[str, int] | None = None,
     xlabel: str = "training step",
     metric: str = "normalized_score",
+    reference: tuple[str, float] | None = None,
+    limits: tuple[float, float] | None = None,
 ) -> Path:
     """Plot an evaluation metric (mean ± std over episodes) against training step.
 
     ``history`` holds the evaluation records written to ``eval.json`` (keys ``step``,
     ``phase``, ``<metric>``, ``<metric>_std``); ``phase_boundaries`` maps a label to the
-    step where that phase starts (drawn as a dashed line).
+    step where that phase starts (drawn as a dashed line); ``reference`` is a labelled level
+    (e.g. the dataset's own score, a dotted line); ``limits`` clips the bands to the metric's
+    range (a success rate's band stays in [0, 1]).
     """
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     phases = list(dict.fromkeys(str(r["phase"]) for r in history))
     previous: list = []
     for phase in phases:
@@ -36,11 +40,16 @@ def plot_learning_curve(
         steps = np.array([r["step"] for r in records], dtype=float)
         mean = np.array([r[metric] for r in records], dtype=float)
         std = np.array([r[f"{metric}_std"] for r in records], dtype=float)
+        low, high = mean - std, mean + std
+        if limits is not None:
+            low, high = np.clip(low, *limits), np.clip(high, *limits)
         ax.plot(steps, mean, marker="o", markersize=3, label=phase)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.fill_between(steps, low, high, alpha=0.2)
+    if reference is not None and np.isfinite(reference[1]):
+        ax.axhline(reference[1], color="black", linestyle=":", linewidth=1, label=reference[0])
     for label, step in (phase_boundaries or {}).items():
         ax.axvline(step, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+        ax.annotate(label, (step, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
                     textcoords="offset points", fontsize=8, color="grey")
     _finish(ax, title, xlabel, metric.replace("_", " "))
     return _save(fig, path)
@@ -58,7 +67,7 @@ def plot_seed_curves(
 
     ``curves[name]`` is a list (one per seed) of ``(steps, values)`` arrays on a shared grid.
     """
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for name, runs in curves.items():
         steps = runs[0][0]
         values = np.stack([v for _, v in runs])
@@ -78,7 +87,8 @@ def _finish(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # outside the axes, so it never covers a curve
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:

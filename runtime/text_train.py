@@ -1,29 +1,28 @@
-"""Language-agent run: optional SFT on transcripts, then PPO, GRPO or ArCHer in vectorised text envs.
+"""The SFT -> language RL pipeline (``pipeline: llm``): optional SFT on transcripts, then PPO over
+turns, GRPO or ArCHer in vectorised text envs.
 
 Phases: ``sft`` (record transcripts with the task's scripted actor, or load a transcript file,
-filter them, fine-tune on the assistant turns), an evaluation, then ``iterations`` RL
-iterations of ``waves * num_envs`` episodes each. Iteration ``k`` resets its envs from seeds
-derived from the run seed and ``k``, and the sampling generator is checkpointed, so ``resume``
-continues bit for bit.
+filter them, fine-tune on the assistant turns; ``init`` when there is no SFT), an evaluation,
+then ``iterations`` RL iterations of ``waves * num_envs`` episodes each. Iteration ``k`` resets
+its envs from seeds derived from the run seed and ``k``, and the sampling generator is
+checkpointed, so ``resume`` continues bit for bit; ``init_from`` starts RL from another run's
+SFT policy.
 
-The run folder gets ``config.yaml``, ``transcripts.jsonl``, ``metrics.csv`` (+ TensorBoard),
-``checkpoints/step_<iteration>`` (atomic), ``eval.json``, ``learning_curve.png`` (success rate
-against episodes) and ``model/`` (``save_pretrained``: loadable by transformers and by
-``LLMPolicy.from_pretrained``).
+Beside what :class:`rlft.runtime.runner.Runner` writes, the run folder gets ``transcripts.jsonl``
+and ``model/`` (``save_pretrained``: loadable by transformers and by ``LLMPolicy.from_pretrained``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.registry import config_from_mapping
@@ -42,12 +41,9 @@ from rlft.offline.transcripts import (
 )
 from rlft.policies.llm import ChatAgent, ChatFormat, GenerationConfig, LLMPolicy, LoraSettings
 from rlft.policies.tiny_lm import TinyLMConfig, build_tiny_lm, build_tiny_vlm
-from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlft.runtime.evaluation import EvalResult, evaluate
-from rlft.runtime.run_folder import open_run_folder, write_eval_json
-from rlft.runtime.plotting import plot_learning_curve
-from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
-from tqdm.auto import tqdm
+from rlft.runtime.progress import Progress
+from rlft.runtime.runner import Phase, Runner
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
 
@@ -90,18 +86,19 @@ class TextLoopConfig:
     eval_greedy: bool = True
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
-    progress: bool = True
 
 
-class TextExperiment:
-    """Builds the LM policy, text envs and the RL algorithm from a resolved config; runs or resumes."""
+class TextExperiment(Runner):
+    """The SFT -> language RL pipeline: builds the LM policy, text envs and the RL algorithm."""
+
+    pipeline = "llm"
+    axis = "training episodes"
+    plot_metric = "success_rate"
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        seed_everything(int(cfg.seed))
+        super().__init__(cfg, run_dir)
         self.loop: TextLoopConfig = config_from_mapping(TextLoopConfig, cfg.loop, "loop")
+        self.keep_checkpoints = self.loop.keep_checkpoints
         self.model_cfg: ModelConfig = config_from_mapping(ModelConfig, cfg.model, "model")
         self.sft_cfg: SFTConfig = config_from_mapping(SFTConfig, cfg.sft, "sft")
         algorithm = cfg.text_method.algorithm
@@ -128,9 +125,12 @@ class TextExperiment:
             ArCHer(self.policy, self.chat, self.learner_cfg, learner_rng) if self.algorithm == "archer"
             else TextPolicyGradient(self.policy, self.learner_cfg, learner_rng))
         self.sampler = torch.Generator().manual_seed(int(cfg.seed) + 1)
-        self.iteration, self.episodes = 0, 0
-        self.eval_history: list[dict[str, Any]] = []
-        self._resumed = False
+        self.transcript_success = float("nan")
+        sft = "sft" if self.sft_cfg.episodes or self.sft_cfg.transcripts else "init"
+        self.phases = [
+            Phase(sft, self._sft, self.sft_cfg.steps, pretraining=True, on_axis=False, evaluate_at_end=True),
+            Phase(self.algorithm, self._iterate, self.loop.iterations),
+        ]
 
     def _load_policy(self) -> LLMPolicy:
         m = self.model_cfg
@@ -142,6 +142,17 @@ class TextExperiment:
         lora = config_from_mapping(LoraSettings, m.lora, "model.lora") if m.lora else None
         return LLMPolicy.from_pretrained(path, gguf_file=m.gguf_file, lora=lora,
                                          value_head=self.algorithm == "ppo", generation=self.generation)
+
+    def describe(self) -> dict[str, Any]:
+        model = self.model_cfg.path or "tiny"
+        return {"task": self.task.name, "method": self.cfg.text_method.name, "source": model,
+                "details": {"env_id": self.task.env_id, "model": model}}
+
+    def reference_score(self) -> tuple[str, float] | None:
+        return ("SFT transcripts", self.transcript_success) if np.isfinite(self.transcript_success) else None
+
+    def metric_limits(self) -> tuple[float, float] | None:
+        return (0.0, 1.0)
 
     # ------------------------------------------------------------------ phases
     def _sft(self) -> None:
@@ -156,110 +167,64 @@ class TextExperiment:
             return
         save_transcripts(transcripts, self.run_dir / TRANSCRIPTS_FILE)
         kept = filter_transcripts(transcripts, s.success_only, s.top_fraction)
+        self.transcript_success = float(np.mean([t.success for t in kept])) if kept else float("nan")
         samples = sft_samples(kept, self.chat, self.rollout_cfg.context, env if self.images else None)
-        losses = train_sft(self.policy, samples, s.steps, s.batch_size, s.lr, seed=int(self.cfg.seed))
-        for step in range(0, len(losses), max(1, len(losses) // 20)):
-            self.logger.log(-len(losses) + step, {"phase": "sft", "sft/loss": losses[step]})
+        log = lambda step, loss: self.log({"sft/loss": loss}, phase_step=step)  # noqa: E731
+        losses = train_sft(self.policy, samples, s.steps, s.batch_size, s.lr, seed=int(self.cfg.seed),
+                           log=log, progress=self.show_progress)
         print(f"sft: {len(kept)}/{len(transcripts)} transcripts, {len(samples)} sequences, "
               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
-    def _evaluate(self, phase: str) -> EvalResult:
+    def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
+        """Another run's SFT policy; it must be the same model."""
+        if OmegaConf.to_container(config.model) != OmegaConf.to_container(self.cfg.model):
+            raise ValueError(f"init_from {path}: trained model {OmegaConf.to_container(config.model)}, "
+                             f"this run's is {OmegaConf.to_container(self.cfg.model)}")
+        self.policy.load_state_dict(state["policy"])
+
+    def evaluate_policy(self, phase: str) -> EvalResult:
         agent = ChatAgent(self.policy, self.chat, self.rollout_cfg.context, greedy=self.loop.eval_greedy,
                           generator=torch.Generator().manual_seed(self.loop.eval_seed))
-        result = evaluate(agent, self.eval_env, self.loop.eval_episodes, self.loop.eval_seed,
-                          self.task.ref_min_score, self.task.ref_max_score)
-        p = result.success_rate
-        record = {"step": self.episodes, "iteration": self.iteration, "phase": phase, **result.as_dict(),
-                  "success_rate_std": float(np.sqrt(p * (1 - p)))}
-        self.eval_history.append(record)
-        self.logger.log(self.episodes, {"phase": phase, "eval/success_rate": p, "eval/return": result.return_mean})
-        self._write_eval_json()
-        return result
+        return evaluate(agent, self.eval_env, self.loop.eval_episodes, self.loop.eval_seed,
+                        self.task.ref_min_score, self.task.ref_max_score, self.show_progress)
 
     # ------------------------------------------------------------ checkpoints
-    def _checkpoint(self) -> Path:
-        state = {
-            "policy": self.policy.state_dict(),
-            "rl": self.rl.state_dict(),
-            "sampler": self.sampler.get_state(),
-            "counters": {"iteration": self.iteration, "episodes": self.episodes},
-            "rng": get_rng_state(),
-            "eval_history": self.eval_history,
-        }
-        return save_checkpoint(self.run_dir / "checkpoints", self.iteration, state, self.loop.keep_checkpoints)
+    def pipeline_state(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "rl": self.rl.state_dict(), "sampler": self.sampler.get_state(),
+                "transcript_success": self.transcript_success}
 
-    def resume(self) -> bool:
-        """Continue from the newest checkpoint; ``False`` when there is none."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is None:
-            return False
-        state = load_checkpoint(path)
+    def load_pipeline_state(self, state: Mapping[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.rl.load_state_dict(state["rl"])
         self.sampler.set_state(state["sampler"])
-        self.iteration, self.episodes = state["counters"]["iteration"], state["counters"]["episodes"]
-        self.eval_history = list(state["eval_history"])
-        set_rng_state(state["rng"])
-        self._resumed = True
-        print(f"resumed from {path} (iteration {self.iteration}, {self.episodes} episodes)")
-        return True
+        self.transcript_success = float(state["transcript_success"])
 
     # ------------------------------------------------------------------- run
-    def run(self) -> dict[str, Any]:
-        """SFT and a first evaluation (unless resumed), then the remaining RL iterations."""
-        self.logger = open_run_folder(self.run_dir, self.cfg, self.episodes if self._resumed else None)
-        try:
-            if not self._resumed:
-                self._sft()
-                self._evaluate("sft" if self.sft_cfg.episodes or self.sft_cfg.transcripts else "init")
-                self._checkpoint()
-            self._iterate()
-        finally:
-            self.logger.close()
-        self._write_eval_json(done=True)
+    def finish(self) -> None:
         self.policy.save_pretrained(self.run_dir / "model")
-        plot_learning_curve(self.eval_history, self.run_dir / "learning_curve.png",
-                            title=f"{self.cfg.text_method.name} on {self.task.name} (seed {self.cfg.seed})",
-                            xlabel="training episodes", metric="success_rate")
-        return json.loads((self.run_dir / "eval.json").read_text())
 
     def _iterate(self) -> None:
         loop = self.loop
-        bar = tqdm(total=loop.iterations, initial=self.iteration, desc=self.algorithm,
-                   disable=not loop.progress, mininterval=1.0)
-        while self.iteration < loop.iterations:
+        bar = Progress(loop.iterations, self.algorithm, initial=self.phase_step, enabled=self.show_progress)
+        while self.phase_step < loop.iterations:
             started = time.perf_counter()
-            seed = int(self.cfg.seed) * 1_000_003 + self.iteration * loop.num_envs * loop.waves
+            seed = int(self.cfg.seed) * 1_000_003 + self.phase_step * loop.num_envs * loop.waves
             batch = collect_text(self.policy, self.chat, self.env, loop.waves, seed, self.rollout_cfg, self.sampler)
             collected = time.perf_counter()
             metrics = {f"train/{k}": v for k, v in batch.metrics().items()}
             metrics.update(self.rl.update(batch))
-            self.iteration += 1
-            self.episodes += len(batch.episodes)
+            self.phase_step += 1
+            self.work += 1
+            self.step += len(batch.episodes)
             metrics.update({
-                "phase": self.algorithm, "iteration": self.iteration,
+                "iteration": self.phase_step,
                 "time/rollout_s": collected - started, "time/update_s": time.perf_counter() - collected,
                 "time/generated_tokens_per_s": batch.generated_tokens / max(collected - started, 1e-9),
             })
-            self.logger.log(self.episodes, metrics)
+            self.log(metrics)
             bar.update(1)
-            if self.iteration % loop.eval_every == 0 or self.iteration == loop.iterations:
-                bar.set_postfix(success=f"{self._evaluate(self.algorithm).success_rate:.2f}")
-            if self.iteration % loop.checkpoint_every == 0 or self.iteration == loop.iterations:
-                self._checkpoint()
+            if self.phase_step % loop.eval_every == 0 or self.phase_step == loop.iterations:
+                bar.set_postfix(success=f"{self.evaluate().success_rate:.2f}")
+            if self.phase_step % loop.checkpoint_every == 0 and self.phase_step < loop.iterations:
+                self.checkpoint()
         bar.close()
-
-    def _write_eval_json(self, done: bool = False) -> None:
-        first = [r for r in self.eval_history if r["phase"] in ("sft", "init")]
-        trained = [r for r in self.eval_history if r["phase"] == self.algorithm]
-        out = {
-            "task": self.task.name,
-            "method": self.cfg.text_method.name,
-            "model": self.model_cfg.path or "tiny",
-            "seed": int(self.cfg.seed),
-            "before": first[-1] if first else None,
-            "final": trained[-1] if (done and trained) else None,
-            "episodes": self.episodes,
-            "history": self.eval_history,
-        }
-        write_eval_json(self.run_dir, out)

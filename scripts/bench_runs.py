@@ -30,12 +30,12 @@ def run_parallel(run: Callable[[Job], str], jobs: Sequence[Job], workers: int) -
             print(message, flush=True)
 
 
-def launch(module: str, overrides: list[str], folder: Path) -> None:
-    """Run ``python -m <module> <overrides>`` into ``folder`` with one torch thread; a folder
-    that already holds checkpoints is resumed instead of started again."""
+def launch(overrides: list[str], folder: Path) -> None:
+    """Run ``rlft <overrides>`` into ``folder`` with one torch thread; a folder that already holds
+    checkpoints is resumed instead of started again."""
     folder.mkdir(parents=True, exist_ok=True)
     extra = [f"resume={folder}"] if (folder / "checkpoints").is_dir() else []
-    cmd = [sys.executable, "-m", module, *overrides, *extra, f"hydra.run.dir={folder}"]
+    cmd = [sys.executable, "-m", "rlft.scripts.main", *overrides, *extra, f"hydra.run.dir={folder}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(folder / "stdout.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -49,7 +49,7 @@ def finished(folder: Path, done: Callable[[dict], bool]) -> bool:
 
 def phase_finished(folder: Path, online: bool) -> bool:
     """Whether an ``rlft`` run folder has finished its online phase (or, ``online=False``, its offline one)."""
-    key = "online_end" if online else "offline_end"
+    key = "after" if online else "before"
     return finished(folder, lambda data: data[key] is not None)
 
 

@@ -5,7 +5,7 @@ and fine-tunes it; ``residual`` (ResiP) starts from *the same* cloned diffusion 
 (``init_from`` the DPPO run) and trains a residual over it (``residual-paper-std``: the same
 with ResiP's initial log std -1.5 instead of rlft's -0.5); ``gaussian`` clones a Gaussian
 MLP on the same demonstrations and fine-tunes it with PPO; ``gaussian-scratch`` runs PPO
-from a random Gaussian policy. Runs are ``rlft-finetune`` commands in parallel workers (one
+from a random Gaussian policy. Runs are ``rlft experiment=finetune/...`` commands in parallel workers (one
 torch thread each); finished runs are skipped and interrupted ones resumed. Writes to ``<out>``:
 
 - ``results.md`` / ``results.json``: success rate (or normalised score) of the cloned policy
@@ -47,7 +47,7 @@ def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
 
 def overrides(method: str, task: str, seed: int, args: argparse.Namespace) -> list[str]:
     out = [
-        f"task={task}",
+        f"experiment=finetune/dppo/{task}",
         f"method={args.dppo_method}" if method == "dppo" else "",
         *METHOD_OVERRIDES[method],
         f"seed={seed}",
@@ -58,7 +58,7 @@ def overrides(method: str, task: str, seed: int, args: argparse.Namespace) -> li
         f"loop.eval_episodes={args.eval_episodes}",
         f"loop.checkpoint_every={args.eval_every}",
         f"method.bc.steps={args.bc_steps}",
-        "loop.progress=false",
+        "progress=false",
         *args.overrides,
     ]
     return [o for o in out if o]
@@ -67,7 +67,7 @@ def overrides(method: str, task: str, seed: int, args: argparse.Namespace) -> li
 def run_task_seed(task: str, seed: int, args: argparse.Namespace, out: Path) -> str:
     """DPPO first (its cloned diffusion policy starts the residual run), then the others."""
     started = time.time()
-    done = lambda data: data["final"] is not None  # noqa: E731
+    done = lambda data: data["after"] is not None  # noqa: E731
     dppo_dir = run_dir(Path(args.bc_from) if args.bc_from else out, task, "dppo", seed)
     for method in args.methods:
         folder = run_dir(out, task, method, seed)
@@ -77,7 +77,7 @@ def run_task_seed(task: str, seed: int, args: argparse.Namespace, out: Path) -> 
         extra = [f"init_from={dppo_dir}"] if residual else []
         if residual and not bench_runs.finished(dppo_dir, done):
             raise RuntimeError(f"the residual run needs the DPPO run's cloned policy in {dppo_dir}")
-        bench_runs.launch("rlft.scripts.finetune", overrides(method, task, seed, args) + extra, folder)
+        bench_runs.launch(overrides(method, task, seed, args) + extra, folder)
     return f"{task} seed {seed}: {time.time() - started:.0f}s"
 
 
@@ -88,14 +88,14 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
             m: [json.loads((run_dir(out, task, m, s) / "eval.json").read_text()) for s in args.seeds]
             for m in args.methods
         }
-        budget = max(r["env_steps"] for rs in runs.values() for r in rs)
+        budget = max(r["step"] for rs in runs.values() for r in rs)
         grid = np.linspace(0, budget, 41)
         per_method, curves = {}, {}
         for method, rs in runs.items():
             per_method[method] = {
-                "bc": [r["bc"]["normalized_score"] for r in rs],
-                "final": [r["final"]["normalized_score"] for r in rs],
-                "env_steps": [r["env_steps"] for r in rs],
+                "bc": [r["before"]["normalized_score"] for r in rs],
+                "final": [r["after"]["normalized_score"] for r in rs],
+                "env_steps": [r["step"] for r in rs],
             }
             curves[method] = [bench_runs.curve(r["history"], grid) for r in rs]  # the cloned policy at step 0
         results["tasks"][task] = per_method
@@ -132,7 +132,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
             "| --- | ---: | ---: | ---: | --- |",
         ]
         for method, r in per_method.items():
-            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["bc"], r["final"], strict=True))
+            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["after"], strict=True))
             lines.append(
                 f"| {method} | {fmt(r['bc'])} | {fmt(r['final'])} | {int(np.mean(r['env_steps']))} | {seeds} |"
             )
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--out", default="benchmarks/finetune")
     parser.add_argument("--bc-from", default=None, help="benchmark folder whose DPPO runs start the residual runs")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-finetune overrides for every run")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for every run")
     args = parser.parse_args(argv)
     residuals = [i for i, m in enumerate(args.methods) if m.startswith("residual")]
     if residuals and not args.bc_from and ("dppo" not in args.methods or min(residuals) < args.methods.index("dppo")):

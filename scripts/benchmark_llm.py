@@ -1,6 +1,6 @@
 """Benchmark: language policies learning text tasks with PPO over turns, GRPO and ArCHer, several seeds.
 
-Each run is an ``rlft-llm`` command (tiny Llama with a character tokenizer; the task config's
+Each run is an ``rlft experiment=llm/...`` command (tiny Llama with a character tokenizer; the task config's
 offline stage -- NumberLine: SFT on transcripts of *random* admissible actions, which teaches
 the answer format, not the task; FrozenLake: filtered BC -- then RL), in parallel workers with
 one torch thread each; finished runs are skipped, interrupted ones resumed. Writes to ``<out>``:
@@ -36,13 +36,13 @@ def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
 def run_one(job: tuple[str, str, int], args: argparse.Namespace, out: Path) -> str:
     task, method, seed = job
     folder = run_dir(out, task, method, seed)
-    if bench_runs.finished(folder, lambda data: data["final"] is not None):
+    if bench_runs.finished(folder, lambda data: data["after"] is not None):
         return f"{task} {method} seed {seed}: done before"
     started = time.time()
-    overrides = [f"text_task={task}", f"text_method={method}", f"seed={seed}", "threads=1",
+    overrides = ["experiment=llm/ppo/numberline", f"text_task={task}", f"text_method={method}", f"seed={seed}", "threads=1",
                  f"loop.iterations={args.iterations}", f"loop.eval_every={args.eval_every}",
-                 f"loop.checkpoint_every={args.eval_every}", "loop.progress=false", *args.overrides]
-    bench_runs.launch("rlft.scripts.llm", overrides, folder)
+                 f"loop.checkpoint_every={args.eval_every}", "progress=false", *args.overrides]
+    bench_runs.launch(overrides, folder)
     (folder / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
     return f"{task} {method} seed {seed}: {time.time() - started:.0f}s"
 
@@ -52,7 +52,7 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
     for task in args.tasks:
         runs = {m: [json.loads((run_dir(out, task, m, s) / "eval.json").read_text()) for s in args.seeds]
                 for m in args.methods}
-        grid = np.linspace(0, max(r["episodes"] for rs in runs.values() for r in rs), 41)
+        grid = np.linspace(0, max(r["step"] for rs in runs.values() for r in rs), 41)
         per_method, curves = {}, {}
         for method, rs in runs.items():
             walls = [float((run_dir(out, task, method, s) / "wall_seconds.txt").read_text())
@@ -60,9 +60,9 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
                      for s in args.seeds]
             per_method[method] = {
                 "before": [100 * r["before"]["success_rate"] for r in rs],
-                "final": [100 * r["final"]["success_rate"] for r in rs],
+                "final": [100 * r["after"]["success_rate"] for r in rs],
                 "best": [100 * max(h["success_rate"] for h in r["history"]) for r in rs],
-                "episodes": [r["episodes"] for r in rs],
+                "episodes": [r["step"] for r in rs],
                 "minutes": [w / 60 for w in walls],
             }
             curves[method] = [(grid, 100 * bench_runs.curve(r["history"], grid, "success_rate")[1]) for r in rs]
@@ -95,7 +95,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
                   "| method | after SFT | after RL | best eval | minutes per run | per seed (SFT -> RL) |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         for method, r in per_method.items():
-            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["final"], strict=True))
+            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["after"], strict=True))
             lines.append(f"| {method} | {fmt(r['before'])} | {fmt(r['final'])} | {fmt(r['best'])} | "
                          f"{np.nanmean(r['minutes']):.1f} | {seeds} |")
         lines += ["", f"![curves]({task}.png)", ""]
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=80)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/llm")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-llm overrides for every run")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for every run")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_llm", argv)
     out = Path(args.out)

@@ -53,7 +53,7 @@ def overrides_for(method: str, task: str, seed: int, args: argparse.Namespace) -
         f"trainer.eval_episodes={args.eval_episodes}",
         f"trainer.log_every={args.eval_every}",
         f"trainer.checkpoint_every={max(args.offline_steps, args.online_steps)}",
-        "trainer.progress=false",
+        "progress=false",
         "threads=1",
         f"agent.hidden=[{args.width},{args.width}]",
     ]
@@ -86,7 +86,7 @@ def run_dir(out: Path, task: str, label: str, seed: int) -> Path:
 
 def launch(overrides: list[str], folder: Path) -> None:
     """Run (or resume) one ``rlft`` command into ``folder``."""
-    bench_runs.launch("rlft.scripts.main", overrides, folder)
+    bench_runs.launch(overrides, folder)
 
 
 def run_chain(chain: Chain, out: Path) -> str:
@@ -109,8 +109,8 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
         curves = {}
         for label in labels:
             runs = [json.loads((run_dir(out, task, label, s) / "eval.json").read_text()) for s in args.seeds]
-            offline = [r["offline_end"]["normalized_score"] for r in runs]
-            online = [r["online_end"]["normalized_score"] for r in runs]
+            offline = [r["before"]["normalized_score"] for r in runs]
+            online = [r["after"]["normalized_score"] for r in runs]
             per_label[label] = {"offline_end": offline, "online_end": online}
             curves[label] = [bench_runs.online_curve(r["history"], args.eval_every, args.online_steps) for r in runs]
         results["tasks"][task] = per_label
@@ -150,7 +150,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
         lines += [f"## {task}", "", "| method | offline end | online end | per seed (offline -> online) |",
                   "| --- | ---: | ---: | --- |"]
         for label, r in per_label.items():
-            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["offline_end"], r["online_end"]))
+            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["after"]))
             lines.append(f"| {label} | {fmt(r['offline_end'])} | {fmt(r['online_end'])} | {seeds} |")
         lines += ["", f"![online curves]({task}_online.png)", ""]
         if (out / f"{task}_wsrl_warmup.png").is_file():

@@ -8,7 +8,7 @@ torch model: no hub access needed. Writes ``<out>/results.md`` and ``results.jso
 - generation tokens/s (KV cache, temperature sampling, log-probs recorded) at batch 1 and 16;
 - training tokens/s (forward + backward over whole sequences), full fine-tuning and LoRA;
 - greedy success rate on ``--task`` before and after ``--iterations`` of RL with LoRA (an
-  ``rlft-llm`` run folder under ``<out>/run``, with its curve and metrics). Zero-shot, the 135M
+  ``rlft`` run folder under ``<out>/run``, with its curve and metrics). Zero-shot, the 135M
   model answers in prose, never in the task's format, so RL would see no signal; ``--sft-steps``
   of SFT on transcripts of random admissible moves first teach the format (0: zero-shot).
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sft-steps", type=int, default=40, help="format SFT before RL (0: start zero-shot)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/smollm2")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft-llm overrides for the RL run")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for the RL run")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_smollm2", argv)
     out = Path(args.out)
@@ -97,15 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     del policy
 
     run = out / "run"
-    if not bench_runs.finished(run, lambda data: data["final"] is not None):
-        bench_runs.launch("rlft.scripts.llm", [
-            f"text_task={args.task}", f"text_method={args.method}", f"model.path={model_dir}",
+    if not bench_runs.finished(run, lambda data: data["after"] is not None):
+        bench_runs.launch([
+            "experiment=llm/ppo/numberline", f"text_task={args.task}", f"text_method={args.method}",
+            f"model.path={model_dir}",
             f"model.gguf_file={GGUF_FILE}", "model.lora={rank: 8, alpha: 16}",
             f"sft.episodes={200 if args.sft_steps else 0}", f"sft.steps={args.sft_steps}", "sft.batch_size=16",
             "sft.lr=3e-4",
             f"threads={args.threads}", f"loop.iterations={args.iterations}", "loop.num_envs=8", "loop.waves=2",
             "loop.eval_every=4", "loop.eval_episodes=32", "loop.eval_envs=16", "loop.checkpoint_every=4",
-            "loop.keep_checkpoints=1", "loop.progress=false", "text_method.algorithm.lr=1e-4",
+            "loop.keep_checkpoints=1", "progress=false", "text_method.algorithm.lr=1e-4",
             "generation.max_new_tokens=4", *args.overrides], run)
     results = json.loads((run / "eval.json").read_text())
     with open(run / "metrics.csv", newline="") as f:  # RL time from the run itself (it may have been resumed)
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         plot_learning_curve(results["history"], run / "learning_curve.png", title=f"SmolLM2-135M, {args.method} on "
                             f"{args.task}", xlabel="training episodes", metric="success_rate")
     summary = {"command": command, "speed": speed, "task": args.task, "method": args.method,
-               "before": results["before"]["success_rate"], "after": results["final"]["success_rate"],
-               "episodes": results["episodes"], "rl_minutes": rl_seconds / 60}
+               "before": results["before"]["success_rate"], "after": results["after"]["success_rate"],
+               "episodes": results["step"], "rl_minutes": rl_seconds / 60}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     lines = [
         "# SmolLM2-135M-Instruct on CPU (2 cores)", "", f"Command: `{command}`", "",

@@ -36,7 +36,7 @@ def run_seed(seed: int, args: argparse.Namespace, out: Path) -> Path:
         f"trainer.online_steps={args.online_steps}",
         f"trainer.eval_every={args.eval_every}",
         f"trainer.checkpoint_every={max(args.offline_steps, args.online_steps)}",
-        "trainer.progress=false",
+        "progress=false",
         "threads=1",
         f"hydra.run.dir={run_dir}",
         *args.overrides,
@@ -85,15 +85,15 @@ def main(argv: list[str] | None = None) -> None:
         curves.append((np.array([r["step"] for r in hist], float), np.array([r["normalized_score"] for r in hist])))
         per_seed.append({
             "seed": seed,
-            "offline_end": result["offline_end"]["normalized_score"],
-            "online_end": result["online_end"]["normalized_score"],
+            "offline_end": result["before"]["normalized_score"],
+            "online_end": result["after"]["normalized_score"],
             "online_best": max(r["normalized_score"] for r in hist if r["phase"] == "online"),
             "offline_updates_per_sec": phase_rate(run_dir, "offline"),
             "online_steps_per_sec": phase_rate(run_dir, "online"),
         })
     summary = {k: (float(np.mean([s[k] for s in per_seed])), float(np.std([s[k] for s in per_seed])))
                for k in per_seed[0] if k != "seed"}
-    online_start = json.loads((run_dirs[0] / "eval.json").read_text())["offline_end"]["step"]
+    online_start = json.loads((run_dirs[0] / "eval.json").read_text())["before"]["step"]
     plot_seed_curves({"SPOT": curves}, out / "learning_curves.png",
                      title=f"SPOT offline-to-online, {args.dataset}", xlabel="gradient step (VAE + offline + online)",
                      vlines={"online fine-tuning": online_start})

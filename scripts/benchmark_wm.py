@@ -51,7 +51,7 @@ def base_overrides(seed: int, args: argparse.Namespace) -> list[str]:
         f"trainer.eval_envs={args.eval_episodes}",
         f"trainer.log_every={args.log_every}",
         f"trainer.checkpoint_every={args.checkpoint_every}",
-        "trainer.progress=false",
+        "progress=false",
         "threads=1",
         f"device={args.device}",
     ]
@@ -65,7 +65,7 @@ def pretrain(seed: int, args: argparse.Namespace, out: Path) -> str:
     started, folder = time.time(), offline_dir(out, seed)
     if not bench_runs.phase_finished(folder, online=False):
         overrides = ["trainer.online_steps=0", f"trainer.eval_every={args.offline_eval_every}"]
-        bench_runs.launch("rlft.scripts.main", base_overrides(seed, args) + overrides, folder)
+        bench_runs.launch(base_overrides(seed, args) + overrides, folder)
     return f"offline seed {seed}: {time.time() - started:.0f}s"
 
 
@@ -75,7 +75,7 @@ def finetune(job: tuple[int, str], args: argparse.Namespace, out: Path) -> str:
     if not bench_runs.phase_finished(folder, online=True):
         overrides = [f"trainer.online_steps={args.online_steps}", f"trainer.eval_every={args.eval_every}",
                      f"init_from={offline_dir(out, seed)}", *variants(args)[label]]
-        bench_runs.launch("rlft.scripts.main", base_overrides(seed, args) + overrides, folder)
+        bench_runs.launch(base_overrides(seed, args) + overrides, folder)
     return f"online seed {seed}, {describe(label)}: {time.time() - started:.0f}s"
 
 
@@ -89,8 +89,8 @@ def summarise(args: argparse.Namespace, out: Path, command: str) -> dict:
         online = [r["history"] for r in runs]
         results["variants"][label] = {
             "acting": describe(label),
-            "offline_end": [r["offline_end"]["normalized_score"] for r in runs],
-            "online_end": [r["online_end"]["normalized_score"] for r in runs],
+            "offline_end": [r["before"]["normalized_score"] for r in runs],
+            "online_end": [r["after"]["normalized_score"] for r in runs],
             "online_best": [max(h["normalized_score"] for h in hist if h["phase"] == "online") for hist in online],
             "minutes": [bench_runs.run_minutes(folder) for folder in folders],
         }
@@ -118,7 +118,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results["variants"].values():
-        seeds = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(r["offline_end"], r["online_end"]))
+        seeds = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(r["before"], r["after"]))
         lines.append(f"| {r['acting']} | {fmt(r['offline_end'])} | {fmt(r['online_end'])} | "
                      f"{fmt(r['online_best'])} | {np.mean(r['minutes']):.0f} | {seeds} |")
     lines += ["", f"![online curves]({args.dataset}.png)", ""]

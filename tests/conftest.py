@@ -13,6 +13,7 @@ from rlft.offline.dataset import TransitionDataset
 from rlft.offline.loaders import save_native
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint
 from rlft.runtime.experiment import Experiment
+from rlft.runtime.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_HOPPER_MEDIUM = REPO_ROOT / "data" / "minari" / "rlft" / "hopper" / "medium-v0"
@@ -85,7 +86,7 @@ def run_interrupted(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch, after_s
     """Run an ``rlft`` experiment that crashes right after its ``after_saves``-th checkpoint
     save (as a killed process would); returns the state of the checkpoint it left."""
     saves = {"n": 0}
-    original = Experiment._checkpoint
+    original = Runner.checkpoint
 
     def crashing_checkpoint(self):
         path = original(self)
@@ -95,7 +96,7 @@ def run_interrupted(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch, after_s
         return path
 
     with monkeypatch.context() as patch:
-        patch.setattr(Experiment, "_checkpoint", crashing_checkpoint)
+        patch.setattr(Runner, "checkpoint", crashing_checkpoint)
         with pytest.raises(KeyboardInterrupt):
             Experiment(cfg, run_dir).run()
     return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))

@@ -57,7 +57,7 @@ def test_run_folder_has_config_metrics_checkpoints_eval_and_plot(tmp_path, nativ
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tb").iterdir()), "no TensorBoard events"
     assert latest_checkpoint(run_dir / "checkpoints") is not None
-    assert results["offline_end"]["phase"] == "offline" and results["online_end"]["phase"] == "online"
+    assert results["before"]["phase"] == "offline" and results["after"]["phase"] == "online"
     with open(run_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     phases = {r["phase"] for r in rows}
@@ -91,8 +91,8 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(
     results = resumed.run()
 
     assert results["history"] == full["history"]
-    final_full = load_checkpoint(latest_checkpoint(full_dir / "checkpoints"))["agent"]
-    final_cut = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))["agent"]
+    final_full = load_checkpoint(latest_checkpoint(full_dir / "checkpoints"))["state"]["agent"]
+    final_cut = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))["state"]["agent"]
     for key in ("actor", "critic", "vae") if "vae" in final_full else ("actor", "critic", "critic_target"):
         for name, tensor in final_full[key].items():
             assert torch.equal(tensor, final_cut[key][name]), f"{key}.{name} differs after resume"
@@ -121,6 +121,6 @@ def test_eval_json_reports_both_phases(tmp_path, native_hopper):
     run_dir = tmp_path / "run"
     Experiment(smoke_config(native_hopper, "trainer.online_steps=100"), run_dir).run()
     data = json.loads((run_dir / "eval.json").read_text())
-    assert data["dataset"]["transitions"] > 0
+    assert data["details"]["dataset"]["transitions"] > 0
     steps = [r["step"] for r in data["history"]]
-    assert steps == sorted(steps) and data["online_end"]["step"] == steps[-1]
+    assert steps == sorted(steps) and data["after"]["step"] == steps[-1]

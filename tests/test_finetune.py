@@ -31,9 +31,9 @@ def reach_demos(tmp_path_factory) -> Path:
 def finetune_config(demos: Path, *overrides: str) -> DictConfig:
     with initialize_config_module("rlft.configs", version_base="1.3"):
         return compose(
-            "finetune",
+            "config",
             [
-                "task=mw-push",
+                "experiment=finetune/dppo/mw-push",
                 "task.name=mw-reach",
                 "task.env_cfg.task=mw-reach",
                 f"task.dataset.source={demos}",
@@ -45,7 +45,7 @@ def finetune_config(demos: Path, *overrides: str) -> DictConfig:
                 "loop.eval_envs=2",
                 "loop.checkpoint_every=1",
                 "loop.keep_checkpoints=10",
-                "loop.progress=false",
+                "progress=false",
                 "method.bc.steps=40",
                 "method.bc.log_every=20",
                 "method.policy.hidden=[32,32]",
@@ -70,11 +70,11 @@ def test_demos_are_a_minari_dataset_with_the_task_kwargs(reach_demos):
 def test_run_folder_and_scores(tmp_path, reach_demos, method):
     run_dir = tmp_path / method
     results = FinetuneExperiment(finetune_config(reach_demos, f"method={method}"), run_dir).run()
-    for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "bc_checkpoint"):
+    for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "pretrained_checkpoint"):
         assert (run_dir / name).exists(), name
-    assert results["bc"]["step"] == 0 and results["final"]["iteration"] == 3
+    assert results["before"]["step"] == 0 and results["after"]["phase_step"] == 3
     # 3 iterations x 2 envs x 40 simulator steps; a chunk cut short by a success counts only its executed steps
-    assert results["env_steps"] == 240 if method == "residual" else 0 < results["env_steps"] <= 240
+    assert results["step"] == 240 if method == "residual" else 0 < results["step"] <= 240
     assert len([r for r in results["history"] if r["phase"] == "ppo"]) == 3
     assert len(list_checkpoints(run_dir / "checkpoints")) == 4  # after BC, then every iteration
 
@@ -98,12 +98,12 @@ def test_resume_continues_bit_for_bit(tmp_path, reach_demos, monkeypatch):
         FinetuneExperiment(cfg, tmp_path / "cut").run()
     monkeypatch.setattr(PPO, "collect", original)
     resumed = FinetuneExperiment(cfg, tmp_path / "cut")
-    assert resumed.resume() and resumed.iteration == 2
+    assert resumed.resume() and resumed.phase_step == 2
     resumed_results = resumed.run()
 
     assert resumed_results["history"] == full_results["history"]
-    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])["ppo"]
-    b = load_checkpoint(list_checkpoints(tmp_path / "cut" / "checkpoints")[-1])["ppo"]
+    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])["state"]["ppo"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "cut" / "checkpoints")[-1])["state"]["ppo"]
     for key in a["actor"]:
         assert torch.equal(a["actor"][key], b["actor"][key]), key
     with pytest.raises(FileExistsError, match="resume"):
@@ -117,11 +117,11 @@ def test_init_from_reuses_the_cloned_base_and_checks_its_kind(tmp_path, reach_de
         finetune_config(reach_demos, "method=residual", "loop.iterations=1", f"init_from={dppo_dir}"), tmp_path / "res"
     )
     results = residual.run()
-    cloned = load_checkpoint(dppo_dir / "bc_checkpoint")["base"]
+    cloned = load_checkpoint(dppo_dir / "pretrained_checkpoint")["state"]["base"]
     for key, value in residual.base.state_dict().items():
         assert torch.equal(value, cloned[key]), key
     # evaluation has its own random stream: the same cloned policy scores exactly the same in both runs
-    assert json.loads((dppo_dir / "eval.json").read_text())["bc"]["returns"] == results["bc"]["returns"]
+    assert json.loads((dppo_dir / "eval.json").read_text())["before"]["returns"] == results["before"]["returns"]
     with pytest.raises(ValueError, match="GaussianPPOPolicy"):
         FinetuneExperiment(
             finetune_config(reach_demos, "method=gaussian", f"init_from={dppo_dir}"), tmp_path / "g"
@@ -141,9 +141,9 @@ def test_pixel_policies_fine_tune_on_pusht(tmp_path):
     assert dataset.obs_dim == 2 + 64 * 64 * 3 and dataset.observations[:, 2:].max() <= 255
     with initialize_config_module("rlft.configs", version_base="1.3"):
         cfg = compose(
-            "finetune",
+            "config",
             [
-                "task=pusht",
+                "experiment=finetune/dppo/pusht",
                 f"task.dataset.source={info['path']}",
                 "+task.env_cfg.max_episode_steps=24",
                 "task.episode_steps=24",
@@ -152,7 +152,7 @@ def test_pixel_policies_fine_tune_on_pusht(tmp_path):
                 "loop.iterations=1",
                 "loop.eval_episodes=2",
                 "loop.eval_envs=2",
-                "loop.progress=false",
+                "progress=false",
                 "method.bc.steps=20",
                 "method.policy.hidden=[32,32]",
                 "method.policy.denoising_steps=4",
@@ -164,7 +164,7 @@ def test_pixel_policies_fine_tune_on_pusht(tmp_path):
     experiment = FinetuneExperiment(cfg, tmp_path / "run")
     results = experiment.run()
     assert experiment.obs_stats[1][2:].min() == 255.0  # pixels scaled to [0, 1], not standardised
-    assert results["final"] is not None and results["env_steps"] <= 2 * 24
+    assert results["after"] is not None and results["step"] <= 2 * 24
     assert experiment.ppo.critic[0].in_dim == dataset.obs_dim  # the critic has its own image encoder
 
 

@@ -147,15 +147,15 @@ def test_calql_needs_mc_returns_and_reports_how_often_the_bound_binds():
 def test_init_from_starts_online_from_the_offline_agent(tmp_path, native_hopper):
     offline_dir = tmp_path / "offline"
     Experiment(o2o_config(native_hopper, "iql", "trainer.online_steps=0"), offline_dir).run()
-    assert (offline_dir / "offline_checkpoint").is_dir()
-    offline_eval = json.loads((offline_dir / "eval.json").read_text())["offline_end"]
+    assert (offline_dir / "pretrained_checkpoint").is_dir()
+    offline_eval = json.loads((offline_dir / "eval.json").read_text())["before"]
 
     cfg = o2o_config(native_hopper, "iql", f"init_from={offline_dir}", "trainer.offline_steps=999")
     online = Experiment(cfg, tmp_path / "online")
     results = online.run()
     assert online.agent.num_updates == 40 + 60  # the offline run's updates, then one per online step
-    assert results["offline_end"]["returns"] == offline_eval["returns"]  # same agent, same eval episodes
-    assert results["online_end"]["phase"] == "online"
+    assert results["before"]["returns"] == offline_eval["returns"]  # same agent, same eval episodes
+    assert results["after"]["phase"] == "online"
 
     other = o2o_config(native_hopper, "calql", f"init_from={offline_dir}")
     with pytest.raises(ValueError, match="agent 'iql' cannot start a 'cql' run"):

@@ -1,4 +1,4 @@
-"""The rlft-llm run: run folder, exact resume, ArCHer, wrong inputs."""
+"""The language-RL pipeline (experiment=llm/...): run folder, exact resume, ArCHer, wrong inputs."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from rlft.runtime.text_train import TextExperiment
 
 def llm_config(*overrides: str) -> DictConfig:
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        return compose("llm", [
+        return compose("config", [
+            "experiment=llm/ppo/numberline",
             "model.tiny={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1}",
             "sft.episodes=20", "sft.steps=5",
             "loop.num_envs=4", "loop.waves=1", "loop.iterations=3", "loop.eval_every=1", "loop.eval_episodes=4",
-            "loop.eval_envs=4", "loop.checkpoint_every=1", "loop.keep_checkpoints=10", "loop.progress=false",
+            "loop.eval_envs=4", "loop.checkpoint_every=1", "loop.keep_checkpoints=10", "progress=false",
             "generation.max_new_tokens=3", *overrides,
         ])
 
@@ -34,8 +35,8 @@ def test_run_folder_holds_everything_a_user_needs(tmp_path: Path, method: str) -
     for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "transcripts.jsonl",
                  "model/config.json", "model/tokenizer.json"):
         assert (tmp_path / name).exists(), name
-    assert results["before"]["phase"] == "sft" and results["final"]["iteration"] == 3
-    assert results["episodes"] == 12 and 0.0 <= results["final"]["success_rate"] <= 1.0
+    assert results["before"]["phase"] == "sft" and results["after"]["phase_step"] == 3
+    assert results["step"] == 12 and 0.0 <= results["after"]["success_rate"] <= 1.0
     assert len(list_checkpoints(tmp_path / "checkpoints")) == 4  # after SFT, then every iteration
 
 
@@ -56,10 +57,10 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, monkeypatch: pytest.Monkey
         TextExperiment(cfg, tmp_path / "cut").run()
     monkeypatch.setattr("rlft.runtime.text_train.collect_text", original)
     resumed = TextExperiment(cfg, tmp_path / "cut")
-    assert resumed.resume() and resumed.iteration == 2
+    assert resumed.resume() and resumed.phase_step == 2
     assert resumed.run()["history"] == full["history"]
-    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])["policy"]
-    b = load_checkpoint(list_checkpoints(tmp_path / "cut" / "checkpoints")[-1])["policy"]
+    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])["state"]["policy"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "cut" / "checkpoints")[-1])["state"]["policy"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(FileExistsError, match="resume"):
         TextExperiment(cfg, tmp_path / "full").run()

@@ -279,7 +279,7 @@ def wm_config(dataset_path: Path, *overrides: str, experiment: str = "hopper-med
                                   "trainer.batch_size=32", "trainer.offline_steps=60", "trainer.online_steps=90",
                                   "trainer.eval_every=30", "trainer.eval_episodes=2", "trainer.eval_envs=2",
                                   "trainer.log_every=15", "trainer.checkpoint_every=30", "trainer.keep_checkpoints=20",
-                                  "trainer.progress=false", *overrides, f"dataset.source={dataset_path}"])
+                                  "progress=false", *overrides, f"dataset.source={dataset_path}"])
 
 
 def test_world_model_run_resumes_bit_for_bit(tmp_path, native_hopper, monkeypatch):
@@ -287,8 +287,8 @@ def test_world_model_run_resumes_bit_for_bit(tmp_path, native_hopper, monkeypatc
     cfg = wm_config(native_hopper)
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = Experiment(cfg, full_dir).run()
-    assert full["offline_end"] is not None and full["online_end"] is not None
-    for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "offline_checkpoint"):
+    assert full["before"] is not None and full["after"] is not None
+    for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "pretrained_checkpoint"):
         assert (full_dir / name).exists(), name
 
     state = run_interrupted(cfg, cut_dir, monkeypatch, after_saves=4)
@@ -296,8 +296,8 @@ def test_world_model_run_resumes_bit_for_bit(tmp_path, native_hopper, monkeypatc
     resumed = Experiment(cfg, cut_dir)
     assert resumed.resume()
     assert resumed.run()["history"] == full["history"]
-    final_full = load_checkpoint(latest_checkpoint(full_dir / "checkpoints"))["agent"]["model"]
-    final_cut = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))["agent"]["model"]
+    final_full = load_checkpoint(latest_checkpoint(full_dir / "checkpoints"))["state"]["agent"]["model"]
+    final_cut = load_checkpoint(latest_checkpoint(cut_dir / "checkpoints"))["state"]["agent"]["model"]
     for name, tensor in final_full.items():
         assert torch.equal(tensor, final_cut[name]), f"model.{name} differs after resume"
 
@@ -317,7 +317,7 @@ def test_deepmind_control_run_on_the_shipped_dataset_and_wrong_task_data_is_refu
     cfg = wm_config(shipped, "trainer.offline_steps=20", "trainer.online_steps=20", "trainer.eval_every=20",
                     "trainer.eval_episodes=1", "trainer.eval_envs=1", experiment="dmc-cartpole-balance")
     results = Experiment(cfg, tmp_path / "run").run()
-    assert results["env_id"] == "rlft/DMC-v0" and results["online_end"]["lengths"] == [500]
+    assert results["details"]["env_id"] == "rlft/DMC-v0" and results["after"]["lengths"] == [500]
     wrong = wm_config(shipped, "env.task=dmc-cartpole-swingup", experiment="dmc-cartpole-balance")
     with pytest.raises(DatasetError, match="collected with task='balance' but the task uses 'swingup'"):
         Experiment(wrong, tmp_path / "wrong")

@@ -1,0 +1,306 @@
+"""The runner skeleton every pipeline plugs into.
+
+A pipeline (offline-to-online, BC -> PPO, SFT -> language RL, ...) is a list of :class:`Phase`
+objects plus a few hooks: its own state for checkpoints, how it evaluates its current policy,
+and how it takes the pretrained part of another run (``init_from``). The skeleton owns what
+every pipeline shares, written once:
+
+* the run folder (resolved ``config.yaml``, ``metrics.csv`` + TensorBoard),
+* counters (phase, step inside the phase, the run's x-axis ``step``, the monotone ``work`` that
+  names checkpoints), atomic checkpoints with RNG states, and exact ``resume``,
+* ``pretrained_checkpoint/``: the state at the end of the pretraining phases, for ``init_from``,
+* evaluations, ``eval.json`` (one schema for every pipeline), the learning-curve plot.
+
+``step`` is the x-axis of a run's curves: offline updates then online environment steps,
+environment steps, or training episodes, as the pipeline's ``axis`` says. Preparation phases
+that are not on it (SPOT's VAE, behaviour cloning, SFT) log their losses at negative steps that
+end at 0, so ``metrics.csv`` and TensorBoard stay monotone and the evaluated curve starts at 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlft.offline.dataset import TransitionDataset
+from rlft.offline.loaders import load_task_dataset
+from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlft.runtime.evaluation import EvalResult
+from rlft.runtime.logger import MetricLogger
+from rlft.runtime.plotting import plot_learning_curve
+from rlft.runtime.run_folder import EVAL_FILE, open_run_folder, write_eval_json
+from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
+
+PRETRAINED_CHECKPOINT = "pretrained_checkpoint"  # the state at the end of pretraining, for init_from
+EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "axis", "step", "done", "before", "after", "history",
+             "details")  # eval.json's top-level keys, the same for every pipeline
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of a pipeline. ``run`` works until the phase's budget is spent, advancing
+    ``phase_step`` (and ``step`` / ``work``) and checkpointing through the runner as it goes."""
+
+    name: str
+    run: Callable[[], None]
+    steps: int = 0  # the budget; off-axis phases log at phase_step - steps
+    pretraining: bool = False  # before fine-tuning: its last evaluation is the run's "before" record
+    on_axis: bool = True  # False: a preparation step with its own step count (VAE, BC, SFT)
+    evaluate_at_end: bool = False  # the runner evaluates once when the phase ends
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads (``None``: leave torch's default)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+class Runner(ABC):
+    """Runs a pipeline's phases in a run folder, or resumes them from its newest checkpoint."""
+
+    pipeline: ClassVar[str]  # the name in eval.json and in configs/pipeline/
+    axis: ClassVar[str]  # what ``step`` counts
+    plot_metric: ClassVar[str] = "normalized_score"
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = torch.device(cfg.get("device") or "cpu")
+        self.show_progress = bool(cfg.get("progress", True))
+        apply_threads(cfg.get("threads"))
+        seed_everything(int(cfg.seed))
+        self.phases: list[Phase] = []
+        self.keep_checkpoints = 2  # pipelines set their config's value
+        self.phase_index = self.phase_step = self.step = self.work = 0
+        self.eval_history: list[dict[str, Any]] = []
+        self.logger: MetricLogger | None = None
+        self._resume_log_step: int | None = None
+
+    # ----------------------------------------------------------- pipeline hooks
+    @abstractmethod
+    def pipeline_state(self) -> dict[str, Any]:
+        """Everything of the pipeline's own a checkpoint must hold to continue exactly."""
+
+    @abstractmethod
+    def load_pipeline_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`pipeline_state` (called by ``resume``, before the RNG states are set)."""
+
+    @abstractmethod
+    def evaluate_policy(self, phase: str) -> EvalResult:
+        """Evaluate the policy of ``phase`` (the cloned one in pretraining phases) without
+        touching the training run's random streams."""
+
+    @abstractmethod
+    def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
+        """Take the pretrained part of another run's end-of-pretraining state (``init_from``);
+        raise ``ValueError`` naming ``path`` when it cannot start this run."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """``task``, ``method``, ``source`` (dataset or model) and pipeline ``details`` for eval.json."""
+
+    def reference_score(self) -> tuple[str, float] | None:
+        """A level to draw on the learning curve (e.g. the dataset's own score), as (label, value)."""
+        return None
+
+    def metric_limits(self) -> tuple[float, float] | None:
+        """The range of :attr:`plot_metric` (bands are clipped to it), ``None`` when unbounded."""
+        return None
+
+    def finish(self) -> None:
+        """Called once after the last phase (e.g. save the trained model)."""
+
+    # ----------------------------------------------------------------- counters
+    @property
+    def phase(self) -> Phase | None:
+        return self.phases[self.phase_index] if self.phase_index < len(self.phases) else None
+
+    @property
+    def pretraining_phases(self) -> int:
+        return sum(p.pretraining for p in self.phases)
+
+    def log_step(self, phase_step: int | None = None) -> int:
+        """The step a metric row gets now: ``step`` on the axis, ``phase_step - steps`` before it."""
+        phase = self.phase
+        if phase is None or phase.on_axis:
+            return self.step
+        return (self.phase_step if phase_step is None else phase_step) - phase.steps
+
+    def log(self, metrics: Mapping[str, Any], phase_step: int | None = None) -> None:
+        """One ``metrics.csv`` row (and TensorBoard scalars) for the current phase."""
+        name = self.phase.name if self.phase is not None else "done"
+        self.logger.log(self.log_step(phase_step), {"phase": name, **metrics})
+
+    # --------------------------------------------------------------- evaluation
+    def evaluate(self, phase: str | None = None) -> EvalResult:
+        """Evaluate, record the result in the history and ``eval.json``, and log it."""
+        phase = phase or self.phase.name
+        result = self.evaluate_policy(phase)
+        record = {"step": self.step, "phase": phase, "phase_step": self.phase_step, **result.as_dict()}
+        self.eval_history.append(record)
+        self.logger.log(self.step, {"phase": phase, "eval/return": result.return_mean,
+                                    "eval/normalized_score": result.normalized_score,
+                                    "eval/success_rate": result.success_rate})
+        self.write_eval_json()
+        return result
+
+    def results(self) -> dict[str, Any]:
+        """The content of ``eval.json``."""
+        pretraining = {p.name for p in self.phases if p.pretraining}
+        before = [r for r in self.eval_history if r["phase"] in pretraining]
+        last = self.phases[-1].name if self.phases else None
+        after = [r for r in self.eval_history if r["phase"] == last]
+        done = self.phase_index >= len(self.phases)
+        info = self.describe()
+        return {
+            "pipeline": self.pipeline,
+            "task": info["task"],
+            "method": info["method"],
+            "seed": int(self.cfg.seed),
+            "source": info["source"],
+            "axis": self.axis,
+            "step": self.step,
+            "done": done,
+            "before": before[-1] if before else None,
+            "after": after[-1] if (done and after) else None,
+            "history": self.eval_history,
+            "details": info.get("details", {}),
+        }
+
+    def write_eval_json(self) -> None:
+        write_eval_json(self.run_dir, self.results())
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> Path:
+        """Save the whole run state as ``checkpoints/step_<work>`` (atomic)."""
+        state = {
+            "pipeline": self.pipeline,
+            "counters": {"phase_index": self.phase_index, "phase_step": self.phase_step, "step": self.step,
+                         "work": self.work, "log_step": self.log_step()},
+            "rng": get_rng_state(),
+            "eval_history": self.eval_history,
+            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+            "state": self.pipeline_state(),
+        }
+        return save_checkpoint(self.run_dir / "checkpoints", self.work, state, self.keep_checkpoints)
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in the run folder; ``False`` when there is none."""
+        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            return False
+        state = load_checkpoint(path, self.device)
+        if state.get("pipeline") != self.pipeline:
+            raise ValueError(f"cannot resume {path}: it holds a {state.get('pipeline')!r} run, "
+                             f"not a {self.pipeline!r} one")
+        self.load_pipeline_state(state["state"])
+        counters = state["counters"]
+        self.phase_index, self.phase_step = counters["phase_index"], counters["phase_step"]
+        self.step, self.work = counters["step"], counters["work"]
+        self.eval_history = list(state["eval_history"])
+        set_rng_state(state["rng"])
+        self._resume_log_step = int(counters["log_step"])
+        where = f"phase {self.phase.name}, {self.phase_step} steps into it" if self.phase else "finished"
+        print(f"resumed from {path} ({where}; step {self.step})")
+        return True
+
+    def _keep_pretrained(self, path: Path) -> None:
+        """Keep the end-of-pretraining checkpoint as ``pretrained_checkpoint/``: hard links (a copy
+        where links fail) in a temporary folder, then a rename, so a crash never leaves half of one."""
+        final, tmp = self.run_dir / PRETRAINED_CHECKPOINT, self.run_dir / f".tmp-{PRETRAINED_CHECKPOINT}"
+        shutil.rmtree(tmp, ignore_errors=True)
+
+        def link(src: str, dst: str) -> None:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        shutil.copytree(path, tmp, copy_function=link)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+
+    def _init_from(self, source: str | Path) -> None:
+        """Start from another run's pretrained state and go straight to fine-tuning. ``source``
+        is a run folder (its ``pretrained_checkpoint/``) or a checkpoint folder. The loaded
+        policy is evaluated once, as the last pretraining phase."""
+        source = Path(source)
+        path = source / PRETRAINED_CHECKPOINT if (source / PRETRAINED_CHECKPOINT).is_dir() else source
+        state = load_checkpoint(path, self.device)
+        if state.get("pipeline") != self.pipeline:
+            raise ValueError(f"init_from {path}: it holds a {state.get('pipeline')!r} run, which cannot start "
+                             f"a {self.pipeline!r} one")
+        counters, n = state["counters"], self.pretraining_phases
+        if counters["phase_index"] < n:
+            raise ValueError(f"init_from {path}: that checkpoint is from before the end of pretraining")
+        self.load_pretrained(state["state"], OmegaConf.create(state["config"]), path)
+        self.phase_index, self.phase_step = n, 0
+        self.step, self.work = counters["step"], counters["work"]
+        print(f"initialised from {path} (pretrained to step {self.step})")
+        self.evaluate(self.phases[n - 1].name)
+        self.checkpoint()
+
+    # ---------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Run every remaining phase; returns the content of ``eval.json``."""
+        self.logger = open_run_folder(self.run_dir, self.cfg, self._resume_log_step)
+        try:
+            if self._resume_log_step is None and self.cfg.get("init_from"):
+                self._init_from(self.cfg.init_from)
+            while self.phase is not None:
+                phase = self.phase
+                phase.run()
+                if phase.evaluate_at_end:
+                    self.evaluate()
+                self.phase_index += 1
+                self.phase_step = 0
+                path = self.checkpoint()
+                if phase.pretraining and self.phase_index == self.pretraining_phases:
+                    self._keep_pretrained(path)
+        finally:
+            self.logger.close()
+        self.write_eval_json()
+        self.finish()
+        results = self.results()
+        boundary = results["before"]["step"] if results["before"] else None
+        plot_learning_curve(
+            self.eval_history, self.run_dir / "learning_curve.png",
+            title=f"{results['method']} on {results['task']} (seed {results['seed']})",
+            xlabel=self.axis, metric=self.plot_metric,
+            phase_boundaries={"fine-tuning": boundary} if boundary and results["after"] else None,
+            reference=self.reference_score(), limits=self.metric_limits(),
+        )
+        return json.loads((self.run_dir / EVAL_FILE).read_text())
+
+
+class DatasetRunner(Runner):
+    """A pipeline that learns from a dataset of transitions in a registered task (offline-to-online,
+    BC -> PPO): it sets ``self.task`` and ``self.dataset`` (:meth:`load_dataset`); scores are the
+    task's normalised ones, with the dataset's own score drawn on the learning curve."""
+
+    method_key: ClassVar[str]  # the config group that names the method ("agent", "method")
+    reference_label: ClassVar[str] = "dataset"
+
+    def load_dataset(self, ds_cfg: DictConfig) -> TransitionDataset:
+        """The dataset ``ds_cfg`` names, checked against ``self.task``; a missing one's error shows
+        the command that writes it (``collect:``)."""
+        return load_task_dataset(ds_cfg.source, self.task, ds_cfg.get("format", "auto"), ds_cfg.get("collect"))
+
+    def describe(self) -> dict[str, Any]:
+        return {"task": self.task.name, "method": self.cfg[self.method_key].name, "source": self.dataset.source,
+                "details": {"env_id": self.task.env_id, "dataset": self.dataset.summary()}}
+
+    def reference_score(self) -> tuple[str, float] | None:
+        returns = self.dataset.episode_returns()
+        score = self.dataset.normalize_score(returns).mean() if len(returns) else float("nan")
+        return (self.reference_label, float(score))
+
+    def metric_limits(self) -> tuple[float, float] | None:
+        return (0.0, 100.0) if self.task.sparse_reward else None  # sparse tasks score their success rate

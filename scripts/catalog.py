@@ -1,0 +1,155 @@
+"""What ``rlft --list`` and ``rlft --help`` show, and the check that names a config group outside
+the chosen experiment's pipeline (instead of Hydra's ``+group=...`` hint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_module
+
+import rlft.configs
+
+CONFIG_DIR = Path(rlft.configs.__file__).resolve().parent
+DEFAULT_PIPELINE = "o2o"  # configs/config.yaml's pipeline default
+PIPELINES = {
+    "o2o": "offline-to-online: pretraining on a dataset, then online fine-tuning (world models too)",
+    "finetune": "behaviour cloning on demonstrations, then PPO fine-tuning",
+    "llm": "SFT of a language policy, then language RL (PPO over turns, GRPO, ArCHer)",
+}
+ROOT_KEYS = "seed, device, threads, progress, resume=<run dir>, init_from=<run dir>"
+
+
+def _defaults(path: Path) -> list:
+    return (yaml.safe_load(path.read_text()) or {}).get("defaults", []) or []
+
+
+def _description(path: Path, width: int = 110) -> str:
+    """The first sentence of the comment block after the package line, cut to ``width``."""
+    words = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if "@package" not in line:
+            words.append(line.lstrip("# ").strip())
+    text = " ".join(words)
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[: width - 3].rstrip() + "..."
+
+
+def experiment_pipeline(path: Path) -> str:
+    """The pipeline an experiment file chooses (``override /pipeline: X``), else the default."""
+    for entry in _defaults(path):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                if key.replace("override ", "").strip().lstrip("/") == "pipeline":
+                    return str(value)
+    return DEFAULT_PIPELINE
+
+
+def experiments() -> dict[str, list[tuple[str, str]]]:
+    """Every experiment as (name, description), grouped by pipeline."""
+    root = CONFIG_DIR / "experiment"
+    grouped: dict[str, list[tuple[str, str]]] = {p: [] for p in PIPELINES}
+    for path in sorted(root.rglob("*.yaml")):
+        name = path.relative_to(root).with_suffix("").as_posix()
+        grouped.setdefault(experiment_pipeline(path), []).append((name, _description(path)))
+    return grouped
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.relative_to(CONFIG_DIR / group).with_suffix("").as_posix()
+                  for p in (CONFIG_DIR / group).rglob("*.yaml"))
+
+
+def config_groups() -> set[str]:
+    """The top-level config groups (folders of ``configs/``)."""
+    return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+def choices(experiment: str) -> tuple[str, dict[str, str]]:
+    """The pipeline and the group choices (group -> option) of an experiment as composed."""
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        cfg = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
+    picked = {k: v for k, v in cfg.hydra.runtime.choices.items()
+              if not k.startswith("hydra") and "@" not in k and v is not None}
+    return str(cfg.pipeline.name), picked
+
+
+def listing() -> str:
+    lines = ["rlft experiments by pipeline (run one with: rlft experiment=<name>)", ""]
+    for pipeline, entries in experiments().items():
+        lines.append(f"{pipeline}: {PIPELINES.get(pipeline, '')}")
+        width = max((len(n) for n, _ in entries), default=0)
+        lines += [f"  {name:<{width}}  {text}" for name, text in entries]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _chosen_experiment(overrides: list[str]) -> str:
+    picked = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    return picked[-1] if picked else "demo"
+
+
+def help_text(overrides: list[str]) -> str:
+    experiment = _chosen_experiment(overrides)
+    pipeline, picked = choices(experiment)
+    lines = [
+        "rlft: one command for every pipeline (a Hydra app).",
+        "",
+        "  rlft [experiment=<name>] [<group>=<option> ...] [<key>=<value> ...]",
+        "  rlft resume=<run dir>          continue a run from its newest checkpoint",
+        "  rlft -m seed=0,1,2 ...          a sweep (Hydra multirun; launchers: +launcher=ray|slurm)",
+        "  rlft --list                     every experiment, grouped by pipeline",
+        "  rlft experiment=<name> --help   this help for that experiment",
+        "  rlft ... --cfg job              print the composed config and exit",
+        "",
+        f"experiment {experiment}: pipeline {pipeline} ({PIPELINES.get(pipeline, '')})",
+        "groups you can choose for it (now chosen: *):",
+    ]
+    for group in sorted(g for g in picked if g not in ("experiment", "pipeline")):
+        options = ", ".join(f"*{o}" if o == picked[group] else o for o in group_options(group))
+        lines.append(f"  {group}: {options}")
+    lines += ["", f"keys of every run: {ROOT_KEYS}; the pipeline's own keys: rlft experiment={experiment} --cfg job"]
+    return "\n".join(lines) + "\n"
+
+
+def check_overrides(overrides: list[str]) -> str | None:
+    """A message for a ``group=option`` override whose group the chosen experiment does not use,
+    naming the experiments that do; ``None`` when there is nothing to say."""
+    plain = [o for o in overrides if "=" in o and not o.startswith(("-", "+", "~", "hydra"))]
+    if any(o.startswith("resume=") for o in plain):
+        return None  # the run folder's config decides
+    experiment = _chosen_experiment(plain)
+    groups = config_groups() - {"experiment"}
+    asked = [o.split("=", 1)[0] for o in plain if o.split("=", 1)[0] in groups]
+    if not asked or "," in experiment:
+        return None
+    try:
+        pipeline, picked = choices(experiment)
+    except Exception:  # noqa: BLE001  Hydra reports a bad experiment itself, with its options
+        return None
+    own = ", ".join(sorted(g for g in picked if g not in ("experiment", "pipeline")))
+    for group in (g for g in asked if g not in picked):
+        users = [(p, name) for p, entries in experiments().items() for name, _ in entries if _uses_group(name, group)]
+        if not users:
+            return f"'{group}' is not chosen by any experiment; `rlft --list` shows every experiment."
+        pipelines = ", ".join(sorted({p for p, _ in users}))
+        return (f"'{group}' is not a group of experiment '{experiment}' (pipeline {pipeline}; its groups: {own}). "
+                f"It belongs to the {pipelines} pipeline: e.g. rlft experiment={users[0][1]} {group}=... "
+                "(`rlft --list` shows every experiment).")
+    return None
+
+
+def _pipelines_with_group(group: str) -> set[str]:
+    return {path.stem for path in (CONFIG_DIR / "pipeline").glob("*.yaml")
+            if any(isinstance(e, dict) and any(k.lstrip("/") == group for k in e) for e in _defaults(path))}
+
+
+def _uses_group(experiment: str, group: str) -> bool:
+    """Whether an experiment's file (or its pipeline's) chooses ``group``."""
+    path = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
+    if experiment_pipeline(path) in _pipelines_with_group(group):
+        return True
+    return any(isinstance(e, dict) and any(k.replace("override ", "").strip().lstrip("/") == group for k in e)
+               for e in _defaults(path))
