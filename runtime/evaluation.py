@@ -57,6 +57,7 @@ def evaluate(
     tracks_success = False
     n = vec_env.num_envs
     bar = Progress(episodes, "eval", enabled=progress, unit="episodes", leave=False)
+    env_steps = 0  # shown beside the episode count: parallel episodes often end together
     while len(returns) < episodes:
         first = len(returns)
         count = min(n, episodes - first)
@@ -78,7 +79,9 @@ def evaluate(
                 tracks_success = True
                 ep_success |= ended & info["final_info"]["success"].astype(bool)
             running &= ~ended
-            bar.update(int(ended[:count].sum()))
+            env_steps += int(running.sum() + ended.sum())
+            bar.set_postfix(env_steps=env_steps)
+            bar.update(int(ended.sum()))
         returns.extend(ep_return[:count].tolist())
         lengths.extend(ep_length[:count].tolist())
         successes.extend(ep_success[:count].tolist())

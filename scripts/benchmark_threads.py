@@ -42,7 +42,7 @@ def budget(args: argparse.Namespace) -> list[str]:
         f"trainer.eval_every={max(args.offline_steps, args.online_steps)}",
         "trainer.eval_episodes=2",
         "trainer.eval_envs=2",
-        f"trainer.log_every={min(args.vae_steps, args.offline_steps, args.online_steps)}",
+        "trainer.log_every=100",
         f"trainer.checkpoint_every={10 * max(args.offline_steps, args.online_steps)}",
         "progress=false",
     ]
@@ -85,7 +85,11 @@ def measure(threads: str, loaded: bool, work: Path, args: argparse.Namespace, re
         time.sleep(args.warmup_s)  # past its imports, into its updates
     try:
         run_dir = work / tag
-        subprocess.run(command(threads, run_dir, args), env=env, check=True, stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run(command(threads, run_dir, args), env=env, check=True, stdout=subprocess.DEVNULL,
+                           timeout=args.timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"  {tag}: stopped after {args.timeout_s:.0f} s; rates of the phases reached so far", flush=True)
         return phase_rates(run_dir)
     finally:
         if background is not None:
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offline-steps", type=int, default=2000)
     parser.add_argument("--online-steps", type=int, default=2000)
     parser.add_argument("--warmup-s", type=float, default=20.0, help="seconds the competitor runs before measuring")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="a collapsed run is stopped after this long")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/threads"))
     args = parser.parse_args(argv)
     rows = []
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         for loaded in (False, True):
             for threads in args.threads:
                 runs = [measure(threads, loaded, Path(tmp), args, k) for k in range(args.repeats)]
-                rates = {p: float(np.median([r[p] for r in runs])) for p in PHASES}
+                rates = {p: float(np.median([r.get(p, np.nan) for r in runs])) for p in PHASES}
                 rows.append({"threads": threads, "loaded": loaded, "rates": rates, "runs": runs})
                 print(f"threads={threads} {'loaded' if loaded else 'idle'}: {rates}", flush=True)
     write_results(rows, args.out, bench_runs.command_line("rlft.scripts.benchmark_threads", argv))

@@ -61,6 +61,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         sys.exit(130)
     try:
         results = runner.run()
+    except USER_ERRORS as err:
+        _error(str(err))
+        sys.exit(2)
     except KeyboardInterrupt:
         if latest_checkpoint(run_dir / "checkpoints") is not None:
             print(f"\ninterrupted: continue from the last checkpoint with `rlft resume={run_dir}`", file=sys.stderr)

@@ -93,3 +93,14 @@ def test_wrong_inputs_are_refused_with_clear_errors(tmp_path: Path) -> None:
         TextExperiment(llm_config("text_task.env_cfg.task=pendulum"), tmp_path)
     with pytest.raises(FileNotFoundError, match="transcript"):
         TextExperiment(llm_config(f"sft.transcripts={tmp_path / 'none.jsonl'}"), tmp_path / "run").run()
+
+
+def test_init_from_starts_rl_from_another_runs_sft_policy(tmp_path: Path) -> None:
+    first = TextExperiment(llm_config("loop.iterations=1"), tmp_path / "sft").run()
+    second = TextExperiment(llm_config("loop.iterations=1", f"init_from={tmp_path / 'sft'}"), tmp_path / "rl").run()
+    assert not (tmp_path / "rl" / "transcripts.jsonl").exists()  # no SFT of its own
+    assert second["before"]["phase"] == "sft" and second["before"]["returns"] == first["before"]["returns"]
+    assert second["after"]["phase_step"] == 1
+    with pytest.raises(ValueError, match="init_from .* trained model"):
+        TextExperiment(llm_config("model.tiny.hidden_size=16", f"init_from={tmp_path / 'sft'}"),
+                       tmp_path / "other").run()
