@@ -11,11 +11,13 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: setup demo test smollm2 clean
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_SPEC); fi
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $@
+	@echo "setting up $(VENV): pip, torch ($(TORCH_SPEC) unless nvidia-smi is found), rlft[dev] (a few minutes, once)"
+	@python3 -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet $(TORCH_SPEC); fi
+	@$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+	@echo "$(VENV) is ready"
 
 setup: $(VENV)/.installed
 

@@ -94,8 +94,8 @@ class Runner(ABC):
 
     @abstractmethod
     def evaluate_policy(self, phase: str) -> EvalResult:
-        """Evaluate the policy of ``phase`` (the cloned one in pretraining phases) without
-        touching the training run's random streams."""
+        """Evaluate the policy of ``phase`` (the cloned one in pretraining phases) with the
+        pipeline's evaluation settings (episodes, seeds, deterministic actions)."""
 
     @abstractmethod
     def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
