@@ -54,8 +54,9 @@ def summary(results: dict[str, Any], run_dir: str | Path) -> str:
         if record is None:
             continue
         parts = []
-        if math.isfinite(record["normalized_score"]):
-            parts.append(f"normalised score {record['normalized_score']:6.1f} ± {record['normalized_score_std']:5.1f}")
+        score = f"normalised score {record['normalized_score']:6.1f} ± {record['normalized_score_std']:5.1f}"
+        if results["metric"] == "normalized_score" and math.isfinite(record["normalized_score"]):
+            parts.append(score)
         if math.isfinite(record["success_rate"]):
             parts.append(f"success {100 * record['success_rate']:5.1f}%")
         parts.append(f"return {record['return_mean']:.1f}")

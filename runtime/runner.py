@@ -40,8 +40,8 @@ from rlft.runtime.run_folder import EVAL_FILE, open_run_folder, write_eval_json
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 
 PRETRAINED_CHECKPOINT = "pretrained_checkpoint"  # the state at the end of pretraining, for init_from
-EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "axis", "step", "done", "before", "after", "history",
-             "details")  # eval.json's top-level keys, the same for every pipeline
+EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "metric", "axis", "step", "done", "before", "after",
+             "history", "details")  # eval.json's top-level keys, the same for every pipeline
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,7 @@ class Runner(ABC):
             "method": info["method"],
             "seed": int(self.cfg.seed),
             "source": info["source"],
+            "metric": self.plot_metric,
             "axis": self.axis,
             "step": self.step,
             "done": done,

@@ -14,6 +14,7 @@ and ``model/`` (``save_pretrained``: loadable by transformers and by ``LLMPolicy
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers.utils import logging as hf_logging
 
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.registry import config_from_mapping
@@ -97,6 +99,8 @@ class TextExperiment(Runner):
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
+        if not (self.show_progress and sys.stderr.isatty()):
+            hf_logging.disable_progress_bar()  # transformers' loading/saving bars: noise in logs
         self.loop: TextLoopConfig = config_from_mapping(TextLoopConfig, cfg.loop, "loop")
         self.keep_checkpoints = self.loop.keep_checkpoints
         self.model_cfg: ModelConfig = config_from_mapping(ModelConfig, cfg.model, "model")
