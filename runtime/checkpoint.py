@@ -26,6 +26,8 @@ def save_checkpoint(checkpoint_dir: str | Path, step: int, state: dict[str, Any]
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for stale in checkpoint_dir.glob(".tmp-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:09d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=checkpoint_dir))
     try:

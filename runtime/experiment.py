@@ -130,7 +130,9 @@ class Experiment(DatasetRunner):
         """Another run's offline agent. It must share the agent and the observation normalisation
         (compared by value, so a copy of the dataset elsewhere is fine)."""
         if config.agent.name != self.cfg.agent.name:
-            raise ValueError(f"init_from {path}: agent '{config.agent.name}' cannot start a '{self.cfg.agent.name}' run")
+            raise ValueError(
+                f"init_from {path}: agent '{config.agent.name}' cannot start a '{self.cfg.agent.name}' run"
+            )
         ours = [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None
         theirs = state.get("obs_stats")
         same = (ours is None and theirs is None) or (
@@ -176,7 +178,7 @@ class Experiment(DatasetRunner):
             started, first = time.perf_counter(), self.phase_step
             bar = Progress(steps, self.phase.name, initial=self.phase_step, enabled=self.show_progress)
             while self.phase_step < steps:
-                self.accumulator.add(update_fn(self._sample()))
+                self.accumulator.add(self.check_update(update_fn(self._sample())))
                 self.phase_step += 1
                 self.work += 1
                 self.step += evaluated
@@ -207,7 +209,7 @@ class Experiment(DatasetRunner):
             # sequence learners wait until the online rows hold one whole sequence
             if self.phase_step >= t.warmup_steps and self.buffer.num_online >= self.agent.sequence_length:
                 for _ in range(t.utd):
-                    self.accumulator.add(self.agent.update(self._sample(t.offline_data_ratio)))
+                    self.accumulator.add(self.check_update(self.agent.update(self._sample(t.offline_data_ratio))))
             self.phase_step += 1
             self.step += 1
             self.work += 1

@@ -165,7 +165,7 @@ class FinetuneExperiment(DatasetRunner):
             obs, _ = self.env.reset(seed=seeds)
             rollout, _ = self.ppo.collect(self.env, obs, self.agent_steps)
             collected = time.perf_counter()
-            metrics = self.ppo.update(rollout)
+            metrics = self.check_update(self.ppo.update(rollout))
             self.phase_step += 1
             self.work += 1
             self.step += rollout.env_steps

@@ -47,6 +47,10 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[Runner, Path]:
     return runner, run_dir
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def summary(results: dict[str, Any], run_dir: str | Path) -> str:
     """The before/after lines every pipeline prints at the end of a run."""
     lines = [f"\n{results['method']} on {results['task']} ({results['pipeline']}) | {results['source']}"]
@@ -54,10 +58,9 @@ def summary(results: dict[str, Any], run_dir: str | Path) -> str:
         if record is None:
             continue
         parts = []
-        score = f"normalised score {record['normalized_score']:6.1f} ± {record['normalized_score_std']:5.1f}"
-        if results["metric"] == "normalized_score" and math.isfinite(record["normalized_score"]):
-            parts.append(score)
-        if math.isfinite(record["success_rate"]):
+        if results["metric"] == "normalized_score" and _finite(record["normalized_score"]):
+            parts.append(f"normalised score {record['normalized_score']:6.1f} ± {record['normalized_score_std']:5.1f}")
+        if _finite(record["success_rate"]):
             parts.append(f"success {100 * record['success_rate']:5.1f}%")
         parts.append(f"return {record['return_mean']:.1f}")
         lines.append(f"  {label} ({record['phase']})".ljust(36) + "   ".join(parts)

@@ -31,7 +31,7 @@ class MetricLogger:
                 self._rows = [row for row in reader if int(float(row[STEP_KEY])) <= resume_step]
             self._rewrite()
         elif self.path.exists():
-            self.path.unlink()
+            raise FileExistsError(f"{self.path} exists: a fresh run never overwrites another run's metrics")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

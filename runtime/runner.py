@@ -20,6 +20,7 @@ end at 0, so ``metrics.csv`` and TensorBoard stay monotone and the evaluated cur
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -42,6 +43,30 @@ from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 PRETRAINED_CHECKPOINT = "pretrained_checkpoint"  # the state at the end of pretraining, for init_from
 EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "metric", "axis", "step", "done", "before", "after",
              "history", "details")  # eval.json's top-level keys, the same for every pipeline
+
+
+class RunError(RuntimeError):
+    """The run stopped because it could not go on producing correct numbers (e.g. it diverged);
+    the message says where, and the newest checkpoint still holds the last good state."""
+
+
+def first_non_finite(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The first numeric entry of ``metrics`` that is NaN or infinite, as (key, value)."""
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return key, float(value)
+    return None
+
+
+def _nan_tensors(state: Any, prefix: str = "") -> list[str]:
+    """The names of the floating-point tensors in a nested state that hold a NaN."""
+    if isinstance(state, torch.Tensor):
+        return [prefix] if state.is_floating_point() and bool(torch.isnan(state).any()) else []
+    if isinstance(state, Mapping):
+        return [n for k, v in state.items() for n in _nan_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(state, (list, tuple)):
+        return [n for i, v in enumerate(state) for n in _nan_tensors(v, f"{prefix}[{i}]")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,20 @@ class Runner(ABC):
         name = self.phase.name if self.phase is not None else "done"
         self.logger.log(self.log_step(phase_step), {"phase": name, **metrics})
 
+    def check_update(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """``metrics`` of one update, after stopping the run with :class:`RunError` if any is NaN or
+        infinite (a diverged learner must not train on, nor reach a checkpoint)."""
+        bad = first_non_finite(metrics)
+        if bad is not None:
+            name = self.phase.name if self.phase is not None else "done"
+            newest = latest_checkpoint(self.run_dir / "checkpoints")
+            raise RunError(
+                f"training diverged in phase {name} at step {self.phase_step} (run step {self.step}): "
+                f"{bad[0]} = {bad[1]}; lower the learning rate or reward scale. The newest checkpoint "
+                f"({newest if newest is not None else 'none yet'}) holds the last good state."
+            )
+        return metrics
+
     # --------------------------------------------------------------- evaluation
     def evaluate(self, phase: str | None = None) -> EvalResult:
         """Evaluate, record the result in the history and ``eval.json``, and log it."""
@@ -180,7 +219,13 @@ class Runner(ABC):
 
     # -------------------------------------------------------------- checkpoints
     def checkpoint(self) -> Path:
-        """Save the whole run state as ``checkpoints/step_<work>`` (atomic)."""
+        """Save the whole run state as ``checkpoints/step_<work>`` (atomic); a state holding a NaN
+        is refused (:class:`RunError`), so the newest checkpoint is always a good one."""
+        pipeline_state = self.pipeline_state()
+        broken = _nan_tensors(pipeline_state)
+        if broken:
+            raise RunError(f"not saving a checkpoint at step {self.step}: NaN in {', '.join(broken[:5])}"
+                           f"{' ...' if len(broken) > 5 else ''} (the run diverged)")
         state = {
             "pipeline": self.pipeline,
             "counters": {"phase_index": self.phase_index, "phase_step": self.phase_step, "step": self.step,
@@ -188,7 +233,7 @@ class Runner(ABC):
             "rng": get_rng_state(),
             "eval_history": self.eval_history,
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
-            "state": self.pipeline_state(),
+            "state": pipeline_state,
         }
         return save_checkpoint(self.run_dir / "checkpoints", self.work, state, self.keep_checkpoints)
 
@@ -210,6 +255,11 @@ class Runner(ABC):
         self._resume_log_step = int(counters["log_step"])
         where = f"phase {self.phase.name}, {self.phase_step} steps into it" if self.phase else "finished"
         print(f"resumed from {path} ({where}; step {self.step})")
+        n = self.pretraining_phases
+        if self.phase_index == n and self.phase_step == 0 and not (self.run_dir / PRETRAINED_CHECKPOINT).is_dir():
+            # killed between the end-of-pretraining save and keeping it: this checkpoint is that state
+            self._keep_pretrained(path)
+            print(f"  wrote the missing {PRETRAINED_CHECKPOINT}/ from it")
         return True
 
     def _keep_pretrained(self, path: Path) -> None:

@@ -15,6 +15,7 @@ and ``model/`` (``save_pretrained``: loadable by transformers and by ``LLMPolicy
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,13 +140,17 @@ class TextExperiment(Runner):
     def _load_policy(self) -> LLMPolicy:
         m = self.model_cfg
         path = m.path
-        if path is None:
-            tiny = config_from_mapping(TinyLMConfig, m.tiny, "model.tiny")
-            build = build_tiny_vlm if self.images else build_tiny_lm
-            path = str(build(self.run_dir / "base_model", tiny, seed=int(self.cfg.seed)))
         lora = config_from_mapping(LoraSettings, m.lora, "model.lora") if m.lora else None
-        return LLMPolicy.from_pretrained(path, gguf_file=m.gguf_file, lora=lora,
-                                         value_head=self.algorithm == "ppo", generation=self.generation)
+        load = lambda p: LLMPolicy.from_pretrained(p, gguf_file=m.gguf_file, lora=lora,  # noqa: E731
+                                                   value_head=self.algorithm == "ppo", generation=self.generation)
+        if path is not None:
+            return load(path)
+        # the tiny model is built from the run seed (so resume rebuilds the same one) and loaded at once,
+        # so nothing is written to the run folder before the run claims it
+        tiny = config_from_mapping(TinyLMConfig, m.tiny, "model.tiny")
+        build = build_tiny_vlm if self.images else build_tiny_lm
+        with tempfile.TemporaryDirectory() as tmp:
+            return load(str(build(Path(tmp) / "base_model", tiny, seed=int(self.cfg.seed))))
 
     def describe(self) -> dict[str, Any]:
         model = self.model_cfg.path or "tiny"
@@ -216,7 +221,7 @@ class TextExperiment(Runner):
             batch = collect_text(self.policy, self.chat, self.env, loop.waves, seed, self.rollout_cfg, self.sampler)
             collected = time.perf_counter()
             metrics = {f"train/{k}": v for k, v in batch.metrics().items()}
-            metrics.update(self.rl.update(batch))
+            metrics.update(self.check_update(self.rl.update(batch)))
             self.phase_step += 1
             self.work += 1
             self.step += len(batch.episodes)

@@ -47,6 +47,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     Bad input ends with one line naming what is wrong; Ctrl-C with the command that resumes."""
     from rlft.runtime.checkpoint import latest_checkpoint  # torch and the envs load here, not for --help
     from rlft.runtime.launch import build, summary
+    from rlft.runtime.runner import RunError
 
     run_dir = Path(run_dir)
     try:
@@ -64,6 +65,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     except USER_ERRORS as err:
         _error(str(err))
         sys.exit(2)
+    except RunError as err:
+        _error(str(err))
+        sys.exit(1)
     except KeyboardInterrupt:
         if latest_checkpoint(run_dir / "checkpoints") is not None:
             print(f"\ninterrupted: continue from the last checkpoint with `rlft resume={run_dir}`", file=sys.stderr)

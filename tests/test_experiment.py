@@ -106,7 +106,7 @@ def test_resume_without_checkpoint_returns_false(tmp_path, native_hopper):
 def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, native_hopper):
     cfg = smoke_config(native_hopper, "trainer.online_steps=0", "trainer.offline_steps=50")
     Experiment(cfg, tmp_path / "run").run()
-    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    with pytest.raises(FileExistsError, match="already holds another run"):
         Experiment(cfg, tmp_path / "run").run()
 
 

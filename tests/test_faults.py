@@ -1,0 +1,129 @@
+"""What a run does when things go wrong: two runs in one folder, a kill between the end of
+pretraining and keeping its checkpoint, divergence, a resume of a folder that is not a run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlft.runtime.experiment import Experiment
+from rlft.runtime.logger import MetricLogger
+from rlft.runtime.run_folder import CLAIM_FILE, claim_run_folder
+from rlft.runtime.runner import PRETRAINED_CHECKPOINT, Runner, RunError
+
+from test_experiment import smoke_config
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_the_first_keeps_its_files(tmp_path, native_hopper):
+    cfg = smoke_config(native_hopper, "trainer.online_steps=0", "trainer.offline_steps=40")
+    run_dir = tmp_path / "run"
+    Experiment(cfg, run_dir).run()
+    before = {name: (run_dir / name).read_bytes() for name in ("config.yaml", "eval.json", "metrics.csv")}
+    with pytest.raises(FileExistsError, match="already holds another run .*resume it"):
+        Experiment(cfg, run_dir).run()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+def test_the_claim_is_exclusive_even_before_any_file_is_written(tmp_path):
+    claim_run_folder(tmp_path / "run")
+    assert (tmp_path / "run" / CLAIM_FILE).read_text().startswith("pid ")
+    with pytest.raises(FileExistsError, match="is claimed by pid"):
+        claim_run_folder(tmp_path / "run")
+
+
+def test_a_fresh_logger_never_deletes_metrics(tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        MetricLogger(tmp_path, tensorboard=False)
+    assert (tmp_path / "metrics.csv").read_text() == "step,loss\n1,0.5\n"
+
+
+def test_run_folder_names_do_not_collide_within_a_second():
+    config = (Path(__file__).resolve().parent.parent / "configs" / "config.yaml").read_text()
+    assert "%H-%M-%S_%f" in config  # microseconds in the default run folder and sweep folder names
+
+
+def test_a_kill_before_the_pretrained_checkpoint_is_kept_is_repaired_on_resume(tmp_path, native_hopper, monkeypatch):
+    cfg = smoke_config(native_hopper, "trainer.online_steps=60")
+    run_dir = tmp_path / "run"
+
+    def killed(self, path):
+        (self.run_dir / f".tmp-{PRETRAINED_CHECKPOINT}").mkdir()  # what a kill mid-copy leaves
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Runner, "_keep_pretrained", killed)
+        with pytest.raises(KeyboardInterrupt):
+            Experiment(cfg, run_dir).run()
+    assert not (run_dir / PRETRAINED_CHECKPOINT).exists()
+    resumed = Experiment(cfg, run_dir)
+    assert resumed.resume()
+    assert (run_dir / PRETRAINED_CHECKPOINT).is_dir()
+    resumed.run()
+    online = Experiment(smoke_config(native_hopper, "trainer.online_steps=60", f"init_from={run_dir}"), tmp_path / "b")
+    assert online.run()["before"]["phase"] == "offline"
+
+
+def test_divergence_stops_the_run_naming_phase_step_and_metric(tmp_path, native_hopper, monkeypatch):
+    from rlft.offline.spot import SPOT
+
+    cfg = smoke_config(native_hopper, "trainer.checkpoint_every=50")
+    run_dir = tmp_path / "run"
+    update = SPOT.update
+
+    def diverging(agent, batch):
+        info = update(agent, batch)
+        if agent.num_updates > 70:  # offline step 70 and on (the VAE phase does not count)
+            info["critic_loss"] = float("nan")
+        return info
+
+    monkeypatch.setattr(SPOT, "update", diverging)
+    experiment = Experiment(cfg, run_dir)
+    with pytest.raises(RunError, match=r"diverged in phase offline at step 70 .*critic_loss = nan"):
+        experiment.run()
+    newest = load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+    assert newest["counters"]["phase_step"] == 50  # the last good state stays the newest
+    assert all(not torch.isnan(t).any() for t in newest["state"]["agent"]["actor"].values())
+
+
+def test_a_state_holding_nan_never_reaches_a_checkpoint(tmp_path, native_hopper):
+    experiment = Experiment(smoke_config(native_hopper), tmp_path / "run")
+    with torch.no_grad():
+        next(experiment.agent.actor.parameters()).fill_(float("nan"))
+    with pytest.raises(RunError, match="NaN in agent.actor"):
+        experiment.checkpoint()
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+def test_eval_json_is_strict_json(tmp_path, native_hopper):
+    run_dir = tmp_path / "run"
+    Experiment(smoke_config(native_hopper, "trainer.online_steps=0", "trainer.offline_steps=40"), run_dir).run()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} in eval.json")
+
+    data = json.loads((run_dir / "eval.json").read_text(), parse_constant=refuse)
+    assert data["before"]["success_rate"] is None  # hopper reports no success: null, not NaN
+    assert math.isfinite(data["before"]["normalized_score"])
+
+
+def test_stale_temporary_checkpoint_folders_are_removed_at_the_next_save(tmp_path):
+    (tmp_path / ".tmp-killed").mkdir()
+    save_checkpoint(tmp_path, 1, {"w": torch.zeros(1)})
+    assert not (tmp_path / ".tmp-killed").exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_run_creates_nothing(tmp_path):
+    missing = tmp_path / "no" / "such" / "run"
+    proc = subprocess.run([sys.executable, "-m", "rlft.scripts.main", f"resume={missing}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is it an rlft run folder" in proc.stderr.replace("(is ", "is it an rlft run folder ")
+    assert "Traceback" not in proc.stderr
+    assert not missing.exists()
