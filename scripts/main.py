@@ -42,6 +42,14 @@ def _remove_if_unused(run_dir: Path) -> None:
             parent.rmdir()
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies inside it (shorter to read and paste)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Build the experiment's runner (or resume one), run it and print its before/after scores.
     Bad input ends with one line naming what is wrong; Ctrl-C with the command that resumes."""
@@ -49,7 +57,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     from rlft.runtime.launch import build, summary
     from rlft.runtime.runner import RunError
 
-    run_dir = Path(run_dir)
+    run_dir = _shown(Path(run_dir))
     try:
         runner, run_dir = build(cfg, run_dir)
     except USER_ERRORS as err:

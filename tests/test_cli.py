@@ -58,7 +58,8 @@ def test_every_pipeline_runs_through_one_command_with_one_eval_schema(tmp_path, 
     run_dir = tmp_path / "run"
     out = rlft(f"experiment={experiment}", *TINY[experiment], "progress=false", f"hydra.run.dir={run_dir}",
                cwd=tmp_path).stdout
-    assert "before fine-tuning" in out and "after fine-tuning" in out and f"run folder: {run_dir}" in out
+    assert "before fine-tuning" in out and "after fine-tuning" in out
+    assert "run folder: run\n" in out  # shown relative to the working directory
     for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "checkpoints",
                  "pretrained_checkpoint"):
         assert (run_dir / name).exists(), name
@@ -137,7 +138,7 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path, dataset_file):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert f"rlft resume={run_dir}" in err and "Traceback" not in err
+    assert "rlft resume=run`" in err and "Traceback" not in err
 
 
 def test_every_config_folder_is_an_installed_package():
