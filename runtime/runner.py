@@ -243,9 +243,7 @@ class Runner(ABC):
         if path is None:
             return False
         state = load_checkpoint(path, self.device)
-        if state.get("pipeline") != self.pipeline:
-            raise ValueError(f"cannot resume {path}: it holds a {state.get('pipeline')!r} run, "
-                             f"not a {self.pipeline!r} one")
+        self._check_pipeline(state, path, "cannot resume")
         self.load_pipeline_state(state["state"])
         counters = state["counters"]
         self.phase_index, self.phase_step = counters["phase_index"], counters["phase_step"]
@@ -261,6 +259,13 @@ class Runner(ABC):
             self._keep_pretrained(path)
             print(f"  wrote the missing {PRETRAINED_CHECKPOINT}/ from it")
         return True
+
+    def _check_pipeline(self, state: Mapping[str, Any], path: Path, action: str) -> None:
+        theirs = state.get("pipeline")
+        if theirs is None:
+            raise ValueError(f"{action} {path}: written by an older rlft that recorded no pipeline; start a new run")
+        if theirs != self.pipeline:
+            raise ValueError(f"{action} {path}: it holds a {theirs!r} run, not a {self.pipeline!r} one")
 
     def _keep_pretrained(self, path: Path) -> None:
         """Keep the end-of-pretraining checkpoint as ``pretrained_checkpoint/``: hard links (a copy
@@ -285,9 +290,7 @@ class Runner(ABC):
         source = Path(source)
         path = source / PRETRAINED_CHECKPOINT if (source / PRETRAINED_CHECKPOINT).is_dir() else source
         state = load_checkpoint(path, self.device)
-        if state.get("pipeline") != self.pipeline:
-            raise ValueError(f"init_from {path}: it holds a {state.get('pipeline')!r} run, which cannot start "
-                             f"a {self.pipeline!r} one")
+        self._check_pipeline(state, path, "init_from")
         counters, n = state["counters"], self.pretraining_phases
         if counters["phase_index"] < n:
             raise ValueError(f"init_from {path}: that checkpoint is from before the end of pretraining")

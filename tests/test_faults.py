@@ -127,3 +127,13 @@ def test_resume_of_a_folder_that_is_not_a_run_creates_nothing(tmp_path):
     assert proc.returncode == 2 and "is it an rlft run folder" in proc.stderr.replace("(is ", "is it an rlft run folder ")
     assert "Traceback" not in proc.stderr
     assert not missing.exists()
+
+
+def test_a_checkpoint_of_another_pipeline_or_an_older_rlft_is_refused_by_name(tmp_path, native_hopper):
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir / "checkpoints", 1, {"counters": {}})
+    with pytest.raises(ValueError, match="older rlft that recorded no pipeline"):
+        Experiment(smoke_config(native_hopper), run_dir).resume()
+    save_checkpoint(run_dir / "checkpoints", 2, {"pipeline": "llm"})
+    with pytest.raises(ValueError, match="holds a 'llm' run, not a 'o2o' one"):
+        Experiment(smoke_config(native_hopper), run_dir).resume()
