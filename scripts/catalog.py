@@ -37,14 +37,15 @@ def _description(path: Path, width: int = 110) -> str:
     return sentence if len(sentence) <= width else sentence[: width - 3].rstrip() + "..."
 
 
+def _chosen_groups(path: Path) -> dict[str, str]:
+    """group -> option of a config file's defaults list (``override`` and the leading ``/`` dropped)."""
+    return {key.replace("override ", "").strip().lstrip("/"): str(value)
+            for entry in _defaults(path) if isinstance(entry, dict) for key, value in entry.items()}
+
+
 def experiment_pipeline(path: Path) -> str:
     """The pipeline an experiment file chooses (``override /pipeline: X``), else the default."""
-    for entry in _defaults(path):
-        if isinstance(entry, dict):
-            for key, value in entry.items():
-                if key.replace("override ", "").strip().lstrip("/") == "pipeline":
-                    return str(value)
-    return DEFAULT_PIPELINE
+    return _chosen_groups(path).get("pipeline", DEFAULT_PIPELINE)
 
 
 def experiments() -> dict[str, list[tuple[str, str]]]:
@@ -130,8 +131,12 @@ def check_overrides(overrides: list[str]) -> str | None:
     except Exception:  # noqa: BLE001  Hydra reports a bad experiment itself, with its options
         return None
     own = ", ".join(sorted(g for g in picked if g not in ("experiment", "pipeline")))
+    pipeline_groups = {path.stem: set(_chosen_groups(path)) for path in (CONFIG_DIR / "pipeline").glob("*.yaml")}
     for group in (g for g in asked if g not in picked):
-        users = [(p, name) for p, entries in experiments().items() for name, _ in entries if _uses_group(name, group)]
+        # experiments that choose the group themselves or through their pipeline
+        users = [(p, name) for p, entries in experiments().items() for name, _ in entries
+                 if group in pipeline_groups.get(p, set())
+                 or group in _chosen_groups(CONFIG_DIR / "experiment" / f"{name}.yaml")]
         if not users:
             return f"'{group}' is not chosen by any experiment; `rlft --list` shows every experiment."
         pipelines = ", ".join(sorted({p for p, _ in users}))
@@ -139,17 +144,3 @@ def check_overrides(overrides: list[str]) -> str | None:
                 f"It belongs to the {pipelines} pipeline: e.g. rlft experiment={users[0][1]} {group}=... "
                 "(`rlft --list` shows every experiment).")
     return None
-
-
-def _pipelines_with_group(group: str) -> set[str]:
-    return {path.stem for path in (CONFIG_DIR / "pipeline").glob("*.yaml")
-            if any(isinstance(e, dict) and any(k.lstrip("/") == group for k in e) for e in _defaults(path))}
-
-
-def _uses_group(experiment: str, group: str) -> bool:
-    """Whether an experiment's file (or its pipeline's) chooses ``group``."""
-    path = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
-    if experiment_pipeline(path) in _pipelines_with_group(group):
-        return True
-    return any(isinstance(e, dict) and any(k.replace("override ", "").strip().lstrip("/") == group for k in e)
-               for e in _defaults(path))
