@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.offline.dataset import TransitionDataset
 from rlft.offline.loaders import load_task_dataset
-from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlft.runtime.checkpoint import (CorruptCheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                     quarantine, save_checkpoint)
 from rlft.runtime.evaluation import EvalResult
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
@@ -239,10 +241,9 @@ class Runner(ABC):
 
     def resume(self) -> bool:
         """Load the newest checkpoint in the run folder; ``False`` when there is none."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
+        path, state = self._newest_good_checkpoint()
         if path is None:
             return False
-        state = load_checkpoint(path, self.device)
         self._check_pipeline(state, path, "cannot resume")
         self.load_pipeline_state(state["state"])
         counters = state["counters"]
@@ -259,6 +260,22 @@ class Runner(ABC):
             self._keep_pretrained(path)
             print(f"  wrote the missing {PRETRAINED_CHECKPOINT}/ from it")
         return True
+
+    def _newest_good_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The newest checkpoint that passes its checksum, and its state. A bad one is said by name,
+        renamed to ``corrupt-step_*`` (kept, but out of the way of later saves) and skipped."""
+        bad = []
+        for path in reversed(list_checkpoints(self.run_dir / "checkpoints")):
+            try:
+                return path, load_checkpoint(path, self.device)
+            except CorruptCheckpointError as error:
+                bad.append(quarantine(path).name)
+                print(f"rlft: warning: skipping a corrupt checkpoint: {error}; renamed it to {bad[-1]}, "
+                      f"falling back to the one before it", file=sys.stderr)
+        if bad:
+            raise CorruptCheckpointError(f"cannot resume {self.run_dir}: every checkpoint failed its check "
+                                         f"({', '.join(bad)}); start a new run")
+        return None, None
 
     def _check_pipeline(self, state: Mapping[str, Any], path: Path, action: str) -> None:
         theirs = state.get("pipeline")

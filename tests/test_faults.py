@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlft.runtime.checkpoint import (CorruptCheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                     save_checkpoint)
 from rlft.runtime.experiment import Experiment
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.run_folder import CLAIM_FILE, claim_run_folder
@@ -137,3 +138,56 @@ def test_a_checkpoint_of_another_pipeline_or_an_older_rlft_is_refused_by_name(tm
     save_checkpoint(run_dir / "checkpoints", 2, {"pipeline": "llm"})
     with pytest.raises(ValueError, match="holds a 'llm' run, not a 'o2o' one"):
         Experiment(smoke_config(native_hopper), run_dir).resume()
+
+
+def _damage(file: Path, how: str) -> None:
+    data = file.read_bytes()
+    if how == "truncated":
+        file.write_bytes(data[: len(data) // 2])
+    elif how == "zero-byte":
+        file.write_bytes(b"")
+    elif how == "garbage":
+        file.write_bytes(b"not a checkpoint" * 64)
+    else:  # one flipped bit in the middle: still a valid zip, wrong numbers
+        middle = len(data) // 2
+        file.write_bytes(data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "zero-byte", "garbage", "bit-flipped"])
+def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, how):
+    path = save_checkpoint(tmp_path, 1, {"w": torch.arange(10_000, dtype=torch.float32)})
+    _damage(path / "state.pt", how)
+    with pytest.raises(CorruptCheckpointError, match=f"{path / 'state.pt'}"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_its_manifest_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"w": torch.zeros(3)})
+    (path / "manifest.json").unlink()
+    with pytest.raises(CorruptCheckpointError, match="no manifest.json"):
+        load_checkpoint(path)
+
+
+def test_resume_falls_back_to_the_newest_good_checkpoint_and_names_the_bad_one(tmp_path, native_hopper, capsys):
+    cfg = smoke_config(native_hopper, "trainer.checkpoint_every=50", "trainer.keep_checkpoints=3")
+    run_dir = tmp_path / "run"
+    Experiment(cfg, run_dir).run()
+    good, newest = list_checkpoints(run_dir / "checkpoints")[-2:]
+    _damage(newest / "state.pt", "bit-flipped")
+    resumed = Experiment(cfg, run_dir)
+    assert resumed.resume()
+    err = capsys.readouterr().err
+    assert f"{newest / 'state.pt'}" in err and "falling back" in err
+    assert resumed.work == load_checkpoint(good)["counters"]["work"]
+    assert (run_dir / "checkpoints" / f"corrupt-{newest.name}").is_dir()  # kept for inspection, out of the way
+    assert latest_checkpoint(run_dir / "checkpoints") == good
+
+
+def test_resume_with_no_good_checkpoint_says_so(tmp_path, native_hopper):
+    cfg = smoke_config(native_hopper, "trainer.online_steps=0", "trainer.offline_steps=40")
+    run_dir = tmp_path / "run"
+    Experiment(cfg, run_dir).run()
+    for path in list_checkpoints(run_dir / "checkpoints"):
+        _damage(path / "state.pt", "zero-byte")
+    with pytest.raises(CorruptCheckpointError, match="every checkpoint failed its check"):
+        Experiment(cfg, run_dir).resume()
