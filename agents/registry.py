@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from typing import Any, Mapping
 
 import torch
@@ -15,6 +13,7 @@ from rlft.agents.tdmpc2 import TDMPC2, TDMPC2Config
 from rlft.offline.cql import CQL, CQLConfig
 from rlft.offline.iql import IQL, IQLConfig
 from rlft.offline.spot import SPOT, SPOTConfig
+from rlft.runtime.typed_config import ConfigError, config_from_mapping
 
 # Cal-QL, E2O and WSRL are configurations of CQL (configs/agent/{calql,e2o,wsrl}.yaml).
 AGENTS: dict[str, tuple[type, type]] = {
@@ -27,31 +26,15 @@ AGENTS: dict[str, tuple[type, type]] = {
 }
 
 
-def config_from_mapping(cls: type, values: Mapping[str, Any], what: str) -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys are an error naming the known ones.
-    Fields that are dataclasses themselves are built from nested mappings the same way."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown}; known: {sorted(fields)}")
-    types = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if dataclasses.is_dataclass(types[key]) and isinstance(value, Mapping):
-            value = config_from_mapping(types[key], value, f"{what} {key}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        elif key == "online_overrides" and isinstance(value, Mapping):
-            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        kwargs[key] = value
-    return cls(**kwargs)
+def agent_config(name: str, options: Mapping[str, Any]) -> Any:
+    """The typed, checked config of agent ``name`` from ``options`` (the agent config minus ``name``)."""
+    if name not in AGENTS:
+        raise ConfigError(f"agent.name={name!r}: unknown agent; available: {sorted(AGENTS)}")
+    return config_from_mapping(AGENTS[name][0], options, "agent")
 
 
 def build_agent(
     name: str, options: Mapping[str, Any], obs_dim: int, action_dim: int, device: str | torch.device = "cpu"
 ) -> Learner:
     """Instantiate agent ``name`` with ``options`` (the agent config minus ``name``)."""
-    if name not in AGENTS:
-        raise ValueError(f"unknown agent {name!r}; available: {sorted(AGENTS)}")
-    config_cls, agent_cls = AGENTS[name]
-    return agent_cls(obs_dim, action_dim, config_from_mapping(config_cls, options, f"agent '{name}'"), device)
+    return AGENTS[name][1](obs_dim, action_dim, agent_config(name, options), device)

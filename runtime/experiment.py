@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.agents.base import Learner
 from rlft.agents.online import EnvStepper
-from rlft.agents.registry import build_agent, config_from_mapping
+from rlft.agents.registry import agent_config, build_agent
+from rlft.runtime.typed_config import config_from_mapping
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
@@ -29,6 +30,10 @@ from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator
 from rlft.runtime.progress import Progress
 from rlft.runtime.runner import DatasetRunner, Phase
+
+
+def _agent_options(cfg: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
 
 
 @dataclass
@@ -62,10 +67,17 @@ class Experiment(DatasetRunner):
     axis = "offline updates, then online environment steps"
     method_key = "agent"
 
+    @classmethod
+    def settings(cls, cfg: DictConfig) -> dict[str, Any]:
+        return {"trainer": config_from_mapping(TrainerConfig, cfg.trainer, "trainer"),
+                "agent": agent_config(cfg.agent.name, _agent_options(cfg))}
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
-        self.trainer: TrainerConfig = config_from_mapping(TrainerConfig, cfg.trainer, "trainer")
+        self.trainer: TrainerConfig = self.settings(cfg)["trainer"]
         self.keep_checkpoints = self.trainer.keep_checkpoints
+        self.check_budget({"trainer.offline_steps": self.trainer.offline_steps},
+                          {"trainer.online_steps": self.trainer.online_steps})
 
         self.task = resolve_task(cfg.env.task)
         self.dataset = self.load_dataset(cfg.dataset)
@@ -76,8 +88,7 @@ class Experiment(DatasetRunner):
         self.dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
         probe.close()
 
-        agent_options = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
-        self.agent = build_agent(cfg.agent.name, agent_options, self.dataset.obs_dim, self.dataset.action_dim, self.device)
+        self.agent = build_agent(cfg.agent.name, _agent_options(cfg), self.dataset.obs_dim, self.dataset.action_dim, self.device)
         self.buffer = ReplayBuffer(
             self.dataset.obs_dim,
             self.dataset.action_dim,

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
-from rlft.agents.registry import config_from_mapping
+from rlft.runtime.typed_config import config_from_mapping
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
 from rlft.runtime.evaluation import EvalResult, evaluate
@@ -56,15 +56,25 @@ class FinetuneExperiment(DatasetRunner):
     method_key = "method"
     reference_label = "demonstrations"
 
+    @classmethod
+    def settings(cls, cfg: DictConfig) -> dict[str, Any]:
+        policy = {**cfg.method.policy, **cfg.task.get("policy", {})}  # the task's pixel layout joins the policy
+        return {"loop": config_from_mapping(LoopConfig, cfg.loop, "loop"),
+                "family": config_from_mapping(FamilyConfig, policy, "method.policy"),  # (or task.policy)
+                "bc": config_from_mapping(BCConfig, cfg.method.bc, "method.bc"),
+                "ppo": config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo")}
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
-        self.loop: LoopConfig = config_from_mapping(LoopConfig, cfg.loop, "loop")
+        settings = self.settings(cfg)
+        self.loop: LoopConfig = settings["loop"]
         self.keep_checkpoints = self.loop.keep_checkpoints
-        # the task may add policy settings that depend on its observations (pixel layout)
-        policy = {**cfg.method.policy, **cfg.task.get("policy", {})}
-        self.family: FamilyConfig = config_from_mapping(FamilyConfig, policy, "method.policy / task.policy")
-        self.bc_cfg: BCConfig = config_from_mapping(BCConfig, cfg.method.bc, "method.bc")
-        self.ppo_cfg: PPOConfig = config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo")
+        self.family: FamilyConfig = settings["family"]
+        self.bc_cfg: BCConfig = settings["bc"]
+        self.ppo_cfg: PPOConfig = settings["ppo"]
+        self.clones = self.family.family != "gaussian" or self.family.bc_init  # a Gaussian may start from scratch
+        self.check_budget({"method.bc.steps": self.bc_cfg.steps if self.clones else 0},
+                          {"loop.iterations": self.loop.iterations})
         self.task = resolve_task(cfg.task.env_cfg.task)
         self.dataset = self.load_dataset(cfg.task.dataset)
         probe = make_env(cfg.task.env_cfg)
@@ -113,7 +123,7 @@ class FinetuneExperiment(DatasetRunner):
     # ---------------------------------------------------------------- phases
     def _behaviour_cloning(self) -> None:
         """Clone the base policy (unless it is a Gaussian trained from scratch), then build PPO over it."""
-        if self.family.family != "gaussian" or self.family.bc_init:
+        if self.clones:
             cond, chunks = chunk_windows(self.dataset, self.family.horizon, self.family.obs_history, self.obs_stats)
             log = lambda step, m: self.log(m, phase_step=step)  # noqa: E731
             train_bc(self.base, cond, chunks, self.bc_cfg, self.device, log, self.show_progress)

@@ -41,6 +41,7 @@ from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.run_folder import EVAL_FILE, open_run_folder, write_eval_json
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
+from rlft.runtime.typed_config import ConfigError, check_value, resolve_device
 
 PRETRAINED_CHECKPOINT = "pretrained_checkpoint"  # the state at the end of pretraining, for init_from
 EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "metric", "axis", "step", "done", "before", "after",
@@ -99,10 +100,10 @@ class Runner(ABC):
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.device = torch.device(cfg.get("device") or "cpu")
-        self.show_progress = bool(cfg.get("progress", True))
-        apply_threads(cfg.get("threads"))
-        seed_everything(int(cfg.seed))
+        self.device = resolve_device(cfg.get("device"))
+        self.show_progress = check_value("progress", cfg.get("progress", True), bool)
+        apply_threads(check_value("threads", cfg.get("threads"), int | None))
+        seed_everything(check_value("seed", cfg.get("seed"), int))
         self.phases: list[Phase] = []
         self.keep_checkpoints = 2  # pipelines set their config's value
         self.phase_index = self.phase_step = self.step = self.work = 0
@@ -133,6 +134,13 @@ class Runner(ABC):
     def describe(self) -> dict[str, Any]:
         """``task``, ``method``, ``source`` (dataset or model) and pipeline ``details`` for eval.json."""
 
+    @classmethod
+    def settings(cls, cfg: DictConfig) -> dict[str, Any]:
+        """The pipeline's typed settings (budgets, method, ...) built from ``cfg`` with every value's
+        type and range checked (:func:`rlft.runtime.typed_config.config_from_mapping`); nothing is
+        built or loaded, so a bad value stops a run before it starts."""
+        return {}
+
     def reference_score(self) -> tuple[str, float] | None:
         """A level to draw on the learning curve (e.g. the dataset's own score), as (label, value)."""
         return None
@@ -143,6 +151,15 @@ class Runner(ABC):
 
     def finish(self) -> None:
         """Called once after the last phase (e.g. save the trained model)."""
+
+    def check_budget(self, pretraining: Mapping[str, int], finetuning: Mapping[str, int]) -> None:
+        """Refuse budgets that make no run (``ConfigError`` naming the keys): all zero, or a zero
+        fine-tuning budget when ``init_from`` skips pretraining. Keys map to their checked values."""
+        budgets = {**finetuning} if self.cfg.get("init_from") else {**pretraining, **finetuning}
+        if not any(budgets.values()):
+            given = " and ".join(f"{key}={value}" for key, value in budgets.items())
+            why = " (init_from skips pretraining)" if self.cfg.get("init_from") else ""
+            raise ConfigError(f"{given}: this run would train nothing{why}; give a budget > 0")
 
     # ----------------------------------------------------------------- counters
     @property

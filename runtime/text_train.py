@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from rlft.agents.archer import ArCHer, ArcherConfig
-from rlft.agents.registry import config_from_mapping
+from rlft.runtime.typed_config import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
 from rlft.agents.text_rollout import TextRolloutConfig, collect_text
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
@@ -98,21 +98,32 @@ class TextExperiment(Runner):
     axis = "training episodes"
     plot_metric = "success_rate"
 
+    @classmethod
+    def settings(cls, cfg: DictConfig) -> dict[str, Any]:
+        algorithm = cfg.text_method.algorithm
+        learner_cfg = ArcherConfig if algorithm.get("algorithm", "ppo") == "archer" else TextPGConfig
+        return {"loop": config_from_mapping(TextLoopConfig, cfg.loop, "loop"),
+                "model": config_from_mapping(ModelConfig, cfg.model, "model"),
+                "sft": config_from_mapping(SFTConfig, cfg.sft, "sft"),
+                "learner": config_from_mapping(learner_cfg, algorithm, "text_method.algorithm"),
+                "rollout": config_from_mapping(TextRolloutConfig, cfg.text_method.rollout, "text_method.rollout"),
+                "generation": config_from_mapping(GenerationConfig, cfg.generation, "generation")}
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
         if not (self.show_progress and sys.stderr.isatty()):
             hf_logging.disable_progress_bar()  # transformers' loading/saving bars: noise in logs
-        self.loop: TextLoopConfig = config_from_mapping(TextLoopConfig, cfg.loop, "loop")
+        settings = self.settings(cfg)
+        self.loop: TextLoopConfig = settings["loop"]
         self.keep_checkpoints = self.loop.keep_checkpoints
-        self.model_cfg: ModelConfig = config_from_mapping(ModelConfig, cfg.model, "model")
-        self.sft_cfg: SFTConfig = config_from_mapping(SFTConfig, cfg.sft, "sft")
-        algorithm = cfg.text_method.algorithm
-        self.algorithm = str(algorithm.get("algorithm", "ppo"))
-        learner_cfg = ArcherConfig if self.algorithm == "archer" else TextPGConfig
-        self.learner_cfg = config_from_mapping(learner_cfg, algorithm, "text_method.algorithm")
-        self.rollout_cfg: TextRolloutConfig = config_from_mapping(TextRolloutConfig, cfg.text_method.rollout,
-                                                                  "text_method.rollout")
-        self.generation: GenerationConfig = config_from_mapping(GenerationConfig, cfg.generation, "generation")
+        self.model_cfg: ModelConfig = settings["model"]
+        self.sft_cfg: SFTConfig = settings["sft"]
+        sft_data = self.sft_cfg.episodes or self.sft_cfg.transcripts
+        self.check_budget({"sft.steps": self.sft_cfg.steps if sft_data else 0}, {"loop.iterations": self.loop.iterations})
+        self.algorithm = str(cfg.text_method.algorithm.get("algorithm", "ppo"))
+        self.learner_cfg = settings["learner"]
+        self.rollout_cfg: TextRolloutConfig = settings["rollout"]
+        self.generation: GenerationConfig = settings["generation"]
         self.task = resolve_task(cfg.text_task.env_cfg.task)
         probe = make_env(cfg.text_task.env_cfg).unwrapped
         if not isinstance(probe, TextEnv):

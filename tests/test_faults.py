@@ -18,6 +18,7 @@ from rlft.runtime.experiment import Experiment
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.run_folder import CLAIM_FILE, claim_run_folder
 from rlft.runtime.runner import PRETRAINED_CHECKPOINT, Runner, RunError
+from rlft.runtime.typed_config import ConfigError
 
 from test_experiment import smoke_config
 
@@ -191,3 +192,79 @@ def test_resume_with_no_good_checkpoint_says_so(tmp_path, native_hopper):
         _damage(path / "state.pt", "zero-byte")
     with pytest.raises(CorruptCheckpointError, match="every checkpoint failed its check"):
         Experiment(cfg, run_dir).resume()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.online_steps=abc", "trainer.online_steps='abc': expected an integer"),
+    ("trainer.offline_steps=-5", "trainer.offline_steps=-5: must be >= 0"),
+    ("trainer.checkpoint_every=0", "trainer.checkpoint_every=0: must be >= 1"),
+    ("trainer.eval_every=0", "trainer.eval_every=0: must be >= 1"),
+    ("trainer.batch_size=0", "trainer.batch_size=0: must be >= 1"),
+    ("trainer.normalize_obs=maybe", "trainer.normalize_obs='maybe': expected true or false"),
+    ("agent.actor_lr=-0.001", "agent.actor_lr=-0.001: must be > 0"),
+    ("agent.discount=1.5", "agent.discount=1.5: must be in \\[0, 1\\]"),
+    ("seed=one", "seed='one': expected an integer"),
+    ("device=gpu", "device='gpu': not a torch device"),
+])
+def test_a_bad_config_value_is_named_with_what_is_allowed(tmp_path, native_hopper, override, message):
+    with pytest.raises(ConfigError, match=message):
+        Experiment(smoke_config(native_hopper, override), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_says_so(tmp_path, native_hopper):
+    with pytest.raises(ConfigError, match="device='cuda': no CUDA GPU is usable here .*use device=cpu"):
+        Experiment(smoke_config(native_hopper, "device=cuda"), tmp_path / "run")
+
+
+def test_an_integral_float_counts_as_an_integer(tmp_path, native_hopper):
+    experiment = Experiment(smoke_config(native_hopper, "trainer.online_steps=2e2"), tmp_path / "run")
+    assert experiment.trainer.online_steps == 200 and isinstance(experiment.trainer.online_steps, int)
+
+
+def test_budgets_that_make_no_run_are_refused_in_every_pipeline(tmp_path, native_hopper):
+    from test_finetune import finetune_config
+    from test_text_train import llm_config
+
+    from rlft.runtime.finetune import FinetuneExperiment
+    from rlft.runtime.text_train import TextExperiment
+
+    with pytest.raises(ConfigError, match="trainer.offline_steps=0 and trainer.online_steps=0: this run would "
+                                          "train nothing"):
+        Experiment(smoke_config(native_hopper, "trainer.offline_steps=0", "trainer.online_steps=0"), tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"trainer.online_steps=0: .*\(init_from skips pretraining\)"):
+        Experiment(smoke_config(native_hopper, "trainer.online_steps=0", f"init_from={tmp_path}"), tmp_path / "b")
+    unused = tmp_path / "no-demos"  # the loop is checked before the demonstrations are read
+    with pytest.raises(ConfigError, match="method.bc.steps=0 and loop.iterations=0"):
+        FinetuneExperiment(finetune_config(unused, "method.bc.steps=0", "loop.iterations=0"), tmp_path / "c")
+    with pytest.raises(ConfigError, match="loop.eval_every=0: must be >= 1"):
+        FinetuneExperiment(finetune_config(unused, "loop.eval_every=0"), tmp_path / "d")
+    with pytest.raises(ConfigError, match="sft.steps=0 and loop.iterations=0"):
+        TextExperiment(llm_config("sft.episodes=0", "loop.iterations=0"), tmp_path / "e")
+    with pytest.raises(ConfigError, match="text_method.algorithm.lr='fast': expected a number"):
+        TextExperiment(llm_config("text_method.algorithm.lr=fast"), tmp_path / "f")
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_leaves_no_run_folder(tmp_path, native_hopper):
+    from test_cli import SMOKE
+
+    proc = subprocess.run([sys.executable, "-m", "rlft.scripts.main", *SMOKE, f"dataset.source={native_hopper}",
+                           "trainer.online_steps=abc", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[0] == "rlft: error: trainer.online_steps='abc': expected an integer"
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_every_shipped_experiment_passes_the_type_and_range_checks():
+    from hydra import compose, initialize_config_module
+
+    from rlft.runtime.launch import runner_class
+    from rlft.scripts import catalog
+
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        for entries in catalog.experiments().values():
+            for name, _ in entries:
+                cfg = compose("config", [f"experiment={name}"])
+                assert runner_class(cfg).settings(cfg), name

@@ -170,18 +170,12 @@ O2O_EXPERIMENTS = sorted(
 
 @pytest.mark.parametrize("experiment", O2O_EXPERIMENTS)
 def test_every_o2o_experiment_composes_into_a_valid_agent_and_trainer(experiment):
-    from omegaconf import OmegaConf
-
-    from rlft.agents.registry import AGENTS, config_from_mapping
-    from rlft.runtime.experiment import TrainerConfig
-
     with initialize_config_module("rlft.configs", version_base="1.3"):
         cfg = compose("config", [f"experiment={experiment}"])
     method, dataset = experiment.split("/")[1:]
     assert cfg.dataset.name == dataset
-    options = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
-    agent_cfg = config_from_mapping(AGENTS[cfg.agent.name][0], options, method)
-    trainer = config_from_mapping(TrainerConfig, cfg.trainer, "trainer")
+    settings = Experiment.settings(cfg)
+    agent_cfg, trainer = settings["agent"], settings["trainer"]
     if method == "wsrl":
         assert trainer.warmup_steps == 5000 and trainer.offline_data_ratio == 0.0 and trainer.utd == 4
         assert agent_cfg.num_critics == 10 and agent_cfg.target_reduction == "redq" and agent_cfg.critic_layer_norm

@@ -137,7 +137,7 @@ def test_updates_fit_dynamics_and_rewards(fowm):
 def test_fowm_options_are_checked():
     with pytest.raises(ValueError, match="needs the state value"):
         tiny_agent(prior_objective="awr")
-    with pytest.raises(ValueError, match="unknown agent 'tdmpc2' model option"):
+    with pytest.raises(ValueError, match=r"unknown agent.model option\(s\) \['latnt_dim'\]"):
         build_agent("tdmpc2", {"model": {"latnt_dim": 8}}, 4, 2)
     with pytest.raises(ValueError, match="multiple of simnorm_dim"):
         tiny_agent(model={**TINY_MODEL, "latent_dim": 18})
