@@ -69,11 +69,17 @@ def make_env(
     return env
 
 
+def register_task_module(task: TaskSpec) -> None:
+    """Import the package that registers ``task.env_id`` with Gymnasium (once), so ``gym.spec``
+    and ``gym.make`` know it."""
+    if task.module is not None and task.env_id not in gym.registry:
+        gym.register_envs(importlib.import_module(task.module))
+
+
 def make_task_env(task: TaskSpec, max_episode_steps: int | None = None, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
     """The task as the agent sees it, before any rlft-side transform: ``gymnasium.make`` with the
     task's kwargs and time limit -> [success reward] -> [action repeat]. Dataset collection acts here."""
-    if task.module is not None and task.env_id not in gym.registry:
-        gym.register_envs(importlib.import_module(task.module))
+    register_task_module(task)
     kwargs = {**task.env_kwargs, **(env_kwargs or {})}
     env = gym.make(task.env_id, max_episode_steps=max_episode_steps or task.max_episode_steps, **kwargs)
     if task.success_key is not None:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import re
 import string
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Mapping
 
 import gymnasium as gym
 from gymnasium import spaces
+
+from rlft.runtime.typed_config import ConfigError, config_from_mapping
 
 CHARSET = string.printable
 MAX_TEXT = 4096
@@ -54,6 +56,21 @@ class InvalidActionPolicy:
     max_reprompts: int = 2
     penalty: float = 0.0
     feedback: str = "Invalid action. Legal actions: {actions}."
+
+    @classmethod
+    def from_config(cls, value: "InvalidActionPolicy | Mapping[str, Any] | None",
+                    default: "InvalidActionPolicy | None" = None) -> "InvalidActionPolicy":
+        """The policy a config gives (``env_kwargs: {invalid_action: {mode: default}}`` in YAML, or
+        ``'+text_task.env_cfg.env_kwargs.invalid_action={mode: penalty, penalty: 1}'`` on the
+        command line), checked field by field (fields not given take this class's defaults);
+        ``None``: ``default`` (else reprompt)."""
+        if value is None:
+            return default or cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            return config_from_mapping(cls, value, "invalid_action")
+        raise ConfigError(f"invalid_action={value!r}: expected a mapping of {[f.name for f in fields(cls)]}")
 
     def __post_init__(self) -> None:
         if self.mode not in ("reprompt", "penalty", "default"):
@@ -89,7 +106,7 @@ class TextEnv(gym.Env[Any, str], ABC):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.max_turns = max_turns
-        self.invalid_action = invalid_action or InvalidActionPolicy()
+        self.invalid_action = InvalidActionPolicy.from_config(invalid_action)
         self.observation_space = text_space()
         self.action_space = text_space()
         self.messages: list[dict[str, str]] = []

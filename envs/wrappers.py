@@ -51,6 +51,15 @@ def rescale_action(env: gym.Env) -> gym.Env:
     return gym.wrappers.RescaleAction(env, -ones, ones)
 
 
+def native_action_space(env: gym.Env) -> gym.Space:
+    """The action space of ``env`` before :func:`rescale_action` (the simulator's own bounds)."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, gym.wrappers.RescaleAction):
+            return env.env.action_space
+        env = env.env
+    return env.action_space
+
+
 class SuccessReward(gym.Wrapper):
     """Sparse success reward: ``r = 1`` on the step where ``info[key]`` turns true, else 0,
     and the episode terminates there (the setting of DPPO's and ResiP's manipulation tasks,

@@ -20,6 +20,10 @@ class DatasetError(ValueError):
     """A dataset file is missing, malformed or inconsistent; the message names file and key."""
 
 
+class DatasetWarning(UserWarning):
+    """A dataset that cannot be fully checked (e.g. it records no environment) is used anyway."""
+
+
 @dataclass
 class TransitionDataset:
     """Validated, in-memory transitions with episode boundaries and reference returns."""

@@ -11,7 +11,6 @@ action chunks are cut from it at load time (:func:`rlft.offline.bc.chunk_windows
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -91,11 +90,6 @@ def collect_demos(cfg: DemoConfig, out_dir: str | Path, version: int = 0) -> dic
     episodes, attempts = record_demos(cfg)
     task = get_task(cfg.task)
     probe = make_env({"task": cfg.task}, flatten_dict=False)
-    spec = dataclasses.replace(
-        gym.spec(task.env_id),
-        kwargs={**gym.spec(task.env_id).kwargs, **task.env_kwargs},
-        max_episode_steps=task.max_episode_steps,
-    )
     stats = write_minari_dataset(
         dataset_id,
         episodes,
@@ -108,7 +102,6 @@ def collect_demos(cfg: DemoConfig, out_dir: str | Path, version: int = 0) -> dic
         ),
         observation_space=probe.observation_space,
         action_space=probe.action_space,
-        env_spec=spec,
     )
     probe.close()
     return dict(stats, attempts=attempts, success_rate_of_attempts=len(episodes) / attempts)

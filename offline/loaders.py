@@ -10,18 +10,30 @@
 
 Every loader reads all arrays, validates them (:class:`TransitionDataset`) and only then
 returns: a bad file raises before anything half-loaded escapes.
+
+:func:`load_task_dataset` loads a dataset *for a task*: it refuses data collected in another
+environment (id and ``gymnasium.make`` kwargs, defaults included), warns when the file records
+no environment, and brings actions into the ``[-1, 1]`` box rlft's agents act in: actions
+recorded in the env's native bounds (a Minari dataset's action space, or the HDF5 attributes
+``action_low``/``action_high``) are rescaled; actions outside the box are refused.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import os
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any, Mapping
 
+import gymnasium as gym
 import numpy as np
 
+from rlft.envs.factory import make_task_env, register_task_module
 from rlft.envs.registry import TaskSpec
-from rlft.offline.dataset import REQUIRED_KEYS, DatasetError, TransitionDataset
+from rlft.offline.dataset import REQUIRED_KEYS, DatasetError, DatasetWarning, TransitionDataset
 
 NATIVE_FORMAT = "rlft-transitions-v1"
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
@@ -50,11 +62,13 @@ def load_dataset(source: str | os.PathLike, format: str = "auto") -> TransitionD
 
 # ---------------------------------------------------------------------- HDF5
 def load_task_dataset(
-    source: str | os.PathLike, task: TaskSpec, format: str = "auto", collect: str | None = None
+    source: str | os.PathLike, task: TaskSpec, format: str = "auto", collect: str | None = None,
+    env_kwargs: Mapping[str, Any] | None = None, action_space: gym.Space | None = None,
 ) -> TransitionDataset:
-    """:func:`load_dataset` for a run in ``task``: refuses data collected in another environment
-    (its Gymnasium id, or the ``gymnasium.make`` kwargs of a parametrised env such as a Meta-World
-    or DeepMind Control task) and gives the dataset the task's reference returns if it has none.
+    """:func:`load_dataset` for a run in ``task`` (made with the extra ``env_kwargs``): checks the
+    environment the data was collected in (:func:`check_environment`), brings its actions into
+    ``[-1, 1]`` (:func:`to_unit_actions`; ``action_space`` is the env's native one, made from the
+    task when not given) and gives the dataset the task's reference returns if it has none.
     ``collect`` is the command that writes a missing dataset (the dataset config's ``collect:``);
     the error for a missing dataset shows it."""
     try:
@@ -63,15 +77,107 @@ def load_task_dataset(
         if collect:
             raise FileNotFoundError(f"{err}\n  this dataset is not shipped; write it with:\n    {collect}") from None
         raise
-    if dataset.env_id and dataset.env_id.split("-v")[0] != task.env_id.split("-v")[0]:
-        raise DatasetError(f"{dataset.source}: collected in {dataset.env_id} but the run's env is {task.env_id}")
-    theirs = dataset.metadata.get("env_kwargs", {})
-    for key, value in task.env_kwargs.items():
-        if key in theirs and theirs[key] != value:
-            raise DatasetError(f"{dataset.source}: collected with {key}={theirs[key]!r} but the task uses {value!r}")
+    check_environment(dataset, task, env_kwargs or {})
+    if action_space is None:
+        env = make_task_env(task, env_kwargs=env_kwargs)
+        action_space = env.action_space
+        env.close()
+    if isinstance(action_space, gym.spaces.Box):
+        to_unit_actions(dataset, action_space, task.env_id)
     if dataset.ref_min_score is None and np.isfinite([task.ref_min_score, task.ref_max_score]).all():
         dataset.with_reference_scores(task.ref_min_score, task.ref_max_score)
     return dataset
+
+
+_NOT_DYNAMICS = {"render_mode", "width", "height", "camera_id", "camera_name"}  # kwargs that change no transition
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples and arrays as lists, so a default and its JSON-stored copy compare equal."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _make_defaults(task: TaskSpec) -> dict[str, Any]:
+    """The kwargs ``gymnasium.make(task.env_id)`` uses when given none: the env constructor's
+    defaults overlaid with the registered spec's kwargs."""
+    register_task_module(task)
+    spec = gym.spec(task.env_id)
+    defaults: dict[str, Any] = {}
+    try:
+        creator = gym.envs.registration.load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) \
+            else spec.entry_point
+        defaults = {name: p.default for name, p in inspect.signature(creator).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+    except (ValueError, TypeError, ImportError, AttributeError):
+        pass  # a constructor without a readable signature: only the spec's kwargs are known
+    return {**defaults, **spec.kwargs}
+
+
+def check_environment(dataset: TransitionDataset, task: TaskSpec, env_kwargs: Mapping[str, Any]) -> None:
+    """Refuse a dataset collected in another environment than the run's: another Gymnasium id,
+    or other ``gymnasium.make`` kwargs (a Minari env spec's ``kwargs``, compared with the task's
+    and the run's own, each side completed with the env's defaults). A dataset that records no
+    environment is used with a :class:`DatasetWarning` (the runner still checks its shapes)."""
+    if not dataset.env_id:
+        warnings.warn(f"{dataset.source} records no environment (no env spec / env_id): rlft cannot check that "
+                      f"it was collected in {task.env_id} with the task's settings; using it because its "
+                      f"observation and action shapes match the env's", DatasetWarning, stacklevel=3)
+        return
+    if dataset.env_id.split("-v")[0] != task.env_id.split("-v")[0]:
+        raise DatasetError(f"{dataset.source}: collected in {dataset.env_id} but the run's env is {task.env_id}")
+    theirs = dataset.metadata.get("env_kwargs")
+    if theirs is None:
+        return  # an HDF5 file names its env but not its kwargs
+    defaults = _make_defaults(task)
+    ours = {**defaults, **task.env_kwargs, **env_kwargs}
+    recorded = {**defaults, **theirs}
+    for key in sorted((set(theirs) | set(task.env_kwargs) | set(env_kwargs)) - _NOT_DYNAMICS):
+        if key not in recorded or key not in ours:
+            side = "the data was collected with" if key in theirs else "the run's env uses"
+            raise DatasetError(f"{dataset.source}: {side} {key}={(theirs if key in theirs else ours)[key]!r}, "
+                               f"which the other side leaves to a default rlft cannot read (env spec kwargs)")
+        if _plain(recorded[key]) != _plain(ours[key]):
+            raise DatasetError(f"{dataset.source}: collected with {key}={recorded[key]!r} but the run's "
+                               f"{task.env_id} uses {key}={ours[key]!r} (the dataset's env spec kwargs)")
+
+
+ACTION_TOLERANCE = 1e-3  # recorded actions may overshoot the [-1, 1] box by float error, then are clipped
+
+
+def to_unit_actions(dataset: TransitionDataset, native: gym.spaces.Box, env_id: str) -> None:
+    """Bring ``dataset.actions`` into the ``[-1, 1]`` box the agents act in (``make_env`` rescales
+    the env's ``native`` bounds to it). Actions recorded in the native bounds (the dataset's
+    ``action_bounds``) are rescaled; without recorded bounds, an env whose native box is not
+    ``[-1, 1]`` is refused (the units are unknown); actions outside the box are refused."""
+    low, high = native.low.astype(np.float64), native.high.astype(np.float64)
+    unit = lambda lo, hi: np.allclose(lo, -1.0) and np.allclose(hi, 1.0)  # noqa: E731
+    bounds = dataset.metadata.get("action_bounds")
+    if bounds is not None:
+        rec_low, rec_high = (np.broadcast_to(np.asarray(b, np.float64), low.shape) for b in bounds)
+        if not unit(rec_low, rec_high):
+            if not (np.allclose(rec_low, low) and np.allclose(rec_high, high)):
+                raise DatasetError(f"{dataset.source}: actions were recorded in the box [{rec_low}, {rec_high}] "
+                                   f"but {env_id}'s action box is [{low}, {high}]")
+            dataset.actions = (2.0 * (dataset.actions - low) / (high - low) - 1.0).astype(np.float32)
+            dataset.metadata["actions_rescaled_from"] = [low.tolist(), high.tolist()]
+    elif not unit(low, high):
+        raise DatasetError(f"{dataset.source}: {env_id} acts in [{low}, {high}] and rlft's agents in [-1, 1], but "
+                           "the file records no action bounds, so the units of its actions are unknown; store the "
+                           "bounds they were recorded in (HDF5 attributes action_low/action_high, or a Minari "
+                           "action space)")
+    excess = np.abs(dataset.actions).max(axis=1)
+    if excess.max() > 1.0 + ACTION_TOLERANCE:
+        row = int(excess.argmax())
+        raise DatasetError(f"{dataset.source}: 'actions' row {row} is {dataset.actions[row].tolist()}, outside the "
+                           f"[-1, 1] box rlft's agents act in ({env_id}'s native box [{low}, {high}] is rescaled "
+                           "to it); rescale or clip the dataset's actions")
+    np.clip(dataset.actions, -1.0, 1.0, out=dataset.actions)
 
 
 def _open_hdf5(path: Path):
@@ -117,6 +223,8 @@ def load_d4rl_hdf5(
         if data[key].ndim == 2 and data[key].shape[1] == 1:
             data[key] = data[key][:, 0]
     n = len(data["observations"])
+    if n == 0:
+        raise DatasetError(f"{path}: 'observations' has 0 rows: the file holds no transitions")
     for key, value in data.items():
         if len(value) != n:
             raise DatasetError(f"{path}: '{key}' has {len(value)} rows but 'observations' has {n}")
@@ -128,7 +236,19 @@ def load_d4rl_hdf5(
         env_id=_attr_str(attrs.get("env_id")),
         ref_min_score=ref_min_score if ref_min_score is not None else _attr_float(attrs.get("ref_min_score")),
         ref_max_score=ref_max_score if ref_max_score is not None else _attr_float(attrs.get("ref_max_score")),
+        metadata=_action_bounds_metadata(attrs, path),
     )
+
+
+def _action_bounds_metadata(attrs: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """``{"action_bounds": (low, high)}`` from an HDF5 file's ``action_low``/``action_high``
+    attributes (the box its actions were recorded in), or ``{}`` when it has none."""
+    if ("action_low" in attrs) != ("action_high" in attrs):
+        raise DatasetError(f"{path}: give both HDF5 attributes action_low and action_high, or neither")
+    if "action_low" not in attrs:
+        return {}
+    return {"action_bounds": (np.asarray(attrs["action_low"], np.float64).tolist(),
+                              np.asarray(attrs["action_high"], np.float64).tolist())}
 
 
 def _derive_next_observations(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,6 +299,8 @@ def save_native(dataset: TransitionDataset, path: str | os.PathLike) -> Path:
             if dataset.ref_min_score is not None:
                 f.attrs["ref_min_score"] = dataset.ref_min_score
                 f.attrs["ref_max_score"] = dataset.ref_max_score
+            if "action_bounds" in dataset.metadata:
+                f.attrs["action_low"], f.attrs["action_high"] = dataset.metadata["action_bounds"]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -200,6 +322,7 @@ def load_native(path: str | os.PathLike) -> TransitionDataset:
         env_id=_attr_str(attrs.get("env_id")),
         ref_min_score=_attr_float(attrs.get("ref_min_score")),
         ref_max_score=_attr_float(attrs.get("ref_max_score")),
+        metadata=_action_bounds_metadata(attrs, path),
     )
 
 
@@ -235,7 +358,7 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
         source = str(id_or_path)
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in REQUIRED_KEYS}
-    for episode in dataset.iterate_episodes():
+    for episode in _episodes(dataset, source):
         obs = _flatten_observations(episode.observations, source)
         steps = len(episode.rewards)
         if len(obs) != steps + 1:
@@ -255,6 +378,7 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
         raise DatasetError(f"{source}: Minari dataset has no episodes")
     metadata = dataset.storage.metadata
     env_spec = dataset.env_spec
+    space = dataset.action_space
     return TransitionDataset(
         **{k: np.concatenate(v) for k, v in columns.items()},
         source=source,
@@ -264,9 +388,27 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
         metadata={
             "minari_id": metadata.get("dataset_id"),
             "minari_version": metadata.get("minari_version"),
-            "env_kwargs": dict(env_spec.kwargs) if env_spec is not None else {},
+            **({"env_kwargs": dict(env_spec.kwargs)} if env_spec is not None else {}),
+            **({"action_bounds": (space.low.tolist(), space.high.tolist())} if isinstance(space, gym.spaces.Box)
+               else {}),
         },
     )
+
+
+def _episodes(dataset, source: str):
+    """The episodes of a Minari dataset, in order; one its metadata lists but its data file lacks
+    is a :class:`DatasetError` naming the file and the episode (instead of h5py's ``KeyError``)."""
+    episodes = dataset.iterate_episodes()  # episode ids 0 .. total_episodes - 1
+    for index in itertools.count():
+        try:
+            episode = next(episodes)
+        except StopIteration:
+            return
+        except (KeyError, OSError) as err:
+            data = Path(dataset.storage.data_path) / "main_data.hdf5"
+            raise DatasetError(f"{source}: its metadata lists {dataset.total_episodes} episodes but "
+                               f"episode_{index} cannot be read from {data} ({type(err).__name__}: {err})") from None
+        yield episode
 
 
 def _flatten_observations(observations, source: str) -> np.ndarray:

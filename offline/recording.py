@@ -6,6 +6,7 @@ Shared by the dataset collectors (:mod:`rlft.offline.collection` for MuJoCo loco
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,6 +17,7 @@ import numpy as np
 from minari.data_collector import EpisodeBuffer
 from tqdm.auto import tqdm
 
+from rlft.envs.factory import register_task_module
 from rlft.envs.registry import TaskSpec
 
 
@@ -109,6 +111,15 @@ def prepare_output(out_dir: Path, dataset_ids: Iterable[str]) -> None:
     os.environ["MINARI_DATASETS_PATH"] = str(out_dir)
 
 
+def task_env_spec(task: TaskSpec) -> gym.envs.registration.EnvSpec:
+    """The Gymnasium spec of ``task`` as rlft makes it: the registered spec with the task's
+    ``gymnasium.make`` kwargs and time limit, so a dataset records the env it was collected in
+    (and :func:`rlft.offline.loaders.load_task_dataset` can check it)."""
+    register_task_module(task)
+    spec = gym.spec(task.env_id)
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, **task.env_kwargs}, max_episode_steps=task.max_episode_steps)
+
+
 def write_minari_dataset(
     dataset_id: str,
     episodes: list[dict[str, np.ndarray]],
@@ -123,7 +134,8 @@ def write_minari_dataset(
     """Write ``episodes`` with Minari's own writer under ``out_dir`` (``MINARI_DATASETS_PATH``
     must point there) and return the dataset's statistics. Pass the spaces when the recorded
     observations are a wrapped (e.g. flattened) view of the environment's, and ``env_spec`` when
-    the env needs ``gymnasium.make`` kwargs (the spec keeps them, so the dataset can rebuild it)."""
+    the env was made otherwise than the task makes it (default: :func:`task_env_spec`)."""
+    env_spec = env_spec or task_env_spec(task)
     buffers = [
         EpisodeBuffer(
             id=i,
@@ -138,14 +150,14 @@ def write_minari_dataset(
     minari.create_dataset_from_buffers(
         dataset_id=dataset_id,
         buffer=buffers,
-        env=env_spec or task.env_id,
+        env=env_spec,
         algorithm_name=algorithm_name,
         author="rlft",
         ref_min_score=task.ref_min_score,
         ref_max_score=task.ref_max_score,
         description=description,
         data_format="hdf5",
-        eval_env=env_spec or task.env_id,
+        eval_env=env_spec,
         author_email="rlft@users.noreply.github.com",
         code_permalink="rlft/offline",
         observation_space=observation_space,

@@ -199,6 +199,25 @@ class SequenceScores:
     hidden: torch.Tensor  # [B, L, H] last hidden states (state at t is read at t)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+
+
+def _check_model_folder(folder: Path, gguf_file: str | None) -> None:
+    """Refuse a local folder ``from_pretrained`` cannot load, saying what is missing (transformers'
+    own error for an empty folder is a misleading hint to install sentencepiece)."""
+    if gguf_file:
+        if not (folder / gguf_file).is_file():
+            raise FileNotFoundError(f"no GGUF file {gguf_file} in {folder}")
+        return  # the GGUF file holds the config and the tokenizer
+    found = sorted(p.name for p in folder.iterdir())[:8]
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a from_pretrained model folder: it has no config.json "
+                                f"(it holds {found or 'nothing'}); give a saved model folder, or model.gguf_file")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                                "tokenizer with the model (tokenizer.save_pretrained)")
+
+
 class LLMPolicy(nn.Module):
     """A causal LM that samples replies with log-probs, scores sequences, and (optionally) values states."""
 
@@ -237,8 +256,8 @@ class LLMPolicy(nn.Module):
         path = str(path)
         if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
             raise FileNotFoundError(f"no model folder at {path} (give a from_pretrained folder or a hub id)")
-        if gguf_file and Path(path).is_dir() and not (Path(path) / gguf_file).is_file():
-            raise FileNotFoundError(f"no GGUF file {gguf_file} in {path}")
+        if Path(path).expanduser().is_dir():
+            _check_model_folder(Path(path).expanduser(), gguf_file)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(path, **extra)
         vision = hasattr(AutoConfig.from_pretrained(path, **extra), "vision_config")

@@ -80,13 +80,9 @@ class Experiment(DatasetRunner):
                           {"trainer.online_steps": self.trainer.online_steps})
 
         self.task = resolve_task(cfg.env.task)
-        self.dataset = self.load_dataset(cfg.dataset)
+        self.dataset = self.load_dataset(cfg.dataset, cfg.env)
         self.obs_stats = self.dataset.observation_stats() if self.trainer.normalize_obs else None
         self.ref_scores = (self.dataset.ref_min_score, self.dataset.ref_max_score)
-
-        probe = make_env(cfg.env)
-        self.dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
-        probe.close()
 
         self.agent = build_agent(cfg.agent.name, _agent_options(cfg), self.dataset.obs_dim, self.dataset.action_dim, self.device)
         self.buffer = ReplayBuffer(

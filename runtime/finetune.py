@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
 from rlft.runtime.typed_config import config_from_mapping
-from rlft.envs.factory import make_env, make_vector_env, resolve_task
+from rlft.envs.factory import make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.progress import Progress
@@ -76,10 +76,7 @@ class FinetuneExperiment(DatasetRunner):
         self.check_budget({"method.bc.steps": self.bc_cfg.steps if self.clones else 0},
                           {"loop.iterations": self.loop.iterations})
         self.task = resolve_task(cfg.task.env_cfg.task)
-        self.dataset = self.load_dataset(cfg.task.dataset)
-        probe = make_env(cfg.task.env_cfg)
-        self.dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
-        probe.close()
+        self.dataset = self.load_dataset(cfg.task.dataset, cfg.task.env_cfg)
         self.obs_stats = self._observation_stats() if self.loop.normalize_obs else None
         obs_dim, action_dim = self.dataset.obs_dim, self.dataset.action_dim
         self.base = build_base(self.family, obs_dim, action_dim).to(self.device)

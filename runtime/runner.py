@@ -32,6 +32,8 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.envs.factory import make_env
+from rlft.envs.wrappers import native_action_space
 from rlft.offline.dataset import TransitionDataset
 from rlft.offline.loaders import load_task_dataset
 from rlft.runtime.checkpoint import (CorruptCheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
@@ -376,10 +378,21 @@ class DatasetRunner(Runner):
     method_key: ClassVar[str]  # the config group that names the method ("agent", "method")
     reference_label: ClassVar[str] = "dataset"
 
-    def load_dataset(self, ds_cfg: DictConfig) -> TransitionDataset:
-        """The dataset ``ds_cfg`` names, checked against ``self.task``; a missing one's error shows
-        the command that writes it (``collect:``)."""
-        return load_task_dataset(ds_cfg.source, self.task, ds_cfg.get("format", "auto"), ds_cfg.get("collect"))
+    def load_dataset(self, ds_cfg: DictConfig, env_cfg: DictConfig) -> TransitionDataset:
+        """The dataset ``ds_cfg`` names, checked against ``self.task`` made as ``env_cfg`` says:
+        its environment, action units (:func:`rlft.offline.loaders.load_task_dataset`) and shapes.
+        A missing one's error shows the command that writes it (``collect:``)."""
+        extra = env_cfg.get("env_kwargs") or {}
+        probe = make_env(env_cfg)
+        try:
+            dataset = load_task_dataset(
+                ds_cfg.source, self.task, ds_cfg.get("format", "auto"), ds_cfg.get("collect"),
+                OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else extra,
+                native_action_space(probe))
+            dataset.check_spaces(probe.observation_space.shape, probe.action_space.shape, self.task.env_id)
+        finally:
+            probe.close()
+        return dataset
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.task.name, "method": self.cfg[self.method_key].name, "source": self.dataset.source,

@@ -5,6 +5,13 @@ runs warm-up updates then times ``--updates`` updates. Writes ``benchmarks/updat
 with, for the critic ensembles, the cost ratio of 10 critics to 2.
 
     python -m rlft.scripts.benchmark_updates --threads 1 2
+
+``--divergence-check`` instead times each update with and without the runners' divergence
+check (``Runner.check_update``: every update's metrics tested for NaN/inf), alternating blocks
+of updates so that both see the same machine, and writes the cost to
+``benchmarks/divergence_check.md``:
+
+    python -m rlft.scripts.benchmark_updates --divergence-check --threads 1 --out benchmarks/divergence_check.md
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from rlft.offline.cql import CQL, CQLConfig
 from rlft.offline.iql import IQL, IQLConfig
 from rlft.offline.spot import SPOT, SPOTConfig
 from rlft.policies.mlp import mlp
+from rlft.runtime.runner import first_non_finite
 from rlft.scripts import bench_runs
 
 WSRL_ENSEMBLE = dict(critic_layer_norm=True, target_reduction="redq", actor_reduction="mean")
@@ -67,6 +75,56 @@ def updates_per_second(update: Callable[[Batch], dict], batch: Batch, updates: i
     return updates / (time.perf_counter() - start)
 
 
+def paired_rates(update: Callable[[Batch], dict], batch: Batch, updates: int, blocks: int = 10) -> tuple[float, float]:
+    """Updates per second without and with the divergence check, timed in alternating blocks."""
+    for _ in range(20):
+        update(batch)
+    seconds = {False: 0.0, True: 0.0}
+    per_block = max(1, updates // blocks)
+    for _ in range(blocks):
+        for checked in (False, True):
+            start = time.perf_counter()
+            for _ in range(per_block):
+                metrics = update(batch)
+                if checked and first_non_finite(metrics) is not None:
+                    raise RuntimeError("the benchmark's learner diverged")
+            seconds[checked] += time.perf_counter() - start
+    return per_block * blocks / seconds[False], per_block * blocks / seconds[True]
+
+
+def check_seconds(metrics: dict, calls: int = 20_000) -> float:
+    """Seconds one divergence check of ``metrics`` takes (the mean of ``calls``)."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        first_non_finite(metrics)
+    return (time.perf_counter() - start) / calls
+
+
+def divergence_check_report(configs: dict, args: argparse.Namespace, batch: Batch, command: str) -> list[str]:
+    lines = ["# Cost of the divergence check", "",
+             f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"batch {args.batch_size}, Hopper shapes. Every update's metrics go through "
+             "`rlft.runtime.runner.first_non_finite` (what `Runner.check_update` does); plain and checked "
+             "updates alternate in blocks of the same run.", "",
+             "The paired rates carry the machine's noise (a few %); the check's own time, measured "
+             "alone on the update's real metrics, gives its cost exactly.", "",
+             "| configuration | torch threads | updates/s | checked updates/s | check alone | check / update |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, (make, vae_only) in configs.items():
+            if args.only and not any(key in name for key in args.only):
+                continue
+            agent = make()
+            update = agent.update_vae if vae_only else agent.update
+            plain, checked = paired_rates(update, batch, args.updates)
+            alone = check_seconds(update(batch))
+            lines.append(f"| {name} | {threads} | {plain:.1f} | {checked:.1f} | {1e6 * alone:.1f} µs "
+                         f"| {100 * alone * plain:.3f}% |")
+            print(lines[-1])
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -74,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default="benchmarks/update_speed.md")
     parser.add_argument("--only", nargs="*", help="substrings of configuration names to run (default: all)")
+    parser.add_argument("--divergence-check", action="store_true",
+                        help="time the runners' NaN/inf check of each update's metrics instead")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_updates", argv)
     torch.manual_seed(0)
@@ -94,6 +154,10 @@ def main(argv: list[str] | None = None) -> None:
             lambda: CQL(11, 3, CQLConfig(calibrated=True, num_critics=10, **WSRL_ENSEMBLE)), False),
         "IQL": (lambda: IQL(11, 3, IQLConfig()), False),
     }
+    if args.divergence_check:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(divergence_check_report(configs, args, batch, command)))
+        return
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)

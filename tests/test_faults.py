@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from rlft.runtime.checkpoint import (CorruptCheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
@@ -268,3 +269,158 @@ def test_every_shipped_experiment_passes_the_type_and_range_checks():
             for name, _ in entries:
                 cfg = compose("config", [f"experiment={name}"])
                 assert runner_class(cfg).settings(cfg), name
+
+
+# ------------------------------------------------------------------------------ datasets
+def _minari(root: Path, episodes, env_spec, name: str = "test/hopper/random-v0") -> Path:
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    minari.create_dataset_from_buffers(
+        name, [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(episodes)], env=env_spec, eval_env=env_spec,
+        data_format="hdf5", author="t", author_email="t@t", code_permalink="t", algorithm_name="t", description="t")
+    return root / name
+
+
+def test_an_empty_d4rl_file_is_a_dataset_error(tmp_path):
+    import h5py
+
+    from rlft.offline.dataset import DatasetError
+    from rlft.offline.loaders import load_dataset
+
+    path = tmp_path / "empty.hdf5"
+    with h5py.File(path, "w") as f:
+        for key, shape in (("observations", (0, 11)), ("actions", (0, 3)), ("rewards", (0,)), ("terminals", (0,))):
+            f.create_dataset(key, shape=shape, dtype="float32")
+    with pytest.raises(DatasetError, match=f"{path}: 'observations' has 0 rows"):
+        load_dataset(path)
+
+
+def test_a_minari_episode_missing_from_its_data_file_is_named(tmp_path, hopper_episodes, monkeypatch):
+    import h5py
+
+    from rlft.offline.dataset import DatasetError
+    from rlft.offline.loaders import load_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    folder = _minari(tmp_path, hopper_episodes, "Hopper-v5")
+    data = folder / "data" / "main_data.hdf5"
+    with h5py.File(data, "a") as f:
+        last = sorted(f.keys(), key=lambda k: int(k.split("_")[1]))[-1]
+        del f[last]
+    with pytest.raises(DatasetError, match=f"lists {len(hopper_episodes)} episodes but {last} cannot be read from "
+                                           f"{data}"):
+        load_dataset(folder)
+
+
+def test_a_minari_dataset_of_the_env_with_other_kwargs_is_refused(tmp_path, hopper_episodes, monkeypatch):
+    import dataclasses
+
+    import gymnasium as gym
+
+    from rlft.envs.registry import get_task
+    from rlft.offline.dataset import DatasetError
+    from rlft.offline.loaders import load_task_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    spec = dataclasses.replace(gym.spec("Hopper-v5"), kwargs={"ctrl_cost_weight": 5})
+    folder = _minari(tmp_path, hopper_episodes, spec)
+    with pytest.raises(DatasetError, match=f"{folder}: collected with ctrl_cost_weight=5 but the run's Hopper-v5 "
+                                           "uses ctrl_cost_weight=0.001"):
+        load_task_dataset(folder, get_task("hopper"))
+    default = dataclasses.replace(gym.spec("Hopper-v5"), kwargs={"ctrl_cost_weight": 1e-3})  # the default, spelt out
+    assert len(load_task_dataset(_minari(tmp_path, hopper_episodes, default, "test/hopper/b-v0"), get_task("hopper")))
+
+
+def test_a_dataset_that_records_no_environment_warns_and_still_must_fit_the_spaces(tmp_path, hopper_dataset):
+    from rlft.offline.dataset import DatasetError, DatasetWarning
+    from rlft.offline.loaders import save_native
+
+    hopper_dataset.env_id = None
+    path = save_native(hopper_dataset, tmp_path / "anonymous.h5")
+    with pytest.warns(DatasetWarning, match=f"{path} records no environment .*collected in Hopper-v5"):
+        Experiment(smoke_config(path), tmp_path / "a")
+    with pytest.warns(DatasetWarning), pytest.raises(DatasetError, match="observations have dim 11 but "
+                                                                         "HalfCheetah-v5 observations have shape"):
+        Experiment(smoke_config(path, "env=halfcheetah", "env.task=halfcheetah"), tmp_path / "b")
+
+
+def _pendulum_dataset(actions: np.ndarray):
+    from rlft.offline.dataset import TransitionDataset
+
+    n = len(actions)
+    obs = np.random.default_rng(0).standard_normal((n + 1, 3)).astype(np.float32)
+    return TransitionDataset(obs[:-1], actions.reshape(n, 1).astype(np.float32), np.zeros(n, np.float32),
+                             np.zeros(n, bool), np.arange(n) % 50 == 49, obs[1:], env_id="Pendulum-v1")
+
+
+def test_actions_in_the_env_s_native_bounds_are_rescaled_and_unknown_units_refused(tmp_path):
+    from rlft.envs.registry import get_task
+    from rlft.offline.dataset import DatasetError
+    from rlft.offline.loaders import load_task_dataset, save_native
+
+    native = np.linspace(-2.0, 2.0, 100)  # Pendulum-v1 torques live in [-2, 2]
+    recorded = _pendulum_dataset(native)
+    recorded.metadata["action_bounds"] = ([-2.0], [2.0])
+    loaded = load_task_dataset(save_native(recorded, tmp_path / "native.h5"), get_task("pendulum"))
+    np.testing.assert_allclose(loaded.actions[:, 0], native / 2.0, atol=1e-6)
+    assert loaded.metadata["actions_rescaled_from"] == [[-2.0], [2.0]]
+    unknown = save_native(_pendulum_dataset(native), tmp_path / "unknown.h5")
+    with pytest.raises(DatasetError, match=f"{unknown}: Pendulum-v1 acts in .*records no action bounds"):
+        load_task_dataset(unknown, get_task("pendulum"))
+    recorded.metadata["action_bounds"] = ([-3.0], [3.0])
+    with pytest.raises(DatasetError, match=r"recorded in the box \[\[-3.\], \[3.\]\] but Pendulum-v1's"):
+        load_task_dataset(save_native(recorded, tmp_path / "other.h5"), get_task("pendulum"))
+
+
+def test_actions_outside_the_unit_box_are_refused_naming_the_row(tmp_path, hopper_dataset):
+    from rlft.envs.registry import get_task
+    from rlft.offline.dataset import DatasetError
+    from rlft.offline.loaders import load_task_dataset, save_native
+
+    hopper_dataset.env_id = "Hopper-v5"
+    hopper_dataset.actions[7] = [0.0, 1.5, 0.0]
+    path = save_native(hopper_dataset, tmp_path / "loud.h5")
+    with pytest.raises(DatasetError, match=f"{path}: 'actions' row 7 is \\[0.0, 1.5, 0.0\\], outside the \\[-1, 1\\]"):
+        load_task_dataset(path, get_task("hopper"))
+
+
+# ------------------------------------------------------------------------------ language runs
+def test_the_invalid_action_policy_is_set_from_the_config():
+    from test_text_train import llm_config
+
+    from rlft.envs.factory import make_env
+
+    def first_bad_turn(policy: str):
+        env = make_env(llm_config(f"+text_task.env_cfg.env_kwargs={{invalid_action: {policy}}}").text_task.env_cfg)
+        env.reset(seed=0)
+        default = env.unwrapped.default_action()
+        return env.unwrapped.invalid_action, default, env.step("no idea")
+
+    policy, default, (_, reward, _, _, info) = first_bad_turn("{mode: default, penalty: 0.5}")
+    assert policy.mode == "default" and policy.penalty == 0.5
+    assert info["invalid_action"] and info["parsed_action"] == default  # the default action was executed
+    _, _, (_, unpenalised, _, _, _) = first_bad_turn("{mode: default}")
+    assert reward == unpenalised - 0.5  # and the penalty taken off that turn's reward
+
+
+def test_a_bad_invalid_action_policy_names_the_field():
+    from test_text_train import llm_config
+
+    from rlft.envs.factory import make_env
+
+    cfg = llm_config("+text_task.env_cfg.env_kwargs={invalid_action: {mode: skip}}")
+    with pytest.raises(ConfigError, match="invalid_action.mode='skip': expected one of 'reprompt', 'penalty', "
+                                          "'default'"):
+        make_env(cfg.text_task.env_cfg)
+
+
+def test_an_empty_model_folder_says_what_is_missing(tmp_path):
+    from rlft.policies.llm import LLMPolicy
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a from_pretrained model folder: it has no "
+                                                "config.json \\(it holds nothing\\)"):
+        LLMPolicy.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+        LLMPolicy.from_pretrained(tmp_path)

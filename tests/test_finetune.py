@@ -130,7 +130,7 @@ def test_init_from_reuses_the_cloned_base_and_checks_its_kind(tmp_path, reach_de
 
 def test_dataset_of_another_task_is_refused(tmp_path, reach_demos):
     cfg = finetune_config(reach_demos, "task.env_cfg.task=mw-push")
-    with pytest.raises(DatasetError, match="env_name='reach-v3' but the task uses 'push-v3'"):
+    with pytest.raises(DatasetError, match="collected with env_name='reach-v3' but the run's rlft/MetaWorld-v3 uses env_name='push-v3'"):
         FinetuneExperiment(cfg, tmp_path / "x")
 
 

@@ -319,5 +319,5 @@ def test_deepmind_control_run_on_the_shipped_dataset_and_wrong_task_data_is_refu
     results = Experiment(cfg, tmp_path / "run").run()
     assert results["details"]["env_id"] == "rlft/DMC-v0" and results["after"]["lengths"] == [500]
     wrong = wm_config(shipped, "env.task=dmc-cartpole-swingup", experiment="dmc-cartpole-balance")
-    with pytest.raises(DatasetError, match="collected with task='balance' but the task uses 'swingup'"):
+    with pytest.raises(DatasetError, match="collected with task='balance' but the run's rlft/DMC-v0 uses task='swingup'"):
         Experiment(wrong, tmp_path / "wrong")
