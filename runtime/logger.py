@@ -28,7 +28,9 @@ class MetricLogger:
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 self._fields = list(reader.fieldnames or [STEP_KEY])
-                self._rows = [row for row in reader if int(float(row[STEP_KEY])) <= resume_step]
+                # a row with fewer or more fields than the header (cut short by a kill) is dropped
+                self._rows = [row for row in reader if None not in row and None not in row.values()
+                              and int(float(row[STEP_KEY])) <= resume_step]
             self._rewrite()
         elif self.path.exists():
             raise FileExistsError(f"{self.path} exists: a fresh run never overwrites another run's metrics")

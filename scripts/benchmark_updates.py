@@ -21,7 +21,7 @@ import copy
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -92,6 +92,18 @@ def paired_rates(update: Callable[[Batch], dict], batch: Batch, updates: int, bl
     return per_block * blocks / seconds[False], per_block * blocks / seconds[True]
 
 
+def selected_updates(configs: dict, args: argparse.Namespace) -> Iterator[tuple[str, int, Callable[[Batch], dict]]]:
+    """(configuration, torch threads, update function) for every configuration ``--only`` keeps,
+    with torch set to that many threads and a fresh agent built for each."""
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, (make, vae_only) in configs.items():
+            if args.only and not any(key in name for key in args.only):
+                continue
+            agent = make()
+            yield name, threads, (agent.update_vae if vae_only else agent.update)
+
+
 def check_seconds(metrics: dict, calls: int = 20_000) -> float:
     """Seconds one divergence check of ``metrics`` takes (the mean of ``calls``)."""
     start = time.perf_counter()
@@ -110,18 +122,12 @@ def divergence_check_report(configs: dict, args: argparse.Namespace, batch: Batc
              "alone on the update's real metrics, gives its cost exactly.", "",
              "| configuration | torch threads | updates/s | checked updates/s | check alone | check / update |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for name, (make, vae_only) in configs.items():
-            if args.only and not any(key in name for key in args.only):
-                continue
-            agent = make()
-            update = agent.update_vae if vae_only else agent.update
-            plain, checked = paired_rates(update, batch, args.updates)
-            alone = check_seconds(update(batch))
-            lines.append(f"| {name} | {threads} | {plain:.1f} | {checked:.1f} | {1e6 * alone:.1f} µs "
-                         f"| {100 * alone * plain:.3f}% |")
-            print(lines[-1])
+    for name, threads, update in selected_updates(configs, args):
+        plain, checked = paired_rates(update, batch, args.updates)
+        alone = check_seconds(update(batch))
+        lines.append(f"| {name} | {threads} | {plain:.1f} | {checked:.1f} | {1e6 * alone:.1f} µs "
+                     f"| {100 * alone * plain:.3f}% |")
+        print(lines[-1])
     return lines + [""]
 
 
@@ -159,15 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).write_text("\n".join(divergence_check_report(configs, args, batch, command)))
         return
     rows = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        for name, (make, vae_only) in configs.items():
-            if args.only and not any(key in name for key in args.only):
-                continue
-            agent = make()
-            rate = updates_per_second(agent.update_vae if vae_only else agent.update, batch, args.updates)
-            rows.append((name, threads, rate))
-            print(f"{name:<32} threads={threads}  {rate:7.1f} updates/s")
+    for name, threads, update in selected_updates(configs, args):
+        rate = updates_per_second(update, batch, args.updates)
+        rows.append((name, threads, rate))
+        print(f"{name:<32} threads={threads}  {rate:7.1f} updates/s")
     lines = [
         "# Gradient updates per second (CPU)",
         "",

@@ -424,3 +424,32 @@ def test_an_empty_model_folder_says_what_is_missing(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="has no tokenizer"):
         LLMPolicy.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------ no unpickling
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(__file__).parent / "_pwned",))
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(tmp_path):
+    import hashlib
+    import pickle
+
+    marker = Path(__file__).parent / "_pwned"
+    folder = tmp_path / "step_000000001"
+    folder.mkdir()
+    data = pickle.dumps({"state": _Payload()})
+    (folder / "state.pt").write_bytes(data)  # with a manifest that matches: the checksum cannot save us here
+    (folder / "manifest.json").write_text(json.dumps({"file": "state.pt", "bytes": len(data),
+                                                      "sha256": hashlib.sha256(data).hexdigest()}))
+    with pytest.raises(CorruptCheckpointError, match="cannot be read as a checkpoint"):
+        load_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_every_torch_load_in_rlft_refuses_pickles():
+    root = Path(__file__).resolve().parents[1]
+    calls = [(path, line) for path in root.rglob("*.py") if ".venv" not in path.parts and "tests" not in path.parts
+             for line in path.read_text().splitlines() if "torch.load(" in line and "``" not in line]
+    assert calls and all("weights_only=True" in line for _, line in calls), calls

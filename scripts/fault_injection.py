@@ -1,0 +1,186 @@
+"""Fault injection: ``kill -9`` a short ``rlft`` run again and again, resume it each time, and check
+that its final ``eval.json`` and ``metrics.csv`` equal those of an uninterrupted run of the same
+seed (wall-clock columns aside).
+
+    python -m rlft.scripts.fault_injection --kills 30 --out benchmarks/faults
+
+Kills take turns between three moments:
+
+* ``random``: a moment drawn uniformly over the reference run's duration;
+* ``checkpoint``: while a checkpoint is being written (a ``checkpoints/.tmp-*`` folder exists);
+* ``pretrained``: while ``pretrained_checkpoint/`` is being kept at the end of pretraining
+  (``.tmp-pretrained_checkpoint`` exists), else at the first sight of it.
+
+After every kill the script records whether the kill left a half-written folder behind (proof
+that it struck mid-write), then resumes with ``rlft resume=<folder>``; a run killed before its
+first checkpoint is started afresh in a new folder, as the refusal to resume it says to do. When
+a run finishes with kills still to make, a new one starts. Every finished run is compared with
+the reference; the results go to ``<out>/results.md`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlft.scripts import bench_runs
+
+RUN = ["experiment=smoke", "trainer.online_steps=1000", "progress=false"]  # SPOT, shipped hopper-medium data
+WALL_CLOCK = ("steps_per_sec", "time/")  # metrics.csv columns that measure the machine, not the run
+KINDS = ("random", "checkpoint", "pretrained")
+
+
+@dataclass
+class Kill:
+    run: int  # which faulty run (0, 1, ...)
+    kind: str
+    seconds: float  # after the process started
+    struck_mid_write: bool  # a .tmp-* folder was on disk right after the kill
+    had_checkpoint: bool  # the run could be resumed afterwards
+
+
+def _command(folder: Path, resume: bool, overrides: list[str]) -> list[str]:
+    extra = [f"resume={folder}"] if resume else [*overrides, f"hydra.run.dir={folder}"]
+    return [sys.executable, "-m", "rlft.scripts.main", *extra]
+
+
+def _start(folder: Path, resume: bool, overrides: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "a") as out:
+        return subprocess.Popen(_command(folder, resume, overrides), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def _temporary(folder: Path) -> list[Path]:
+    return [*folder.glob(".tmp-*"), *(folder / "checkpoints").glob(".tmp-*")]
+
+
+def _wait_for(proc: subprocess.Popen, kind: str, folder: Path, delay: float) -> None:
+    """Return at the moment ``kind`` says to kill (or when the process has ended)."""
+    deadline = time.perf_counter() + delay
+    kept = (folder / "pretrained_checkpoint").is_dir()
+    stale = set(_temporary(folder))  # left by an earlier kill; the next save removes them
+    while proc.poll() is None:
+        if kind == "random" and time.perf_counter() >= deadline:
+            return
+        if kind == "checkpoint" and set((folder / "checkpoints").glob(".tmp-*")) - stale:
+            return
+        if kind == "pretrained" and ((folder / ".tmp-pretrained_checkpoint").exists()
+                                     or (not kept and (folder / "pretrained_checkpoint").is_dir())):
+            return
+        if kind == "pretrained" and kept:  # this run already kept it: strike a checkpoint write instead
+            kind = "checkpoint"
+        time.sleep(0.0002 if kind != "random" else 0.01)
+
+
+def _metrics(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if not k.startswith(WALL_CLOCK)} for row in csv.DictReader(f)]
+
+
+def _differences(run: Path, reference: Path) -> list[str]:
+    problems = []
+    ours, theirs = json.loads((run / "eval.json").read_text()), json.loads((reference / "eval.json").read_text())
+    problems += [f"eval.json[{key!r}] differs" for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    rows, expected = _metrics(run), _metrics(reference)
+    if len(rows) != len(expected):
+        problems.append(f"metrics.csv has {len(rows)} rows, the reference {len(expected)}")
+    problems += [f"metrics.csv row {i} differs" for i, (a, b) in enumerate(zip(rows, expected)) if a != b][:5]
+    return problems
+
+
+def inject(kills: int, work: Path, seed: int, overrides: list[str]) -> dict:
+    rng = random.Random(seed)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    reference = work / "reference"
+    started = time.perf_counter()
+    _start(reference, False, overrides, work / "reference.log").wait()
+    duration = time.perf_counter() - started
+    print(f"reference run: {duration:.1f} s", flush=True)
+
+    record: list[Kill] = []
+    runs: list[dict] = []
+    index, resume = 0, False
+    folder = work / "run_0"
+    while len(record) < kills or resume:
+        proc = _start(folder, resume, overrides, work / f"{folder.name}.log")
+        if len(record) < kills:
+            kind = KINDS[len(record) % len(KINDS)]
+            began, stale = time.perf_counter(), set(_temporary(folder))
+            _wait_for(proc, kind, folder, rng.uniform(0.0, duration))
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                mid_write = bool(set(_temporary(folder)) - stale)
+                resumable = any((folder / "checkpoints").glob("step_*"))
+                record.append(Kill(index, kind, round(time.perf_counter() - began, 3), mid_write, resumable))
+                print(f"kill {len(record)}/{kills}: {kind} at {record[-1].seconds:.2f} s"
+                      f"{' mid-write' if mid_write else ''}", flush=True)
+                if resumable:
+                    resume = True
+                else:  # nothing to resume: start afresh, as the refusal says
+                    shutil.rmtree(folder)
+                    resume = False
+                continue
+        else:
+            proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{folder} exited with {proc.returncode}; see {work / (folder.name + '.log')}")
+        problems = _differences(folder, reference)
+        runs.append({"folder": str(folder), "kills": sum(k.run == index for k in record), "equal": not problems,
+                     "differences": problems})
+        print(f"{folder.name}: {'equal to the reference' if not problems else problems}", flush=True)
+        index, resume = index + 1, False
+        folder = work / f"run_{index}"
+    return {"kills": [asdict(k) for k in record], "runs": runs, "reference_seconds": round(duration, 1)}
+
+
+def report(result: dict, command: str) -> str:
+    kills = result["kills"]
+    lines = ["# Fault injection: kill -9 and resume", "",
+             f"Produced by `{command}`: an uninterrupted reference run ({result['reference_seconds']} s), then "
+             f"{len(kills)} `kill -9`s of the same run, each followed by `rlft resume=<folder>`.", "",
+             "| kind | kills | struck mid-write | left no checkpoint (restarted) |", "| --- | ---: | ---: | ---: |"]
+    for kind in KINDS:
+        mine = [k for k in kills if k["kind"] == kind]
+        lines.append(f"| {kind} | {len(mine)} | {sum(k['struck_mid_write'] for k in mine)} "
+                     f"| {sum(not k['had_checkpoint'] for k in mine)} |")
+    lines += ["", "| finished run | kills survived | eval.json and metrics.csv equal to the reference |",
+              "| --- | ---: | --- |"]
+    lines += [f"| {Path(r['folder']).name} | {r['kills']} | {'yes' if r['equal'] else 'NO: ' + '; '.join(r['differences'])} |"
+              for r in result["runs"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/faults"), help="where the results go")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/rlft-fault-injection"),
+                        help="where the runs go (emptied first)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("overrides", nargs="*", default=RUN, help=f"the run's overrides (default: {' '.join(RUN)})")
+    args = parser.parse_args(argv)
+    command = bench_runs.command_line("rlft.scripts.fault_injection", argv)
+    result = inject(args.kills, args.work, args.seed, args.overrides)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"command": command, **result}, indent=2))
+    (args.out / "results.md").write_text(report(result, command))
+    print(report(result, command))
+    if not all(r["equal"] for r in result["runs"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
