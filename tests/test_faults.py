@@ -453,3 +453,22 @@ def test_every_torch_load_in_rlft_refuses_pickles():
     calls = [(path, line) for path in root.rglob("*.py") if ".venv" not in path.parts and "tests" not in path.parts
              for line in path.read_text().splitlines() if "torch.load(" in line and "``" not in line]
     assert calls and all("weights_only=True" in line for _, line in calls), calls
+
+
+def test_a_minari_dataset_without_env_spec_warns(tmp_path, hopper_episodes, monkeypatch):
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from rlft.envs.registry import get_task
+    from rlft.offline.dataset import DatasetWarning
+    from rlft.offline.loaders import load_task_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    env = gym.make("Hopper-v5")
+    minari.create_dataset_from_buffers(
+        "t/hopper/nospec-v0", [EpisodeBuffer(id=i, **ep) for i, ep in enumerate(hopper_episodes)], env=None,
+        observation_space=env.observation_space, action_space=env.action_space, data_format="hdf5", author="t",
+        author_email="t@t", code_permalink="t", algorithm_name="t", description="t")
+    with pytest.warns(DatasetWarning, match="nospec-v0 records no environment"):
+        assert len(load_task_dataset(tmp_path / "t" / "hopper" / "nospec-v0", get_task("hopper")))
