@@ -61,6 +61,7 @@ class Learner:
     checkpoint holds every object :meth:`_modules` lists. Subclasses add ``act`` and ``update``."""
 
     sequence_length: int = 1  # > 1: update() takes time-major sequence batches (ReplayBuffer.sample_sequences)
+    needs_finished_episodes: bool = False  # online batches only from finished episodes (MC returns known)
 
     def __init__(self, cfg: OnlineOverridable):
         self.base_cfg = cfg

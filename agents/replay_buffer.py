@@ -70,6 +70,7 @@ class ReplayBuffer:
         self.num_offline = 0
         self.size = 0
         self._cursor = 0  # next online write position (>= num_offline)
+        self._finished_online = 0  # online rows with a known return-to-go
 
     def __len__(self) -> int:
         return self.size
@@ -121,7 +122,7 @@ class ReplayBuffer:
         becomes online storage and the buffer starts empty."""
         if self.num_online:
             raise RuntimeError("discard_offline must come before any online transition")
-        self.num_offline = self.size = self._cursor = 0
+        self.num_offline = self.size = self._cursor = self._finished_online = 0
 
     def transform_rewards(self, rewards: np.ndarray) -> np.ndarray:
         """The stored reward ``reward_scale * r + reward_bias`` (float32)."""
@@ -141,6 +142,7 @@ class ReplayBuffer:
         self.rewards[idx, 0] = torch.as_tensor(self.transform_rewards(np.atleast_1d(reward)), device=self.device)
         self.next_observations[idx] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32, device=self.device)
         self.dones[idx, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
+        self._finished_online -= int(torch.isfinite(self.mc_returns[idx, 0]).sum())  # a wrapped ring overwrites
         self.mc_returns[idx, 0] = -float("inf")
         self.ends[idx] = False
         self.size = min(self.size + n, self.capacity)
@@ -149,7 +151,9 @@ class ReplayBuffer:
     def end_episode(self, rows: torch.Tensor, returns: np.ndarray) -> None:
         """An online episode stored in ``rows`` (in order) just ended: fill in its returns-to-go
         and mark its last row as an episode end."""
+        self._finished_online -= int(torch.isfinite(self.mc_returns[rows, 0]).sum())
         self.mc_returns[rows, 0] = torch.as_tensor(returns, dtype=torch.float32, device=self.device)
+        self._finished_online += len(rows)
         self.ends[rows[-1]] = True
 
     def _online_indices(self, n: int) -> torch.Tensor:
@@ -159,17 +163,19 @@ class ReplayBuffer:
         self._cursor = int(idx[-1]) + 1
         return idx.to(self.device)
 
-    def sample(self, batch_size: int, offline_ratio: float | None = None) -> Batch:
+    def sample(self, batch_size: int, offline_ratio: float | None = None, finished_only: bool = False) -> Batch:
         """A minibatch of ``batch_size`` rows.
 
         ``offline_ratio=None`` samples uniformly over everything stored. A number fixes the
         share drawn from the dataset rows: ``round(offline_ratio * batch_size)`` offline rows
         and the rest online, each uniform within its part (RLPD's symmetric sampling is
-        0.5; 0 never touches the dataset, as in WSRL).
+        0.5; 0 never touches the dataset, as in WSRL). ``finished_only`` draws online rows only
+        from finished episodes, whose Monte-Carlo returns are known (Cal-QL's code inserts whole
+        trajectories only); see :attr:`num_finished_online`.
         """
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        if offline_ratio is None:
+        if offline_ratio is None and not finished_only:
             idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         else:
             n_off = self._offline_count(batch_size, offline_ratio)
@@ -177,9 +183,32 @@ class ReplayBuffer:
             if n_off:
                 parts.append(torch.randint(0, self.num_offline, (n_off,), device=self.device))
             if n_off < batch_size:
-                parts.append(torch.randint(self.num_offline, self.size, (batch_size - n_off,), device=self.device))
+                online = (self._finished_rows(batch_size - n_off) if finished_only else
+                          torch.randint(self.num_offline, self.size, (batch_size - n_off,), device=self.device))
+                parts.append(online)
             idx = torch.cat(parts)
         return Batch(*(getattr(self, f)[idx] for f in self._FIELDS))
+
+    @property
+    def num_finished_online(self) -> int:
+        """Online rows whose episode has ended (their Monte-Carlo return is known)."""
+        return self._finished_online
+
+    def _count_finished_online(self) -> None:
+        self._finished_online = int(torch.isfinite(self.mc_returns[self.num_offline:self.size]).sum())
+
+    def _finished_rows(self, count: int) -> torch.Tensor:
+        """``count`` online rows drawn uniformly from finished episodes (rejection sampling: the
+        unfinished rows are the running episode's, a small share of the online rows)."""
+        if not self.num_finished_online:
+            raise RuntimeError("no online episode has finished yet")
+        rows = torch.randint(self.num_offline, self.size, (count,), device=self.device)
+        for _ in range(self._MAX_SEQUENCE_DRAWS):
+            bad = ~torch.isfinite(self.mc_returns[rows, 0])
+            if not bad.any():
+                return rows
+            rows[bad] = torch.randint(self.num_offline, self.size, (int(bad.sum()),), device=self.device)
+        raise RuntimeError("could not draw online rows of finished episodes")
 
     def sample_sequences(self, batch_size: int, length: int, offline_ratio: float | None = None) -> Batch:
         """``batch_size`` runs of ``length`` consecutive transitions of one episode, as a
@@ -257,3 +286,4 @@ class ReplayBuffer:
         for f in self._STORED:
             getattr(self, f)[lo:hi] = state[f].to(self.device)
         self.size, self._cursor = state["size"], state["cursor"]
+        self._count_finished_online()

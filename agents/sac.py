@@ -39,6 +39,7 @@ class SACConfig(AgentConfig):
     target_entropy: float | None = None  # None -> -action_dim
     backup_entropy: bool = True  # subtract alpha * log pi(a'|s') in the Bellman target
     critic_layer_norm: bool = False
+    actor_layer_norm: bool = False  # LayerNorm in the policy network's hidden layers (WSRL)
     target_reduction: str = "min"  # see rlft.policies.ensemble.reduce_ensemble
     target_subset: int = 2  # members per REDQ subset
     actor_reduction: str = "min"  # how the actor objective combines the ensemble ("min" or "mean")
@@ -62,7 +63,7 @@ class SAC(OffPolicyAgent):
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig, device: str | torch.device = "cpu"):
         super().__init__(obs_dim, action_dim, cfg, device)
-        self.actor = GaussianActor(obs_dim, action_dim, cfg.hidden).to(self.device)
+        self.actor = GaussianActor(obs_dim, action_dim, cfg.hidden, layer_norm=cfg.actor_layer_norm).to(self.device)
         self.critic = CriticEnsemble(obs_dim, action_dim, cfg.num_critics, cfg.hidden, cfg.critic_layer_norm)
         self.critic = self.critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -93,12 +94,16 @@ class SAC(OffPolicyAgent):
         return candidates[best]
 
     # ---------------------------------------------------------------- learning
+    def next_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``reduce_i Q'_i(s', a')`` and ``log pi(a'|s')`` for one ``a' ~ pi(.|s')`` per state."""
+        next_actions, next_log_prob = self.actor.sample(next_obs)
+        next_q = self.critic_target(next_obs, next_actions)
+        return reduce_ensemble(next_q, self.cfg.target_reduction, self.cfg.target_subset), next_log_prob
+
     def critic_target_values(self, batch: Batch) -> torch.Tensor:
-        """``r + gamma (1 - d) [reduce_i Q'_i(s', a') - alpha log pi(a'|s')]``, ``a' ~ pi(.|s')``."""
+        """``r + gamma (1 - d) [V'(s') - alpha log pi(a'|s')]`` with ``V'``, ``a'`` from :meth:`next_value`."""
         with torch.no_grad():
-            next_actions, next_log_prob = self.actor.sample(batch.next_observations)
-            next_q = self.critic_target(batch.next_observations, next_actions)
-            next_v = reduce_ensemble(next_q, self.cfg.target_reduction, self.cfg.target_subset)
+            next_v, next_log_prob = self.next_value(batch.next_observations)
             if self.cfg.backup_entropy:
                 next_v = next_v - self.alpha * next_log_prob
             return batch.rewards.squeeze(-1) + self.cfg.discount * (1.0 - batch.dones.squeeze(-1)) * next_v

@@ -29,6 +29,7 @@ import torch
 
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
+from rlft.policies.ensemble import reduce_ensemble
 
 
 @dataclass
@@ -41,6 +42,7 @@ class CQLConfig(SACConfig):
     cql_n_actions: int = 10  # actions per source (uniform, pi(s), pi(s')) in the log-sum-exp
     cql_temperature: float = 1.0
     calibrated: bool = False  # Cal-QL: lower-bound policy-action Q by the MC return-to-go
+    cql_max_target_backup: bool = False  # back up the best of cql_n_actions next actions (JaxCQL's option)
 
 
 def conservative_gap(
@@ -100,6 +102,25 @@ class CQL(SAC):
         if cfg.calibrated:
             info["calql_bound_rate"] = (q_pi < batch.mc_returns.view(1, b, 1)).float().mean().item()
         return gap.mean(1).sum(), info
+
+    def next_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``cql_max_target_backup`` (JaxCQL ``ConservativeSAC``, the Cal-QL code's default):
+        ``cql_n_actions`` actions ``a'_j ~ pi(.|s')``, each valued by the reduced target ensemble,
+        and the best one backed up together with its log-prob."""
+        if not self.cfg.cql_max_target_backup:
+            return super().next_value(next_obs)
+        b, n = next_obs.shape[0], self.cfg.cql_n_actions
+        next_rep = next_obs.repeat_interleave(n, dim=0)
+        actions, log_prob = self.actor.sample(next_rep)
+        values = reduce_ensemble(self.critic_target(next_rep, actions), self.cfg.target_reduction,
+                                 self.cfg.target_subset).view(b, n)
+        best = values.argmax(1, keepdim=True)
+        return values.gather(1, best).squeeze(1), log_prob.view(b, n).gather(1, best).squeeze(1)
+
+    @property
+    def needs_finished_episodes(self) -> bool:
+        """Calibration reads Monte-Carlo returns, known only for rows of finished episodes."""
+        return self.cfg.calibrated and self.cfg.cql_alpha > 0.0
 
     def critic_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]] | None:
         if self.cfg.cql_alpha == 0.0:

@@ -34,12 +34,13 @@ class GaussianActor(nn.Module):
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
         dropout: float = 0.0,
+        layer_norm: bool = False,
     ):
         super().__init__()
         self.action_dim, self.squash, self.state_dependent_std = action_dim, squash, state_dependent_std
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
         out = 2 * action_dim if state_dependent_std else action_dim
-        self.net = mlp(obs_dim, out, hidden, dropout=dropout)
+        self.net = mlp(obs_dim, out, hidden, dropout=dropout, layer_norm=layer_norm)
         self.log_std = None if state_dependent_std else nn.Parameter(torch.zeros(action_dim))
 
     def distribution(self, obs: torch.Tensor) -> Normal:

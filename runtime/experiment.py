@@ -168,10 +168,20 @@ class Experiment(DatasetRunner):
 
     # ---------------------------------------------------------------- phases
     def _sample(self, offline_ratio: float | None = None) -> Batch:
-        """A training batch: transitions, or sequences for agents that learn from them."""
+        """A training batch: transitions, or sequences for agents that learn from them; online rows
+        of finished episodes only for agents that read their Monte-Carlo returns (Cal-QL)."""
         if self.agent.sequence_length > 1:
             return self.buffer.sample_sequences(self.trainer.batch_size, self.agent.sequence_length, offline_ratio)
-        return self.buffer.sample(self.trainer.batch_size, offline_ratio)
+        finished = self.agent.needs_finished_episodes and self.agent.online
+        return self.buffer.sample(self.trainer.batch_size, offline_ratio, finished_only=finished)
+
+    def _online_data_ready(self) -> bool:
+        """Whether online updates may start: a sequence learner needs one whole sequence online,
+        a calibrated learner one finished episode (before it, its calibration would see no
+        online returns: the window where Cal-QL is meant to prevent the dip)."""
+        if self.agent.needs_finished_episodes:
+            return self.buffer.num_finished_online > 0
+        return self.buffer.num_online >= self.agent.sequence_length
 
     def _log(self, started: float, steps_done: int) -> None:
         rate = steps_done / max(time.perf_counter() - started, 1e-9)
@@ -213,8 +223,7 @@ class Experiment(DatasetRunner):
         explore = AgentActor(self.agent, self.device, deterministic=False)
         while self.phase_step < t.online_steps:
             episode = self.stepper.step(explore)
-            # sequence learners wait until the online rows hold one whole sequence
-            if self.phase_step >= t.warmup_steps and self.buffer.num_online >= self.agent.sequence_length:
+            if self.phase_step >= t.warmup_steps and self._online_data_ready():
                 for _ in range(t.utd):
                     self.accumulator.add(self.check_update(self.agent.update(self._sample(t.offline_data_ratio))))
             self.phase_step += 1

@@ -95,16 +95,33 @@ def test_warmup_does_no_updates_and_fills_only_the_online_buffer(tmp_path, nativ
 
 
 def test_updates_start_after_warmup_at_the_configured_utd(tmp_path, native_hopper):
-    cfg = o2o_config(native_hopper, "calql", "trainer.warmup_steps=20", "trainer.utd=2",
+    cfg = o2o_config(native_hopper, "cql", "trainer.warmup_steps=20", "trainer.utd=2",
                      "trainer.offline_data_ratio=0.5")
     exp = Experiment(cfg, tmp_path / "run")
     n_offline = exp.buffer.num_offline
     exp.run()
     assert exp.agent.num_updates == 40 + 2 * (60 - 20)
     assert exp.buffer.num_offline == n_offline and exp.buffer.num_online == 60
-    # every online row of a finished episode has its MC return; Cal-QL sees finite bounds there
-    online = exp.buffer.mc_returns[n_offline:exp.buffer.size, 0]
-    assert torch.isfinite(online).any()
+
+
+def test_calql_online_updates_wait_for_a_finished_episode_and_read_only_finished_ones(tmp_path, native_hopper,
+                                                                                      monkeypatch):
+    cfg = o2o_config(native_hopper, "calql", "trainer.offline_data_ratio=0.5", "trainer.online_steps=80")
+    exp = Experiment(cfg, tmp_path / "run")
+    n_offline, seen = exp.buffer.num_offline, []
+    update = CQL.update
+
+    def recording(agent, batch):
+        if agent.online:
+            seen.append((exp.phase_step, exp.buffer.num_finished_online, batch.mc_returns.clone()))
+        return update(agent, batch)
+
+    monkeypatch.setattr(CQL, "update", recording)
+    exp.run()
+    first_end = int(exp.buffer.ends[n_offline:exp.buffer.size].nonzero()[0]) + 1  # env steps of episode 1
+    assert seen and all(finished > 0 for _, finished, _ in seen)  # no online update before an episode ended
+    assert seen[0][0] + 1 == first_end < 80  # the first online update comes at the step that ended it
+    assert all(torch.isfinite(mc).all() for _, _, mc in seen)  # every row's calibration bound is known
 
 
 # -------------------------------------------------------------------- Cal-QL
@@ -141,6 +158,22 @@ def test_calql_needs_mc_returns_and_reports_how_often_the_bound_binds():
     batch.mc_returns = torch.full((8, 1), 1e3)
     info = agent.update(batch)
     assert info["calql_bound_rate"] == 1.0 and np.isfinite(info["critic_loss"])
+
+
+def test_max_target_backup_backs_up_the_best_of_n_policy_actions():
+    from rlft.policies.ensemble import reduce_ensemble
+
+    agent = CQL(3, 2, CQLConfig(hidden=(16,), cql_n_actions=4, cql_max_target_backup=True))
+    next_obs = torch.randn(5, 3)
+    torch.manual_seed(1)
+    value, log_prob = agent.next_value(next_obs)
+    torch.manual_seed(1)
+    actions, log_probs = agent.actor.sample(next_obs.repeat_interleave(4, dim=0))
+    values = reduce_ensemble(agent.critic_target(next_obs.repeat_interleave(4, dim=0), actions), "min").view(5, 4)
+    torch.testing.assert_close(value, values.max(1).values)
+    torch.testing.assert_close(log_prob, log_probs.view(5, 4).gather(1, values.argmax(1, keepdim=True)).squeeze(1))
+    plain = CQL(3, 2, CQLConfig(hidden=(16,), cql_n_actions=4))
+    assert plain.next_value(next_obs)[0].shape == (5,)  # one sampled action per state without the option
 
 
 # ------------------------------------------------------------------ init_from

@@ -68,3 +68,22 @@ def test_errors_on_misuse(hopper_dataset):
         ReplayBuffer(17, 6, 10_000).load_dataset(hopper_dataset)
     with pytest.raises(ValueError, match="do not fit"):
         ReplayBuffer(11, 3, 10).load_dataset(hopper_dataset)
+
+
+def test_finished_only_sampling_skips_the_running_episode(hopper_dataset):
+    buffer = ReplayBuffer(11, 3, len(hopper_dataset) + 20)
+    buffer.load_dataset(hopper_dataset)
+    first = buffer.add(np.zeros((5, 11)), np.zeros((5, 3)), np.ones(5), np.zeros((5, 11)), np.zeros(5))
+    with pytest.raises(RuntimeError, match="no online episode has finished"):
+        buffer.sample(8, offline_ratio=0.0, finished_only=True)
+    buffer.end_episode(first, np.arange(5.0))
+    buffer.add(np.zeros((3, 11)), np.zeros((3, 3)), np.ones(3), np.zeros((3, 11)), np.zeros(3))  # still running
+    assert buffer.num_finished_online == 5
+    torch.manual_seed(0)
+    batch = buffer.sample(256, offline_ratio=0.0, finished_only=True)
+    assert torch.isfinite(batch.mc_returns).all() and set(batch.mc_returns[:, 0].tolist()) == set(range(5))
+    state = buffer.online_state_dict()
+    restored = ReplayBuffer(11, 3, len(hopper_dataset) + 20)
+    restored.load_dataset(hopper_dataset)
+    restored.load_online_state_dict(state)
+    assert restored.num_finished_online == 5
