@@ -10,10 +10,14 @@ Never queries Q on actions outside the dataset. Per update (Alg. 1):
 
 Defaults are the paper's Gym-MuJoCo settings (App. B: tau 0.7, beta 3, lr 3e-4, Polyak
 0.005, Gaussian policy with a state-independent std); AntMaze-style sparse tasks use
-tau 0.9, beta 10 and rewards shifted by -1 (``configs/experiment/o2o/iql/*``). Online
-fine-tuning (Sec. 5.3) keeps the same losses on the growing buffer and samples the
-stochastic policy. The paper's cosine decay of the actor learning rate is left out:
-runs here are short and resume must not depend on a total-step schedule.
+tau 0.9, beta 10 and rewards shifted by -1 (``configs/experiment/o2o/iql/*``). Locomotion
+rewards are scaled by ``1000 / (max - min episode return)`` of the dataset, as the authors'
+``train_offline.py`` ``normalize`` does (``trainer.reward_return_range: 1000``); their
+``train_finetune.py`` then stores online locomotion rewards unscaled, which would mix two
+reward scales in one buffer, so rlft scales online rewards the same way. Online fine-tuning
+(Sec. 5.3) keeps the same losses on the growing buffer and samples the stochastic policy.
+The reference's cosine decay of the actor learning rate over the offline steps is left out:
+it would reach 0 as fine-tuning starts.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlft.agents.base import Learner
 from rlft.agents.online import EnvStepper
 from rlft.agents.registry import agent_config, build_agent
-from rlft.runtime.typed_config import config_from_mapping
+from rlft.runtime.typed_config import ConfigError, config_from_mapping
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
@@ -57,6 +57,9 @@ class TrainerConfig:
     normalize_obs: bool = True  # normalise observations with dataset statistics
     reward_scale: float = 1.0  # stored reward = reward_scale * r + reward_bias (dataset and online)
     reward_bias: float = 0.0
+    # set: reward_scale becomes this / (max - min episode return of the dataset), IQL's locomotion
+    # normalisation with 1000 (implicit_q_learning train_offline.py `normalize`)
+    reward_return_range: float | None = None
 
 
 class Experiment(DatasetRunner):
@@ -90,7 +93,7 @@ class Experiment(DatasetRunner):
             self.dataset.action_dim,
             len(self.dataset) + max(1, self.trainer.online_steps),
             self.device,
-            self.trainer.reward_scale,
+            self._reward_scale(),
             self.trainer.reward_bias,
         )
         mean, std = self.obs_stats if self.obs_stats is not None else (None, None)
@@ -114,6 +117,31 @@ class Experiment(DatasetRunner):
         self.phases.append(Phase("online", self._online_phase, self.trainer.online_steps))
         self.accumulator = MeanAccumulator()
         self.stepper: EnvStepper | None = None
+
+    def _reward_scale(self) -> float:
+        """``trainer.reward_scale``, or the scale that makes the dataset's episode returns span
+        ``trainer.reward_return_range`` (printed, and kept in eval.json's details)."""
+        t = self.trainer
+        if t.reward_return_range is None:
+            return t.reward_scale
+        if t.reward_scale != 1.0:
+            raise ConfigError(f"trainer.reward_scale={t.reward_scale} and trainer.reward_return_range="
+                              f"{t.reward_return_range}: set one of them")
+        returns = self.dataset.episode_returns()
+        spread = float(returns.max() - returns.min())
+        if not spread > 0:
+            raise ConfigError(f"trainer.reward_return_range: the episode returns of {self.dataset.source} all "
+                              f"equal {returns.max():.3f}, so their range cannot set the reward scale")
+        scale = t.reward_return_range / spread
+        print(f"reward scale {scale:.4g}: episode returns span {spread:.1f} in {self.dataset.source}, "
+              f"{t.reward_return_range:g} after scaling")
+        return scale
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["details"]["reward_scale"] = self.buffer.reward_scale
+        info["details"]["reward_bias"] = self.buffer.reward_bias
+        return info
 
     # ------------------------------------------------------------ checkpoints
     def pipeline_state(self) -> dict[str, Any]:

@@ -209,15 +209,27 @@ def test_every_o2o_experiment_composes_into_a_valid_agent_and_trainer(experiment
     assert cfg.dataset.name == dataset
     settings = Experiment.settings(cfg)
     agent_cfg, trainer = settings["agent"], settings["trainer"]
-    if method == "wsrl":
+    maze = dataset == "pointmaze-umaze"
+    if method == "wsrl":  # zhouzypaul/wsrl: CQL pretraining, REDQ ensemble, min-over-all actor
         assert trainer.warmup_steps == 5000 and trainer.offline_data_ratio == 0.0 and trainer.utd == 4
         assert agent_cfg.num_critics == 10 and agent_cfg.target_reduction == "redq" and agent_cfg.critic_layer_norm
+        assert not agent_cfg.calibrated and agent_cfg.actor_reduction == "min" and agent_cfg.actor_layer_norm
+        assert agent_cfg.cql_max_target_backup and agent_cfg.alpha_lr == 1e-4
+        assert agent_cfg.online_overrides["cql_max_target_backup"] == maze  # kept online for AntMaze only
+        assert (trainer.offline_steps, trainer.online_steps) == ((1_000_000, 250_000) if maze else (250_000, 500_000))
     if method == "calql":
         assert agent_cfg.calibrated and trainer.offline_data_ratio == 0.5
+        assert agent_cfg.cql_max_target_backup and agent_cfg.alpha_lr == 1e-4
     if method == "e2o":
         assert agent_cfg.num_critics == 10 and agent_cfg.online_overrides["exploration"] == "ucb"
-    if dataset == "pointmaze-umaze":
-        assert trainer.reward_bias == -1.0
+        assert agent_cfg.online_overrides["backup_entropy"] and trainer.offline_data_ratio == 0.0
+    if method in ("iql", "calql", "wsrl") or (method == "spot" and maze):
+        assert not trainer.normalize_obs
+    if method == "iql":
+        assert trainer.reward_return_range == (None if maze else 1000.0)
+    if maze:  # AntMaze conventions: IQL/SPOT shift rewards by -1, the CQL family scales 10 and shifts -5
+        assert (trainer.reward_scale, trainer.reward_bias) == ((10.0, -5.0) if method in ("calql", "wsrl")
+                                                               else (1.0, -1.0))
 
 
 def test_init_from_refuses_an_agent_trained_with_other_observation_statistics(tmp_path, hopper_dataset):
@@ -231,3 +243,19 @@ def test_init_from_refuses_an_agent_trained_with_other_observation_statistics(tm
     Experiment(o2o_config(first, "iql", "trainer.online_steps=0"), tmp_path / "offline").run()
     with pytest.raises(ValueError, match="other observation normalisation"):
         Experiment(o2o_config(second, "iql", f"init_from={tmp_path / 'offline'}"), tmp_path / "online").run()
+
+
+def test_reward_return_range_scales_rewards_by_the_dataset_s_return_spread(tmp_path, native_hopper, capsys):
+    from rlft.offline.loaders import load_dataset
+    from rlft.runtime.typed_config import ConfigError
+
+    returns = load_dataset(native_hopper).episode_returns()
+    exp = Experiment(o2o_config(native_hopper, "iql", "trainer.reward_return_range=1000"), tmp_path / "run")
+    scale = 1000.0 / (returns.max() - returns.min())
+    assert exp.buffer.reward_scale == pytest.approx(scale)
+    assert f"reward scale {scale:.4g}" in capsys.readouterr().out
+    stored = exp.buffer.rewards[:exp.buffer.num_offline, 0].double()
+    assert float(stored.max() - stored.min()) > 0 and exp.describe()["details"]["reward_scale"] == pytest.approx(scale)
+    with pytest.raises(ConfigError, match="set one of them"):
+        Experiment(o2o_config(native_hopper, "iql", "trainer.reward_return_range=1000", "trainer.reward_scale=2"),
+                   tmp_path / "b")
