@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
@@ -64,9 +65,13 @@ class MetricLogger:
             writer.writerows(self._rows)
         tmp.replace(self.path)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Close TensorBoard's writer, waiting at most ``timeout`` seconds: an interrupt that struck
+        inside its locks must not hang the exit (``metrics.csv`` is complete row by row anyway)."""
         if self._writer is not None:
-            self._writer.close()
+            closer = threading.Thread(target=self._writer.close, daemon=True, name="tensorboard-close")
+            closer.start()
+            closer.join(timeout)
 
 
 class MeanAccumulator:

@@ -1,7 +1,7 @@
 """Benchmark: offline-to-online fine-tuning of SPOT, E2O, Cal-QL, IQL and WSRL, several seeds.
 
 For each task and seed, every method pretrains offline once (``trainer.online_steps=0``) and
-fine-tunes online from that checkpoint (``init_from``). WSRL's Cal-QL checkpoint is
+fine-tunes online from that checkpoint (``init_from``). WSRL's CQL checkpoint is
 fine-tuned twice, with and without the warm-up, both with the offline data discarded: the
 WSRL paper's central comparison. Runs are ``rlft`` commands (in parallel workers, one torch
 thread each); finished runs are skipped, so an interrupted benchmark continues where it
@@ -64,6 +64,18 @@ def overrides_for(method: str, task: str, seed: int, args: argparse.Namespace) -
     if method == "wsrl":
         out.append(f"trainer.warmup_steps={args.warmup_steps}")
     return out
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, offline_steps: int, online_steps: int, warmup_steps: int,
+                      eval_every: int) -> None:
+    """The run sizes :func:`overrides_for` reads, with these defaults."""
+    parser.add_argument("--offline-steps", type=int, default=offline_steps)
+    parser.add_argument("--online-steps", type=int, default=online_steps)
+    parser.add_argument("--warmup-steps", type=int, default=warmup_steps)
+    parser.add_argument("--eval-every", type=int, default=eval_every)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--width", type=int, default=128, help="hidden width of every network")
+    parser.add_argument("--cql-actions", type=int, default=4, help="actions per source in CQL's log-sum-exp")
 
 
 def build_chains(args: argparse.Namespace) -> list[Chain]:
@@ -164,14 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--offline-steps", type=int, default=2000)
-    parser.add_argument("--online-steps", type=int, default=5000)
-    parser.add_argument("--warmup-steps", type=int, default=1000)
+    add_run_arguments(parser, offline_steps=2000, online_steps=5000, warmup_steps=1000, eval_every=500)
     parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--width", type=int, default=128, help="hidden width of every network")
-    parser.add_argument("--cql-actions", type=int, default=4, help="actions per source in CQL's log-sum-exp")
     parser.add_argument("--out", default="benchmarks/o2o")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_o2o", argv)

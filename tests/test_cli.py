@@ -136,7 +136,11 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path, dataset_file):
     while not (run_dir / "checkpoints").is_dir() and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {proc.communicate()[1][-2000:]}") from None
     assert proc.returncode == 130
     assert "rlft resume=run`" in err and "Traceback" not in err
 

@@ -1,0 +1,137 @@
+"""Sanity check against a peer on the same machine: rlft's online SAC from scratch on Hopper-v5
+against stable-baselines3's SAC with the same hyperparameters, several seeds each.
+
+Both learn for ``--steps`` environment steps with SAC's Table 1 settings (lr 3e-4, batch 256,
+two 256-256 critics, tau 0.005, gamma 0.99, automatic temperature from 1.0 with target entropy
+``-|A|``, entropy in the backup, one update per step after ``--learning-starts`` steps) and one
+torch thread, one run at a time. Both are evaluated every ``--eval-every`` steps by rlft's
+evaluator: 10 deterministic episodes reset with the same seeds. Known differences: during the
+first ``--learning-starts`` steps SB3 acts uniformly at random and rlft with its initial policy;
+SB3 clamps the policy's log-std to [-20, 2], rlft to [-5, 2].
+
+    python -m rlft.scripts.benchmark_sac_sb3 --seeds 0 1 2 --steps 100000
+
+rlft runs are ``rlft experiment=sac-scratch`` commands (``agent=sac``, no offline updates, the
+dataset discarded); SB3 runs are subprocesses of this script (``--sb3-run``).
+Finished runs are skipped. Writes ``results.md``, ``results.json`` and ``returns.png`` to ``<out>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rlft.runtime.plotting import plot_seed_curves
+from rlft.scripts import bench_runs
+
+EVAL_SEED = 1_000_000  # trainer.eval_seed's default: both learners meet the same evaluation episodes
+
+
+def rlft_overrides(seed: int, args: argparse.Namespace) -> list[str]:
+    return ["experiment=sac-scratch", f"seed={seed}", f"trainer.online_steps={args.steps}",
+            f"trainer.warmup_steps={args.learning_starts}", f"trainer.eval_every={args.eval_every}",
+            "trainer.eval_episodes=10", f"trainer.log_every={args.eval_every}", "progress=false", "threads=1"]
+
+
+def sb3_run(seed: int, args: argparse.Namespace, folder: Path) -> None:
+    """One SB3 SAC run, evaluated like rlft's; writes ``folder/eval.json`` (history of returns)."""
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rlft.envs.factory import make_env, make_vector_env
+    from rlft.envs.registry import get_task
+    from rlft.runtime.evaluation import evaluate
+
+    torch.set_num_threads(1)
+    task = get_task("hopper")
+    eval_env = make_vector_env({"task": "hopper"}, 10)
+    model = SAC("MlpPolicy", make_env({"task": "hopper"}), learning_rate=3e-4, buffer_size=args.steps,
+                learning_starts=args.learning_starts, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
+                gradient_steps=1, ent_coef="auto_1.0", target_entropy="auto",
+                policy_kwargs={"net_arch": [256, 256]}, seed=seed, device="cpu", verbose=0)
+    history: list[dict] = []
+    started = time.perf_counter()
+
+    def record(step: int) -> None:
+        result = evaluate(lambda obs: model.predict(obs, deterministic=True)[0], eval_env, 10, EVAL_SEED,
+                          task.ref_min_score, task.ref_max_score)
+        history.append({"step": step, "return_mean": result.return_mean, "normalized_score": result.normalized_score,
+                        "seconds": time.perf_counter() - started})
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % args.eval_every == 0:
+                record(self.num_timesteps)
+            return True
+
+    record(0)
+    model.learn(args.steps, callback=Evaluate())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps({"history": history, "seconds": time.perf_counter() - started}))
+
+
+def _returns_curve(history: list[dict], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation returns on ``grid`` (NaN before the first evaluation)."""
+    steps = np.array([r["step"] for r in history], dtype=float)
+    return grid, np.interp(grid, steps, np.array([r["return_mean"] for r in history], dtype=float), left=np.nan)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--learning-starts", type=int, default=5_000)
+    parser.add_argument("--eval-every", type=int, default=5_000)
+    parser.add_argument("--out", default="benchmarks/sac_sb3")
+    parser.add_argument("--sb3-run", type=int, metavar="SEED", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.sb3_run is not None:
+        sb3_run(args.sb3_run, args, out / "runs" / "sb3" / f"seed{args.sb3_run}")
+        return
+    command = bench_runs.command_line("rlft.scripts.benchmark_sac_sb3", argv)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for seed in args.seeds:
+        folder = out / "runs" / "rlft" / f"seed{seed}"
+        if not bench_runs.phase_finished(folder, online=True):
+            bench_runs.launch(rlft_overrides(seed, args), folder)
+        if not (out / "runs" / "sb3" / f"seed{seed}" / "eval.json").is_file():
+            subprocess.run([sys.executable, "-m", "rlft.scripts.benchmark_sac_sb3", "--sb3-run", str(seed),
+                            "--steps", str(args.steps), "--learning-starts", str(args.learning_starts),
+                            "--eval-every", str(args.eval_every), "--out", str(out)], check=True, env=env)
+        print(f"seed {seed} done", flush=True)
+    grid = np.arange(0, args.steps + 1, args.eval_every)
+    rlft_runs = [json.loads((out / "runs" / "rlft" / f"seed{s}" / "eval.json").read_text()) for s in args.seeds]
+    sb3_runs = [json.loads((out / "runs" / "sb3" / f"seed{s}" / "eval.json").read_text()) for s in args.seeds]
+    curves = {"rlft SAC": [_returns_curve(r["history"], grid) for r in rlft_runs],
+              "stable-baselines3 SAC": [_returns_curve(r["history"], grid) for r in sb3_runs]}
+    plot_seed_curves(curves, out / "returns.png", f"SAC from scratch on Hopper-v5 ({len(args.seeds)} seeds)",
+                     "environment steps", ylabel="evaluation return")
+    final = {"rlft": [r["after"]["return_mean"] for r in rlft_runs],
+             "sb3": [r["history"][-1]["return_mean"] for r in sb3_runs]}
+    minutes = {"rlft": [bench_runs.run_minutes(out / "runs" / "rlft" / f"seed{s}") for s in args.seeds],
+               "sb3": [r["seconds"] / 60 for r in sb3_runs]}
+    results = {"command": command, "final_return": final, "minutes": minutes}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    fmt = bench_runs.mean_std
+    lines = ["# rlft SAC against stable-baselines3 SAC", "", f"Command: `{command}`", "",
+             f"Hopper-v5, {args.steps} environment steps, {len(args.seeds)} seeds, one torch thread, one run at a "
+             "time; evaluation: 10 deterministic episodes with the same reset seeds.", "",
+             "| learner | final return | per seed | minutes per run |", "| --- | ---: | --- | ---: |",
+             f"| rlft | {fmt(final['rlft'])} | {', '.join(f'{v:.0f}' for v in final['rlft'])} | {fmt(minutes['rlft'])} |",
+             f"| stable-baselines3 | {fmt(final['sb3'])} | {', '.join(f'{v:.0f}' for v in final['sb3'])} "
+             f"| {fmt(minutes['sb3'])} |", "", "![returns](returns.png)", ""]
+    (out / "results.md").write_text("\n".join(lines))
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The benchmark drivers build the runs their docstrings describe (composed, not run)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hydra import compose, initialize_config_module
+
+from rlft.scripts import benchmark_o2o_claims, benchmark_sac_sb3
+
+
+def _composed(overrides: list[str]):
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        return compose("config", [o for o in overrides if not o.startswith("init_from=")])
+
+
+def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
+    args = argparse.Namespace(
+        task="hopper-medium", claims=list(benchmark_o2o_claims.CLAIMS), seeds=[0], offline_steps=100,
+        online_steps=200, warmup_steps=50, eval_every=50, eval_episodes=2, width=32, cql_actions=2)
+    chains = {c.method: c for c in benchmark_o2o_claims.build_chains(args)}
+    assert set(chains) == {"wsrl", "cql", "calql", "iql", "iql-raw"}
+    wsrl = {label: _composed(o) for label, o in chains["wsrl"].online.items()}
+    assert {(c.trainer.warmup_steps, c.trainer.offline_data_ratio) for c in wsrl.values()} == {
+        (0, 0.0), (50, 0.0), (0, 0.5)}  # the same CQL checkpoint, three ways
+    cql, calql = (_composed(chains[m].offline) for m in ("cql", "calql"))
+    assert not cql.agent.calibrated and calql.agent.calibrated and cql.trainer == calql.trainer
+    raw, normalised = (_composed(chains[m].offline) for m in ("iql-raw", "iql"))
+    assert raw.trainer.reward_return_range is None and normalised.trainer.reward_return_range == 1000.0
+    assert all(_composed(c.offline).trainer.online_steps == 0 for c in chains.values())
+
+
+def test_the_sac_peer_comparison_runs_sac_from_scratch():
+    args = argparse.Namespace(steps=1000, learning_starts=100, eval_every=500)
+    cfg = _composed(benchmark_sac_sb3.rlft_overrides(3, args))
+    assert cfg.agent.name == "sac" and cfg.agent.backup_entropy and cfg.agent.hidden == [256, 256]
+    assert (cfg.trainer.offline_steps, cfg.trainer.online_steps, cfg.trainer.warmup_steps) == (0, 1000, 100)
+    assert cfg.trainer.offline_data_ratio == 0.0 and not cfg.trainer.normalize_obs and cfg.seed == 3
