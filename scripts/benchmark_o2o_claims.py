@@ -17,8 +17,9 @@ comparison only means something once the offline critic has converged. Then:
 
 The dip of a run is its offline-end score minus the lowest score over the first ``--dip-window``
 online steps. Runs are ``rlft`` commands (one torch thread each, ``--workers`` at a time); finished
-runs are skipped, so an interrupted benchmark continues. Writes ``results.md``, ``results.json``
-and the plots to ``<out>``.
+runs are skipped, so an interrupted benchmark continues (and a finished one only re-summarises).
+Writes ``results.md``, ``results.json`` and the plots to ``<out>``
+(``benchmarks/o2o_claims/<claims>`` unless given).
 
     python -m rlft.scripts.benchmark_o2o_claims --task hopper-medium --seeds 0 1 2
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +124,17 @@ def summarise(args: argparse.Namespace, out: Path) -> dict:
     return results
 
 
-def write_markdown(results: dict, args: argparse.Namespace, out: Path, command: str, seconds: float) -> None:
+def run_minutes(out: Path, task: str) -> float:
+    """Wall-clock minutes of every run folder of the benchmark, summed (runs share the cores)."""
+    return sum(bench_runs.run_minutes(folder) for folder in (out / "runs" / task).glob("*/seed*")
+               if (folder / "eval.json").is_file())
+
+
+def write_markdown(results: dict, args: argparse.Namespace, out: Path, command: str) -> None:
     fmt = bench_runs.mean_std
-    lines = ["# Offline-to-online claims", "", f"Command: `{command}` ({seconds / 60:.0f} min on 2 CPU cores)", "",
+    minutes = run_minutes(out, args.task)
+    lines = ["# Offline-to-online claims", "", f"Command: `{command}` (the runs took {minutes:.0f} min summed, "
+             f"{args.workers} at a time on 2 CPU cores, one torch thread each)", "",
              f"{args.task}: {args.offline_steps} offline updates, {args.online_steps} online steps, networks "
              f"{args.width}-{args.width}, {args.cql_actions} CQL actions per source, WSRL warm-up "
              f"{args.warmup_steps} steps, {len(args.seeds)} seeds. Dip: offline-end score minus the lowest "
@@ -151,17 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     add_run_arguments(parser, offline_steps=20_000, online_steps=10_000, warmup_steps=2_500, eval_every=500)
     parser.set_defaults(width=64, cql_actions=2)  # the 10-critic CQL at 18 updates/s on one core (128/4: 5)
     parser.add_argument("--dip-window", type=int, default=5_000, help="online steps in which a dip is measured")
-    parser.add_argument("--out", default="benchmarks/o2o_claims")
+    parser.add_argument("--out", help="default: benchmarks/o2o_claims/<claims, joined by ->")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_o2o_claims", argv)
-    out = Path(args.out)
+    out = Path(args.out or Path("benchmarks/o2o_claims") / "-".join(args.claims))
     out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     bench_runs.run_parallel(lambda c: run_chain(c, out), build_chains(args), args.workers)
     results = summarise(args, out)
     results["command"] = command
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    write_markdown(results, args, out, command, time.time() - started)
+    write_markdown(results, args, out, command)
     print((out / "results.md").read_text())
 
 
