@@ -37,4 +37,9 @@ def build_agent(
     name: str, options: Mapping[str, Any], obs_dim: int, action_dim: int, device: str | torch.device = "cpu"
 ) -> Learner:
     """Instantiate agent ``name`` with ``options`` (the agent config minus ``name``)."""
-    return AGENTS[name][1](obs_dim, action_dim, agent_config(name, options), device)
+    return make_agent(name, agent_config(name, options), obs_dim, action_dim, device)
+
+
+def make_agent(name: str, config: Any, obs_dim: int, action_dim: int, device: str | torch.device = "cpu") -> Learner:
+    """Instantiate agent ``name`` from its already checked config (:func:`agent_config`)."""
+    return AGENTS[name][1](obs_dim, action_dim, config, device)

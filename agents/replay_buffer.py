@@ -44,7 +44,7 @@ class ReplayBuffer:
 
     _FIELDS = ("observations", "actions", "rewards", "next_observations", "dones", "mc_returns")
     _STORED = (*_FIELDS, "ends")
-    _MAX_SEQUENCE_DRAWS = 100  # rejection rounds before sample_sequences gives up
+    _MAX_REJECTION_ROUNDS = 100  # rejection-sampling rounds before a sampler gives up
 
     def __init__(
         self,
@@ -203,7 +203,7 @@ class ReplayBuffer:
         if not self.num_finished_online:
             raise RuntimeError("no online episode has finished yet")
         rows = torch.randint(self.num_offline, self.size, (count,), device=self.device)
-        for _ in range(self._MAX_SEQUENCE_DRAWS):
+        for _ in range(self._MAX_REJECTION_ROUNDS):
             bad = ~torch.isfinite(self.mc_returns[rows, 0])
             if not bad.any():
                 return rows
@@ -253,7 +253,7 @@ class ReplayBuffer:
         starts = torch.randint(lo, last_start + 1, (count,), device=self.device)
         offsets = torch.arange(length - 1, device=self.device)
         newest = self._cursor - 1 if lo >= self.num_offline and self.size == self.capacity else None
-        for _ in range(self._MAX_SEQUENCE_DRAWS):
+        for _ in range(self._MAX_REJECTION_ROUNDS):
             inner = starts.unsqueeze(1) + offsets  # rows that must not end an episode
             bad = self.ends[inner].any(1)
             if newest is not None:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.agents.base import Learner
 from rlft.agents.online import EnvStepper
-from rlft.agents.registry import agent_config, build_agent
+from rlft.agents.registry import agent_config, make_agent
 from rlft.runtime.typed_config import ConfigError, config_from_mapping
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
@@ -77,7 +77,8 @@ class Experiment(DatasetRunner):
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
-        self.trainer: TrainerConfig = self.settings(cfg)["trainer"]
+        settings = self.settings(cfg)
+        self.trainer: TrainerConfig = settings["trainer"]
         self.keep_checkpoints = self.trainer.keep_checkpoints
         self.check_budget({"trainer.offline_steps": self.trainer.offline_steps},
                           {"trainer.online_steps": self.trainer.online_steps})
@@ -87,7 +88,8 @@ class Experiment(DatasetRunner):
         self.obs_stats = self.dataset.observation_stats() if self.trainer.normalize_obs else None
         self.ref_scores = (self.dataset.ref_min_score, self.dataset.ref_max_score)
 
-        self.agent = build_agent(cfg.agent.name, _agent_options(cfg), self.dataset.obs_dim, self.dataset.action_dim, self.device)
+        self.agent = make_agent(cfg.agent.name, settings["agent"], self.dataset.obs_dim, self.dataset.action_dim,
+                                self.device)
         self.buffer = ReplayBuffer(
             self.dataset.obs_dim,
             self.dataset.action_dim,
