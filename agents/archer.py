@@ -8,8 +8,9 @@ Two levels (Sec. 4):
 - **Token level, on the critic's advantage.** The LM is updated by policy gradient on the
   tokens of a freshly sampled reply, weighted by ``A(s, a) = min_i Q_i(s, a) - min_i V_i(s)``.
 
-Defaults follow the released trainer (critic lr 1e-3, gamma 0.9, tau 0.1, 3 critic and 3 actor
-epochs per update). The paper's critic is a RoBERTa encoder with MLP heads; here the critic
+Defaults follow the released configs (``scripts/config/default.yaml``: 50 critic and 3 actor steps
+per iteration on 256 sampled turns each, gamma 0.95, tau 0.1, 20 critic-only warm-up iterations);
+the critic lr is rlft's (see ``configs/text_method/archer.yaml``). The paper's critic is a RoBERTa encoder with MLP heads; here the critic
 reads position-aware character features of the observation and the reply
 (:func:`rlft.policies.text_mlp.char_features`) through a batched two-member ensemble, which
 suits the short, Markov observations of the text tasks. Observations are the env's turn
@@ -42,15 +43,15 @@ class ArcherConfig:
     """Hyperparameters (``text_method.algorithm`` with ``algorithm: archer``)."""
 
     algorithm: str = "archer"
-    critic_lr: float = 1e-3
+    critic_lr: float = 1e-3  # 1e-5 for the released RoBERTa critic; rlft's MLP critic starts from scratch
     actor_lr: float = 3e-4  # 1e-5 in the paper for GPT-2/Mistral; a tiny LM needs larger steps
-    gamma: float = 0.9
+    gamma: float = 0.95
     tau: float = 0.1
-    critic_epochs: int = 3
-    actor_epochs: int = 3
-    batch_size: int = 64
+    critic_epochs: int = 50  # critic steps per iteration
+    actor_epochs: int = 3  # actor steps per iteration
+    batch_size: int = 256  # turns per step (the released 8 x 32 gradient-accumulation steps)
     buffer_size: int = 20_000  # turns
-    warmup_updates: int = 5  # critic-only updates before the actor starts
+    warmup_updates: int = 20  # critic-only iterations before the actor starts
     obs_width: int = 64  # characters of the observation the critic reads
     action_width: int = 16  # characters of the reply the critic reads
     hidden: tuple[int, ...] = (256, 256)

@@ -54,6 +54,7 @@ class FamilyConfig:
     clip_coef_rate: float = 3.0
     # Gaussian PPO / residual (arXiv 2407.16677 Sec. 4)
     init_log_std: float = -1.0
+    learn_std: bool = True  # False: log std fixed at init_log_std (ResiP's released residual)
     gaussian_clip_coef: float = 0.2
     residual_scale: float = 0.1
     residual_hidden: Sequence[int] = field(default_factory=lambda: (256, 256))
@@ -99,6 +100,7 @@ def build_base(cfg: FamilyConfig, obs_dim: int, action_dim: int) -> nn.Module:
             cfg.init_log_std,
             clip_coef=cfg.gaussian_clip_coef,
             encoder=encoder,
+            learn_std=cfg.learn_std,
         )
     return DiffusionPolicy(
         spec,
@@ -144,6 +146,7 @@ def build_actor(cfg: FamilyConfig, base: nn.Module, obs_dim: int, action_dim: in
         head_gain=cfg.residual_head_gain,
         clip_coef=cfg.gaussian_clip_coef,
         encoder=build_encoder(cfg, extra_dim=action_dim),
+        learn_std=cfg.learn_std,
     )
 
 

@@ -43,6 +43,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     max_grad_norm: float | None = 1.0
+    clip_critic_grad: bool = True  # False: max_grad_norm clips the actor's gradient only (DPPO)
     target_kl: float | None = 1.0  # stop an update's epochs once the approximate KL exceeds this
     value_clip: float | None = None  # clip value updates around the rollout's values (PPO2 style)
     norm_adv: bool = True  # normalise advantages within each minibatch
@@ -277,8 +278,8 @@ class PPO:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm is not None:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            groups = self.optimizer.param_groups if cfg.clip_critic_grad else self.optimizer.param_groups[:1]
+            nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], cfg.max_grad_norm)
         self.optimizer.step()
         return metrics
 

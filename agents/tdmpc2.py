@@ -20,11 +20,16 @@ Real World", arXiv 2310.16029, Sec. 4) adapts this to offline-to-online learning
 
 - ``value_target="expectile"``: in-sample TD targets ``r_t + gamma V(z_{t+1})``, with ``V`` fitted
   by expectile regression (0.7 for Hopper in its configs) to the target Q of dataset actions (IQL,
-  Kostrikov et al. 2022), so offline Q-values never query actions the data lacks;
+  Kostrikov et al. 2022), so offline Q-values never query actions the data lacks. FOWM's heads
+  all have MSE losses; here ``V``, like ``Q``, is a two-hot regressor and its loss is the
+  cross-entropy to the two-hot target weighted by ``|tau - 1(Q < V)|`` (the expectile weight),
+  so it stays on the scale of the other losses instead of dominating the shared encoder;
 - ``prior_objective="awr"``: the prior is fitted by advantage-weighted regression to dataset actions,
-  weights ``exp(3 (Q - V))`` clipped at 100;
+  weights ``exp(3 (Q - V))`` clipped at 100; it has no std to train, so it is sampled with FOWM's
+  fixed noise (``model.prior_noise_std`` 0.05, its ``min_std``);
 - ``planner.uncertainty_cost``: test-time regularisation of the planner by the Q-ensemble's
-  disagreement (20 for Hopper; :mod:`rlft.policies.planner`).
+  disagreement (20 for Hopper; :mod:`rlft.policies.planner`), with FOWM's terminal value, the
+  minimum of two members (``planner.terminal_reduce="min"``).
 
 The same update runs offline (on the dataset) and online (on balanced dataset/online batches,
 ``trainer.offline_data_ratio``), so pretraining and fine-tuning are one learner.
@@ -37,13 +42,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rlft.agents.base import Learner, OnlineOverridable, soft_update
 from rlft.agents.replay_buffer import Batch
-from rlft.offline.iql import expectile_loss
 from rlft.policies.planner import MPPIConfig, MPPIPlanner
 from rlft.policies.world_model import WorldModel, WorldModelConfig
 
@@ -87,6 +92,9 @@ class TDMPC2Config(OnlineOverridable):
             raise ValueError("prior_objective='awr' needs the state value V: set value_target='expectile'")
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
+        if self.model.prior_noise_std is not None and self.prior_objective != "awr":
+            raise ValueError("model.prior_noise_std fixes the prior's std; the max_q objective's entropy term "
+                             "needs a learned one (set prior_objective='awr' or prior_noise_std=null)")
 
 
 class RunningScale(nn.Module):
@@ -152,6 +160,13 @@ class TDMPC2(Learner):
         """New episodes begin in every env of the acting stream: forget its warm start."""
         self._warm_means[deterministic] = None
 
+    def episodes_ended(self, ended: np.ndarray, deterministic: bool) -> None:
+        """Sub-envs ``ended`` (a mask) reset themselves: their next plan starts cold (a zero
+        warm mean is what :meth:`MPPIPlanner.plan` starts from without one)."""
+        warm = self._warm_means[deterministic]
+        if warm is not None and len(ended) == warm.shape[0]:
+            warm[torch.as_tensor(ended, device=warm.device)] = 0.0
+
     def start_online(self) -> None:
         super().start_online()
         self.planner = MPPIPlanner(self.model, self.action_dim, self.cfg.planner, self.cfg.discount)
@@ -198,10 +213,13 @@ class TDMPC2(Learner):
         if cfg.value_target == "expectile":
             with torch.no_grad():
                 q_data = m.q(rollout.detach(), batch.actions, "min", target=True)
-            v = m.value(rollout)
-            v_loss = sum(rho[t] * expectile_loss(q_data[t] - v[t], cfg.expectile) for t in range(horizon)) / horizon
+            v_logits = m.value_logits(rollout)
+            v = m.bins.decode(v_logits)
+            weight = torch.where(q_data < v, 1.0 - cfg.expectile, cfg.expectile).detach().squeeze(-1)  # [H, B]
+            v_ce = weight * m.bins.cross_entropy(v_logits, q_data)
+            v_loss = (rho * v_ce.mean(-1)).sum() / horizon
             total = total + cfg.value_coef * v_loss
-            info.update(expectile_loss=v_loss.item(), v=v.mean().item())
+            info.update(v_loss=v_loss.item(), v=v.mean().item())
         return total, latents, q_data, info
 
     def _prior_loss(

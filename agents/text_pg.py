@@ -12,14 +12,16 @@ comes from and at which granularity the probability ratio is clipped:
   from the same task instance. Outcome supervision (Sec. 4.1.2) gives every model token of episode
   ``i`` the advantage ``(R_i - mean(R)) / std(R)``; process supervision (Sec. 4.1.3, the default
   here, since multi-turn tasks reward each turn) standardises the turn rewards over the group and
-  gives each turn the sum of the standardised rewards from it onwards. The ratio is clipped per
-  token, token losses are averaged per episode, and an optional ``beta * KL(pi || pi_ref)`` uses
-  the unbiased k3 estimator against the initial policy.
+  gives each turn the sum of the standardised rewards from it onwards. Rewards are standardised
+  with the unbiased std plus 1e-4, as TRL's ``GRPOTrainer`` does. The ratio is clipped per token,
+  token losses are averaged per episode, and an optional ``beta * KL(pi || pi_ref)`` uses the
+  unbiased k3 estimator (eq. 4) against the policy RL starts from (Sec. 4.1: the SFT model).
+  That reference is frozen at the first update, after SFT, and saved with the learner's state.
+  A batch in which every return is equal moves neither the weights nor Adam's moments.
 """
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Literal
@@ -48,7 +50,7 @@ class TextPGConfig:
     value_coef: float = 0.5
     entropy_coef: float = 0.0
     cot_lambda: float = 1.0  # RL4VLM's weight on reasoning tokens (0.5 in its CoT runs); 1 = plain sum
-    kl_coef: float = 0.0  # GRPO's beta (0.04 in DeepSeekMath); needs a reference policy
+    kl_coef: float = 0.0  # GRPO's beta (0.04 in DeepSeekMath); > 0 keeps a frozen copy of the trained weights
     supervision: Literal["outcome", "process"] = "process"  # GRPO: episode return, or per-turn rewards
     max_grad_norm: float = 1.0
     normalize_advantages: bool = True
@@ -63,17 +65,26 @@ class TextPGConfig:
             raise ValueError(f"cot_lambda must be in [0, 1], got {self.cot_lambda}")
 
 
-def group_advantages(returns: np.ndarray, groups: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+STD_EPS = 1e-4  # added to the group's std (TRL GRPOTrainer: (r - mean) / (std + 1e-4))
+
+
+def _group_std(rewards: np.ndarray) -> float:
+    """Unbiased std of a group's rewards (``torch.std``'s default, as TRL uses); 0 for one reward."""
+    return float(rewards.std(ddof=1)) if len(rewards) > 1 else 0.0
+
+
+def group_advantages(returns: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """GRPO's outcome advantages: each return standardised within its group (zero if all equal)."""
     advantages = np.zeros_like(returns, dtype=np.float64)
     for g in np.unique(groups):
         members = groups == g
         r = returns[members]
-        advantages[members] = (r - r.mean()) / (r.std() + eps) if r.std() > 0 else 0.0
+        std = _group_std(r)
+        advantages[members] = (r - r.mean()) / (std + STD_EPS) if std > 0 else 0.0
     return advantages
 
 
-def process_advantages(turn_rewards: list[np.ndarray], groups: np.ndarray, eps: float = 1e-6) -> list[np.ndarray]:
+def process_advantages(turn_rewards: list[np.ndarray], groups: np.ndarray) -> list[np.ndarray]:
     """GRPO with process supervision (DeepSeekMath Sec. 4.1.3): every turn reward is standardised
     over all turn rewards of its group, and a turn's advantage is the sum of the standardised
     rewards from that turn to the episode's end. ``turn_rewards[e]`` holds episode ``e``'s rewards."""
@@ -81,10 +92,11 @@ def process_advantages(turn_rewards: list[np.ndarray], groups: np.ndarray, eps: 
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
         pooled = np.concatenate([turn_rewards[e] for e in members])
-        if pooled.std() == 0:
+        std = _group_std(pooled)
+        if std == 0:
             continue
         for e in members:
-            normalised = (turn_rewards[e] - pooled.mean()) / (pooled.std() + eps)
+            normalised = (turn_rewards[e] - pooled.mean()) / (std + STD_EPS)
             advantages[e] = np.cumsum(normalised[::-1])[::-1].copy()
     return advantages
 
@@ -134,22 +146,29 @@ class TextPolicyGradient:
         self.config = config
         self.generator = generator or torch.Generator().manual_seed(0)
         self.optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
-        self.reference = None
-        if config.kl_coef > 0 and not hasattr(policy.model, "disable_adapter"):
-            self.reference = copy.deepcopy(policy.model).requires_grad_(False)
+        # GRPO's pi_ref: the LM's trained weights (LoRA: the adapters) as they were at the first update
+        self.reference: dict[str, torch.Tensor] | None = None
+
+    def _freeze_reference(self) -> None:
+        self.reference = {name: p.detach().clone() for name, p in self.policy.model.named_parameters()
+                          if p.requires_grad}
 
     @contextmanager
-    def _reference_model(self) -> Iterator[None]:
-        """Swap in the reference LM: LoRA models disable their adapters, full models a frozen copy."""
-        if self.reference is None:
-            with self.policy.model.disable_adapter():
-                yield
-            return
-        trained, self.policy.model = self.policy.model, self.reference
+    def _reference_weights(self) -> Iterator[None]:
+        """Swap the frozen reference weights into the LM (and back out afterwards)."""
+        params = dict(self.policy.model.named_parameters())
+
+        def swap() -> None:
+            for name, frozen in self.reference.items():
+                params[name].data, self.reference[name] = frozen, params[name].data
+
+        with torch.no_grad():
+            swap()
         try:
             yield
         finally:
-            self.policy.model = trained
+            with torch.no_grad():
+                swap()
 
     @torch.no_grad()
     def _prepare(self, batch: TextBatch) -> _Prepared:
@@ -191,8 +210,8 @@ class TextPolicyGradient:
                 for episode, adv in zip(batch.episodes, process_advantages(rewards, groups)):
                     per_turn[episode.turns] = torch.as_tensor(adv, dtype=torch.float32)
                 prepared.token_advantage = per_turn[prepared.turn_of]
-            if cfg.kl_coef > 0:
-                with self._reference_model():
+            if cfg.kl_coef > 0 and prepared.informative:
+                with self._reference_weights():
                     prepared.ref_log_prob = self._token_log_probs(batch, prepared)
         else:
             self._turn_advantages(batch, prepared)
@@ -251,7 +270,11 @@ class TextPolicyGradient:
     def update(self, batch: TextBatch) -> dict[str, float]:
         """``epochs`` passes of minibatch gradient steps over the batch; returns mean losses."""
         cfg = self.config
+        if cfg.kl_coef > 0 and self.reference is None:
+            self._freeze_reference()
         prepared = self._prepare(batch)
+        if cfg.algorithm == "grpo" and not prepared.informative:
+            return {}  # every advantage is zero: a step would still move the weights by Adam's momentum
         totals: dict[str, float] = {}
         steps = 0
         for _ in range(cfg.epochs):
@@ -277,7 +300,7 @@ class TextPolicyGradient:
         else:
             policy_loss, value_loss = self._ppo_losses(prepared, picked, log_prob, scores.hidden, chunk, metrics)
             loss = policy_loss + cfg.value_coef * value_loss
-        if not prepared.informative:  # e.g. no success yet on a sparse task: fit values, keep the policy
+        if not prepared.informative:  # PPO before the first success on a sparse task: fit values only
             loss = loss - policy_loss
         loss = loss - cfg.entropy_coef * entropy
         self.optimizer.zero_grad()
@@ -325,9 +348,11 @@ class TextPolicyGradient:
         return -surrogate.mean(), value_loss
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "reference": self.reference}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.reference = state["reference"]
 

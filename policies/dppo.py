@@ -9,10 +9,14 @@ discounted by ``gamma_denoise^(k)`` towards the noisier steps (Sec. 4.2).
 
 Only the last ``K'`` (``ft_steps``) of the ``K`` denoising steps are fine-tuned, by a
 trainable copy of the noise predictor; the earlier steps keep the frozen pretrained one
-(Sec. 5.2); so does the observation encoder of pixel policies. Defaults follow the paper's
-Gym and Robomimic configs (App. D):
-``K' = 10`` of ``K = 20``, a minimum sampling std 0.1 on every fine-tuned step for exploration,
-a minimum std 0.1 in the log-probabilities for stability, sampled noise clipped to 3 std,
+(Sec. 5.2). The copy includes the observation encoder of pixel policies, as the reference's
+``actor_ft`` is a deep copy of the whole actor, vision backbone included
+(``model/diffusion/diffusion_vpg.py``); the frozen steps read the frozen encoder.
+Defaults follow the paper's Gym and Robomimic configs (App. D): ``K' = 10`` of ``K = 20``;
+while exploring, every denoising step's std (the frozen steps' too) is floored at
+``min_sampling_std`` 0.1 (0.04 in the Furniture-Bench configs), evaluation keeps the DDPM
+posterior std and drops the last step's noise; a minimum std 0.1 in the log-probabilities for
+stability, sampled noise clipped to 3 std,
 ``gamma_denoise = 0.99``, and a clip range growing exponentially over the denoising steps
 from ``clip_coef_base`` (noisiest fine-tuned step) to ``clip_coef`` (the final step) with rate 3.
 As in the reference implementation, the per-step ratio uses the log-probability averaged over
@@ -55,7 +59,8 @@ class DPPOPolicy(nn.Module):
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.ft_network = copy.deepcopy(base.network)
-        for p in self.ft_network.parameters():
+        self.ft_encoder = copy.deepcopy(base.encoder)  # None for state observations
+        for p in self.trainable_parameters():
             p.requires_grad_(True)
         self.ft_steps = ft_steps
         self.min_sampling_std, self.min_logprob_std, self.noise_clip = min_sampling_std, min_logprob_std, noise_clip
@@ -67,8 +72,9 @@ class DPPOPolicy(nn.Module):
     def spec(self):
         return self.base.spec
 
-    def _network_for(self, k: int) -> nn.Module:
-        return self.ft_network if k < self.ft_steps else self.base.network
+    def _ft_condition(self, obs: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned steps' condition: observations through the fine-tuned encoder copy."""
+        return obs if self.ft_encoder is None else self.ft_encoder(obs)
 
     @torch.no_grad()
     def sample_chain(
@@ -82,16 +88,18 @@ class DPPOPolicy(nn.Module):
         std at ``min_sampling_std``; ``deterministic`` follows :meth:`DiffusionPolicy.sample`.
         """
         B, dim = len(obs), self.spec.chunk_dim
-        cond = self.base.encode(obs)
+        frozen_cond, ft_cond = self.base.encode(obs), self._ft_condition(obs)
         x = torch.randn(B, dim, device=obs.device)
         chain, means, stds = [], [], []
         for k in reversed(range(self.base.denoising_steps)):
             if k == self.ft_steps - 1:
                 chain.append(x)
             kk = torch.full((B,), k, device=obs.device, dtype=torch.long)
-            mean, logvar = self.base.reverse_step(x, kk, cond, self._network_for(k))
+            fine_tuned = k < self.ft_steps
+            mean, logvar = self.base.reverse_step(x, kk, ft_cond if fine_tuned else frozen_cond,
+                                                  self.ft_network if fine_tuned else self.base.network)
             std = (0.5 * logvar).exp()
-            if k < self.ft_steps:
+            if fine_tuned:
                 means.append(mean)
                 stds.append(std.clamp(min=self.min_logprob_std))
             if deterministic:
@@ -99,7 +107,7 @@ class DPPOPolicy(nn.Module):
             else:
                 std = std.clamp(min=self.min_sampling_std)
             x = mean + std * torch.randn_like(x).clamp(-self.noise_clip, self.noise_clip)
-            if k < self.ft_steps:
+            if fine_tuned:
                 chain.append(x)
         chunk = x.clamp(-1.0, 1.0)
         chain[-1] = chunk
@@ -115,7 +123,7 @@ class DPPOPolicy(nn.Module):
             raise ValueError(f"chain has {K1} states, expected ft_steps + 1 = {self.ft_steps + 1}")
         ks = torch.arange(self.ft_steps - 1, -1, -1, device=chain.device).repeat(B)
         x_prev = chain[:, :-1].reshape(-1, dim)
-        cond = self.base.encode(obs).repeat_interleave(self.ft_steps, dim=0)
+        cond = self._ft_condition(obs).repeat_interleave(self.ft_steps, dim=0)
         mean, logvar = self.base.reverse_step(x_prev, ks, cond, self.ft_network)
         std = (0.5 * logvar).exp().clamp(min=self.min_logprob_std)
         return Normal(mean, std).log_prob(chain[:, 1:].reshape(-1, dim)).reshape(B, self.ft_steps, dim)
@@ -158,4 +166,5 @@ class DPPOPolicy(nn.Module):
         return self.gamma_denoise ** torch.arange(self.ft_steps - 1, -1, -1, dtype=torch.float32)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.ft_network.parameters())
+        encoder = list(self.ft_encoder.parameters()) if self.ft_encoder is not None else []
+        return list(self.ft_network.parameters()) + encoder

@@ -86,7 +86,8 @@ class GaussianActor(nn.Module):
 
 class GaussianPPOPolicy(nn.Module):
     """PPO's Gaussian MLP policy (Schulman et al. 2017, Sec. 6.1): ``a ~ N(mu(s), diag(sigma))``
-    with a state-independent, learned ``log sigma``.
+    with a state-independent ``log sigma``, learned unless ``learn_std=False`` (ResiP's released
+    residual keeps it fixed at its initial value).
 
     ``tanh_mean`` keeps the mean inside the action box (behaviour-cloned starts); samples
     are clipped to ``[-1, 1]`` for the env (``clip_actions``) while the log-probability is
@@ -109,6 +110,7 @@ class GaussianPPOPolicy(nn.Module):
         clip_coef: float = 0.2,
         activation: type[nn.Module] = nn.Mish,
         encoder: nn.Module | None = None,
+        learn_std: bool = True,
     ):
         super().__init__()
         self.tanh_mean, self.clip_actions, self.clip_coef = tanh_mean, clip_actions, clip_coef
@@ -118,7 +120,7 @@ class GaussianPPOPolicy(nn.Module):
         if head_gain is not None:
             nn.init.orthogonal_(self.net[-1].weight, gain=head_gain)
             nn.init.zeros_(self.net[-1].bias)
-        self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
+        self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)), requires_grad=learn_std)
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
         out = self.net(obs if self.encoder is None else self.encoder(obs))
@@ -157,4 +159,4 @@ class GaussianPPOPolicy(nn.Module):
         return torch.ones(1, device=self.log_std.device)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.parameters())
+        return [p for p in self.parameters() if p.requires_grad]

@@ -5,7 +5,8 @@ TD-MPC2 (Hansen et al. 2024, arXiv 2310.16828, Sec. 3.4, after MPPI, Williams et
 each decision optimises a ``horizon``-step action sequence for ``iterations`` rounds. A round
 evaluates ``num_samples`` sequences -- ``num_pi_trajs`` rolled out by the policy prior, the rest
 drawn from a Gaussian ``N(mean, std)`` clipped to ``[-1, 1]`` -- by their latent return
-``sum_t gamma^t R(z_t, a_t) + gamma^H Q(z_H, p(z_H))``, keeps the ``num_elites`` best and refits
+``sum_t gamma^t R(z_t, a_t) + gamma^H Q(z_H, p(z_H))`` (``Q`` the average of two random members;
+FOWM takes their minimum, ``terminal_reduce="min"``), keeps the ``num_elites`` best and refits
 ``mean``/``std`` to them with weights ``exp(temperature * (value - max))``. The executed action is
 an elite's first action drawn by those weights, plus ``std_0`` noise when exploring. The mean is
 warm-started from the previous decision's, shifted by one step.
@@ -25,7 +26,7 @@ from typing import Protocol
 
 import torch
 
-from rlft.policies.world_model import random_pair
+from rlft.policies.world_model import random_pair, reduce_pair
 
 
 @dataclass
@@ -41,6 +42,7 @@ class MPPIConfig:
     min_std: float = 0.05
     max_std: float = 2.0
     uncertainty_cost: float = 0.0  # FOWM's lambda: value penalty per unit of Q-ensemble std
+    terminal_reduce: str = "avg"  # the terminal value of two random Q members: "avg" (TD-MPC2) or "min" (FOWM)
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.iterations < 1:
@@ -51,6 +53,8 @@ class MPPIConfig:
             raise ValueError(f"num_elites ({self.num_elites}) must be in [1, num_samples={self.num_samples}]")
         if self.uncertainty_cost < 0:
             raise ValueError(f"uncertainty_cost must be >= 0, got {self.uncertainty_cost}")
+        if self.terminal_reduce not in ("avg", "min"):
+            raise ValueError(f"terminal_reduce must be 'avg' or 'min', got {self.terminal_reduce!r}")
 
 
 class PlanningModel(Protocol):
@@ -99,9 +103,10 @@ class MPPIPlanner:
         action = self.model.pi(z).action
         if lam > 0:  # one pass of every member gives both the value and its spread
             members = self.model.q_values(z, action)
-            terminal = members[random_pair(members.shape[0])].mean(0) - lam * members.std(0)
+            terminal = reduce_pair(members[random_pair(members.shape[0])], self.cfg.terminal_reduce)
+            terminal = terminal - lam * members.std(0)
         else:
-            terminal = self.model.q(z, action, reduce="avg")
+            terminal = self.model.q(z, action, reduce=self.cfg.terminal_reduce)
         return value + discount * alive * terminal
 
     def _prior_sequences(self, z: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,17 @@ arXiv 2310.16828, Sec. 3 and App. A-B. Every component is an MLP with LayerNorm 
 - reward ``R(z, a)`` and ``num_q`` Q-functions ``Q_i(z, a)`` are discrete regressors over 101
   symlog bins (:mod:`rlft.policies.two_hot`); the Q-functions are one batched ensemble with 1%
   dropout after their first layer and slowly-updated target copies;
-- the policy prior ``p(z)`` is a tanh-squashed Gaussian with a bounded log-std.
+- the policy prior ``p(z)`` is a tanh-squashed Gaussian with a bounded log-std, or, with
+  ``prior_noise_std`` set (FOWM), TD-MPC's deterministic ``tanh(mu(z))`` sampled with fixed
+  Gaussian noise of that std, clipped to +-0.3 (``TruncatedNormal.sample(clip=0.3)`` in FOWM's
+  ``algorithm/tdmpc.py``): an AWR-fitted prior never trains a std.
 
 Two optional heads: ``termination`` (TD-MPC2's episodic extension: the probability that the
 episode ended on reaching ``z``, so rollouts of tasks that terminate, like Hopper, stop collecting
 reward) and ``value`` (FOWM's state value ``V(z)``, Feng et al. 2023, arXiv 2310.16029, Sec. 4,
-learned by expectile regression for in-sample offline TD targets).
+learned by expectile regression for in-sample offline TD targets). ``V`` is a discrete regressor
+over the same symlog bins as ``Q``, so its loss has the scale of the others (FOWM's TD-MPC has
+MSE losses for every head; rlft's TD-MPC2 heads are two-hot cross-entropies).
 
 Parameter counts for Hopper (11-D observations, 3-D actions): the paper's 5M preset (latent 512,
 MLPs 512, 5 Q-functions) has 4.9M, 6.0M with both optional heads; rlft's CPU preset (latent 128,
@@ -54,6 +59,7 @@ class WorldModelConfig:
     vmax: float = 10.0
     log_std_min: float = -10.0  # policy prior log-std range
     log_std_max: float = 2.0
+    prior_noise_std: float | None = None  # None: learned log-std (TD-MPC2); FOWM: 0.05 (its min_std)
     activation: str = "mish"  # "mish" (the paper) or "silu": near-identical, much faster in torch on CPU
 
     def __post_init__(self) -> None:
@@ -63,6 +69,8 @@ class WorldModelConfig:
             raise ValueError(f"latent_dim {self.latent_dim} must be a multiple of simnorm_dim {self.simnorm_dim}")
         if self.num_q < 2:
             raise ValueError(f"num_q must be >= 2 (targets use a random pair), got {self.num_q}")
+        if self.prior_noise_std is not None and self.prior_noise_std <= 0:
+            raise ValueError(f"prior_noise_std must be > 0 (or None for a learned std), got {self.prior_noise_std}")
 
 
 class SimNorm(nn.Module):
@@ -109,7 +117,7 @@ class PriorSample:
 
     action: torch.Tensor  # [..., A] sampled and squashed
     mean: torch.Tensor  # [..., A] tanh of the Gaussian mean (the deterministic action)
-    log_prob: torch.Tensor  # [..., 1] log-density of ``action`` (squashing corrected)
+    log_prob: torch.Tensor | None  # [..., 1] log-density of ``action`` (squashing corrected); None: fixed noise
 
 
 class WorldModel(nn.Module):
@@ -128,17 +136,22 @@ class WorldModel(nn.Module):
         self.encoder = _latent_mlp(obs_dim, [cfg.enc_dim] * max(cfg.num_enc_layers - 1, 1), cfg)
         self.dynamics = _latent_mlp(za, hidden, cfg)
         self.reward_head = mlp(za, cfg.num_bins, hidden, layer_norm=True, activation=act)
-        self.prior = mlp(cfg.latent_dim, 2 * action_dim, hidden, layer_norm=True, activation=act)
+        prior_out = action_dim if cfg.prior_noise_std is not None else 2 * action_dim
+        self.prior = mlp(cfg.latent_dim, prior_out, hidden, layer_norm=True, activation=act)
         self.qs = EnsembleMLP(za, cfg.num_bins, cfg.num_q, hidden, layer_norm=True, activation=act,
                               dropout=cfg.dropout)
         self.termination_head = (
             mlp(cfg.latent_dim, 1, hidden, layer_norm=True, activation=act) if termination else None
         )
-        self.value_head = mlp(cfg.latent_dim, 1, hidden, layer_norm=True, activation=act) if value_head else None
+        self.value_head = (
+            mlp(cfg.latent_dim, cfg.num_bins, hidden, layer_norm=True, activation=act) if value_head else None
+        )
         self.apply(_init_weights)
-        # Zero-initialised output layers: reward and Q start at exactly 0 (TD-MPC2's init.zero_).
+        # Zero-initialised output layers: reward, Q and V start at exactly 0 (TD-MPC2's init.zero_).
         nn.init.zeros_(self.reward_head[-1].weight)
         nn.init.zeros_(self.qs[-1].weight)
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head[-1].weight)
         self.target_qs = copy.deepcopy(self.qs).requires_grad_(False)
 
     @property
@@ -175,10 +188,15 @@ class WorldModel(nn.Module):
             return None
         return (self.termination_head(z) > 0).float()
 
-    def value(self, z: torch.Tensor) -> torch.Tensor:
+    def value_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """``[..., num_bins]`` of FOWM's state value."""
         if self.value_head is None:
             raise RuntimeError("this world model has no value head (built with value_head=False)")
         return self.value_head(z)
+
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """FOWM's ``V(z)``, ``[..., 1]``."""
+        return self.bins.decode(self.value_logits(z))
 
     def q_logits(
         self, z: torch.Tensor, action: torch.Tensor, target: bool = False, members: torch.Tensor | None = None
@@ -196,6 +214,10 @@ class WorldModel(nn.Module):
 
     def pi(self, z: torch.Tensor) -> PriorSample:
         """Sample the policy prior (reparameterised)."""
+        if self.cfg.prior_noise_std is not None:
+            mean = torch.tanh(self.prior(z))
+            noise = (self.cfg.prior_noise_std * torch.randn_like(mean)).clamp(-0.3, 0.3)
+            return PriorSample(action=(mean + noise).clamp(-1.0, 1.0), mean=mean, log_prob=None)
         mu, raw_log_std = self.prior(z).chunk(2, dim=-1)
         log_std = self.cfg.log_std_min + 0.5 * (self.cfg.log_std_max - self.cfg.log_std_min) * (torch.tanh(raw_log_std) + 1)
         eps = torch.randn_like(mu)

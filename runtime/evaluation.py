@@ -79,6 +79,8 @@ def evaluate(
                 tracks_success = True
                 ep_success |= ended & info["final_info"]["success"].astype(bool)
             running &= ~ended
+            if ended.any() and hasattr(act, "episodes_ended"):  # those sub-envs reset themselves
+                act.episodes_ended(ended)
             env_steps += int(running.sum() + ended.sum())
             bar.set_postfix(env_steps=env_steps)
             bar.update(int(ended.sum()))

@@ -291,3 +291,8 @@ class AgentActor:
     def reset(self, num_envs: int) -> None:
         if hasattr(self.agent, "reset"):
             self.agent.reset(num_envs, self.deterministic)
+
+    def episodes_ended(self, ended: np.ndarray) -> None:
+        """Sub-envs ``ended`` (a mask) reset themselves: a planning agent forgets their warm starts."""
+        if hasattr(self.agent, "episodes_ended"):
+            self.agent.episodes_ended(ended, self.deterministic)

@@ -75,7 +75,8 @@ def build_chains(args: argparse.Namespace) -> list[Chain]:
             online = {slug(label): base + [f"trainer.online_steps={args.online_steps}"] + more
                       for claim in args.claims for label, (source, more) in CLAIMS[claim].items() if source == name}
             chains.append(Chain(args.task, seed, name, base + ["trainer.online_steps=0"], online))
-    return chains
+    # chains with more online runs take longer: start those first, so the workers finish together
+    return sorted(chains, key=lambda chain: -len(chain.online))
 
 
 def _metric_curve(folder: Path, key: str, start: int, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

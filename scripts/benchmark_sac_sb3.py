@@ -4,8 +4,9 @@ against stable-baselines3's SAC with the same hyperparameters, several seeds eac
 Both learn for ``--steps`` environment steps with SAC's Table 1 settings (lr 3e-4, batch 256,
 two 256-256 critics, tau 0.005, gamma 0.99, automatic temperature from 1.0 with target entropy
 ``-|A|``, entropy in the backup, one update per step after ``--learning-starts`` steps) and one
-torch thread, one run at a time. Both are evaluated every ``--eval-every`` steps by rlft's
-evaluator: 10 deterministic episodes reset with the same seeds. Known differences: during the
+torch thread per run. ``--workers 2`` runs a seed's rlft and SB3 runs side by side, one core each,
+so both wall-clocks are measured under the same load. Both are evaluated every ``--eval-every``
+steps by rlft's evaluator: 10 deterministic episodes reset with the same seeds. Known differences: during the
 first ``--learning-starts`` steps SB3 acts uniformly at random and rlft with its initial policy;
 SB3 clamps the policy's log-std to [-20, 2], rlft to [-5, 2].
 
@@ -84,12 +85,27 @@ def _returns_curve(history: list[dict], grid: np.ndarray) -> tuple[np.ndarray, n
     return grid, np.interp(grid, steps, np.array([r["return_mean"] for r in history], dtype=float), left=np.nan)
 
 
+def run_job(learner: str, seed: int, args: argparse.Namespace, out: Path) -> str:
+    """One learner's run for one seed, skipped when it has finished."""
+    folder = out / "runs" / learner / f"seed{seed}"
+    if learner == "rlft" and not bench_runs.phase_finished(folder, online=True):
+        bench_runs.launch(rlft_overrides(seed, args), folder)
+    elif learner == "sb3" and not (folder / "eval.json").is_file():
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, "-m", "rlft.scripts.benchmark_sac_sb3", "--sb3-run", str(seed),
+                        "--steps", str(args.steps), "--learning-starts", str(args.learning_starts),
+                        "--eval-every", str(args.eval_every), "--out", str(out)], check=True, env=env)
+    return f"{learner} seed {seed} done"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--learning-starts", type=int, default=5_000)
     parser.add_argument("--eval-every", type=int, default=5_000)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="runs at a time (2: each seed's rlft and SB3 runs side by side, one core each)")
     parser.add_argument("--out", default="benchmarks/sac_sb3")
     parser.add_argument("--sb3-run", type=int, metavar="SEED", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -98,16 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         sb3_run(args.sb3_run, args, out / "runs" / "sb3" / f"seed{args.sb3_run}")
         return
     command = bench_runs.command_line("rlft.scripts.benchmark_sac_sb3", argv)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for seed in args.seeds:
-        folder = out / "runs" / "rlft" / f"seed{seed}"
-        if not bench_runs.phase_finished(folder, online=True):
-            bench_runs.launch(rlft_overrides(seed, args), folder)
-        if not (out / "runs" / "sb3" / f"seed{seed}" / "eval.json").is_file():
-            subprocess.run([sys.executable, "-m", "rlft.scripts.benchmark_sac_sb3", "--sb3-run", str(seed),
-                            "--steps", str(args.steps), "--learning-starts", str(args.learning_starts),
-                            "--eval-every", str(args.eval_every), "--out", str(out)], check=True, env=env)
-        print(f"seed {seed} done", flush=True)
+    jobs = [(learner, seed) for seed in args.seeds for learner in ("rlft", "sb3")]
+    bench_runs.run_parallel(lambda job: run_job(*job, args, out), jobs, args.workers)
     grid = np.arange(0, args.steps + 1, args.eval_every)
     rlft_runs = [json.loads((out / "runs" / "rlft" / f"seed{s}" / "eval.json").read_text()) for s in args.seeds]
     sb3_runs = [json.loads((out / "runs" / "sb3" / f"seed{s}" / "eval.json").read_text()) for s in args.seeds]
@@ -123,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     fmt = bench_runs.mean_std
     lines = ["# rlft SAC against stable-baselines3 SAC", "", f"Command: `{command}`", "",
-             f"Hopper-v5, {args.steps} environment steps, {len(args.seeds)} seeds, one torch thread, one run at a "
-             "time; evaluation: 10 deterministic episodes with the same reset seeds.", "",
+             f"Hopper-v5, {args.steps} environment steps, {len(args.seeds)} seeds, one torch thread per run, "
+             f"{args.workers} runs at a time; evaluation: 10 deterministic episodes with the same reset seeds.", "",
              "| learner | final return | per seed | minutes per run |", "| --- | ---: | --- | ---: |",
              f"| rlft | {fmt(final['rlft'])} | {', '.join(f'{v:.0f}' for v in final['rlft'])} | {fmt(minutes['rlft'])} |",
              f"| stable-baselines3 | {fmt(final['sb3'])} | {', '.join(f'{v:.0f}' for v in final['sb3'])} "

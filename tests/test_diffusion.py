@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlft.offline.bc import BCConfig, chunk_windows, train_bc
+from rlft.offline.bc import BCConfig, chunk_windows, ema_decay, train_bc
 from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy, NoiseSchedule
 from conftest import episodes_to_dataset
 
@@ -126,3 +126,39 @@ def test_unet_denoiser_keeps_chunk_shapes_and_clones_a_mapping():
     assert losses[-1] < 0.5 * losses[0]
     test = torch.tensor([[0.8], [-0.5]])
     assert (policy.sample_ddim(test, steps=5) - test * ramp).abs().max() < 0.2
+
+
+def test_cloning_leaves_the_moving_average_of_the_weights_in_the_policy():
+    """Diffusion Policy's EMA warm-up: the average copies the weights for two steps, then decays by
+    1 - (1 + t)^-0.75; training itself is the same with or without it."""
+    assert ema_decay(1, 0.75, 0.9999) == ema_decay(2, 0.75, 0.9999) == 0.0
+    assert ema_decay(3, 0.75, 0.9999) == pytest.approx(1 - 2 ** -0.75)
+    assert ema_decay(10**9, 0.75, 0.9999) == 0.9999
+    obs = np.random.default_rng(0).uniform(-1, 1, (64, 1)).astype(np.float32)
+    chunks = np.concatenate([obs, -obs], axis=1)
+    trajectory = []
+
+    def clone(power):
+        torch.manual_seed(0)
+        policy = DiffusionPolicy(ChunkSpec(obs_dim=1, action_dim=1, horizon=2, act_steps=2), denoising_steps=4,
+                                 hidden=(16,), time_dim=4)
+        if power is None:  # record the weights before every step's loss
+            loss = policy.bc_loss
+            policy.bc_loss = lambda o, c: (trajectory.append([p.detach().clone() for p in policy.parameters()]),
+                                           loss(o, c))[1]
+        losses = train_bc(policy, obs, chunks, BCConfig(steps=6, batch_size=16, lr=1e-2, log_every=1, ema_power=power),
+                          progress=False)
+        return policy, losses
+
+    last, plain_losses = clone(None)
+    averaged, losses = clone(0.75)
+    assert losses == plain_losses
+    expected = [p.detach().clone() for p in last.parameters()]
+    weights = trajectory[1:] + [expected]  # the weights after steps 1..6
+    average = [w.clone() for w in weights[0]]
+    for step, w in enumerate(weights, start=1):
+        for a, x in zip(average, w):
+            a.lerp_(x, 1 - ema_decay(step, 0.75, 0.9999))
+    for a, p, x in zip(average, averaged.parameters(), expected):
+        torch.testing.assert_close(p.detach(), a)
+    assert any(not torch.equal(p, x) for p, x in zip(averaged.parameters(), expected))

@@ -127,7 +127,8 @@ def test_grpo_advantages_standardise_within_groups() -> None:
     returns = np.array([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     adv = group_advantages(returns, groups)
-    assert np.allclose(adv[:4], [1.0, -1.0, -1.0, 1.0], atol=1e-5)
+    unbiased = np.std([1.0, 0.0, 0.0, 1.0], ddof=1)  # TRL: torch.std (unbiased), plus 1e-4
+    assert np.allclose(adv[:4], np.array([0.5, -0.5, -0.5, 0.5]) / (unbiased + 1e-4), atol=1e-7)
     assert (adv[4:] == 0.0).all()  # a group that all scored the same teaches nothing
 
 
@@ -135,7 +136,7 @@ def test_grpo_process_supervision_sums_standardised_turn_rewards_to_go() -> None
     rewards = [np.array([0.0, 1.0]), np.array([-1.0, -1.0, 0.0]), np.array([1.0]), np.array([1.0])]
     adv = process_advantages(rewards, np.array([0, 0, 1, 1]))
     pooled = np.array([0.0, 1.0, -1.0, -1.0, 0.0])
-    z = (pooled - pooled.mean()) / pooled.std()
+    z = (pooled - pooled.mean()) / (pooled.std(ddof=1) + 1e-4)
     assert np.allclose(adv[0], [z[0] + z[1], z[1]], atol=1e-5)
     assert np.allclose(adv[1], [z[2] + z[3] + z[4], z[3] + z[4], z[4]], atol=1e-5)
     assert (adv[2] == 0).all() and (adv[3] == 0).all()  # identical rewards: no signal
@@ -144,10 +145,14 @@ def test_grpo_process_supervision_sums_standardised_turn_rewards_to_go() -> None
 def test_a_batch_without_reward_differences_leaves_the_policy_alone(tiny_lm: Path) -> None:
     policy, chat, vec = numberline_setup(tiny_lm, num_envs=4)
     batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=2), torch.Generator().manual_seed(0))
-    for turn in batch.turns:  # a sparse task before the first success: every episode returned 0
+    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", supervision="outcome"))
+    for k, turn in enumerate(batch.turns):  # first an informative batch, so Adam has momentum ...
+        turn.reward = float(k % 2)
+    assert learner.update(batch)
+    for turn in batch.turns:  # ... then a sparse task before the first success: every episode returned 0
         turn.reward = 0.0
     before = [p.detach().clone() for p in policy.trainable_parameters()]
-    TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", supervision="outcome")).update(batch)
+    learner.update(batch)
     assert all(torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
 
 
@@ -186,25 +191,29 @@ def test_one_update_raises_good_replies_and_lowers_bad_ones(tiny_lm: Path, algor
     assert change[advantage > 0].mean() > change[advantage < 0].mean()
 
 
-def test_ppo_needs_a_value_head_and_grpo_kl_uses_a_frozen_reference(tiny_lm: Path) -> None:
+def test_ppo_needs_a_value_head(tiny_lm: Path) -> None:
     with pytest.raises(ValueError, match="value head"):
         TextPolicyGradient(load(tiny_lm), TextPGConfig(algorithm="ppo"))
-    policy, chat, vec = numberline_setup(tiny_lm, num_envs=4)
-    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", kl_coef=0.04))
-    batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=2), torch.Generator().manual_seed(0))
-    metrics = learner.update(batch)
-    assert metrics["kl_ref"] >= 0.0
-    reference_params = list(learner.reference.parameters())
-    assert all(not p.requires_grad for p in reference_params)
 
 
-def test_lora_trains_adapters_only_and_its_base_is_the_reference(tiny_lm: Path) -> None:
-    policy = load(tiny_lm)
-    policy.model = add_lora(policy.model, LoraSettings(rank=4))
-    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)
-    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", kl_coef=0.04))
-    assert learner.reference is None  # the adapters switched off give the initial policy
+@pytest.mark.parametrize("lora", [False, True])
+def test_grpo_kl_reference_is_the_policy_after_sft(tiny_lm: Path, lora: bool) -> None:
+    """DeepSeekMath Sec. 4.1: pi_ref is the initial RL policy, i.e. the SFT model. The learner is
+    built before SFT (as the pipeline does), so the reference must be frozen at the first update."""
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=8)
+    if lora:
+        policy.model = add_lora(policy.model, LoraSettings(rank=4))
+    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", kl_coef=0.04, epochs=1,
+                                                      minibatch_samples=1000, lr=1e-2))
+    env = make_env({"task": "numberline"}).unwrapped
+    train_sft(policy, sft_samples(record_transcripts(env, expert_actor(1.0), 30, 0, "numberline"), chat), 40, lr=1e-2)
+    batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=4), torch.Generator().manual_seed(0))
+    assert batch.episode_returns().std() > 0
+    first = learner.update(batch)  # one step: its KL is measured before the weights move
+    assert first["kl_ref"] < 1e-6
+    trained = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert set(learner.reference) == trained and (not lora or all("lora_" in n for n in trained))
+    assert learner.update(batch)["kl_ref"] > 1e-4  # the policy has moved away from it since
 
 
 def test_missing_model_files_are_named(tiny_lm: Path, tmp_path: Path) -> None:

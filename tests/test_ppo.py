@@ -14,6 +14,7 @@ from rlft.agents.ppo import PPO, PPOConfig, compute_gae
 from rlft.envs import make_vector_env
 from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy
 from rlft.policies.dppo import DPPOPolicy
+from rlft.policies.encoders import ImageStateEncoder
 from rlft.policies.gaussian import GaussianPPOPolicy
 from rlft.policies.residual import ResidualVectorEnv
 from rlft.runtime.evaluation import evaluate
@@ -88,6 +89,28 @@ def test_dppo_recomputed_log_probs_equal_sampled_ones_and_only_the_copy_trains(d
     assert not any(p.requires_grad for p in policy.base.parameters())
 
 
+def test_dppo_fine_tunes_a_copy_of_the_image_encoder_and_the_frozen_steps_keep_theirs():
+    """DPPO's actor_ft deep-copies the whole actor, vision backbone included."""
+    torch.manual_seed(0)
+    spec = ChunkSpec(obs_dim=2 + 16 * 16 * 3, action_dim=2, horizon=2, act_steps=2)
+    encoder = ImageStateEncoder((16, 16, 3), state_dim=2, features=8, channels=4)
+    policy = DPPOPolicy(DiffusionPolicy(spec, denoising_steps=4, hidden=(16,), encoder=encoder), ft_steps=2)
+    assert policy.ft_encoder is not policy.base.encoder
+    trainable = {id(p) for p in policy.trainable_parameters()}
+    assert {id(p) for p in policy.ft_encoder.parameters()} <= trainable
+    assert not any(p.requires_grad for p in policy.base.parameters())
+    obs = torch.rand(3, spec.obs_dim)
+    sample = policy.explore(obs)
+    torch.testing.assert_close(policy.evaluate(obs, sample.stored)[0], sample.log_prob)
+    frozen = [p.detach().clone() for p in policy.base.encoder.parameters()]
+    copied = [p.detach().clone() for p in policy.ft_encoder.parameters()]
+    optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=0.1)
+    policy.evaluate(obs, sample.stored)[0].sum().backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(frozen, policy.base.encoder.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(copied, policy.ft_encoder.parameters()))
+
+
 def test_dppo_clip_schedule_and_denoising_discount():
     policy = _dppo(ft_steps=4)
     clip = policy.clip_coefficients()
@@ -134,6 +157,41 @@ def test_residual_env_refills_chunks_and_adds_the_scaled_residual():
     assert calls == []  # the first chunk has a second action left
     env.step(np.zeros((2, 1), np.float32))
     assert calls == [2]  # both chunks used up: one batched base call
+
+
+def test_a_fixed_std_residual_keeps_its_log_std_through_updates():
+    """ResiP's released residual (learn_std false, init_logstd -1.0): PPO moves the mean, never the std."""
+    torch.manual_seed(0)
+    base = GaussianPPOPolicy(1, 1, hidden=(16,))
+    cfg = FamilyConfig(family="residual", horizon=1, act_steps=1, residual_hidden=(16,), init_log_std=-1.0,
+                       learn_std=False, residual_head_gain=1.0)
+    residual = build_actor(cfg, base, obs_dim=1, action_dim=1)
+    env = wrap_env(cfg, make_vector_env({"task": "rlft-test/PointReach-v0"}, 4), base, "cpu")
+    ppo = PPO(residual, 2, PPOConfig(minibatch_size=40, update_epochs=2, critic_hidden=(16,), target_kl=None), 4)
+    assert all(p is not residual.log_std for p in residual.trainable_parameters())
+    head = residual.net[-1].weight.detach().clone()
+    rollout, _ = ppo.collect(env, env.reset(seed=0)[0], 20)
+    ppo.update(rollout)
+    assert torch.equal(residual.log_std.detach(), torch.full((1,), -1.0))
+    assert not torch.equal(residual.net[-1].weight, head)
+
+
+@pytest.mark.parametrize("clip_critic", [True, False])
+def test_max_grad_norm_clips_the_critic_too_unless_told_not_to(clip_critic):
+    """DPPO clips actor_ft's gradient only; the other recipes clip actor and critic together."""
+    torch.manual_seed(0)
+    env = make_vector_env({"task": "rlft-test/PointReach-v0"}, 2)
+    actor = GaussianPPOPolicy(1, 1, hidden=(8,))
+    cfg = PPOConfig(minibatch_size=1000, update_epochs=1, critic_hidden=(8,), target_kl=None, max_grad_norm=1e-6,
+                    clip_critic_grad=clip_critic, reward_scale_running=False)
+    ppo = PPO(actor, 1, cfg, 2)
+    ppo.update(ppo.collect(env, env.reset(seed=0)[0], 10)[0])
+    norm = lambda params: torch.cat([p.grad.flatten() for p in params]).norm().item()  # noqa: E731
+    actor_params, critic_params = actor.trainable_parameters(), list(ppo.critic.parameters())
+    if clip_critic:
+        assert norm(actor_params + critic_params) == pytest.approx(1e-6, rel=1e-3)
+    else:
+        assert norm(actor_params) == pytest.approx(1e-6, rel=1e-3) and norm(critic_params) > 1e-3
 
 
 def test_gaussian_ppo_learns_point_reach():

@@ -30,7 +30,8 @@ def llm_config(*overrides: str) -> DictConfig:
 @pytest.mark.parametrize("method", ["ppo", "grpo", "archer"])
 def test_run_folder_holds_everything_a_user_needs(tmp_path: Path, method: str) -> None:
     overrides = [f"text_method={method}"] + (["text_method.rollout.group_size=2"] if method == "grpo" else []) + (
-        ["text_method.algorithm.warmup_updates=1", "text_method.algorithm.batch_size=8"] if method == "archer" else [])
+        ["text_method.algorithm.warmup_updates=1", "text_method.algorithm.batch_size=8",
+         "text_method.algorithm.critic_epochs=3"] if method == "archer" else [])
     results = TextExperiment(llm_config(*overrides), tmp_path).run()
     for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "transcripts.jsonl",
                  "model/config.json", "model/tokenizer.json"):
@@ -40,8 +41,10 @@ def test_run_folder_holds_everything_a_user_needs(tmp_path: Path, method: str) -
     assert len(list_checkpoints(tmp_path / "checkpoints")) == 4  # after SFT, then every iteration
 
 
-def test_resume_continues_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = llm_config()
+@pytest.mark.parametrize("overrides", [[], ["text_method=grpo", "text_method.rollout.group_size=2",
+                                            "text_method.algorithm.kl_coef=0.04"]], ids=["ppo", "grpo-kl"])
+def test_resume_continues_bit_for_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]) -> None:
+    cfg = llm_config(*overrides)  # GRPO's KL reference (frozen after SFT) travels in the checkpoint
     full = TextExperiment(cfg, tmp_path / "full").run()
     calls = {"n": 0}
     original = text_rollout.collect_text
@@ -59,9 +62,12 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, monkeypatch: pytest.Monkey
     resumed = TextExperiment(cfg, tmp_path / "cut")
     assert resumed.resume() and resumed.phase_step == 2
     assert resumed.run()["history"] == full["history"]
-    a = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[-1])["state"]["policy"]
-    b = load_checkpoint(list_checkpoints(tmp_path / "cut" / "checkpoints")[-1])["state"]["policy"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_checkpoint(list_checkpoints(tmp_path / run / "checkpoints")[-1])["state"] for run in ("full", "cut"))
+    assert all(torch.equal(a["policy"][k], b["policy"][k]) for k in a["policy"])
+    if overrides:
+        sft_end = load_checkpoint(list_checkpoints(tmp_path / "full" / "checkpoints")[0])["state"]["policy"]
+        reference = b["rl"]["reference"]
+        assert reference and all(torch.equal(reference[k], sft_end["model." + k]) for k in reference)
     with pytest.raises(FileExistsError, match="resume"):
         TextExperiment(cfg, tmp_path / "full").run()
 

@@ -134,6 +134,46 @@ def test_updates_fit_dynamics_and_rewards(fowm):
     assert F.l1_loss(predicted, test.rewards[0]) < 0.5 * constant_guess
 
 
+def test_fowm_value_is_a_two_hot_regressor_fitted_by_expectile_weighted_cross_entropy():
+    """V lives on Q's symlog bins, so on returns of hundreds its loss stays of the order of the
+    other cross-entropies (an expectile MSE on raw returns would be ~1e4)."""
+    agent = tiny_agent(value_target="expectile", prior_objective="awr", expectile=0.7)
+    batch = sequence_batch(horizon=3)
+    batch = Batch(batch.observations, batch.actions, batch.rewards * 100, batch.next_observations, batch.dones)
+    torch.manual_seed(2)
+    _, latents, q_data, info = agent._model_loss(batch)
+    m = agent.model
+    assert m.value_head[-1].out_features == m.cfg.num_bins
+    with torch.no_grad():
+        v_logits = m.value_logits(latents[:-1])
+        weight = torch.where(q_data < m.bins.decode(v_logits), 0.3, 0.7).squeeze(-1)
+        ce = (weight * m.bins.cross_entropy(v_logits, q_data)).mean(-1)
+    assert info["v_loss"] == pytest.approx(float((torch.tensor([1, 0.5, 0.25]) * ce).sum() / 3), rel=1e-5)
+    assert info["v_loss"] < 10 and info["value_loss"] < 10
+    torch.manual_seed(3)
+    q = torch.tensor([[[1.0]], [[-1.0]]])  # above and below V = 0 (zero-initialised head)
+    under = tiny_agent(value_target="expectile", prior_objective="awr", expectile=0.9)
+    v_logits = under.model.value_logits(torch.zeros(2, 1, 16))
+    torch.testing.assert_close(under.model.value(torch.zeros(1, 16)), torch.zeros(1, 1))
+    weights = torch.where(q < under.model.bins.decode(v_logits), 0.1, 0.9).flatten()
+    assert weights.tolist() == pytest.approx([0.9, 0.1])  # the expectile weight of IQL's Eq. 5
+
+
+def test_fowm_prior_has_fixed_noise_around_its_deterministic_action():
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        options = OmegaConf.to_container(compose("config", ["experiment=wm/hopper-medium"]).agent, resolve=True)
+    options["model"].update(TINY_MODEL)
+    agent = build_agent(options.pop("name"), options, obs_dim=4, action_dim=2)
+    assert agent.model.cfg.prior_noise_std == 0.05 and agent.cfg.planner.terminal_reduce == "min"
+    assert agent.model.prior[-1].out_features == 2  # a mean only: no std to train
+    prior = agent.model.pi(agent.model.encode(torch.randn(500, 4)))
+    noise = prior.action - prior.mean
+    assert prior.log_prob is None and noise.abs().max() <= 0.3 + 1e-6
+    assert noise.std().item() == pytest.approx(0.05, rel=0.1)
+    with pytest.raises(ValueError, match="prior_noise_std"):
+        tiny_agent(model={**TINY_MODEL, "prior_noise_std": 0.05})  # max_q's entropy needs a learned std
+
+
 def test_fowm_options_are_checked():
     with pytest.raises(ValueError, match="needs the state value"):
         tiny_agent(prior_objective="awr")
@@ -209,6 +249,18 @@ def test_uncertainty_penalty_lowers_values_where_the_ensemble_disagrees():
     assert bold > 0.8 and careful < 0.55  # the penalty keeps the plan where the members agree
 
 
+def test_fowm_terminal_value_is_the_minimum_of_two_members():
+    model = PointModel(goal=0.0, disagree_above=-2.0)  # members 10, -10, 0 everywhere
+    actions = torch.zeros(1, 8, 1)
+    values = {}
+    for reduce in ("avg", "min"):
+        torch.manual_seed(0)  # the same random pairs for both
+        planner = MPPIPlanner(model, 1, MPPIConfig(horizon=1, uncertainty_cost=0.1, terminal_reduce=reduce), 1.0)
+        values[reduce] = planner.trajectory_values(torch.zeros(8, 1), actions)
+    assert (values["min"] < values["avg"]).all()
+    assert set(torch.round(values["min"] - values["avg"]).flatten().tolist()) <= {-5.0, -10.0}
+
+
 def test_predicted_termination_stops_reward_collection():
     planner = MPPIPlanner(PointModel(goal=0.0, terminal=True), 1, MPPIConfig(horizon=3), discount=1.0)
     actions = torch.full((3, 1, 1), 0.5)
@@ -224,6 +276,9 @@ def test_agent_acts_in_bounds_and_keeps_evaluation_and_exploration_plans_apart()
     assert a.shape == (3, 2) and a.abs().max() <= 1
     agent.act(obs[:1], deterministic=False)
     assert agent._warm_means[True].shape[0] == 3 and agent._warm_means[False].shape[0] == 1
+    agent.episodes_ended(np.array([False, True, False]), deterministic=True)  # sub-env 1 reset itself
+    warm = agent._warm_means[True]
+    assert (warm[1] == 0).all() and warm[0].abs().sum() > 0 and warm[2].abs().sum() > 0
     agent.reset(3, deterministic=True)
     assert agent._warm_means[True] is None and agent._warm_means[False] is not None
     assert tiny_agent(mpc=False).act(obs).shape == (3, 2)
@@ -284,7 +339,7 @@ def wm_config(dataset_path: Path, *overrides: str, experiment: str = "hopper-med
 
 def test_world_model_run_resumes_bit_for_bit(tmp_path, native_hopper, monkeypatch):
     """Crash mid-online (planner warm starts, balanced batches, online sequences), resume, compare."""
-    cfg = wm_config(native_hopper)
+    cfg = wm_config(native_hopper, "env.max_episode_steps=25")  # online checkpoints wait for an episode's end
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = Experiment(cfg, full_dir).run()
     assert full["before"] is not None and full["after"] is not None
