@@ -1,5 +1,5 @@
 """The SFT -> language RL pipeline (``pipeline: llm``): optional SFT on transcripts, then PPO over
-turns, GRPO or ArCHer in vectorised text envs.
+turns, GRPO, ArCHer or online filtered BC in vectorised text envs.
 
 Phases: ``sft`` (record transcripts with the task's scripted actor, or load a transcript file,
 filter them, fine-tune on the assistant turns; ``init`` when there is no SFT), an evaluation,
@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
 from rlft.agents.archer import ArCHer, ArcherConfig
+from rlft.agents.filtered_bc import FilteredBCConfig, OnlineFilteredBC
 from rlft.runtime.typed_config import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
 from rlft.agents.text_rollout import TextRolloutConfig, collect_text
@@ -49,6 +50,8 @@ from rlft.runtime.progress import Progress
 from rlft.runtime.runner import Phase, Runner
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
+# text_method.algorithm.algorithm -> its config class ("ppo" and "grpo" share TextPGConfig)
+LEARNER_CONFIGS: dict[str, type] = {"archer": ArcherConfig, "filtered_bc": FilteredBCConfig}
 
 
 @dataclass
@@ -101,7 +104,7 @@ class TextExperiment(Runner):
     @classmethod
     def settings(cls, cfg: DictConfig) -> dict[str, Any]:
         algorithm = cfg.text_method.algorithm
-        learner_cfg = ArcherConfig if algorithm.get("algorithm", "ppo") == "archer" else TextPGConfig
+        learner_cfg = LEARNER_CONFIGS.get(algorithm.get("algorithm", "ppo"), TextPGConfig)
         return {"loop": config_from_mapping(TextLoopConfig, cfg.loop, "loop"),
                 "model": config_from_mapping(ModelConfig, cfg.model, "model"),
                 "sft": config_from_mapping(SFTConfig, cfg.sft, "sft"),
@@ -137,9 +140,7 @@ class TextExperiment(Runner):
         self.env = make_vector_env(cfg.text_task.env_cfg, self.loop.num_envs)
         self.eval_env = make_vector_env(cfg.text_task.env_cfg, self.loop.eval_envs)
         learner_rng = torch.Generator().manual_seed(int(cfg.seed))
-        self.rl: TextPolicyGradient | ArCHer = (
-            ArCHer(self.policy, self.chat, self.learner_cfg, learner_rng) if self.algorithm == "archer"
-            else TextPolicyGradient(self.policy, self.learner_cfg, learner_rng))
+        self.rl = self._learner(learner_rng)
         self.sampler = torch.Generator().manual_seed(int(cfg.seed) + 1)
         self.transcript_success = float("nan")
         sft = "sft" if self.sft_cfg.episodes or self.sft_cfg.transcripts else "init"
@@ -147,6 +148,13 @@ class TextExperiment(Runner):
             Phase(sft, self._sft, self.sft_cfg.steps, pretraining=True, on_axis=False, evaluate_at_end=True),
             Phase(self.algorithm, self._iterate, self.loop.iterations),
         ]
+
+    def _learner(self, generator: torch.Generator) -> TextPolicyGradient | ArCHer | OnlineFilteredBC:
+        if self.algorithm == "archer":
+            return ArCHer(self.policy, self.chat, self.learner_cfg, generator)
+        if self.algorithm == "filtered_bc":
+            return OnlineFilteredBC(self.policy, self.learner_cfg, generator)
+        return TextPolicyGradient(self.policy, self.learner_cfg, generator)
 
     def _load_policy(self) -> LLMPolicy:
         m = self.model_cfg

@@ -1,4 +1,5 @@
-"""Benchmark: language policies learning text tasks with PPO over turns, GRPO and ArCHer, several seeds.
+"""Benchmark: language policies learning text tasks with PPO over turns, GRPO, ArCHer and online
+filtered BC, several seeds.
 
 Each run is an ``rlft experiment=llm/...`` command (tiny Llama with a character tokenizer; the task config's
 offline stage -- NumberLine: SFT on transcripts of *random* admissible actions, which teaches
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
-METHODS = ("ppo", "grpo", "archer")
+METHODS = ("ppo", "grpo", "archer", "filtered_bc")
 
 
 def run_dir(out: Path, task: str, method: str, seed: int) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from rlft.agents.filtered_bc import FilteredBCConfig, OnlineFilteredBC
 from rlft.agents.text_pg import (
     TextPGConfig,
     TextPolicyGradient,
@@ -214,6 +215,28 @@ def test_grpo_kl_reference_is_the_policy_after_sft(tiny_lm: Path, lora: bool) ->
     trained = {n for n, p in policy.model.named_parameters() if p.requires_grad}
     assert set(learner.reference) == trained and (not lora or all("lora_" in n for n in trained))
     assert learner.update(batch)["kl_ref"] > 1e-4  # the policy has moved away from it since
+
+
+def test_online_filtered_bc_clones_the_best_episodes_so_far(tiny_lm: Path) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm, num_envs=8)
+    batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(), torch.Generator().manual_seed(0))
+    for k, turn in enumerate(batch.turns):  # distinct returns: episode e returns about e
+        turn.reward = float(next(e for e, ep in enumerate(batch.episodes) if k in ep.turns)) / len(
+            next(ep for ep in batch.episodes if k in ep.turns).turns)
+    learner = OnlineFilteredBC(policy, FilteredBCConfig(top_fraction=0.25, steps=20, batch_size=16, lr=1e-2))
+    first = learner.update(batch)
+    assert first["cutoff_return"] == pytest.approx(np.quantile(batch.episode_returns(), 0.75))
+    best = [e for e, r in enumerate(batch.episode_returns()) if r >= first["cutoff_return"]]
+    kept = {batch.turns[t].sample for e in best for t in batch.episodes[e].turns}
+    assert first["cloned_sequences"] == len(kept) and len(best) == 2
+    before = sft_loss(policy, [batch.samples[s] for s in sorted(kept)]).item()
+    again = learner.update(batch)  # the same episodes twice: the cutoff stays, the clones get likelier
+    assert again["buffer_episodes"] == 16 and again["bc_loss"] < first["bc_loss"]
+    assert sft_loss(policy, [batch.samples[s] for s in sorted(kept)]).item() < before
+    restored = OnlineFilteredBC(policy, learner.config)
+    restored.load_state_dict(learner.state_dict())
+    assert restored.returns == learner.returns and restored.cutoff() == learner.cutoff()
+    assert [s.tokens for seqs in restored.sequences for s in seqs] == [s.tokens for seqs in learner.sequences for s in seqs]
 
 
 def test_missing_model_files_are_named(tiny_lm: Path, tmp_path: Path) -> None:

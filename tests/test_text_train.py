@@ -27,11 +27,15 @@ def llm_config(*overrides: str) -> DictConfig:
         ])
 
 
-@pytest.mark.parametrize("method", ["ppo", "grpo", "archer"])
+SMALL = {"grpo": ["text_method.rollout.group_size=2"],
+         "archer": ["text_method.algorithm.warmup_updates=1", "text_method.algorithm.batch_size=8",
+                    "text_method.algorithm.critic_epochs=3"],
+         "filtered_bc": ["text_method.algorithm.batch_size=8"]}
+
+
+@pytest.mark.parametrize("method", ["ppo", "grpo", "archer", "filtered_bc"])
 def test_run_folder_holds_everything_a_user_needs(tmp_path: Path, method: str) -> None:
-    overrides = [f"text_method={method}"] + (["text_method.rollout.group_size=2"] if method == "grpo" else []) + (
-        ["text_method.algorithm.warmup_updates=1", "text_method.algorithm.batch_size=8",
-         "text_method.algorithm.critic_epochs=3"] if method == "archer" else [])
+    overrides = [f"text_method={method}", *SMALL.get(method, [])]
     results = TextExperiment(llm_config(*overrides), tmp_path).run()
     for name in ("config.yaml", "metrics.csv", "eval.json", "learning_curve.png", "transcripts.jsonl",
                  "model/config.json", "model/tokenizer.json"):
