@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlft.offline.loaders import save_native
+from rlft.runtime.checkpoint import latest_checkpoint
 from rlft.runtime.runner import EVAL_KEYS
 from rlft.scripts import catalog
 
@@ -129,18 +130,19 @@ def test_every_experiment_composes_to_the_pipeline_it_is_listed_under():
 
 def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path, dataset_file):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlft.scripts.main", *SMOKE, f"dataset.source={dataset_file}",
+    # -X faulthandler: if the child hangs, SIGABRT makes it print every thread's stack
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "rlft.scripts.main", *SMOKE, f"dataset.source={dataset_file}",
            "trainer.online_steps=100000", "trainer.checkpoint_every=50", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run_dir / "checkpoints").is_dir() and time.time() < deadline:
+    while latest_checkpoint(run_dir / "checkpoints") is None and time.time() < deadline:  # a complete one
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {proc.communicate()[1][-2000:]}") from None
+        proc.send_signal(signal.SIGABRT)
+        raise AssertionError(f"no exit 60 s after Ctrl-C; stderr: {proc.communicate()[1][-6000:]}") from None
     assert proc.returncode == 130
     assert "rlft resume=run`" in err and "Traceback" not in err
 
