@@ -23,6 +23,7 @@ from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy
 from rlft.policies.dppo import DPPOPolicy
 from rlft.policies.encoders import ImageStateEncoder
 from rlft.policies.gaussian import GaussianPPOPolicy
+from rlft.policies.mlp import ACTIVATIONS
 from rlft.policies.residual import ResidualVectorEnv
 
 FAMILIES = ("gaussian", "dppo", "residual")
@@ -38,6 +39,8 @@ class FamilyConfig:
     obs_history: int = 1  # observations the policy conditions on (To)
     hidden: Sequence[int] = field(default_factory=lambda: (256, 256))
     bc_init: bool = True  # gaussian only: start from behaviour cloning (else from scratch)
+    activation: str = "mish"  # hidden activation of the Gaussian and residual MLPs (policies/mlp.py ACTIVATIONS)
+    tanh_mean: bool = True  # gaussian only: squash the mean into the action box (False: SB3's unsquashed mean)
     # diffusion (dppo, residual base)
     denoising_steps: int = 20
     time_dim: int = 16
@@ -69,6 +72,8 @@ class FamilyConfig:
             raise ValueError(f"image_shape must be (height, width, channels), got {self.image_shape}")
         if self.family not in FAMILIES:
             raise ValueError(f"unknown policy family {self.family!r}; available: {FAMILIES}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; available: {sorted(ACTIVATIONS)}")
         if self.family == "gaussian" and self.horizon != self.act_steps:
             raise ValueError("the Gaussian family predicts exactly the executed chunk: set horizon == act_steps")
 
@@ -98,7 +103,9 @@ def build_base(cfg: FamilyConfig, obs_dim: int, action_dim: int) -> nn.Module:
             spec.chunk_dim,
             cfg.hidden,
             cfg.init_log_std,
+            tanh_mean=cfg.tanh_mean,
             clip_coef=cfg.gaussian_clip_coef,
+            activation=ACTIVATIONS[cfg.activation],
             encoder=encoder,
             learn_std=cfg.learn_std,
         )
@@ -145,6 +152,7 @@ def build_actor(cfg: FamilyConfig, base: nn.Module, obs_dim: int, action_dim: in
         clip_actions=False,
         head_gain=cfg.residual_head_gain,
         clip_coef=cfg.gaussian_clip_coef,
+        activation=ACTIVATIONS[cfg.activation],
         encoder=build_encoder(cfg, extra_dim=action_dim),
         learn_std=cfg.learn_std,
     )

@@ -13,6 +13,11 @@ DPPO all use this one update.
 
 Truncated episodes bootstrap: the reward of a step cut by a time limit gets
 ``gamma * V(final_obs)`` added, so GAE can treat every episode end the same way.
+
+``obs_norm_running`` normalises observations by their running mean and variance over every
+observation collected so far, clipped to ``+-obs_clip``, as Stable-Baselines3's ``VecNormalize``
+does for its MuJoCo PPO settings; the statistics are frozen outside :meth:`PPO.collect` and
+saved with the learner, and :meth:`PPO.normalize` applies them for evaluation.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from torch import nn
 
 from rlft.policies.base import PPOActor
 from rlft.policies.encoders import encoded
-from rlft.policies.mlp import mlp
+from rlft.policies.mlp import ACTIVATIONS, mlp
 
 
 @dataclass
@@ -48,8 +53,17 @@ class PPOConfig:
     value_clip: float | None = None  # clip value updates around the rollout's values (PPO2 style)
     norm_adv: bool = True  # normalise advantages within each minibatch
     reward_scale_running: bool = True  # divide rewards by the running std of the discounted return
+    obs_norm_running: bool = False  # normalise observations by running statistics (SB3's VecNormalize)
+    obs_clip: float = 10.0  # VecNormalize's clip_obs
     critic_hidden: Sequence[int] = field(default_factory=lambda: (256, 256, 256))
+    critic_activation: str = "mish"  # policies/mlp.py ACTIVATIONS
     critic_warmup_iterations: int = 0  # first iterations update only the critic
+    adam_eps: float = 1e-8  # Stable-Baselines3's PPO uses 1e-5
+
+    def __post_init__(self) -> None:
+        if self.critic_activation not in ACTIVATIONS:
+            raise ValueError(f"unknown critic_activation {self.critic_activation!r}; "
+                             f"available: {sorted(ACTIVATIONS)}")
 
 
 def compute_gae(
@@ -76,6 +90,30 @@ def compute_gae(
     return advantages, advantages + values
 
 
+class RunningMeanStd:
+    """Mean and variance of every sample seen, merged batch by batch (Chan et al.'s parallel
+    update, as OpenAI Baselines' ``RunningMeanStd``); ``shape`` is one sample's."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.count, self.mean, self.var = 1e-4, np.zeros(shape), np.ones(shape)
+
+    def update(self, x: np.ndarray) -> None:
+        """Merge a batch ``[n, *shape]``."""
+        batch_mean, batch_var, n = x.mean(0), x.var(0), len(x)
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": torch.from_numpy(np.array(self.mean)),
+                "var": torch.from_numpy(np.array(self.var))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"]
+        self.mean, self.var = state["mean"].numpy().astype(np.float64), state["var"].numpy().astype(np.float64)
+
+
 class RunningReturnScaler:
     """Scales rewards by the running std of each env's discounted return (the ``reward_scale_running``
     of DPPO's fine-tuning, after OpenAI Baselines' ``VecNormalize``)."""
@@ -83,33 +121,21 @@ class RunningReturnScaler:
     def __init__(self, num_envs: int, gamma: float, eps: float = 1e-8):
         self.gamma, self.eps = gamma, eps
         self.returns = np.zeros(num_envs)
-        self.count, self.mean, self.var = 1e-4, 0.0, 1.0
+        self.stats = RunningMeanStd()
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """Scale one step's rewards ``[N]``; ``dones`` resets the return of finished episodes."""
         self.returns = self.returns * self.gamma + rewards
-        self._update(self.returns)
+        self.stats.update(self.returns)
         self.returns[dones] = 0.0
-        return rewards / np.sqrt(self.var + self.eps)
-
-    def _update(self, x: np.ndarray) -> None:
-        batch_mean, batch_var, n = float(x.mean()), float(x.var()), len(x)
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.count = total
+        return rewards / np.sqrt(self.stats.var + self.eps)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "returns": torch.from_numpy(self.returns.copy()),
-            "count": self.count,
-            "mean": self.mean,
-            "var": self.var,
-        }
+        return {"returns": torch.from_numpy(self.returns.copy()), "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.returns = state["returns"].numpy().astype(np.float64)
-        self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
+        self.stats.load_state_dict(state["stats"])
 
 
 @dataclass
@@ -143,15 +169,25 @@ class PPO:
         value MLP's input; without one the MLP reads ``obs_dim`` raw observation values."""
         self.actor, self.cfg, self.device = actor, cfg, torch.device(device)
         in_dim = critic_encoder.out_dim if critic_encoder is not None else obs_dim
-        self.critic = encoded(critic_encoder, mlp(in_dim, 1, cfg.critic_hidden, activation=nn.Mish)).to(self.device)
+        activation = ACTIVATIONS[cfg.critic_activation]
+        self.critic = encoded(critic_encoder, mlp(in_dim, 1, cfg.critic_hidden, activation=activation)).to(self.device)
         self.optimizer = torch.optim.Adam(
             [
                 {"params": actor.trainable_parameters(), "lr": cfg.actor_lr},
                 {"params": self.critic.parameters(), "lr": cfg.critic_lr},
-            ]
+            ],
+            eps=cfg.adam_eps,
         )
         self.reward_scaler = RunningReturnScaler(num_envs, cfg.gamma) if cfg.reward_scale_running else None
+        self.obs_stats = RunningMeanStd((obs_dim,)) if cfg.obs_norm_running else None
         self.iteration = 0
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """Observations as the actor and critic see them (unchanged without ``obs_norm_running``)."""
+        if self.obs_stats is None:
+            return obs
+        scaled = (obs - self.obs_stats.mean) / np.sqrt(self.obs_stats.var + 1e-8)
+        return np.clip(scaled, -self.cfg.obs_clip, self.cfg.obs_clip).astype(np.float32)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
@@ -159,11 +195,14 @@ class PPO:
     # ------------------------------------------------------------ rollouts
     @torch.no_grad()
     def collect(self, env: gym.vector.VectorEnv, obs: np.ndarray, steps: int) -> tuple[Rollout, np.ndarray]:
-        """Act for ``steps`` agent steps in every sub-env from ``obs``; returns the rollout and the next obs."""
+        """Act for ``steps`` agent steps in every sub-env from ``obs`` (as the env returns them);
+        returns the rollout and the next env observations."""
         obs_l, stored_l, logp_l, value_l, reward_l, done_l, episodes = [], [], [], [], [], [], []
         env_steps = 0
         for _ in range(steps):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            if self.obs_stats is not None:
+                self.obs_stats.update(np.asarray(obs, dtype=np.float64))
+            obs_t = torch.as_tensor(self.normalize(obs), dtype=torch.float32, device=self.device)
             sample = self.actor.explore(obs_t)
             next_obs, reward, terminated, truncated, info = env.step(sample.env_action.cpu().numpy())
             reward = np.asarray(reward, dtype=np.float64)
@@ -172,7 +211,7 @@ class PPO:
                 reward = self.reward_scaler(reward, done)
             cut = np.flatnonzero(np.asarray(truncated) & ~np.asarray(terminated))
             if len(cut):  # time limit: bootstrap from the value of the last observation
-                final = np.stack([np.asarray(info["final_obs"][i], dtype=np.float32) for i in cut])
+                final = self.normalize(np.stack([np.asarray(info["final_obs"][i], dtype=np.float32) for i in cut]))
                 reward[cut] += self.cfg.gamma * self.value(torch.as_tensor(final, device=self.device)).cpu().numpy()
             episodes.extend(finished_episodes(info, done))
             env_steps += simulator_steps(info, done)
@@ -183,7 +222,7 @@ class PPO:
             reward_l.append(torch.as_tensor(reward, dtype=torch.float32, device=self.device))
             done_l.append(torch.as_tensor(done, dtype=torch.float32, device=self.device))
             obs = next_obs
-        last_values = self.value(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        last_values = self.value(torch.as_tensor(self.normalize(obs), dtype=torch.float32, device=self.device))
         stored = {k: torch.stack([s[k] for s in stored_l]) for k in stored_l[0]}
         rollout = Rollout(
             torch.stack(obs_l),
@@ -290,6 +329,7 @@ class PPO:
             "critic": self.critic.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler is not None else None,
+            "obs_stats": self.obs_stats.state_dict() if self.obs_stats is not None else None,
             "iteration": self.iteration,
         }
 
@@ -299,6 +339,8 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.reward_scaler is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if self.obs_stats is not None:
+            self.obs_stats.load_state_dict(state["obs_stats"])
         self.iteration = int(state["iteration"])
 
 

@@ -7,6 +7,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+# hidden activations a config may name (``activation: relu``)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
 
 def mlp(
     in_dim: int,

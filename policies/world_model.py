@@ -36,11 +36,8 @@ import torch
 from torch import nn
 
 from rlft.policies.ensemble import EnsembleMLP, VectorizedLinear
-from rlft.policies.mlp import mlp
+from rlft.policies.mlp import ACTIVATIONS, mlp
 from rlft.policies.two_hot import TwoHot
-
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "silu": nn.SiLU}
 
 
 @dataclass

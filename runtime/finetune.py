@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
-from rlft.runtime.typed_config import config_from_mapping
+from rlft.runtime.typed_config import ConfigError, config_from_mapping
 from rlft.envs.factory import make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
 from rlft.runtime.evaluation import EvalResult, evaluate
@@ -73,6 +73,9 @@ class FinetuneExperiment(DatasetRunner):
         self.bc_cfg: BCConfig = settings["bc"]
         self.ppo_cfg: PPOConfig = settings["ppo"]
         self.clones = self.family.family != "gaussian" or self.family.bc_init  # a Gaussian may start from scratch
+        if self.loop.normalize_obs and self.ppo_cfg.obs_norm_running:
+            raise ConfigError("method.ppo.obs_norm_running=true normalises observations by running statistics; "
+                              "set loop.normalize_obs=false (dataset statistics) to use it")
         self.check_budget({"method.bc.steps": self.bc_cfg.steps if self.clones else 0},
                           {"loop.iterations": self.loop.iterations})
         self.task = resolve_task(cfg.task.env_cfg.task)
@@ -137,9 +140,11 @@ class FinetuneExperiment(DatasetRunner):
 
     def evaluate_policy(self, phase: str) -> EvalResult:
         act, env = (self.base.act, self.base_eval_env) if phase == "bc" else (self.actor.act, self.eval_env)
+        normalize = (lambda obs: obs) if phase == "bc" else self.ppo.normalize  # noqa: E731 (PPO's running stats)
 
         def act_numpy(obs: np.ndarray) -> np.ndarray:
-            return act(torch.as_tensor(obs, dtype=torch.float32, device=self.device), deterministic=True).cpu().numpy()
+            obs_t = torch.as_tensor(normalize(obs), dtype=torch.float32, device=self.device)
+            return act(obs_t, deterministic=True).cpu().numpy()
 
         # sampling noise of stochastic samplers (DDPM) from its own seed: the same policy always scores the
         # same, and evaluating never shifts the training run's random stream

@@ -6,7 +6,7 @@ import argparse
 
 from hydra import compose, initialize_config_module
 
-from rlft.scripts import benchmark_o2o_claims, benchmark_sac_sb3
+from rlft.scripts import benchmark_o2o_claims, benchmark_sb3
 
 
 def _composed(overrides: list[str]):
@@ -31,8 +31,20 @@ def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
 
 
 def test_the_sac_peer_comparison_runs_sac_from_scratch():
-    args = argparse.Namespace(steps=1000, learning_starts=100, eval_every=500)
-    cfg = _composed(benchmark_sac_sb3.rlft_overrides(3, args))
+    args = argparse.Namespace(algo="sac", steps=1000, learning_starts=100, eval_every=500)
+    cfg = _composed(benchmark_sb3.rlft_overrides(3, args))
     assert cfg.agent.name == "sac" and cfg.agent.backup_entropy and cfg.agent.hidden == [256, 256]
     assert (cfg.trainer.offline_steps, cfg.trainer.online_steps, cfg.trainer.warmup_steps) == (0, 1000, 100)
     assert cfg.trainer.offline_data_ratio == 0.0 and not cfg.trainer.normalize_obs and cfg.seed == 3
+
+
+def test_the_ppo_peer_comparison_runs_rl_zoo_settings_from_scratch():
+    args = argparse.Namespace(algo="ppo", steps=1_000_000, eval_every=10_240)
+    cfg = _composed(benchmark_sb3.rlft_overrides(1, args))
+    policy, ppo = cfg.method.policy, cfg.method.ppo
+    assert cfg.pipeline.name == "finetune" and policy.family == "gaussian" and not policy.bc_init
+    assert (policy.init_log_std, policy.activation, policy.tanh_mean) == (-2.0, "relu", False)
+    assert (ppo.minibatch_size, ppo.update_epochs, ppo.gamma, ppo.gae_lambda, ppo.adam_eps) == (32, 5, 0.999, 0.99, 1e-5)
+    assert ppo.obs_norm_running and ppo.reward_scale_running and not cfg.loop.normalize_obs
+    assert cfg.loop.num_envs * cfg.loop.rollout_env_steps * cfg.loop.iterations == 1953 * 512  # ~1M steps
+    assert cfg.loop.eval_every == 20

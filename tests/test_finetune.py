@@ -17,6 +17,7 @@ from rlft.offline.demos import DemoConfig, collect_demos
 from rlft.offline.loaders import load_dataset
 from rlft.runtime.checkpoint import list_checkpoints, load_checkpoint
 from rlft.runtime.finetune import FinetuneExperiment
+from rlft.runtime.typed_config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,12 @@ def test_init_from_reuses_the_cloned_base_and_checks_its_kind(tmp_path, reach_de
 def test_dataset_of_another_task_is_refused(tmp_path, reach_demos):
     cfg = finetune_config(reach_demos, "task.env_cfg.task=mw-push")
     with pytest.raises(DatasetError, match="collected with env_name='reach-v3' but the run's rlft/MetaWorld-v3 uses env_name='push-v3'"):
+        FinetuneExperiment(cfg, tmp_path / "x")
+
+
+def test_two_observation_normalisations_are_refused(tmp_path, reach_demos):
+    cfg = finetune_config(reach_demos, "method=gaussian", "method.ppo.obs_norm_running=true")  # loop.normalize_obs too
+    with pytest.raises(ConfigError, match="set loop.normalize_obs=false"):
         FinetuneExperiment(cfg, tmp_path / "x")
 
 

@@ -194,6 +194,40 @@ def test_max_grad_norm_clips_the_critic_too_unless_told_not_to(clip_critic):
         assert norm(actor_params) == pytest.approx(1e-6, rel=1e-3) and norm(critic_params) > 1e-3
 
 
+def test_running_observation_statistics_cover_every_collected_observation_and_freeze_outside_collection():
+    """SB3's VecNormalize: mean and variance over all observations the rollouts saw, clipped to +-10."""
+    torch.manual_seed(0)
+    env = make_vector_env({"task": "rlft-test/PointReach-v0"}, 3)
+    actor = GaussianPPOPolicy(1, 1, hidden=(8,))
+    ppo = PPO(actor, 1, PPOConfig(obs_norm_running=True, critic_hidden=(8,), minibatch_size=30, target_kl=None), 3)
+    seen = []
+    obs, _ = env.reset(seed=0)
+    original = env.step
+
+    def recording_step(action):
+        seen.append(np.asarray(ppo_obs[0]))
+        out = original(action)
+        ppo_obs[0] = out[0]
+        return out
+
+    ppo_obs = [obs]
+    env.step = recording_step
+    rollout, _ = ppo.collect(env, obs, 10)
+    seen = np.concatenate(seen)
+    np.testing.assert_allclose(ppo.obs_stats.mean, seen.mean(0), rtol=1e-3)
+    np.testing.assert_allclose(ppo.obs_stats.var, seen.var(0), rtol=1e-3)
+    expected = (seen - ppo.obs_stats.mean) / np.sqrt(ppo.obs_stats.var + 1e-8)
+    np.testing.assert_allclose(ppo.normalize(seen), expected, rtol=1e-5)  # what the policy saw at the end
+    assert np.abs(ppo.normalize(np.array([[1e6]]))).max() == 10.0
+    before = ppo.obs_stats.state_dict()
+    ppo.update(rollout)
+    ppo.normalize(np.ones((5, 1)))
+    assert torch.equal(ppo.obs_stats.state_dict()["mean"], before["mean"])  # frozen outside collect
+    restored = PPO(actor, 1, ppo.cfg, 3)
+    restored.load_state_dict(ppo.state_dict())
+    np.testing.assert_array_equal(restored.normalize(seen), ppo.normalize(seen))
+
+
 def test_gaussian_ppo_learns_point_reach():
     """PPO from scratch beats the initial policy clearly on a 20-step task within a few iterations."""
     torch.manual_seed(0)
