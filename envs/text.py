@@ -144,6 +144,11 @@ class TextEnv(gym.Env[Any, str], ABC):
         """A scripted solver's action in the current state."""
         raise NotImplementedError(f"{type(self).__name__} has no scripted expert")
 
+    def expert_thought(self) -> str | None:
+        """The scripted solver's reasoning before its action (``None``: the task has none); SFT
+        transcripts with reasoning write it before an ``Action:`` line (RL4VLM's chain of thought)."""
+        return None
+
     def action_span(self, utterance: str) -> tuple[int, int] | None:
         """Character span of the action inside an utterance (the rest is reasoning), if it parses.
 

@@ -72,6 +72,10 @@ class NumberLine(TextEnv):
     def expert_action(self) -> str:
         return "+" if self.target > self.position else "-"
 
+    def expert_thought(self) -> str:
+        """The comparison the move follows from, e.g. ``3<7``."""
+        return f"{self.position}{'<' if self.position < self.target else '>'}{self.target}"
+
 
 class NumberLineImage(NumberLine):
     """NumberLine seen in a picture (RL4VLM's gym_cards NumberLine is image-only): observations are

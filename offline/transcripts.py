@@ -43,14 +43,19 @@ class Transcript:
                 "success": self.success}
 
 
-def expert_actor(epsilon: float = 0.0) -> Callable[[TextEnv, np.random.Generator], str]:
-    """The env's scripted expert, replaced by a uniformly random admissible action with prob. ``epsilon``."""
+def expert_actor(epsilon: float = 0.0, reasoning: bool = False) -> Callable[[TextEnv, np.random.Generator], str]:
+    """The env's scripted expert, replaced by a uniformly random admissible action with prob. ``epsilon``.
+    ``reasoning`` writes the expert's thought about the state first (``<thought>\nAction: <action>``),
+    whichever action follows, for tasks that have one (:meth:`TextEnv.expert_thought`)."""
 
     def act(env: TextEnv, rng: np.random.Generator) -> str:
+        thought = env.expert_thought() if reasoning else None
         if rng.random() < epsilon:
             actions = env.admissible_actions()
-            return actions[int(rng.integers(len(actions)))]
-        return env.expert_action()
+            action = actions[int(rng.integers(len(actions)))]
+        else:
+            action = env.expert_action()
+        return action if thought is None else f"{thought}\nAction: {action}"
 
     return act
 

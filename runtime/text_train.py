@@ -70,6 +70,7 @@ class SFTConfig:
 
     episodes: int = 200  # transcripts recorded with the scripted actor (0: no SFT)
     epsilon: float = 1.0  # chance of a random admissible action (1: teaches the format, not the task)
+    reasoning: bool = False  # transcripts reason about the state before the action (tasks with expert_thought)
     transcripts: str | None = None  # a transcript file to train on instead of recording
     success_only: bool = False  # filtered BC: successful episodes only
     top_fraction: float = 1.0  # filtered BC: best fraction by return
@@ -189,7 +190,7 @@ class TextExperiment(Runner):
         if s.transcripts:
             transcripts = load_transcripts(s.transcripts)
         elif s.episodes > 0:
-            transcripts = record_transcripts(env, expert_actor(s.epsilon), s.episodes, int(self.cfg.seed) * 7919,
+            transcripts = record_transcripts(env, expert_actor(s.epsilon, s.reasoning), s.episodes, int(self.cfg.seed) * 7919,
                                              self.task.name)
         else:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,23 @@ def test_chain_of_thought_weights_come_from_the_parsed_action_span(tiny_lm: Path
     assert weights[start] == 1.0 and weights[-1] == 1.0  # the action character and the end of turn
     assert (weights[:start] == 0.5).all()
     assert (action_token_weights(policy, tokens, None, 0.5) == 1.0).all()
+
+
+def test_reasoning_transcripts_think_about_the_state_then_name_the_action(tiny_lm: Path) -> None:
+    env = make_env({"task": "numberline"}).unwrapped
+    transcripts = record_transcripts(env, expert_actor(0.0, reasoning=True), 3, 0, "numberline")
+    plain = record_transcripts(env, expert_actor(0.0), 3, 0, "numberline")
+    assert [t.success for t in transcripts] == [t.success for t in plain] == [True] * 3  # same moves
+    reply = next(m["content"] for m in transcripts[0].messages if m["role"] == "assistant")
+    position, target = (int(x) for x in re.findall(r"\d+", transcripts[0].messages[1]["content"]))
+    assert reply == f"{position}{'<' if position < target else '>'}{target}\nAction: {'+' if target > position else '-'}"
+    env.reset(seed=0)
+    start, end = env.action_span(reply)
+    assert reply[start:end] in ("+", "-") and env.parse(reply) == reply[start:end]
+    policy = load(tiny_lm)
+    tokens = policy.tokenizer.encode(reply, add_special_tokens=False) + [policy.tokenizer.eos_token_id]
+    weights = action_token_weights(policy, tokens, (start, end), cot_lambda=0.3)
+    assert weights.tolist().count(1.0) == 2 and (weights == 0.3).sum() == len(tokens) - 2  # action + end of turn
 
 
 def test_grpo_advantages_standardise_within_groups() -> None:
