@@ -10,8 +10,15 @@ one torch thread each; finished runs are skipped, interrupted ones resumed. Writ
   seeds and per seed, with each run's minutes and the command;
 - ``<task>.png``: success rate against training episodes (mean ± std over seeds) per method.
 
+``--variants NAME=OVERRIDE,OVERRIDE ...`` runs every method once per variant (rows ``method NAME``),
+e.g. RL4VLM's reasoning weight swept on chain-of-thought transcripts:
+
     python -m rlft.scripts.benchmark_llm --tasks numberline text-frozenlake --seeds 0 1 2
     python -m rlft.scripts.benchmark_llm --methods grpo --overrides text_method.algorithm.lr=1e-4
+    python -m rlft.scripts.benchmark_llm --tasks numberline --methods ppo --out benchmarks/llm_cot \
+        --overrides sft.reasoning=true generation.max_new_tokens=16 \
+        --variants l0.01=text_method.algorithm.cot_lambda=0.01 l0.3=text_method.algorithm.cot_lambda=0.3 \
+                   l0.5=text_method.algorithm.cot_lambda=0.5 l1=text_method.algorithm.cot_lambda=1.0
 """
 
 from __future__ import annotations
@@ -34,31 +41,37 @@ def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
     return out / "runs" / task / method / f"seed{seed}"
 
 
+def run_labels(args: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
+    """Row label -> (method, the variant's overrides): one row per method, or per method and variant."""
+    variants = [v.split("=", 1) for v in args.variants] or [("", "")]
+    return {f"{m} {name}".strip(): (m, [o for o in extra.split(",") if o]) for m in args.methods for name, extra in variants}
+
+
 def run_one(job: tuple[str, str, int], args: argparse.Namespace, out: Path) -> str:
-    task, method, seed = job
-    folder = run_dir(out, task, method, seed)
+    task, label, seed = job
+    method, extra = run_labels(args)[label]
+    folder = run_dir(out, task, label.replace(" ", "-"), seed)
     if bench_runs.finished(folder, lambda data: data["after"] is not None):
-        return f"{task} {method} seed {seed}: done before"
+        return f"{task} {label} seed {seed}: done before"
     started = time.time()
     overrides = ["experiment=llm/ppo/numberline", f"text_task={task}", f"text_method={method}", f"seed={seed}", "threads=1",
                  f"loop.iterations={args.iterations}", f"loop.eval_every={args.eval_every}",
-                 f"loop.checkpoint_every={args.eval_every}", "progress=false", *args.overrides]
+                 f"loop.checkpoint_every={args.eval_every}", "progress=false", *args.overrides, *extra]
     bench_runs.launch(overrides, folder)
     (folder / "wall_seconds.txt").write_text(f"{time.time() - started:.1f}\n")
-    return f"{task} {method} seed {seed}: {time.time() - started:.0f}s"
+    return f"{task} {label} seed {seed}: {time.time() - started:.0f}s"
 
 
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
     results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
     for task in args.tasks:
-        runs = {m: [json.loads((run_dir(out, task, m, s) / "eval.json").read_text()) for s in args.seeds]
-                for m in args.methods}
+        folders = {label: [run_dir(out, task, label.replace(" ", "-"), s) for s in args.seeds] for label in run_labels(args)}
+        runs = {label: [json.loads((f / "eval.json").read_text()) for f in fs] for label, fs in folders.items()}
         grid = np.linspace(0, max(r["step"] for rs in runs.values() for r in rs), 41)
         per_method, curves = {}, {}
         for method, rs in runs.items():
-            walls = [float((run_dir(out, task, method, s) / "wall_seconds.txt").read_text())
-                     if (run_dir(out, task, method, s) / "wall_seconds.txt").exists() else float("nan")
-                     for s in args.seeds]
+            walls = [float((f / "wall_seconds.txt").read_text()) if (f / "wall_seconds.txt").exists() else float("nan")
+                     for f in folders[method]]
             per_method[method] = {
                 "before": [100 * r["before"]["success_rate"] for r in rs],
                 "final": [100 * r["after"]["success_rate"] for r in rs],
@@ -68,7 +81,7 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
             }
             curves[method] = [(grid, 100 * bench_runs.curve(r["history"], grid, "success_rate")[1]) for r in rs]
         results["tasks"][task] = per_method
-        sft = OmegaConf.load(run_dir(out, task, args.methods[0], args.seeds[0]) / "config.yaml").sft
+        sft = OmegaConf.load(next(iter(folders.values()))[0] / "config.yaml").sft
         results.setdefault("sft", {})[task] = (
             f"SFT {sft.steps} steps on the {'successful ' if sft.success_only else ''}transcripts of {sft.episodes} "
             f"episodes of the scripted expert taking a random admissible action with probability {sft.epsilon}")
@@ -113,12 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/llm")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for every run")
+    parser.add_argument("--variants", nargs="*", default=[], metavar="NAME=OVERRIDE,OVERRIDE",
+                        help="run every method once per variant, with that variant's overrides")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_llm", argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    jobs = [(task, method, seed) for task in args.tasks for method in args.methods for seed in args.seeds]
+    jobs = [(task, label, seed) for task in args.tasks for label in run_labels(args) for seed in args.seeds]
     bench_runs.run_parallel(lambda job: run_one(job, args, out), jobs, args.workers)
     results = summarise(args, out, command, time.time() - started)
     write_markdown(results, args, out)

@@ -6,7 +6,7 @@ import argparse
 
 from hydra import compose, initialize_config_module
 
-from rlft.scripts import benchmark_o2o_claims, benchmark_sb3
+from rlft.scripts import benchmark_llm, benchmark_o2o_claims, benchmark_sb3
 
 
 def _composed(overrides: list[str]):
@@ -48,3 +48,14 @@ def test_the_ppo_peer_comparison_runs_rl_zoo_settings_from_scratch():
     assert ppo.obs_norm_running and ppo.reward_scale_running and not cfg.loop.normalize_obs
     assert cfg.loop.num_envs * cfg.loop.rollout_env_steps * cfg.loop.iterations == 1953 * 512  # ~1M steps
     assert cfg.loop.eval_every == 20
+
+
+def test_llm_benchmark_variants_are_one_row_per_method_and_variant():
+    args = argparse.Namespace(methods=["ppo", "grpo"], variants=["l0.3=text_method.algorithm.cot_lambda=0.3",
+                                                                 "l1=text_method.algorithm.cot_lambda=1.0,sft.steps=7"])
+    labels = benchmark_llm.run_labels(args)
+    assert list(labels) == ["ppo l0.3", "ppo l1", "grpo l0.3", "grpo l1"]
+    method, extra = labels["ppo l1"]
+    cfg = _composed(["experiment=llm/ppo/numberline", f"text_method={method}", *extra])
+    assert cfg.text_method.algorithm.cot_lambda == 1.0 and cfg.sft.steps == 7 and cfg.text_method.name == "ppo"
+    assert list(benchmark_llm.run_labels(argparse.Namespace(methods=["ppo"], variants=[]))) == ["ppo"]
