@@ -101,9 +101,11 @@ def launch(overrides: list[str], folder: Path) -> None:
     bench_runs.launch(overrides, folder)
 
 
-def run_chain(chain: Chain, out: Path) -> str:
+def run_chain(chain: Chain, out: Path, offline_out: Path | None = None) -> str:
+    """The chain's offline run (in ``offline_out``, default ``out``: another benchmark's finished
+    offline runs can be fine-tuned anew), then its online runs from that checkpoint."""
     started = time.time()
-    offline_dir = run_dir(out, chain.task, f"{chain.method}-offline", chain.seed)
+    offline_dir = run_dir(offline_out or out, chain.task, f"{chain.method}-offline", chain.seed)
     if not bench_runs.phase_finished(offline_dir, online=False):
         launch(chain.offline, offline_dir)
     for label, overrides in chain.online.items():

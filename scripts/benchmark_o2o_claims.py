@@ -17,7 +17,8 @@ comparison only means something once the offline critic has converged. Then:
 
 The dip of a run is its offline-end score minus the lowest score over the first ``--dip-window``
 online steps. Runs are ``rlft`` commands (one torch thread each, ``--workers`` at a time); finished
-runs are skipped, so an interrupted benchmark continues (and a finished one only re-summarises).
+runs are skipped, so an interrupted benchmark continues (and a finished one only re-summarises);
+``--offline-from`` fine-tunes another folder's offline checkpoints with other online settings.
 Writes ``results.md``, ``results.json`` and the plots to ``<out>``
 (``benchmarks/o2o_claims/<claims>`` unless given).
 
@@ -96,7 +97,7 @@ def summarise(args: argparse.Namespace, out: Path) -> dict:
     results: dict = {"claims": {}, "offline": {}}
     offline_curves = {}
     for name in dict.fromkeys(source for claim in args.claims for source, _ in CLAIMS[claim].values()):
-        runs = [json.loads((run_dir(out, args.task, f"{name}-offline", s) / "eval.json").read_text())
+        runs = [json.loads((run_dir(args.offline_from or out, args.task, f"{name}-offline", s) / "eval.json").read_text())
                 for s in args.seeds]
         offline_curves[name] = [bench_runs.curve(r["history"], offline_grid) for r in runs]
         results["offline"][name] = [r["before"]["normalized_score"] for r in runs]
@@ -161,11 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.set_defaults(width=64, cql_actions=2)  # the 10-critic CQL at 18 updates/s on one core (128/4: 5)
     parser.add_argument("--dip-window", type=int, default=5_000, help="online steps in which a dip is measured")
     parser.add_argument("--out", help="default: benchmarks/o2o_claims/<claims, joined by ->")
+    parser.add_argument("--offline-from", type=Path, help="fine-tune the offline runs of another claims folder "
+                        "(finished ones are reused; the online runs go to --out)")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_o2o_claims", argv)
     out = Path(args.out or Path("benchmarks/o2o_claims") / "-".join(args.claims))
     out.mkdir(parents=True, exist_ok=True)
-    bench_runs.run_parallel(lambda c: run_chain(c, out), build_chains(args), args.workers)
+    bench_runs.run_parallel(lambda c: run_chain(c, out, args.offline_from), build_chains(args), args.workers)
     results = summarise(args, out)
     results["command"] = command
     (out / "results.json").write_text(json.dumps(results, indent=2))
