@@ -133,7 +133,10 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path, dataset_file):
     # -X faulthandler: if the child hangs, SIGABRT makes it print every thread's stack
     cmd = [sys.executable, "-X", "faulthandler", "-m", "rlft.scripts.main", *SMOKE, f"dataset.source={dataset_file}",
            "trainer.online_steps=100000", "trainer.checkpoint_every=50", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (nohup, `make test &`) starts with SIGINT ignored, and Python then keeps
+    # ignoring it: give the child the default action, as a terminal's foreground job has
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while latest_checkpoint(run_dir / "checkpoints") is None and time.time() < deadline:  # a complete one
         time.sleep(0.2)
