@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rlft.agents.text_rollout import TextBatch
-from rlft.offline.transcripts import sft_loss
+from rlft.offline.transcripts import sft_step
 from rlft.policies.llm import Conversation, LLMPolicy
 
 
@@ -72,15 +72,8 @@ class OnlineFilteredBC:
         self.updates += 1
         if self.updates <= cfg.warmup_updates:
             return metrics
-        losses = []
-        for _ in range(cfg.steps):
-            index = torch.randint(len(kept), (cfg.batch_size,), generator=self.generator).tolist()
-            loss = sft_loss(self.policy, [kept[i] for i in index])
-            self.optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            losses.append(loss.item())
+        losses = [sft_step(self.policy, self.optimizer, kept, cfg.batch_size, self.generator, cfg.max_grad_norm)
+                  for _ in range(cfg.steps)]
         return {**metrics, "bc_loss": float(np.mean(losses))}
 
     # ------------------------------------------------------------ checkpoints

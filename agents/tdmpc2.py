@@ -49,6 +49,7 @@ from torch import nn
 
 from rlft.agents.base import Learner, OnlineOverridable, soft_update
 from rlft.agents.replay_buffer import Batch
+from rlft.offline.iql import expectile_weight
 from rlft.policies.planner import MPPIConfig, MPPIPlanner
 from rlft.policies.world_model import WorldModel, WorldModelConfig
 
@@ -215,7 +216,7 @@ class TDMPC2(Learner):
                 q_data = m.q(rollout.detach(), batch.actions, "min", target=True)
             v_logits = m.value_logits(rollout)
             v = m.bins.decode(v_logits)
-            weight = torch.where(q_data < v, 1.0 - cfg.expectile, cfg.expectile).detach().squeeze(-1)  # [H, B]
+            weight = expectile_weight(q_data - v, cfg.expectile).detach().squeeze(-1)  # [H, B]
             v_ce = weight * m.bins.cross_entropy(v_logits, q_data)
             v_loss = (rho * v_ce.mean(-1)).sum() / horizon
             total = total + cfg.value_coef * v_loss

@@ -45,10 +45,14 @@ class IQLConfig(AgentConfig):
     value_lr: float = 3e-4
 
 
+def expectile_weight(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """``|tau - 1(u < 0)|``: the asymmetric weight of IQL Eq. 5 on an error ``u = target - prediction``."""
+    return torch.where(diff < 0, 1.0 - expectile, expectile)
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """``|tau - 1(u < 0)| u^2`` averaged, the asymmetric L2 of IQL Eq. 5."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.pow(2)).mean()
+    return (expectile_weight(diff, expectile) * diff.pow(2)).mean()
 
 
 class IQL(OffPolicyAgent):

@@ -169,6 +169,18 @@ def sft_loss(policy: LLMPolicy, samples: Sequence[Conversation]) -> torch.Tensor
     return -(scores.log_probs * mask).sum() / mask.sum()
 
 
+def sft_step(policy: LLMPolicy, optimizer: torch.optim.Optimizer, samples: Sequence[Conversation], batch_size: int,
+             generator: torch.Generator, max_grad_norm: float = 1.0) -> float:
+    """One gradient step of :func:`sft_loss` on ``batch_size`` samples drawn with replacement; its loss."""
+    index = torch.randint(len(samples), (batch_size,), generator=generator)
+    loss = sft_loss(policy, [samples[i] for i in index.tolist()])
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
 def train_sft(policy: LLMPolicy, samples: Sequence[Conversation], steps: int, batch_size: int = 32,
               lr: float = 1e-3, seed: int = 0, log: Callable[[int, float], None] | None = None,
               progress: bool = False) -> list[float]:
@@ -182,13 +194,7 @@ def train_sft(policy: LLMPolicy, samples: Sequence[Conversation], steps: int, ba
     log_every = max(1, steps // 50)
     bar = Progress(steps, "sft", enabled=progress)
     for step in range(1, steps + 1):
-        index = torch.randint(len(samples), (min(batch_size, len(samples)),), generator=generator)
-        loss = sft_loss(policy, [samples[i] for i in index.tolist()])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(sft_step(policy, optimizer, samples, min(batch_size, len(samples)), generator))
         bar.update(1)
         if log is not None and (step % log_every == 0 or step == steps):
             log(step, losses[-1])

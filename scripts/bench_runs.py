@@ -36,9 +36,13 @@ def launch(overrides: list[str], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     extra = [f"resume={folder}"] if (folder / "checkpoints").is_dir() else []
     cmd = [sys.executable, "-m", "rlft.scripts.main", *overrides, *extra, f"hydra.run.dir={folder}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(folder / "stdout.log", "a") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=single_thread_env())
+
+
+def single_thread_env() -> dict[str, str]:
+    """This process's environment with one OpenMP/MKL thread, for benchmark subprocesses."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def finished(folder: Path, done: Callable[[dict], bool]) -> bool:
@@ -69,11 +73,13 @@ def run_minutes(folder: Path) -> float:
     return ((folder / "eval.json").stat().st_mtime - (folder / "config.yaml").stat().st_mtime) / 60
 
 
-def curve(history: list[dict], grid: np.ndarray, key: str = "normalized_score") -> tuple[np.ndarray, np.ndarray]:
-    """An ``eval.json`` history's ``key`` against its ``step``, interpolated onto ``grid``."""
+def curve(history: list[dict], grid: np.ndarray, key: str = "normalized_score",
+          left: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An ``eval.json`` history's ``key`` against its ``step``, interpolated onto ``grid``
+    (``left``: the value before the first evaluation; default the first one)."""
     steps = np.array([r["step"] for r in history], dtype=float)
     values = np.array([r[key] for r in history], dtype=float)
-    return grid, np.interp(grid, steps, values)
+    return grid, np.interp(grid, steps, values, left=left)
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -119,17 +118,11 @@ def run_job(learner: str, seed: int, args: argparse.Namespace, out: Path) -> str
     if learner == "rlft" and not bench_runs.phase_finished(folder, online=True):
         bench_runs.launch(rlft_overrides(seed, args), folder)
     elif learner == "sb3" and not (folder / "eval.json").is_file():
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         subprocess.run([sys.executable, "-m", "rlft.scripts.benchmark_sb3", "--algo", args.algo, "--sb3-run", str(seed),
                         "--steps", str(args.steps), "--learning-starts", str(args.learning_starts),
-                        "--eval-every", str(args.eval_every), "--out", str(out)], check=True, env=env)
+                        "--eval-every", str(args.eval_every), "--out", str(out)], check=True,
+                        env=bench_runs.single_thread_env())
     return f"{learner} seed {seed} done"
-
-
-def _returns_curve(history: list[dict], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluation returns on ``grid`` (NaN before the first evaluation)."""
-    steps = np.array([r["step"] for r in history], dtype=float)
-    return grid, np.interp(grid, steps, np.array([r["return_mean"] for r in history], dtype=float), left=np.nan)
 
 
 def summarise(args: argparse.Namespace, out: Path, command: str) -> None:
@@ -137,8 +130,8 @@ def summarise(args: argparse.Namespace, out: Path, command: str) -> None:
     rlft_runs = [json.loads((out / "runs" / "rlft" / f"seed{s}" / "eval.json").read_text()) for s in args.seeds]
     sb3_runs = [json.loads((out / "runs" / "sb3" / f"seed{s}" / "eval.json").read_text()) for s in args.seeds]
     name = args.algo.upper()
-    curves = {f"rlft {name}": [_returns_curve(r["history"], grid) for r in rlft_runs],
-              f"stable-baselines3 {name}": [_returns_curve(r["history"], grid) for r in sb3_runs]}
+    curves = {f"rlft {name}": [bench_runs.curve(r["history"], grid, "return_mean", np.nan) for r in rlft_runs],
+              f"stable-baselines3 {name}": [bench_runs.curve(r["history"], grid, "return_mean", np.nan) for r in sb3_runs]}
     plot_seed_curves(curves, out / "returns.png", f"{name} from scratch on Hopper-v5 ({len(args.seeds)} seeds)",
                      "environment steps", ylabel="evaluation return")
     final = {"rlft": [r["after"]["return_mean"] for r in rlft_runs],
