@@ -53,8 +53,14 @@ class TextPGConfig:
     kl_coef: float = 0.0  # GRPO's beta (0.04 in DeepSeekMath); > 0 keeps a frozen copy of the trained weights
     supervision: Literal["outcome", "process"] = "process"  # GRPO: episode return, or per-turn rewards
     max_grad_norm: float = 1.0
-    normalize_advantages: bool = True
+    normalize_advantages: bool = True  # PPO: over every turn of the batch (RL4VLA: the whole buffer)
     skip_uninformative: bool = True  # no policy step on a batch whose episodes all returned the same
+    clip_high: float | None = None  # upper ratio clip 1 + clip_high (DAPO/SimpleVLA-RL "clip-higher": 0.28)
+    grad_accumulation: int = 1  # minibatches per optimiser step (RL4VLA: 20 of 8 samples)
+    value_lr: float | None = None  # the value head's own learning rate (RL4VLA: 3e-3 against 1e-4); None: lr
+    value_clip: float | None = None  # PPO: clip the new value to old +- value_clip, take the worse loss
+    value_loss: Literal["mse", "huber"] = "mse"  # RL4VLA: Huber with delta 10
+    huber_delta: float = 10.0
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("ppo", "grpo"):
@@ -63,6 +69,15 @@ class TextPGConfig:
             raise ValueError(f"supervision must be 'outcome' or 'process', got {self.supervision!r}")
         if not 0.0 <= self.cot_lambda <= 1.0:
             raise ValueError(f"cot_lambda must be in [0, 1], got {self.cot_lambda}")
+        if self.value_loss not in ("mse", "huber"):
+            raise ValueError(f"value_loss must be 'mse' or 'huber', got {self.value_loss!r}")
+        if self.grad_accumulation < 1:
+            raise ValueError(f"grad_accumulation must be >= 1, got {self.grad_accumulation}")
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """Lower and upper bounds of the clipped ratio."""
+        return 1.0 - self.clip, 1.0 + (self.clip if self.clip_high is None else self.clip_high)
 
 
 STD_EPS = 1e-4  # added to the group's std (TRL GRPOTrainer: (r - mean) / (std + 1e-4))
@@ -133,6 +148,7 @@ class _Prepared:
     value_pos: torch.Tensor  # [T] token index where each turn's state value is read
     turn_advantage: torch.Tensor  # [T]
     turn_return: torch.Tensor  # [T]
+    turn_value: torch.Tensor  # [T] the value at collection (PPO's value clipping)
     informative: bool = True  # the episodes' returns differ (else normalised advantages are pure noise)
 
 
@@ -145,7 +161,12 @@ class TextPolicyGradient:
         self.policy = policy
         self.config = config
         self.generator = generator or torch.Generator().manual_seed(0)
-        self.optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
+        head = [] if policy.value_head is None else list(policy.value_head.parameters())
+        head_ids = {id(p) for p in head}
+        groups = [{"params": [p for p in policy.trainable_parameters() if id(p) not in head_ids], "lr": config.lr}]
+        if head:
+            groups.append({"params": head, "lr": config.value_lr if config.value_lr is not None else config.lr})
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr)
         # GRPO's pi_ref: the LM's trained weights (LoRA: the adapters) as they were at the first update
         self.reference: dict[str, torch.Tensor] | None = None
 
@@ -194,6 +215,7 @@ class TextPolicyGradient:
             episode_of=torch.tensor(episode_of), turn_sample=torch.tensor([t.sample for t in batch.turns]),
             value_pos=torch.tensor([t.span[0] - 1 for t in batch.turns]),
             turn_advantage=torch.zeros(len(batch.turns)), turn_return=torch.zeros(len(batch.turns)),
+            turn_value=torch.zeros(len(batch.turns)),
         )
         returns = batch.episode_returns()
         prepared.informative = bool(returns.max() > returns.min()) or not cfg.skip_uninformative
@@ -258,6 +280,7 @@ class TextPolicyGradient:
             adv, ret = compute_gae(rewards, values, torch.zeros_like(rewards), last, cfg.gamma, cfg.gae_lambda)
             prepared.turn_advantage[episode.turns] = adv[:, 0]
             prepared.turn_return[episode.turns] = ret[:, 0]
+            prepared.turn_value[episode.turns] = values[:, 0]
         if cfg.normalize_advantages and len(batch.turns) > 1:
             a = prepared.turn_advantage
             prepared.turn_advantage = (a - a.mean()) / (a.std() + 1e-8)
@@ -276,16 +299,25 @@ class TextPolicyGradient:
         if cfg.algorithm == "grpo" and not prepared.informative:
             return {}  # every advantage is zero: a step would still move the weights by Adam's momentum
         totals: dict[str, float] = {}
-        steps = 0
+        passes = 0
         for _ in range(cfg.epochs):
-            for chunk in self._chunks(len(batch.samples), shuffle=True):
-                metrics = self._step(batch, prepared, chunk)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                steps += bool(metrics)
-        return {k: v / max(steps, 1) for k, v in totals.items()}
+            chunks = self._chunks(len(batch.samples), shuffle=True)
+            for first in range(0, len(chunks), cfg.grad_accumulation):
+                group = chunks[first:first + cfg.grad_accumulation]
+                self.optimizer.zero_grad()
+                for chunk in group:
+                    metrics = self._backward(batch, prepared, chunk, len(group))
+                    for k, v in metrics.items():
+                        totals[k] = totals.get(k, 0.0) + v
+                    passes += bool(metrics)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm) * len(group)
+                self.optimizer.step()
+        return {k: v / max(passes, 1) for k, v in totals.items()}
 
-    def _step(self, batch: TextBatch, prepared: _Prepared, chunk: list[int]) -> dict[str, float]:
+    def _backward(self, batch: TextBatch, prepared: _Prepared, chunk: list[int], accumulated: int) -> dict[str, float]:
+        """Backpropagate one minibatch's loss, scaled by ``1 / accumulated`` (the minibatches of
+        one optimiser step); returns its metrics (none for a chunk without model tokens)."""
         cfg = self.config
         picked, rows = self._localize(prepared, chunk, len(batch.samples))
         if not bool(picked.any()):  # only prompt-only sequences (truncated episodes' final states)
@@ -303,11 +335,7 @@ class TextPolicyGradient:
         if not prepared.informative:  # PPO before the first success on a sparse task: fit values only
             loss = loss - policy_loss
         loss = loss - cfg.entropy_coef * entropy
-        self.optimizer.zero_grad()
-        loss.backward()
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(),
-                                                                    cfg.max_grad_norm))
-        self.optimizer.step()
+        (loss / accumulated).backward()
         metrics["policy_loss"] = policy_loss.item()
         return metrics
 
@@ -316,7 +344,8 @@ class TextPolicyGradient:
         cfg = self.config
         ratio = torch.exp(log_prob - prepared.old_log_prob[picked])
         advantage = prepared.token_advantage[picked]
-        surrogate = torch.min(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
+        low, high = cfg.clip_range
+        surrogate = torch.min(ratio * advantage, ratio.clamp(low, high) * advantage)
         per_token = -surrogate
         if prepared.ref_log_prob is not None:
             log_ratio_ref = prepared.ref_log_prob[picked] - log_prob
@@ -324,7 +353,7 @@ class TextPolicyGradient:
             per_token = per_token + cfg.kl_coef * kl
             metrics["kl_ref"] = kl.mean().item()
         episodes = prepared.episode_of[picked].unique().numel()
-        metrics["clip_fraction"] = float(((ratio - 1).abs() > cfg.clip).float().mean())
+        metrics["clip_fraction"] = float(((ratio < low) | (ratio > high)).float().mean())
         return (per_token * prepared.token_scale[picked]).sum() / episodes
 
     def _ppo_losses(self, prepared: _Prepared, picked: torch.Tensor, log_prob: torch.Tensor, hidden: torch.Tensor,
@@ -337,15 +366,31 @@ class TextPolicyGradient:
         old = torch.zeros(len(turn_ids)).index_add(0, inverse, weight * prepared.old_log_prob[picked])
         ratio = torch.exp(new - old)
         advantage = prepared.turn_advantage[turn_ids]
-        surrogate = torch.min(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
+        low, high = cfg.clip_range
+        surrogate = torch.min(ratio * advantage, ratio.clamp(low, high) * advantage)
         row_of_sample = {j: k for k, j in enumerate(chunk)}
         rows = torch.tensor([row_of_sample[int(j)] for j in prepared.turn_sample[turn_ids]], dtype=torch.long)
         positions = torch.stack([rows, prepared.value_pos[turn_ids]], dim=1)
         values = self.policy.values(hidden, positions)
-        value_loss = 0.5 * (values - prepared.turn_return[turn_ids]).pow(2).mean()
+        value_loss = self._value_loss(values, prepared.turn_value[turn_ids], prepared.turn_return[turn_ids])
         metrics["value_loss"] = value_loss.item()
-        metrics["clip_fraction"] = float(((ratio - 1).abs() > cfg.clip).float().mean())
+        metrics["clip_fraction"] = float(((ratio < low) | (ratio > high)).float().mean())
         return -surrogate.mean(), value_loss
+
+    def _value_loss(self, values: torch.Tensor, old: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """``0.5 (V - R)^2`` or the Huber loss; with ``value_clip`` the worse of the unclipped and
+        the clipped value's loss (PPO2's value clipping; RL4VLA clips at 0.2 with Huber delta 10)."""
+        cfg = self.config
+
+        def loss(v: torch.Tensor) -> torch.Tensor:
+            if cfg.value_loss == "huber":
+                return torch.nn.functional.huber_loss(v, returns, reduction="none", delta=cfg.huber_delta)
+            return 0.5 * (v - returns).pow(2)
+
+        per_turn = loss(values)
+        if cfg.value_clip is not None:
+            per_turn = torch.max(per_turn, loss(old + (values - old).clamp(-cfg.value_clip, cfg.value_clip)))
+        return per_turn.mean()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),

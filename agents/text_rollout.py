@@ -16,8 +16,9 @@ Two contexts (``TextRolloutConfig.context``):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -79,6 +80,49 @@ class TextBatch:
     episodes: list[Episode] = field(default_factory=list)
     generated_tokens: int = 0
 
+    def subset(self, episodes: list[int]) -> "TextBatch":
+        """The batch of some of its episodes (with their samples and turns, indices renumbered)."""
+        out = TextBatch(generated_tokens=0)
+        sample_map: dict[int, int] = {}
+        for e in episodes:
+            episode = self.episodes[e]
+            turns = []
+            for t in episode.turns:
+                turn = self.turns[t]
+                if turn.sample not in sample_map:
+                    sample_map[turn.sample] = len(out.samples)
+                    out.samples.append(self.samples[turn.sample])
+                out.turns.append(dataclasses.replace(turn, sample=sample_map[turn.sample]))
+                out.generated_tokens += turn.span[1] - turn.span[0]
+                turns.append(len(out.turns) - 1)
+            bootstrap = episode.bootstrap
+            if bootstrap is not None:
+                if bootstrap[0] not in sample_map:
+                    sample_map[bootstrap[0]] = len(out.samples)
+                    out.samples.append(self.samples[bootstrap[0]])
+                bootstrap = (sample_map[bootstrap[0]], bootstrap[1])
+            out.episodes.append(dataclasses.replace(episode, turns=turns, bootstrap=bootstrap))
+        return out
+
+    def extend(self, other: "TextBatch") -> None:
+        """Append another collection's episodes; its groups get new ids after this batch's."""
+        samples, turns = len(self.samples), len(self.turns)
+        groups = 1 + max((ep.group for ep in self.episodes), default=-1)
+        self.samples.extend(other.samples)
+        self.turns.extend(dataclasses.replace(t, sample=t.sample + samples) for t in other.turns)
+        self.episodes.extend(dataclasses.replace(
+            ep, turns=[t + turns for t in ep.turns], group=ep.group + groups,
+            bootstrap=None if ep.bootstrap is None else (ep.bootstrap[0] + samples, ep.bootstrap[1]))
+            for ep in other.episodes)
+        self.generated_tokens += other.generated_tokens
+
+    def informative_groups(self, lower: float, upper: float) -> list[int]:
+        """Ids of the groups whose success rate lies in ``[lower, upper]`` (SimpleVLA-RL's filter)."""
+        by_group: dict[int, list[bool]] = {}
+        for ep in self.episodes:
+            by_group.setdefault(ep.group, []).append(ep.success)
+        return [g for g, successes in by_group.items() if lower <= float(np.mean(successes)) <= upper]
+
     def episode_returns(self) -> np.ndarray:
         return np.array([sum(self.turns[t].reward for t in ep.turns) for ep in self.episodes])
 
@@ -91,6 +135,45 @@ class TextBatch:
             "invalid_action_rate": float(np.mean([t.invalid for t in self.turns])),
             "reply_tokens": self.generated_tokens / max(len(self.turns), 1),
         }
+
+
+@dataclass
+class DynamicSampling:
+    """SimpleVLA-RL's dynamic sampling (arXiv 2509.09674; ``data.filter_accuracy`` with accuracy
+    bounds 0.1 and 0.9 in its LIBERO script): GRPO trains only on groups whose success rate lies
+    in ``[lower, upper]`` (all-success and all-failure groups carry no advantage), and collection
+    goes on until as many groups as one collection holds pass, or ``max_rounds`` collections."""
+
+    enabled: bool = False
+    lower: float = 0.1
+    upper: float = 0.9
+    max_rounds: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lower <= self.upper <= 1.0:
+            raise ValueError(f"dynamic sampling needs 0 <= lower <= upper <= 1, got {self.lower}, {self.upper}")
+        if self.max_rounds < 1:
+            raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
+
+
+def collect_informative(collect: Callable[[int], TextBatch],
+                        sampling: DynamicSampling) -> tuple[TextBatch, TextBatch, dict[str, float]]:
+    """Collections ``collect(0)``, ``collect(1)``, ... until their informative groups number as many
+    as one collection's groups (or ``max_rounds`` collections). Returns everything collected (what
+    the sample budget and training metrics count), the episodes of those groups (what GRPO trains
+    on; may be empty) and statistics; with sampling off, one collection, trained on whole."""
+    first = collect(0)
+    if not sampling.enabled:
+        return first, first, {}
+    wanted = len({ep.group for ep in first.episodes})
+    pooled, rounds = first, 1
+    while len(pooled.informative_groups(sampling.lower, sampling.upper)) < wanted and rounds < sampling.max_rounds:
+        pooled.extend(collect(rounds))
+        rounds += 1
+    keep = set(pooled.informative_groups(sampling.lower, sampling.upper)[:wanted])
+    kept = pooled.subset([e for e, ep in enumerate(pooled.episodes) if ep.group in keep])
+    return pooled, kept, {"dynamic/rounds": float(rounds), "dynamic/kept_groups": float(len(keep)),
+                          "dynamic/collected_episodes": float(len(pooled.episodes))}
 
 
 def collect_text(policy: LLMPolicy, chat: ChatFormat, vec_env: gym.vector.VectorEnv, waves: int, seed: int,

@@ -134,12 +134,14 @@ def replay_observations(env: TextEnv, transcript: Transcript) -> list[Any]:
 
 
 def sft_samples(transcripts: Sequence[Transcript], chat: ChatFormat, context: str = "turn",
-                env: TextEnv | None = None) -> list[Conversation]:
+                env: TextEnv | None = None, ends_turns: bool = True) -> list[Conversation]:
     """Token sequences with the assistant tokens (and their end-of-turn token) marked as model tokens,
     built with the same token-exact formatting as rollouts (one per turn, or one per episode).
 
     Prompts are the transcript's user messages, or, with ``env``, the env's own observations
-    replayed from the transcript's seed (needed for image observations).
+    replayed from the transcript's seed (needed for image observations). ``ends_turns=False``
+    (a policy restricted to action tokens, :attr:`LLMPolicy.ends_turns`): the end-of-turn token
+    closes each reply as a prompt token, as in that policy's rollouts.
     """
     samples: list[Conversation] = []
     for transcript in transcripts:
@@ -151,13 +153,13 @@ def sft_samples(transcripts: Sequence[Transcript], chat: ChatFormat, context: st
             observations = [prev["content"] for prev, m in zip(dialogue, dialogue[1:]) if m["role"] == "assistant"]
         conversation: Conversation | None = None
         for observation, text in zip(observations, replies, strict=True):
-            tokens = chat.encode(text) + [chat.end_of_turn]
+            tokens = chat.encode(text) + ([chat.end_of_turn] if ends_turns else [])
             if conversation is None or context == "turn":
                 conversation = chat.start(observation)
                 samples.append(conversation)
             else:
                 chat.extend(conversation, observation)
-            conversation.extend_reply(Generation(tokens, [0.0] * len(tokens), text, True), chat.end_of_turn)
+            conversation.extend_reply(Generation(tokens, [0.0] * len(tokens), text, ends_turns), chat.end_of_turn)
     return samples
 
 

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlft.policies.action_tokenizer import add_action_tokens
+
 
 @dataclass
 class GenerationConfig:
@@ -236,11 +238,34 @@ class LLMPolicy(nn.Module):
         # a VLM never writes its image placeholder token: it is outside the policy's support
         image_token = getattr(model.config, "image_token_id", None)
         self._unsampleable = [int(image_token)] if image_token is not None else []
+        self._allowed: torch.Tensor | None = None  # the only ids the policy may write (restrict_tokens)
+
+    def restrict_tokens(self, token_ids: Sequence[int]) -> None:
+        """Constrain the policy to ``token_ids`` (a VLA's action tokens): every other token gets
+        probability 0, in sampling and in every recomputed log-probability alike, so replies never
+        end with the end-of-turn token and run exactly ``max_new_tokens``."""
+        ids = sorted({int(i) for i in token_ids})
+        if not ids:
+            raise ValueError("restrict_tokens needs at least one token id")
+        vocabulary = self.model.get_output_embeddings().weight.shape[0]
+        if ids[0] < 0 or ids[-1] >= vocabulary:
+            raise ValueError(f"token ids {ids[0]}..{ids[-1]} outside the vocabulary of {vocabulary}")
+        self._allowed = torch.as_tensor(ids, dtype=torch.long)
+
+    @property
+    def ends_turns(self) -> bool:
+        """Whether the policy writes its end-of-turn token (not when restricted to action tokens)."""
+        return self._allowed is None or self.eos_id in self._allowed.tolist()
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """The policy's token distribution: ``log softmax(logits / T)`` without unsampleable tokens."""
+        """The policy's token distribution: ``log softmax(logits / T)`` over the tokens it may write."""
         logits = logits.float() / self.generation.temperature
-        if self._unsampleable:
+        if self._allowed is not None:
+            allowed = self._allowed.to(logits.device)
+            restricted = torch.full_like(logits, float("-inf"))
+            restricted[..., allowed] = logits[..., allowed]
+            logits = restricted
+        elif self._unsampleable:
             logits = logits.clone()
             logits[..., self._unsampleable] = float("-inf")
         return F.log_softmax(logits, dim=-1)
@@ -249,8 +274,12 @@ class LLMPolicy(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, lora: LoraSettings | None = None,
                         value_head: bool = False, generation: GenerationConfig | None = None,
-                        dtype: torch.dtype = torch.float32) -> "LLMPolicy":
-        """Load a causal LM and its tokenizer (``gguf_file``: a GGUF file inside ``path``)."""
+                        dtype: torch.dtype = torch.float32, action_tokens: int = 0) -> "LLMPolicy":
+        """Load a causal LM and its tokenizer (``gguf_file``: a GGUF file inside ``path``).
+
+        ``action_tokens > 0`` makes a token-action VLA: ``<act_0>`` .. ``<act_{n-1}>`` are added
+        to the vocabulary where missing (before LoRA, so their rows exist in the base model) and
+        decoding is restricted to them (:mod:`rlft.policies.action_tokenizer`)."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
         path = str(path)
@@ -263,9 +292,12 @@ class LLMPolicy(nn.Module):
         vision = hasattr(AutoConfig.from_pretrained(path, **extra), "vision_config")
         auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         model = auto.from_pretrained(path, dtype=dtype, **extra)
+        action_ids = add_action_tokens(tokenizer, model, action_tokens) if action_tokens else None
         if lora is not None:
             model = add_lora(model, lora)
         policy = cls(model, tokenizer, generation, value_head)
+        if action_ids is not None:
+            policy.restrict_tokens(action_ids)
         head = Path(path) / VALUE_HEAD_FILE
         if value_head and head.exists():
             policy.value_head.load_state_dict(torch.load(head, weights_only=True))

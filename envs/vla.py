@@ -1,0 +1,214 @@
+"""Vision-language-action tasks: a rendered scene and a language instruction in, action tokens out.
+
+A :class:`VLAEnv` is a :class:`rlft.envs.text.TextEnv` (so the SFT -> language RL pipeline, its
+rollouts, GRPO groups, evaluator and transcripts serve VLAs unchanged) whose observation is
+``{"text": instruction, "image": uint8 [H, W, 3]}`` and whose action is a reply of action tokens
+(:class:`rlft.policies.action_tokenizer.ActionTokenizer`): the reply is decoded to ``chunk``
+actions of the scene's own action space, executed in order. The reward is binary task success
+(1 when the task is solved, which ends the episode), as RL4VLA (arXiv 2505.19789) and
+SimpleVLA-RL (arXiv 2509.09674) train.
+
+**Generalisation splits** (RL4VLA Sec. 3.3 evaluates *semantic*, *visual* and *execution*
+generalisation); each is a registered task of its own:
+
+- ``train``: instruction objects from the training combinations, the level's wording, the
+  agent starting in the left half of the room;
+- ``semantic``: held-out colour/object combinations (never a target in training) and
+  paraphrased instructions;
+- ``visual``: a tinted floor and pixel noise;
+- ``execution``: the agent starts in the right half of the room (outside the training range).
+
+Scenes are BabyAI levels (``minigrid``, Chevalier-Boisvert et al. 2019) rendered as the agent's
+egocentric view (BabyAI's own partial observation, 7x7 cells; ``view="full"``: the room from
+above, which makes a policy locate the agent and its heading first), with ``minigrid``'s
+``BabyAIBot`` as the demonstrator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rlft.envs.text import InvalidActionPolicy, Outcome, TextEnv, text_space
+from rlft.policies.action_tokenizer import ActionTokenizer
+
+SPLITS = ("train", "semantic", "visual", "execution")
+VIEWS = ("agent", "full")  # the agent's egocentric 7x7 view (BabyAI's own observation), or the room from above
+OBJECT_TYPES = ("ball", "box", "key")
+# instruction openings and their paraphrases (the semantic split rewords every instruction)
+PARAPHRASES = {"go to the ": ("walk to the ", "move to the ", "find the ", "head for the "),
+               "pick up the ": ("grab the ", "take the ", "lift the ", "collect the ")}
+VISUAL_TINT = (40, 40, 90)  # floor colour of the visual split (the training floor is black)
+VISUAL_NOISE = 12.0  # std of the visual split's pixel noise (uint8 levels)
+MAX_REDRAWS = 200
+
+
+def held_out(color: str, kind: str) -> bool:
+    """Whether a colour/object combination is held out of training (4 of BabyAI's 18: blue ball,
+    grey key, purple box, red ball); every colour and every object type still occurs in training."""
+    from minigrid.core.constants import COLOR_NAMES
+
+    return (COLOR_NAMES.index(color) + OBJECT_TYPES.index(kind)) % 4 == 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """What one generalisation split changes."""
+
+    name: str
+    held_out_objects: bool = False  # targets from the held-out combinations only
+    paraphrase: bool = False
+    start_right: bool = False  # the agent starts in the right half (training: left half)
+    tint: tuple[int, int, int] | None = None
+    noise_std: float = 0.0
+
+    @classmethod
+    def named(cls, name: str) -> "Split":
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; available: {SPLITS}")
+        return {"train": cls("train"),
+                "semantic": cls("semantic", held_out_objects=True, paraphrase=True),
+                "visual": cls("visual", tint=VISUAL_TINT, noise_std=VISUAL_NOISE),
+                "execution": cls("execution", start_right=True)}[name]
+
+
+class BabyAIScene:
+    """A BabyAI level as a VLA scene: an RGB image (egocentric or top-down), mission text, bot demonstrations."""
+
+    def __init__(self, level: str, tile_size: int = 8, view: str = "agent", **level_kwargs: Any):
+        import minigrid  # noqa: F401  registers the BabyAI ids
+
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; available: {VIEWS}")
+        self.env = gym.make(level, **level_kwargs).unwrapped
+        self.level, self.tile_size, self.view = level, tile_size, view
+        self.action_space = spaces.Discrete(int(self.env.action_space.n))
+        self._bot = None
+        self._unplanned: list[int] = []  # actions taken since the bot last planned
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        if self.view == "agent":
+            return self.env.agent_view_size * self.tile_size, self.env.agent_view_size * self.tile_size, 3
+        return self.env.height * self.tile_size, self.env.width * self.tile_size, 3
+
+    def target(self) -> tuple[str, str] | None:
+        """Colour and type of the instruction's object (None for missions without one)."""
+        desc = getattr(getattr(self.env, "instrs", None), "desc", None)
+        return None if desc is None else (desc.color, desc.type)
+
+    def accepts(self, split: Split) -> bool:
+        """Whether the drawn episode belongs to ``split`` (target combination and start region)."""
+        target = self.target()
+        if target is not None and target[0] is not None and held_out(*target) != split.held_out_objects:
+            return False
+        right = int(self.env.agent_pos[0]) >= self.env.width // 2
+        return right == split.start_right
+
+    def reset(self, seed: int) -> str:
+        """Draw the level from ``seed``; its mission text."""
+        with contextlib.redirect_stdout(io.StringIO()):  # BabyAI prints every rejected placement
+            self.env.reset(seed=seed)
+        self._bot, self._unplanned = None, []
+        return str(self.env.mission)
+
+    def image(self) -> np.ndarray:
+        if self.view == "agent":
+            return self.env.get_pov_render(tile_size=self.tile_size)
+        return self.env.get_full_render(highlight=False, tile_size=self.tile_size)
+
+    def step(self, action: int) -> tuple[bool, bool, bool]:
+        """``(success, terminated, truncated)`` after one action."""
+        _, reward, terminated, truncated, _ = self.env.step(int(action))
+        self._unplanned.append(int(action))
+        return bool(reward > 0), bool(terminated), bool(truncated)
+
+    def expert(self) -> int:
+        """The bot's action; it keeps its plan while it sees every action, else plans afresh."""
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        if self._bot is None or len(self._unplanned) > 1:
+            self._bot, last = BabyAIBot(self.env), None
+        else:
+            last = self._unplanned[0] if self._unplanned else None
+        self._unplanned = []
+        return int(self._bot.replan(last))
+
+
+class VLAEnv(TextEnv):
+    """A scene behind an instruction-and-image observation and action-token replies (module docstring)."""
+
+    def __init__(self, scene: BabyAIScene, split: str = "train", bins: int = 256, chunk: int = 1,
+                 max_turns: int = 20, invalid_action: InvalidActionPolicy | None = None):
+        super().__init__(max_turns, invalid_action)
+        self.scene, self.split = scene, Split.named(split)
+        self.action_tokenizer = ActionTokenizer.for_space(scene.action_space, bins, chunk)
+        self.observation_space = spaces.Dict({"text": text_space(),
+                                              "image": spaces.Box(0, 255, scene.image_shape, np.uint8)})
+        self.instruction = ""
+
+    def _start(self) -> str:
+        for _ in range(MAX_REDRAWS):
+            mission = self.scene.reset(int(self.np_random.integers(2**31 - 1)))
+            if self.scene.accepts(self.split):
+                break
+        else:
+            raise RuntimeError(f"{self.scene.level}: no episode of split {self.split.name!r} in {MAX_REDRAWS} draws")
+        self.instruction = self._reword(mission) if self.split.paraphrase else mission
+        return self.instruction
+
+    def _reword(self, mission: str) -> str:
+        for opening, rewordings in PARAPHRASES.items():
+            if mission.startswith(opening):
+                return rewordings[int(self.np_random.integers(len(rewordings)))] + mission[len(opening):]
+        return mission
+
+    def _observation(self, text: str) -> dict[str, Any]:
+        image = self.scene.image()
+        if self.split.tint is not None:
+            floor = (image == 0).all(-1)
+            image[floor] = self.split.tint
+        if self.split.noise_std:
+            noise = self.np_random.normal(0.0, self.split.noise_std, image.shape)
+            image = np.clip(image + noise, 0, 255).astype(np.uint8)
+        return {"text": text, "image": image}
+
+    def parse(self, utterance: str) -> str | None:
+        indices = self.action_tokenizer.parse(utterance)
+        return None if indices is None else self.action_tokenizer.text(indices)
+
+    def admissible_actions(self) -> list[str]:
+        """Every single-action reply of a discrete scene; a continuous scene's centre action
+        (any ``reply_length`` action tokens are legal there)."""
+        tok = self.action_tokenizer
+        if tok.discrete and tok.chunk == 1:
+            return tok.tokens
+        return [tok.text([tok.vocabulary // 2] * tok.reply_length)]
+
+    def _apply(self, action: str) -> Outcome:
+        actions = self.action_tokenizer.decode(self.action_tokenizer.parse(action))
+        success = terminated = truncated = False
+        for one in actions:
+            success, terminated, truncated = self.scene.step(one)
+            if terminated or truncated:
+                break
+        return Outcome(self.instruction, float(success), terminated or success, success, truncated)
+
+    def expert_action(self) -> str:
+        if self.action_tokenizer.chunk != 1:
+            raise ValueError("the BabyAI bot demonstrates single actions: use chunk=1")
+        return self.action_tokenizer.text(self.action_tokenizer.encode(self.scene.expert()))
+
+
+def make_babyai_vla(level: str = "BabyAI-GoToObj-v0", split: str = "train", max_turns: int = 20, chunk: int = 1,
+                    tile_size: int = 8, view: str = "agent", invalid_action: InvalidActionPolicy | None = None,
+                    **level_kwargs: Any) -> VLAEnv:
+    """A BabyAI level as a VLA task (the entry point of the ``rlft/VLA-BabyAI-v0`` id)."""
+    return VLAEnv(BabyAIScene(level, tile_size, view, **level_kwargs), split, chunk=chunk, max_turns=max_turns,
+                  invalid_action=invalid_action)

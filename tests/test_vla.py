@@ -1,0 +1,272 @@
+"""Token-action VLAs: the action tokenizer, constrained decoding, VLA tasks and their splits, SFT on
+action tokens only, GRPO groups, and save/load of a VLA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient, _Prepared
+from rlft.agents.text_rollout import (
+    DynamicSampling,
+    Episode,
+    TextBatch,
+    TextRolloutConfig,
+    TurnRecord,
+    collect_informative,
+    collect_text,
+)
+from rlft.envs import make_env, make_vector_env
+from rlft.envs.vla import PARAPHRASES, held_out
+from rlft.offline.transcripts import expert_actor, record_transcripts, sft_samples
+from rlft.policies.action_tokenizer import ActionTokenizer, add_action_tokens
+from rlft.policies.llm import ChatFormat, Conversation, GenerationConfig, LLMPolicy
+from rlft.policies.tiny_lm import build_tiny_vlm
+
+TASK = "vla-babyai-gotoobj"
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm"), image_size=56, patch_size=8, seed=0)
+
+
+def vla(path: Path, tokens: int = 7, value_head: bool = False) -> LLMPolicy:
+    return LLMPolicy.from_pretrained(path, action_tokens=tokens, value_head=value_head,
+                                     generation=GenerationConfig(max_new_tokens=1))
+
+
+def test_continuous_actions_round_trip_to_bin_centres_within_the_bounds() -> None:
+    space = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
+    tok = ActionTokenizer.for_space(space, bins=256, chunk=3)
+    actions = np.random.default_rng(0).uniform(space.low, space.high, (3, 2))
+    decoded = tok.decode(tok.encode(actions))
+    assert decoded.shape == (3, 2) and tok.reply_length == 6
+    assert (np.abs(decoded - actions) <= (space.high - space.low) / 256 / 2 + 1e-12).all()  # half a bin
+    edges = tok.encode(np.array([[-9.0, 99.0]] * 3))  # out of bounds: clipped to the outer bins
+    assert edges == [0, 255] * 3
+    assert np.allclose(tok.decode(edges)[0], [-2 + 2 / 256, 10 - 5 / 256])  # outer bin centres
+
+
+def test_discrete_actions_are_one_token_each_and_bad_replies_do_not_parse() -> None:
+    tok = ActionTokenizer.for_space(gym.spaces.Discrete(7))
+    assert tok.decode(tok.encode(5)).tolist() == [5] and tok.text([5]) == "<act_5>"
+    assert tok.parse(" <act_3> ") == [3]
+    for bad in ("<act_7>", "<act_1><act_2>", "go <act_1>", "", "<act_x>"):
+        assert tok.parse(bad) is None, bad
+    with pytest.raises(ValueError, match=r"in \[0, 7\)"):
+        tok.encode(7)
+    with pytest.raises(ValueError, match="finite bounds"):
+        ActionTokenizer.for_space(gym.spaces.Box(-np.inf, np.inf, (2,)))
+
+
+def test_action_tokens_are_whole_tokens_and_keep_their_ids_after_save(tiny_vlm: Path, tmp_path: Path) -> None:
+    policy = vla(tiny_vlm)
+    ids = policy.tokenizer.convert_tokens_to_ids(ActionTokenizer(7, 1).tokens)
+    assert policy.tokenizer.encode("<act_0><act_6>", add_special_tokens=False) == [ids[0], ids[6]]
+    policy.save_pretrained(tmp_path / "saved")
+    again = vla(tmp_path / "saved")
+    assert again.tokenizer.convert_tokens_to_ids(ActionTokenizer(7, 1).tokens) == ids
+    assert len(again.tokenizer) == len(policy.tokenizer)  # nothing added twice
+    assert add_action_tokens(again.tokenizer, again.model, 7) == ids
+
+
+def test_constrained_decoding_writes_only_action_tokens_with_exact_log_probs(tiny_vlm: Path) -> None:
+    policy = vla(tiny_vlm)
+    action_ids = set(policy.tokenizer.convert_tokens_to_ids(ActionTokenizer(7, 1).tokens))
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=0,
+                         generator=torch.Generator().manual_seed(0))
+    assert batch.turns and not any(t.invalid for t in batch.turns)
+    for sample in batch.samples:  # (prompt-only sequences of truncated episodes' final states aside)
+        model = [tok for tok, mine in zip(sample.tokens, sample.model_mask) if mine]
+        assert len(model) == 1 and set(model) <= action_ids or not any(sample.model_mask)
+    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
+    for row, sample in enumerate(batch.samples):
+        mask = torch.tensor(sample.model_mask)
+        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
+                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    logits = torch.randn(2, policy.model.get_output_embeddings().weight.shape[0])
+    probs = policy._log_softmax(logits).exp()
+    assert torch.allclose(probs[:, sorted(action_ids)].sum(-1), torch.ones(2))  # all mass on action tokens
+
+
+def test_sft_on_demonstrations_trains_on_action_tokens_only(tiny_vlm: Path) -> None:
+    policy = vla(tiny_vlm)
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    transcripts = record_transcripts(env, expert_actor(0.0), 3, seed=0, task=TASK)
+    assert all(t.success for t in transcripts)  # BabyAI's bot demonstrates
+    samples = sft_samples(transcripts, chat, env=env, ends_turns=policy.ends_turns)
+    action_ids = set(policy.tokenizer.convert_tokens_to_ids(ActionTokenizer(7, 1).tokens))
+    for sample in samples:
+        marked = [tok for tok, mine in zip(sample.tokens, sample.model_mask) if mine]
+        assert len(marked) == 1 and set(marked) <= action_ids and sample.tokens[-1] == chat.end_of_turn
+        assert sample.image is not None and sample.image.shape == (56, 56, 3)
+
+
+def test_value_is_read_at_the_last_prompt_token(tiny_vlm: Path) -> None:
+    policy = vla(tiny_vlm, value_head=True)
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 2), 1, seed=0,
+                         generator=torch.Generator().manual_seed(0))
+    prepared = TextPolicyGradient(policy, TextPGConfig())._prepare(batch)
+    for turn, position in zip(batch.turns, prepared.value_pos.tolist()):
+        sample = batch.samples[turn.sample]
+        assert position == turn.span[0] - 1 and not sample.model_mask[position]  # the prompt's last token
+        assert sample.model_mask[position + 1]  # ... right before the action token
+
+
+def test_grpo_groups_start_from_the_same_initial_state(tiny_vlm: Path) -> None:
+    policy = vla(tiny_vlm)
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=5,
+                         config=TextRolloutConfig(group_size=2), generator=torch.Generator().manual_seed(0))
+    first = [batch.samples[batch.turns[ep.turns[0]].sample] for ep in batch.episodes]
+    assert [ep.group for ep in batch.episodes] == [0, 0, 1, 1]
+    assert np.array_equal(first[0].image, first[1].image) and np.array_equal(first[2].image, first[3].image)
+    assert not np.array_equal(first[0].image, first[2].image)
+
+
+def _episodes(task: str, count: int = 12) -> list[tuple[dict, object]]:
+    env = make_env({"task": task}).unwrapped
+    return [(env.reset(seed=seed)[0], env.scene) for seed in range(count)]
+
+
+def test_splits_change_what_they_name_and_nothing_else() -> None:
+    train = _episodes(TASK)
+    for obs, scene in train:  # training: training objects, the level's wording, left-half starts
+        assert not held_out(*scene.target()) and obs["text"].startswith("go to the ")
+        assert scene.env.agent_pos[0] < scene.env.width // 2
+    for obs, scene in _episodes(f"{TASK}-semantic"):
+        assert held_out(*scene.target()) and obs["text"].split(" the ")[0] + " the " in PARAPHRASES["go to the "]
+    for obs, scene in _episodes(f"{TASK}-execution"):
+        assert not held_out(*scene.target()) and scene.env.agent_pos[0] >= scene.env.width // 2
+    plain, shifted = train[0][0]["image"], _episodes(f"{TASK}-visual", 1)[0][0]["image"]
+    assert (plain == 0).all(-1).mean() > 0.1 and (shifted == 0).all(-1).mean() < 0.05  # the floor is tinted
+    assert not held_out(*_episodes(f"{TASK}-visual", 1)[0][1].target())
+
+
+def test_splits_are_seeded() -> None:
+    a, b = _episodes(f"{TASK}-visual", 2), _episodes(f"{TASK}-visual", 2)
+    assert all(np.array_equal(x[0]["image"], y[0]["image"]) and x[0]["text"] == y[0]["text"] for x, y in zip(a, b))
+
+
+# --- the RL4VLA / SimpleVLA-RL recipe pieces of the text policy gradient ------------------------------
+
+def _batch(successes: list[list[bool]]) -> TextBatch:
+    """A batch of one-turn episodes, one group per inner list."""
+    batch = TextBatch()
+    for group, outcomes in enumerate(successes):
+        for success in outcomes:
+            batch.samples.append(Conversation(tokens=[1, 2, 3], model_mask=[False, False, True],
+                                              sampled_log_probs=[0.0, 0.0, -1.0], turns=[(2, 3)]))
+            batch.turns.append(TurnRecord(len(batch.samples) - 1, (2, 3), float(success), None, "a", False, "o", "o",
+                                          True))
+            batch.episodes.append(Episode([len(batch.turns) - 1], group, True, success, None))
+            batch.generated_tokens += 1
+    return batch
+
+
+def test_dynamic_sampling_keeps_mixed_groups_and_collects_until_it_has_enough() -> None:
+    rounds = [_batch([[True, True], [False, True]]), _batch([[False, False], [True, False]]), _batch([[True, False]] * 2)]
+    calls = []
+
+    def collect(k: int) -> TextBatch:
+        calls.append(k)
+        return rounds[k]
+
+    collected, kept, stats = collect_informative(collect, DynamicSampling(enabled=True, lower=0.1, upper=0.9))
+    assert calls == [0, 1] and len(collected.episodes) == 8  # two mixed groups found in two rounds
+    assert len(kept.episodes) == 4 and all(0 < np.mean([e.success for e in kept.episodes if e.group == g]) < 1
+                                           for g in {e.group for e in kept.episodes})
+    assert [kept.turns[e.turns[0]].sample for e in kept.episodes] == [0, 1, 2, 3]  # renumbered
+    assert stats["dynamic/kept_groups"] == 2 and stats["dynamic/rounds"] == 2
+    everything, same, none = collect_informative(lambda k: _batch([[True, True]]), DynamicSampling())
+    assert everything is same and none == {}  # off: one collection, trained on whole
+
+
+def test_clip_higher_bounds_the_ratio_asymmetrically() -> None:
+    cfg = TextPGConfig(algorithm="grpo", clip=0.2, clip_high=0.28)
+    assert cfg.clip_range == (0.8, 1.28)
+    learner = TextPolicyGradient.__new__(TextPolicyGradient)
+    learner.config = cfg
+    ratios = torch.tensor([1.25, 1.30, 0.75])
+    log_prob = ratios.log().requires_grad_()
+    n = len(ratios)
+    prepared = _Prepared(rows=torch.zeros(n, dtype=torch.long), cols=torch.arange(n), turn_of=torch.arange(n),
+                         weight=torch.ones(n), old_log_prob=torch.zeros(n), ref_log_prob=None,
+                         token_advantage=torch.tensor([1.0, 1.0, -1.0]), token_scale=torch.ones(n),
+                         episode_of=torch.arange(n), turn_sample=torch.zeros(n, dtype=torch.long),
+                         value_pos=torch.zeros(n, dtype=torch.long), turn_advantage=torch.zeros(n),
+                         turn_return=torch.zeros(n), turn_value=torch.zeros(n))
+    learner._grpo_loss(prepared, torch.ones(n, dtype=torch.bool), log_prob, {}).backward()
+    assert log_prob.grad[0] != 0  # 1.25 < 1.28: still pushed up
+    assert log_prob.grad[1] == 0 and log_prob.grad[2] == 0  # above 1 + clip_high, below 1 - clip: clipped
+
+
+def test_value_clipping_takes_the_worse_loss_and_huber_grows_linearly() -> None:
+    learner = TextPolicyGradient.__new__(TextPolicyGradient)
+    learner.config = TextPGConfig(value_clip=0.2, value_loss="huber", huber_delta=1.0)
+    old, returns = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 30.0])
+    values = torch.tensor([1.0, 30.0])  # exact, but far from the old values: the clipped value (0.2) counts
+    assert torch.isclose(learner._value_loss(values, old, returns), torch.tensor((0.5 * 0.8**2 + (29.8 - 0.5)) / 2))
+    learner.config = TextPGConfig()
+    assert learner._value_loss(values, old, returns) == 0.0  # plain MSE, no clipping
+
+
+def test_grad_accumulation_steps_once_per_group_and_the_value_head_has_its_own_lr(tiny_vlm: Path) -> None:
+    policy = vla(tiny_vlm, value_head=True)
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=0,
+                         generator=torch.Generator().manual_seed(0))
+    steps = {}
+    for accumulation in (1, 100):
+        learner = TextPolicyGradient(vla(tiny_vlm, value_head=True), TextPGConfig(
+            epochs=1, minibatch_samples=2, grad_accumulation=accumulation, lr=1e-4, value_lr=3e-3,
+            skip_uninformative=False))
+        learner.update(batch)
+        head = learner.optimizer.param_groups[1]
+        assert head["lr"] == 3e-3 and {id(p) for p in head["params"]} == {
+            id(p) for p in learner.policy.value_head.parameters()}
+        steps[accumulation] = int(learner.optimizer.state[head["params"][0]]["step"])
+    assert steps == {1: -(-len(batch.samples) // 2), 100: 1}
+
+
+def vla_config(experiment: str, *overrides: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        return compose("config", [
+            f"experiment={experiment}", "model.tiny={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1}",
+            "sft.episodes=6", "sft.steps=4", "loop.num_envs=4", "loop.waves=1", "loop.iterations=2",
+            "loop.eval_every=2", "loop.eval_episodes=4", "loop.eval_envs=4", "progress=false", *overrides])
+
+
+def test_a_vla_run_trains_saves_and_loads_back_to_the_same_evaluation(tmp_path: Path) -> None:
+    from rlft.policies.llm import ChatAgent
+    from rlft.runtime.evaluation import evaluate
+    from rlft.runtime.text_train import TextExperiment
+
+    cfg = vla_config("vla/grpo/babyai-gotoobj", "text_method.rollout.group_size=2",
+                     "text_method.dynamic_sampling.max_rounds=2")
+    experiment = TextExperiment(cfg, tmp_path)
+    results = experiment.run()
+    assert experiment.generation.max_new_tokens == 1 and results["after"]["phase_step"] == 2
+    rows = (tmp_path / "metrics.csv").read_text()
+    assert "dynamic/kept_groups" in rows and "time/env_steps_per_s" in rows
+    loaded = LLMPolicy.from_pretrained(tmp_path / "model", action_tokens=7, generation=experiment.generation)
+    assert loaded.tokenizer.convert_tokens_to_ids("<act_0>") == experiment.policy.tokenizer.convert_tokens_to_ids(
+        "<act_0>")
+    agent = ChatAgent(loaded, ChatFormat(loaded.tokenizer, "", loaded.image_placeholder), greedy=True,
+                      generator=torch.Generator().manual_seed(cfg.loop.eval_seed))
+    again = evaluate(agent, make_vector_env({"task": TASK}, 4), 4, cfg.loop.eval_seed, 0.0, 1.0)
+    assert again.returns == results["after"]["returns"] and again.lengths == results["after"]["lengths"]
