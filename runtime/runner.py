@@ -97,7 +97,7 @@ class Runner(ABC):
     """Runs a pipeline's phases in a run folder, or resumes them from its newest checkpoint."""
 
     pipeline: ClassVar[str]  # the name in eval.json and in configs/pipeline/
-    axis: ClassVar[str]  # what ``step`` counts
+    axis: str  # what ``step`` counts (a pipeline may set it per run)
     plot_metric: ClassVar[str] = "normalized_score"
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):

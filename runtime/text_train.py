@@ -3,7 +3,8 @@ turns, GRPO, ArCHer or online filtered BC in vectorised text envs.
 
 Phases: ``sft`` (record transcripts with the task's scripted actor, or load a transcript file,
 filter them, fine-tune on the assistant turns; ``init`` when there is no SFT), an evaluation,
-then ``iterations`` RL iterations of ``waves * num_envs`` episodes each. Iteration ``k`` resets
+then ``iterations`` RL iterations of ``waves * num_envs`` episodes each. The x-axis counts training
+episodes, or environment steps (turns) for VLA tasks (:mod:`rlft.envs.vla`). Iteration ``k`` resets
 its envs from seeds derived from the run seed and ``k``, and the sampling generator is
 checkpointed, so ``resume`` continues bit for bit; ``init_from`` starts RL from another run's
 SFT policy.
@@ -52,6 +53,7 @@ from rlft.runtime.progress import Progress
 from rlft.runtime.runner import Phase, Runner
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"
+VALUE_HEAD_PREFIX = "value_head."
 EXTRA_ROUND_SEEDS = 100_000_007  # seed offset of dynamic sampling's extra collections (past any iteration's)
 # text_method.algorithm.algorithm -> its config class ("ppo" and "grpo" share TextPGConfig)
 LEARNER_CONFIGS: dict[str, type] = {"archer": ArcherConfig, "filtered_bc": FilteredBCConfig}
@@ -146,6 +148,7 @@ class TextExperiment(Runner):
         self.action_tokenizer = probe.action_tokenizer if isinstance(probe, VLAEnv) else None
         if self.action_tokenizer is not None:
             self.generation = dataclasses.replace(self.generation, max_new_tokens=self.action_tokenizer.reply_length)
+            self.axis = "environment steps"  # a VLA's curves are read against env steps, as robot policies' are
         if self.images and self.algorithm == "archer":
             raise ValueError("ArCHer's critic reads text; image observations need ppo or grpo")
         self.policy = self._load_policy()
@@ -224,11 +227,18 @@ class TextExperiment(Runner):
               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
     def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
-        """Another run's SFT policy; it must be the same model."""
+        """Another run's SFT policy; it must be the same model. The value head goes with the method:
+        a critic-free method drops the one a PPO run's SFT policy carries, and PPO from a critic-free
+        run's SFT policy starts its value head fresh."""
         if OmegaConf.to_container(config.model) != OmegaConf.to_container(self.cfg.model):
             raise ValueError(f"init_from {path}: trained model {OmegaConf.to_container(config.model)}, "
                              f"this run's is {OmegaConf.to_container(self.cfg.model)}")
-        self.policy.load_state_dict(state["policy"])
+        weights = {k: v for k, v in state["policy"].items()
+                   if self.policy.value_head is not None or not k.startswith(VALUE_HEAD_PREFIX)}
+        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        wrong = [k for k in missing if not k.startswith(VALUE_HEAD_PREFIX)] + list(unexpected)
+        if wrong:
+            raise ValueError(f"init_from {path}: the SFT policy does not fit this model ({wrong[:4]} ...)")
 
     def evaluate_policy(self, phase: str) -> EvalResult:
         agent = ChatAgent(self.policy, self.chat, self.rollout_cfg.context, greedy=self.loop.eval_greedy,
@@ -270,7 +280,7 @@ class TextExperiment(Runner):
                 metrics.update(self.check_update(self.rl.update(batch)))
             self.phase_step += 1
             self.work += 1
-            self.step += len(collected_batch.episodes)
+            self.step += len(collected_batch.turns if self.action_tokenizer is not None else collected_batch.episodes)
             metrics.update({
                 "iteration": self.phase_step,
                 "time/rollout_s": collected - started, "time/update_s": time.perf_counter() - collected,
@@ -284,3 +294,22 @@ class TextExperiment(Runner):
             if self.phase_step % loop.checkpoint_every == 0 and self.phase_step < loop.iterations:
                 self.checkpoint()
         bar.close()
+
+
+def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: int, seed: int = 1_000_000,
+                   num_envs: int = 16, context: str = "turn") -> EvalResult:
+    """Greedy evaluation of a saved policy (a run's ``model/``, or any ``save_pretrained`` folder)
+    on a task, e.g. another generalisation split; a VLA task's action tokens are looked up in the
+    saved tokenizer (nothing is added to it)."""
+    probe = make_env(env_cfg).unwrapped
+    if not isinstance(probe, TextEnv):
+        raise TypeError(f"task {env_cfg['task']!r} is not a text env ({type(probe).__name__}); see envs/text.py")
+    tokens = probe.action_tokenizer if isinstance(probe, VLAEnv) else None
+    generation = GenerationConfig(max_new_tokens=tokens.reply_length) if tokens is not None else GenerationConfig()
+    policy = LLMPolicy.from_pretrained(model_dir, generation=generation,
+                                       action_tokens=tokens.vocabulary if tokens is not None else 0)
+    agent = ChatAgent(policy, ChatFormat(policy.tokenizer, probe.system_prompt, policy.image_placeholder), context,
+                      greedy=True, generator=torch.Generator().manual_seed(seed))
+    task = resolve_task(env_cfg["task"])
+    return evaluate(agent, make_vector_env(env_cfg, min(num_envs, episodes)), episodes, seed, task.ref_min_score,
+                    task.ref_max_score)

@@ -252,21 +252,20 @@ def vla_config(experiment: str, *overrides: str):
 
 
 def test_a_vla_run_trains_saves_and_loads_back_to_the_same_evaluation(tmp_path: Path) -> None:
-    from rlft.policies.llm import ChatAgent
-    from rlft.runtime.evaluation import evaluate
-    from rlft.runtime.text_train import TextExperiment
+    from rlft.runtime.text_train import TextExperiment, evaluate_saved
 
+    sft = TextExperiment(vla_config("vla/ppo/babyai-gotoobj", "loop.iterations=0"), tmp_path / "sft").run()
+    assert sft["after"] is None and (tmp_path / "sft" / "model").is_dir()  # an SFT-only run: its model is the SFT policy
     cfg = vla_config("vla/grpo/babyai-gotoobj", "text_method.rollout.group_size=2",
-                     "text_method.dynamic_sampling.max_rounds=2")
-    experiment = TextExperiment(cfg, tmp_path)
+                     "text_method.dynamic_sampling.max_rounds=2", f"init_from={tmp_path / 'sft'}")
+    experiment = TextExperiment(cfg, tmp_path / "grpo")  # GRPO from PPO's SFT policy: its value head is dropped
     results = experiment.run()
+    assert results["before"]["returns"] == sft["before"]["returns"]  # the same SFT policy
     assert experiment.generation.max_new_tokens == 1 and results["after"]["phase_step"] == 2
-    rows = (tmp_path / "metrics.csv").read_text()
+    assert results["axis"] == "environment steps"
+    rows = (tmp_path / "grpo" / "metrics.csv").read_text()
     assert "dynamic/kept_groups" in rows and "time/env_steps_per_s" in rows
-    loaded = LLMPolicy.from_pretrained(tmp_path / "model", action_tokens=7, generation=experiment.generation)
-    assert loaded.tokenizer.convert_tokens_to_ids("<act_0>") == experiment.policy.tokenizer.convert_tokens_to_ids(
-        "<act_0>")
-    agent = ChatAgent(loaded, ChatFormat(loaded.tokenizer, "", loaded.image_placeholder), greedy=True,
-                      generator=torch.Generator().manual_seed(cfg.loop.eval_seed))
-    again = evaluate(agent, make_vector_env({"task": TASK}, 4), 4, cfg.loop.eval_seed, 0.0, 1.0)
+    again = evaluate_saved(tmp_path / "grpo" / "model", {"task": TASK}, 4, seed=cfg.loop.eval_seed, num_envs=4)
     assert again.returns == results["after"]["returns"] and again.lengths == results["after"]["lengths"]
+    semantic = evaluate_saved(tmp_path / "grpo" / "model", {"task": f"{TASK}-semantic"}, 4, num_envs=4)
+    assert len(semantic.returns) == 4
