@@ -80,25 +80,11 @@ class OnlineFilteredBC:
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "updates": self.updates, "returns": list(self.returns),
-                "sequences": [[_sequence_state(s) for s in seqs] for seqs in self.sequences]}
+                "sequences": [[s.state() for s in seqs] for seqs in self.sequences]}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.updates = int(state["updates"])
         self.returns = [float(r) for r in state["returns"]]
-        self.sequences = [[_sequence(s) for s in seqs] for seqs in state["sequences"]]
-
-
-def _sequence_state(conversation: Conversation) -> dict:
-    """A :class:`Conversation` as plain lists and tensors (checkpoints load with ``weights_only``)."""
-    image = None if conversation.image is None else torch.from_numpy(conversation.image.copy())
-    return {"tokens": list(conversation.tokens), "model_mask": list(conversation.model_mask),
-            "sampled_log_probs": list(conversation.sampled_log_probs), "turns": [list(t) for t in conversation.turns],
-            "image": image}
-
-
-def _sequence(state: dict) -> Conversation:
-    image = None if state["image"] is None else state["image"].numpy()
-    return Conversation(list(state["tokens"]), list(state["model_mask"]), list(state["sampled_log_probs"]),
-                        [tuple(t) for t in state["turns"]], image)
+        self.sequences = [[Conversation.from_state(s) for s in seqs] for seqs in state["sequences"]]

@@ -84,6 +84,19 @@ class Conversation:
         self.model_mask.extend([False] * len(tokens))
         self.sampled_log_probs.extend([0.0] * len(tokens))
 
+    def state(self) -> dict:
+        """Plain lists and tensors (checkpoints load with ``weights_only``)."""
+        image = None if self.image is None else torch.from_numpy(self.image.copy())
+        return {"tokens": list(self.tokens), "model_mask": list(self.model_mask),
+                "sampled_log_probs": list(self.sampled_log_probs), "turns": [list(t) for t in self.turns],
+                "image": image}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Conversation":
+        image = None if state["image"] is None else state["image"].numpy()
+        return cls(list(state["tokens"]), list(state["model_mask"]), list(state["sampled_log_probs"]),
+                   [tuple(t) for t in state["turns"]], image)
+
     def extend_reply(self, generation: Generation, end_of_turn: int) -> None:
         start = len(self.tokens)
         self.tokens.extend(generation.tokens)
@@ -251,6 +264,11 @@ class LLMPolicy(nn.Module):
         if ids[0] < 0 or ids[-1] >= vocabulary:
             raise ValueError(f"token ids {ids[0]}..{ids[-1]} outside the vocabulary of {vocabulary}")
         self._allowed = torch.as_tensor(ids, dtype=torch.long)
+
+    @property
+    def allowed_tokens(self) -> list[int] | None:
+        """The ids decoding is restricted to (:meth:`restrict_tokens`), or ``None``."""
+        return None if self._allowed is None else self._allowed.tolist()
 
     @property
     def ends_turns(self) -> bool:

@@ -62,10 +62,12 @@ def plot_seed_curves(
     xlabel: str = "step",
     ylabel: str = "normalised score",
     vlines: Mapping[str, float] | None = None,
+    hlines: Mapping[str, float] | None = None,
 ) -> Path:
     """Plot the mean over seeds with a shaded ± std band for each named method.
 
-    ``curves[name]`` is a list (one per seed) of ``(steps, values)`` arrays on a shared grid.
+    ``curves[name]`` is a list (one per seed) of ``(steps, values)`` arrays on a shared grid;
+    ``vlines`` mark steps (e.g. the end of a warm-up), ``hlines`` reference levels (e.g. SFT's).
     """
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, runs in curves.items():
@@ -78,6 +80,8 @@ def plot_seed_curves(
         ax.axvline(x, color="grey", linestyle="--", linewidth=1)
         ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="grey")
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="black", linestyle=":", linewidth=1, label=label)
     _finish(ax, title, xlabel, ylabel)
     return _save(fig, path)
 

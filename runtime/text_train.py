@@ -1,5 +1,5 @@
 """The SFT -> language RL pipeline (``pipeline: llm``): optional SFT on transcripts, then PPO over
-turns, GRPO, ArCHer or online filtered BC in vectorised text envs.
+turns, GRPO, ArCHer, online filtered BC or (VLA tasks) iRe-VLA in vectorised text envs.
 
 Phases: ``sft`` (record transcripts with the task's scripted actor, or load a transcript file,
 filter them, fine-tune on the assistant turns; ``init`` when there is no SFT), an evaluation,
@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.filtered_bc import FilteredBCConfig, OnlineFilteredBC
+from rlft.agents.ire_vla import IReVLA, IReVLAConfig
 from rlft.runtime.typed_config import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
 from rlft.agents.text_rollout import DynamicSampling, TextBatch, TextRolloutConfig, collect_informative, collect_text
@@ -38,6 +39,7 @@ from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.envs.text import TextEnv
 from rlft.envs.vla import VLAEnv
 from rlft.offline.transcripts import (
+    Transcript,
     expert_actor,
     filter_transcripts,
     load_transcripts,
@@ -46,7 +48,7 @@ from rlft.offline.transcripts import (
     sft_samples,
     train_sft,
 )
-from rlft.policies.llm import ChatAgent, ChatFormat, GenerationConfig, LLMPolicy, LoraSettings
+from rlft.policies.llm import ChatAgent, ChatFormat, Conversation, GenerationConfig, LLMPolicy, LoraSettings
 from rlft.policies.tiny_lm import TinyLMConfig, build_tiny_lm, build_tiny_vlm
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.progress import Progress
@@ -56,7 +58,7 @@ TRANSCRIPTS_FILE = "transcripts.jsonl"
 VALUE_HEAD_PREFIX = "value_head."
 EXTRA_ROUND_SEEDS = 100_000_007  # seed offset of dynamic sampling's extra collections (past any iteration's)
 # text_method.algorithm.algorithm -> its config class ("ppo" and "grpo" share TextPGConfig)
-LEARNER_CONFIGS: dict[str, type] = {"archer": ArcherConfig, "filtered_bc": FilteredBCConfig}
+LEARNER_CONFIGS: dict[str, type] = {"archer": ArcherConfig, "filtered_bc": FilteredBCConfig, "ire": IReVLAConfig}
 
 
 @dataclass
@@ -165,7 +167,11 @@ class TextExperiment(Runner):
             Phase(self.algorithm, self._iterate, self.loop.iterations),
         ]
 
-    def _learner(self, generator: torch.Generator) -> TextPolicyGradient | ArCHer | OnlineFilteredBC:
+    def _learner(self, generator: torch.Generator) -> TextPolicyGradient | ArCHer | OnlineFilteredBC | IReVLA:
+        if self.algorithm == "ire":
+            if self.policy.allowed_tokens is None:
+                raise ValueError("iRe-VLA trains a token-action VLA's action head: use a VLA task (envs/vla.py)")
+            return IReVLA(self.policy, self.learner_cfg, self.policy.allowed_tokens, generator)
         if self.algorithm == "archer":
             return ArCHer(self.policy, self.chat, self.learner_cfg, generator)
         if self.algorithm == "filtered_bc":
@@ -178,7 +184,7 @@ class TextExperiment(Runner):
         lora = config_from_mapping(LoraSettings, m.lora, "model.lora") if m.lora else None
         action_tokens = self.action_tokenizer.vocabulary if self.action_tokenizer is not None else 0
         load = lambda p: LLMPolicy.from_pretrained(p, gguf_file=m.gguf_file, lora=lora,  # noqa: E731
-                                                   value_head=self.algorithm == "ppo", generation=self.generation,
+                                                   value_head=self.algorithm in ("ppo", "ire"), generation=self.generation,
                                                    action_tokens=action_tokens)
         if path is not None:
             return load(path)
@@ -205,7 +211,9 @@ class TextExperiment(Runner):
         return (0.0, 1.0)
 
     # ------------------------------------------------------------------ phases
-    def _sft(self) -> None:
+    def _sft_data(self) -> tuple[list[Transcript], list[Transcript], list[Conversation]] | None:
+        """The offline stage's transcripts (recorded, or loaded), those the filter keeps, and their
+        token sequences; ``None`` without an offline stage."""
         s = self.sft_cfg
         env = make_env(self.cfg.text_task.env_cfg).unwrapped
         if s.transcripts:
@@ -214,12 +222,22 @@ class TextExperiment(Runner):
             transcripts = record_transcripts(env, expert_actor(s.epsilon, s.reasoning), s.episodes, int(self.cfg.seed) * 7919,
                                              self.task.name)
         else:
-            return
-        save_transcripts(transcripts, self.run_dir / TRANSCRIPTS_FILE)
+            return None
         kept = filter_transcripts(transcripts, s.success_only, s.top_fraction)
-        self.transcript_success = float(np.mean([t.success for t in kept])) if kept else float("nan")
         samples = sft_samples(kept, self.chat, self.rollout_cfg.context, env if self.images else None,
                               ends_turns=self.policy.ends_turns)
+        return transcripts, kept, samples
+
+    def _sft(self) -> None:
+        s = self.sft_cfg
+        data = self._sft_data()
+        if data is None:
+            return
+        transcripts, kept, samples = data
+        save_transcripts(transcripts, self.run_dir / TRANSCRIPTS_FILE)
+        self.transcript_success = float(np.mean([t.success for t in kept])) if kept else float("nan")
+        if isinstance(self.rl, IReVLA):
+            self.rl.demonstrations = samples
         log = lambda step, loss: self.log({"sft/loss": loss}, phase_step=step)  # noqa: E731
         losses = train_sft(self.policy, samples, s.steps, s.batch_size, s.lr, seed=int(self.cfg.seed),
                            log=log, progress=self.show_progress)
@@ -233,6 +251,9 @@ class TextExperiment(Runner):
         if OmegaConf.to_container(config.model) != OmegaConf.to_container(self.cfg.model):
             raise ValueError(f"init_from {path}: trained model {OmegaConf.to_container(config.model)}, "
                              f"this run's is {OmegaConf.to_container(self.cfg.model)}")
+        if isinstance(self.rl, IReVLA):  # its supervised stage needs the demonstrations that run cloned
+            data = self._sft_data()
+            self.rl.demonstrations = data[2] if data is not None else []
         weights = {k: v for k, v in state["policy"].items()
                    if self.policy.value_head is not None or not k.startswith(VALUE_HEAD_PREFIX)}
         missing, unexpected = self.policy.load_state_dict(weights, strict=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from hydra import compose, initialize_config_module
 
@@ -70,3 +71,21 @@ def test_the_o2o_table_lists_every_method_with_its_seeds(tmp_path):
     benchmark_o2o.write_markdown(results, args, tmp_path)
     text = (tmp_path / "results.md").read_text()
     assert "| iql | 15.0 ± 1.0 | 19.0 ± 1.0 | 16 -> 18, 14 -> 20 |" in text and "wall clock 10 min" in text
+
+
+def test_the_vla_benchmark_runs_its_chain_and_tables_every_split(tmp_path):
+    from rlft.scripts import benchmark_vla
+
+    tiny = ["model.tiny={hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1}", "sft.episodes=3",
+            "sft.steps=2", "loop.num_envs=4", "loop.waves=1", "loop.eval_episodes=4", "loop.eval_envs=4",
+            "text_method.rollout.group_size=2", "++text_method.dynamic_sampling.max_rounds=1"]
+    benchmark_vla.main(["--seeds", "0", "--workers", "1", "--iterations", "1", "--eval-every", "1",
+                        "--eval-episodes", "2", "--one-demo", "--out", str(tmp_path), "--overrides", *tiny])
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["tasks"]["vla-babyai-gotoobj"]["rows"]
+    assert list(rows) == ["sft", "sft -> ppo", "sft -> grpo", "one demo -> grpo"]
+    assert all(set(benchmark_vla.SPLITS) <= set(row) for row in rows.values())
+    sft_eval = json.loads((benchmark_vla.run_dir(tmp_path, "vla-babyai-gotoobj", "sft", 0) / "eval.json").read_text())
+    ppo_eval = json.loads((benchmark_vla.run_dir(tmp_path, "vla-babyai-gotoobj", "sft -> ppo", 0) / "eval.json").read_text())
+    assert ppo_eval["before"]["returns"] == sft_eval["before"]["returns"]  # RL starts from that SFT policy
+    assert (tmp_path / "vla-babyai-gotoobj.png").is_file() and "| sft -> grpo |" in (tmp_path / "results.md").read_text()

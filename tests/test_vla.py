@@ -269,3 +269,44 @@ def test_a_vla_run_trains_saves_and_loads_back_to_the_same_evaluation(tmp_path: 
     assert again.returns == results["after"]["returns"] and again.lengths == results["after"]["lengths"]
     semantic = evaluate_saved(tmp_path / "grpo" / "model", {"task": f"{TASK}-semantic"}, 4, num_envs=4)
     assert len(semantic.returns) == 4
+    ire = TextExperiment(vla_config("vla/ire/babyai-gotoobj", "text_method.algorithm.rl_iterations=1",
+                                    f"init_from={tmp_path / 'sft'}"), tmp_path / "ire")
+    assert len(ire.rl.demonstrations) == 0
+    ire.run()  # init_from re-records the demonstrations its supervised stage needs
+    assert len(ire.rl.demonstrations) > 0 and "ire/sft_loss" in (tmp_path / "ire" / "metrics.csv").read_text()
+
+
+def test_ire_vla_trains_only_the_heads_in_rl_and_the_whole_model_in_sft(tiny_vlm: Path) -> None:
+    from rlft.agents.ire_vla import IReVLA, IReVLAConfig
+
+    policy = vla(tiny_vlm, value_head=True)
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    demos = sft_samples(record_transcripts(env, expert_actor(0.0), 2, 0, TASK), chat, env=env, ends_turns=False)
+    learner = IReVLA(policy, IReVLAConfig(rl_iterations=2, sft_steps=2, rl={"skip_uninformative": False, "lr": 1e-2}),
+                     policy.allowed_tokens, torch.Generator().manual_seed(0))
+    learner.demonstrations = demos
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=0,
+                         generator=torch.Generator().manual_seed(0))
+    output = policy.model.get_output_embeddings().weight
+    action = policy.allowed_tokens
+    others = [i for i in range(output.shape[0]) if i not in action]
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    metrics = learner.update(batch)  # RL stage
+    moved = {name for name, p in policy.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == {"value_head.linear.weight", "value_head.linear.bias", output_name(policy)}
+    assert torch.equal(output[others], before[output_name(policy)][others])  # only the action rows
+    assert "ire/sft_loss" not in metrics
+    metrics = learner.update(batch)  # the round's last RL iteration, then the supervised stage
+    assert "ire/sft_loss" in metrics and all(p.requires_grad for p in learner.whole)
+    vision = next(name for name, _ in policy.named_parameters() if "vision" in name)
+    assert not torch.equal(dict(policy.named_parameters())[vision], before[vision])  # SFT trains the backbone
+    state = learner.state_dict()
+    again = IReVLA(vla(tiny_vlm, value_head=True), IReVLAConfig(rl_iterations=2, sft_steps=2), action)
+    again.load_state_dict(state)
+    assert again.iterations == 2 and len(again.demonstrations) == len(demos)
+
+
+def output_name(policy: LLMPolicy) -> str:
+    output = policy.model.get_output_embeddings().weight
+    return next(name for name, p in policy.named_parameters() if p is output)
