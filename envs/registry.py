@@ -175,11 +175,13 @@ for _name, _id, _success_reward, _turns, _kwargs in (
     register_task(TaskSpec(_name, _id, ref_min_score=0.0, ref_max_score=_success_reward, max_episode_steps=_turns,
                            env_kwargs=_kwargs, sparse_reward=True, module="rlft.envs.text_registry"))
 
-# VLA tasks (rlft.envs.vla): BabyAI levels as image + instruction in, action tokens out, reward 1 on
-# success; each generalisation split is a task of its own (vla-babyai-<level>[-<split>]).
-for _level, _id in (("gotoobj", "BabyAI-GoToObj-v0"), ("gotolocal", "BabyAI-GoToLocal-v0")):
+# VLA tasks (rlft.envs.vla): Push-T and BabyAI levels as image + instruction in, action tokens out,
+# reward 1 on success; each generalisation split is a task of its own (vla-<scene>[-<split>]).
+for _name, _id, _turns, _kwargs in (("pusht", "rlft/VLA-PushT-v0", 300, {}),
+                                    ("babyai-gotoobj", "rlft/VLA-BabyAI-v0", 20, {"level": "BabyAI-GoToObj-v0"}),
+                                    ("babyai-gotolocal", "rlft/VLA-BabyAI-v0", 20, {"level": "BabyAI-GoToLocal-v0"})):
     for _split in ("train", "semantic", "visual", "execution"):
-        register_task(TaskSpec(f"vla-babyai-{_level}" + ("" if _split == "train" else f"-{_split}"), "rlft/VLA-BabyAI-v0",
-                               ref_min_score=0.0, ref_max_score=1.0, max_episode_steps=20,
-                               env_kwargs={"level": _id, "split": _split}, sparse_reward=True,
+        register_task(TaskSpec(f"vla-{_name}" + ("" if _split == "train" else f"-{_split}"), _id,
+                               ref_min_score=0.0, ref_max_score=1.0, max_episode_steps=_turns,
+                               env_kwargs={**_kwargs, "split": _split}, sparse_reward=True,
                                module="rlft.envs.text_registry"))

@@ -5,7 +5,8 @@ Ids: ``rlft/NumberLine-v0``, ``rlft/NumberLineImage-v0`` (image + instruction), 
 ``rlft/Text-<toy-text id>`` for Gymnasium's toy-text envs behind the language wrapper (e.g.
 ``rlft/Text-FrozenLake-v1``), and
 ``rlft/TextArena-v0`` (kwarg ``game``: a TextArena single-player game, needs ``textarena``), and
-``rlft/VLA-BabyAI-v0`` (kwargs ``level``, ``split``: a BabyAI level as a VLA task, :mod:`rlft.envs.vla`).
+``rlft/VLA-BabyAI-v0`` (kwargs ``level``, ``split``: a BabyAI level as a VLA task, :mod:`rlft.envs.vla`)
+and ``rlft/VLA-PushT-v0`` (kwarg ``split``: Push-T as a VLA task).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ TEXT_TASKS = {
     "rlft/GuessMyCity-v0": "rlft.envs.text_tasks:GuessMyCity",
     "rlft/Calculator-v0": "rlft.envs.text_tasks:Calculator",
     "rlft/VLA-BabyAI-v0": "rlft.envs.vla:make_babyai_vla",
+    "rlft/VLA-PushT-v0": "rlft.envs.vla:make_pusht_vla",
 }
 
 for _id, _entry in TEXT_TASKS.items():

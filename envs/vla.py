@@ -12,13 +12,14 @@ SimpleVLA-RL (arXiv 2509.09674) train.
 generalisation); each is a registered task of its own:
 
 - ``train``: instruction objects from the training combinations, the level's wording, the
-  agent starting in the left half of the room;
+  agent (Push-T: the block) starting in the left half of the room;
 - ``semantic``: held-out colour/object combinations (never a target in training) and
-  paraphrased instructions;
-- ``visual``: a tinted floor and pixel noise;
-- ``execution``: the agent starts in the right half of the room (outside the training range).
+  paraphrased instructions (Push-T has one object: paraphrases only);
+- ``visual``: a tinted floor (table) and pixel noise;
+- ``execution``: the agent (block) starts in the right half (outside the training range).
 
-Scenes are BabyAI levels (``minigrid``, Chevalier-Boisvert et al. 2019) rendered as the agent's
+Scenes are gym-pusht's Push-T (continuous 2-D actions, 256 bins per coordinate, the scripted
+pusher's demonstrations) and BabyAI levels (``minigrid``, Chevalier-Boisvert et al. 2019) rendered as the agent's
 egocentric view (BabyAI's own partial observation, 7x7 cells; ``view="full"``: the room from
 above, which makes a policy locate the agent and its heading first), with ``minigrid``'s
 ``BabyAIBot`` as the demonstrator.
@@ -43,7 +44,9 @@ VIEWS = ("agent", "full")  # the agent's egocentric 7x7 view (BabyAI's own obser
 OBJECT_TYPES = ("ball", "box", "key")
 # instruction openings and their paraphrases (the semantic split rewords every instruction)
 PARAPHRASES = {"go to the ": ("walk to the ", "move to the ", "find the ", "head for the "),
-               "pick up the ": ("grab the ", "take the ", "lift the ", "collect the ")}
+               "pick up the ": ("grab the ", "take the ", "lift the ", "collect the "),
+               "push the T onto the target": ("move the T block onto the goal", "slide the T to the green T",
+                                              "put the T on its target", "align the T with the target")}
 VISUAL_TINT = (40, 40, 90)  # floor colour of the visual split (the training floor is black)
 VISUAL_NOISE = 12.0  # std of the visual split's pixel noise (uint8 levels)
 MAX_REDRAWS = 200
@@ -123,6 +126,11 @@ class BabyAIScene:
             return self.env.get_pov_render(tile_size=self.tile_size)
         return self.env.get_full_render(highlight=False, tile_size=self.tile_size)
 
+    @staticmethod
+    def background(image: np.ndarray) -> np.ndarray:
+        """The floor's pixels (black in BabyAI's renderer)."""
+        return (image == 0).all(-1)
+
     def step(self, action: int) -> tuple[bool, bool, bool]:
         """``(success, terminated, truncated)`` after one action."""
         _, reward, terminated, truncated, _ = self.env.step(int(action))
@@ -141,10 +149,65 @@ class BabyAIScene:
         return int(self._bot.replan(last))
 
 
+class PushTScene:
+    """gym-pusht's Push-T (Chi et al. 2023) as a VLA scene: the rendered scene, one instruction, the
+    scripted pusher's demonstrations (:mod:`rlft.offline.pusht_controller`); the action is the
+    agent's target position in pixels, ``Box(0, 512, (2,))``, tokenised per coordinate."""
+
+    level = "gym_pusht/PushT-v0"
+    instruction = "push the T onto the target"
+
+    def __init__(self, image_size: int = 64):
+        import gym_pusht  # noqa: F401  registers gym_pusht/PushT-v0
+
+        from rlft.offline.pusht_controller import PushTController
+
+        self.env = gym.make(self.level, obs_type="pixels_agent_pos", observation_width=image_size,
+                            observation_height=image_size).unwrapped
+        self.image_size = image_size
+        self.action_space = self.env.action_space
+        self.controller = PushTController()
+        self._pixels = np.zeros((image_size, image_size, 3), np.uint8)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.image_size, self.image_size, 3
+
+    def target(self) -> None:
+        return None  # one object, one instruction
+
+    def accepts(self, split: Split) -> bool:
+        """The block starts in the left half of the table for training, the right half for ``execution``."""
+        right = float(self.env.block.position[0]) >= 256.0
+        return right == split.start_right
+
+    def reset(self, seed: int) -> str:
+        obs, _ = self.env.reset(seed=seed)
+        self._pixels = obs["pixels"]
+        self.controller.reset()
+        return self.instruction
+
+    def image(self) -> np.ndarray:
+        return self._pixels.copy()
+
+    @staticmethod
+    def background(image: np.ndarray) -> np.ndarray:
+        """The table's pixels (white in gym-pusht's renderer)."""
+        return (image == 255).all(-1)
+
+    def step(self, action: np.ndarray) -> tuple[bool, bool, bool]:
+        obs, _, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        self._pixels = obs["pixels"]
+        return bool(info["is_success"]), bool(terminated), bool(truncated)
+
+    def expert(self) -> np.ndarray:
+        return self.controller.act(self.env)
+
+
 class VLAEnv(TextEnv):
     """A scene behind an instruction-and-image observation and action-token replies (module docstring)."""
 
-    def __init__(self, scene: BabyAIScene, split: str = "train", bins: int = 256, chunk: int = 1,
+    def __init__(self, scene: BabyAIScene | PushTScene, split: str = "train", bins: int = 256, chunk: int = 1,
                  max_turns: int = 20, invalid_action: InvalidActionPolicy | None = None):
         super().__init__(max_turns, invalid_action)
         self.scene, self.split = scene, Split.named(split)
@@ -172,8 +235,7 @@ class VLAEnv(TextEnv):
     def _observation(self, text: str) -> dict[str, Any]:
         image = self.scene.image()
         if self.split.tint is not None:
-            floor = (image == 0).all(-1)
-            image[floor] = self.split.tint
+            image[self.scene.background(image)] = self.split.tint
         if self.split.noise_std:
             noise = self.np_random.normal(0.0, self.split.noise_std, image.shape)
             image = np.clip(image + noise, 0, 255).astype(np.uint8)
@@ -202,8 +264,14 @@ class VLAEnv(TextEnv):
 
     def expert_action(self) -> str:
         if self.action_tokenizer.chunk != 1:
-            raise ValueError("the BabyAI bot demonstrates single actions: use chunk=1")
+            raise ValueError("the scripted demonstrators act one step at a time: record demonstrations with chunk=1")
         return self.action_tokenizer.text(self.action_tokenizer.encode(self.scene.expert()))
+
+
+def make_pusht_vla(split: str = "train", max_turns: int = 300, chunk: int = 1, image_size: int = 64,
+                   invalid_action: InvalidActionPolicy | None = None) -> VLAEnv:
+    """Push-T as a VLA task (the entry point of the ``rlft/VLA-PushT-v0`` id)."""
+    return VLAEnv(PushTScene(image_size), split, chunk=chunk, max_turns=max_turns, invalid_action=invalid_action)
 
 
 def make_babyai_vla(level: str = "BabyAI-GoToObj-v0", split: str = "train", max_turns: int = 20, chunk: int = 1,

@@ -310,3 +310,32 @@ def test_ire_vla_trains_only_the_heads_in_rl_and_the_whole_model_in_sft(tiny_vlm
 def output_name(policy: LLMPolicy) -> str:
     output = policy.model.get_output_embeddings().weight
     return next(name for name, p in policy.named_parameters() if p is output)
+
+
+def test_pusht_is_a_continuous_vla_task_with_its_splits() -> None:
+    env = make_env({"task": "vla-pusht"}).unwrapped
+    obs, _ = env.reset(seed=0)
+    tok = env.action_tokenizer
+    assert (tok.vocabulary, tok.reply_length, obs["image"].shape) == (256, 2, (64, 64, 3))
+    assert obs["text"] == "push the T onto the target" and env.scene.env.block.position[0] < 256
+    expert = env.expert_action()
+    assert env.parse(expert) == expert and len(tok.parse(expert)) == 2
+    _, _, _, _, info = env.step(expert)
+    assert not info["invalid_action"]
+    shifted = make_env({"task": "vla-pusht-visual"}).reset(seed=0)[0]["image"]
+    assert (obs["image"] == 255).all(-1).mean() > 0.5 and (shifted == 255).all(-1).mean() < 0.05
+    moved = make_env({"task": "vla-pusht-execution"}).unwrapped
+    moved.reset(seed=0)
+    assert moved.scene.env.block.position[0] >= 256
+    assert make_env({"task": "vla-pusht-semantic"}).reset(seed=0)[0]["text"] in PARAPHRASES["push the T onto the target"]
+
+
+@pytest.mark.parametrize("experiment", ["vla/ppo/pusht", "vla/grpo/pusht", "vla/ppo/babyai-gotoobj",
+                                        "vla/grpo/babyai-gotoobj", "vla/ire/babyai-gotoobj"])
+def test_every_vla_experiment_composes_for_a_vla_task(experiment: str) -> None:
+    from rlft.runtime.text_train import TextExperiment
+
+    cfg = vla_config(experiment)
+    settings = TextExperiment.settings(cfg)
+    assert cfg.text_task.env_cfg.task.startswith("vla-") and cfg.model.vision.patch_size == 8
+    assert settings["sft"].epsilon == 0.0  # demonstrations, not random actions
