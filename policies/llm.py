@@ -275,9 +275,10 @@ class LLMPolicy(nn.Module):
         """Whether the policy writes its end-of-turn token (not when restricted to action tokens)."""
         return self._allowed is None or self.eos_id in self._allowed.tolist()
 
-    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """The policy's token distribution: ``log softmax(logits / T)`` over the tokens it may write."""
-        logits = logits.float() / self.generation.temperature
+    def _log_softmax(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """The policy's token distribution: ``log softmax(logits / T)`` over the tokens it may write
+        (``temperature``: another T than the policy's, for evaluation)."""
+        logits = logits.float() / (temperature or self.generation.temperature)
         if self._allowed is not None:
             allowed = self._allowed.to(logits.device)
             restricted = torch.full_like(logits, float("-inf"))
@@ -358,12 +359,15 @@ class LLMPolicy(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], greedy: bool = False,
                  generator: torch.Generator | None = None,
-                 images: Sequence[np.ndarray | None] | None = None) -> list[Generation]:
+                 images: Sequence[np.ndarray | None] | None = None,
+                 temperature: float | None = None) -> list[Generation]:
         """Sample one reply per prompt (a batch, left-padded) with a KV cache.
 
         Each reply stops at the eos token or after ``max_new_tokens``. The log-probability of each
         sampled token under ``softmax(logits / temperature)`` is recorded as it is sampled.
         ``images`` (one per prompt) feed a VLM's vision tower in the first forward pass.
+        ``temperature`` samples at another temperature than the policy's (evaluation; the recorded
+        log-probs are then under that temperature, not the policy's).
         """
         from transformers import DynamicCache
 
@@ -387,7 +391,7 @@ class LLMPolicy(nn.Module):
         log_probs: list[list[float]] = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         for _ in range(self.generation.max_new_tokens):
-            step_log_probs = self._log_softmax(logits)
+            step_log_probs = self._log_softmax(logits, temperature)
             if greedy:
                 token = step_log_probs.argmax(-1)
             else:
@@ -472,16 +476,17 @@ class ChatAgent:
     """An :class:`LLMPolicy` as the evaluator's batch ``act``: text observations in, replies out.
 
     Keeps one dialogue per env: with ``context="episode"`` each observation extends it
-    token-exactly, with ``"turn"`` each turn is prompted afresh. ``reset(num_envs)`` starts new
+    token-exactly, with ``"turn"`` each turn is prompted afresh. Replies are greedy, or sampled
+    (at ``temperature``, default the policy's). ``reset(num_envs)`` starts new
     dialogues (the evaluator calls it at every vector reset).
     """
 
     def __init__(self, policy: LLMPolicy, chat: ChatFormat, context: str = "turn", greedy: bool = True,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, temperature: float | None = None):
         if context not in ("episode", "turn"):
             raise ValueError(f"context must be 'episode' or 'turn', got {context!r}")
         self.policy, self.chat, self.context = policy, chat, context
-        self.greedy, self.generator = greedy, generator
+        self.greedy, self.generator, self.temperature = greedy, generator, temperature
         self._dialogues: list[Conversation | None] = []
 
     def reset(self, num_envs: int) -> None:
@@ -498,7 +503,8 @@ class ChatAgent:
             else:
                 self.chat.extend(dialogue, observation)
         replies = self.policy.generate([d.tokens for d in self._dialogues], greedy=self.greedy,
-                                       generator=self.generator, images=[d.image for d in self._dialogues])
+                                       generator=self.generator, images=[d.image for d in self._dialogues],
+                                       temperature=self.temperature)
         for dialogue, reply in zip(self._dialogues, replies):
             dialogue.extend_reply(reply, self.chat.end_of_turn)
         return tuple(reply.text for reply in replies)

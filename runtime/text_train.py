@@ -99,6 +99,7 @@ class TextLoopConfig:
     eval_envs: int = 16
     eval_seed: int = 1_000_000
     eval_greedy: bool = True
+    eval_temperature: float | None = None  # sampled evaluation's temperature (None: the policy's; RL4VLA: 0.6)
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
 
@@ -263,6 +264,7 @@ class TextExperiment(Runner):
 
     def evaluate_policy(self, phase: str) -> EvalResult:
         agent = ChatAgent(self.policy, self.chat, self.rollout_cfg.context, greedy=self.loop.eval_greedy,
+                          temperature=self.loop.eval_temperature,
                           generator=torch.Generator().manual_seed(self.loop.eval_seed))
         return evaluate(agent, self.eval_env, self.loop.eval_episodes, self.loop.eval_seed,
                         self.task.ref_min_score, self.task.ref_max_score, self.show_progress)
@@ -318,10 +320,10 @@ class TextExperiment(Runner):
 
 
 def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: int, seed: int = 1_000_000,
-                   num_envs: int = 16, context: str = "turn") -> EvalResult:
-    """Greedy evaluation of a saved policy (a run's ``model/``, or any ``save_pretrained`` folder)
-    on a task, e.g. another generalisation split; a VLA task's action tokens are looked up in the
-    saved tokenizer (nothing is added to it)."""
+                   num_envs: int = 16, context: str = "turn", temperature: float | None = None) -> EvalResult:
+    """Evaluation of a saved policy (a run's ``model/``, or any ``save_pretrained`` folder) on a
+    task, e.g. another generalisation split: greedy, or sampled at ``temperature``. A VLA task's
+    action tokens are looked up in the saved tokenizer (nothing is added to it)."""
     probe = make_env(env_cfg).unwrapped
     if not isinstance(probe, TextEnv):
         raise TypeError(f"task {env_cfg['task']!r} is not a text env ({type(probe).__name__}); see envs/text.py")
@@ -330,7 +332,7 @@ def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: 
     policy = LLMPolicy.from_pretrained(model_dir, generation=generation,
                                        action_tokens=tokens.vocabulary if tokens is not None else 0)
     agent = ChatAgent(policy, ChatFormat(policy.tokenizer, probe.system_prompt, policy.image_placeholder), context,
-                      greedy=True, generator=torch.Generator().manual_seed(seed))
+                      greedy=temperature is None, generator=torch.Generator().manual_seed(seed), temperature=temperature)
     task = resolve_task(env_cfg["task"])
     return evaluate(agent, make_vector_env(env_cfg, min(num_envs, episodes)), episodes, seed, task.ref_min_score,
                     task.ref_max_score)

@@ -10,8 +10,9 @@ For each task and seed (``vla-babyai-<level>``; a tiny LLaVA, ``policies/tiny_lm
    number of iterations of 64 episodes (GRPO's dynamic sampling may collect more: the table also
    reads every run at the smallest env-step count all runs reached);
 3. **one demonstration -> GRPO**: SFT on a single bot episode, then GRPO (``--one-demo``);
-4. every final policy (and the SFT policy) evaluated greedily on the training split and on the
-   ``semantic``, ``visual`` and ``execution`` splits (:func:`rlft.runtime.text_train.evaluate_saved`).
+4. every final policy (and the SFT policy) evaluated on the training split and on the
+   ``semantic``, ``visual`` and ``execution`` splits (:func:`rlft.runtime.text_train.evaluate_saved`),
+   with actions sampled at temperature 0.6 as RL4VLA evaluates (``--eval-temperature 0``: greedy).
 
 RL4VLA's claims (arXiv 2505.19789, Sec. 4-5): RL after SFT improves semantic and execution
 generalisation more than SFT alone, keeps visual robustness, and PPO beats GRPO. SimpleVLA-RL's
@@ -74,19 +75,20 @@ def run_chain(job: tuple[str, int], args: argparse.Namespace, out: Path) -> str:
             bench_runs.launch([f"experiment=vla/grpo/{level(task)}", *common, "sft.episodes=1"], folder)
         runs[ONE_DEMO] = folder
     for folder in runs.values():
-        evaluate_splits(folder, task, args.eval_episodes)
+        evaluate_splits(folder, task, args.eval_episodes, args.eval_temperature)
     return f"{task} seed {seed}: {time.time() - started:.0f}s"
 
 
-def evaluate_splits(folder: Path, task: str, episodes: int) -> dict[str, float]:
-    """Greedy success of a run's final ``model/`` on every split, cached in ``splits.json``."""
+def evaluate_splits(folder: Path, task: str, episodes: int, temperature: float | None) -> dict[str, float]:
+    """Success of a run's final ``model/`` on every split (sampled at ``temperature``, or greedy),
+    cached in ``splits.json``."""
     from rlft.runtime.text_train import evaluate_saved
 
     cache = folder / "splits.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    success = {split: evaluate_saved(folder / "model", {"task": split_task(task, split)}, episodes).success_rate
-               for split in SPLITS}
+    success = {split: evaluate_saved(folder / "model", {"task": split_task(task, split)}, episodes,
+                                     temperature=temperature).success_rate for split in SPLITS}
     cache.write_text(json.dumps(success, indent=2))
     return success
 
@@ -130,8 +132,9 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
              "time on 2 CPU cores, one torch thread each)", "",
              f"Model: a tiny LLaVA (one-layer CLIP tower, 49 image tokens, 2-layer 64-wide Llama; "
              f"`policies/tiny_lm.py`) with 7 action tokens. SFT: the experiment's demonstrations of BabyAI's bot; RL: "
-             f"{args.iterations} iterations of 64 episodes. Success in %: greedy actions, {args.eval_episodes} "
-             f"episodes per split, mean ± std over {len(args.seeds)} seeds.", ""]
+             f"{args.iterations} iterations of 64 episodes. Success in %: actions "
+             + (f"sampled at temperature {args.eval_temperature}" if args.eval_temperature else "greedy")
+             + f", {args.eval_episodes} episodes per split, mean ± std over {len(args.seeds)} seeds.", ""]
     for task, data in results["tasks"].items():
         lines += [f"## {task}", "", "| policy | " + " | ".join(SPLITS) + f" | at {data['budget']} env steps | "
                   "env steps | minutes |", "| --- |" + " ---: |" * (len(SPLITS) + 3)]
@@ -151,11 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--eval-episodes", type=int, default=64, help="greedy episodes per split")
+    parser.add_argument("--eval-episodes", type=int, default=64, help="evaluation episodes per split")
+    parser.add_argument("--eval-temperature", type=float, default=0.6,
+                        help="sampling temperature of the split evaluations (RL4VLA's 0.6); 0: greedy")
     parser.add_argument("--one-demo", action="store_true", help="also GRPO after SFT on one demonstration")
     parser.add_argument("--out", default="benchmarks/vla")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for every run")
     args = parser.parse_args(argv)
+    args.eval_temperature = args.eval_temperature or None
     command = bench_runs.command_line("rlft.scripts.benchmark_vla", argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

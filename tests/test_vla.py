@@ -265,8 +265,16 @@ def test_a_vla_run_trains_saves_and_loads_back_to_the_same_evaluation(tmp_path: 
     assert results["axis"] == "environment steps"
     rows = (tmp_path / "grpo" / "metrics.csv").read_text()
     assert "dynamic/kept_groups" in rows and "time/env_steps_per_s" in rows
-    again = evaluate_saved(tmp_path / "grpo" / "model", {"task": TASK}, 4, seed=cfg.loop.eval_seed, num_envs=4)
+    again = evaluate_saved(tmp_path / "grpo" / "model", {"task": TASK}, 4, seed=cfg.loop.eval_seed, num_envs=4,
+                           temperature=cfg.loop.eval_temperature)
     assert again.returns == results["after"]["returns"] and again.lengths == results["after"]["lengths"]
+    loaded = LLMPolicy.from_pretrained(tmp_path / "grpo" / "model", action_tokens=7, generation=experiment.generation)
+    chat = ChatFormat(loaded.tokenizer, "", loaded.image_placeholder)
+    prompt = chat.start(make_env({"task": TASK}).reset(seed=3)[0])
+    tokens = prompt.tokens + [loaded.allowed_tokens[2]]  # ... and one action token to score
+    scores = [p.score([tokens], [prompt.image])[0] for p in (experiment.policy, loaded)]
+    assert torch.equal(scores[0].hidden, scores[1].hidden) and scores[0].log_probs[0, -1] < 0
+    assert torch.equal(scores[0].log_probs, scores[1].log_probs)  # the saved model is the trained one, bit for bit
     semantic = evaluate_saved(tmp_path / "grpo" / "model", {"task": f"{TASK}-semantic"}, 4, num_envs=4)
     assert len(semantic.returns) == 4
     ire = TextExperiment(vla_config("vla/ire/babyai-gotoobj", "text_method.algorithm.rl_iterations=1",
