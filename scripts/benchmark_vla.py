@@ -6,7 +6,8 @@ For each task and seed (``vla-babyai-<level>``; a tiny LLaVA, ``policies/tiny_lm
 1. **SFT** on the BabyAI bot's demonstrations: ``rlft experiment=vla/ppo/<task> loop.iterations=0``
    (its ``model/`` is the SFT policy);
 2. **SFT -> PPO** (RL4VLA's recipe, ``experiment=vla/ppo/<task>``) and **SFT -> GRPO**
-   (SimpleVLA-RL's, ``experiment=vla/grpo/<task>``), both ``init_from`` that SFT run, for the same
+   (SimpleVLA-RL's, ``experiment=vla/grpo/<task>``; ``--methods ... ire`` adds iRe-VLA), all
+   ``init_from`` that SFT run, for the same
    number of iterations of 64 episodes (GRPO's dynamic sampling may collect more: the table also
    reads every run at the smallest env-step count all runs reached);
 3. **one demonstration -> GRPO**: SFT on a single bot episode, then GRPO (``--one-demo``);
@@ -37,7 +38,7 @@ from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
 SPLITS = ("train", "semantic", "visual", "execution")
-RL_METHODS = ("ppo", "grpo")
+RL_METHODS = ("ppo", "grpo", "ire")
 ONE_DEMO = "one demo -> grpo"
 
 
@@ -148,8 +149,8 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["vla-babyai-gotoobj"])
-    parser.add_argument("--methods", nargs="+", default=list(RL_METHODS), choices=RL_METHODS)
+    parser.add_argument("--tasks", nargs="+", default=["vla-babyai-gotoobj", "vla-babyai-gotolocal"])
+    parser.add_argument("--methods", nargs="+", default=["ppo", "grpo"], choices=RL_METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=30)

@@ -79,7 +79,7 @@ def test_the_vla_benchmark_runs_its_chain_and_tables_every_split(tmp_path):
     tiny = ["model.tiny={hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1}", "sft.episodes=3",
             "sft.steps=2", "loop.num_envs=4", "loop.waves=1", "loop.eval_episodes=4", "loop.eval_envs=4",
             "text_method.rollout.group_size=2", "++text_method.dynamic_sampling.max_rounds=1"]
-    benchmark_vla.main(["--seeds", "0", "--workers", "1", "--iterations", "1", "--eval-every", "1",
+    benchmark_vla.main(["--tasks", "vla-babyai-gotoobj", "--seeds", "0", "--workers", "1", "--iterations", "1", "--eval-every", "1",
                         "--eval-episodes", "2", "--one-demo", "--out", str(tmp_path), "--overrides", *tiny])
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["tasks"]["vla-babyai-gotoobj"]["rows"]

@@ -338,8 +338,9 @@ def test_pusht_is_a_continuous_vla_task_with_its_splits() -> None:
     assert make_env({"task": "vla-pusht-semantic"}).reset(seed=0)[0]["text"] in PARAPHRASES["push the T onto the target"]
 
 
-@pytest.mark.parametrize("experiment", ["vla/ppo/pusht", "vla/grpo/pusht", "vla/ppo/babyai-gotoobj",
-                                        "vla/grpo/babyai-gotoobj", "vla/ire/babyai-gotoobj"])
+@pytest.mark.parametrize("experiment", [f"vla/{method}/{task}" for method in ("ppo", "grpo", "ire")
+                                        for task in ("pusht", "babyai-gotoobj", "babyai-gotolocal")
+                                        if (method, task) != ("ire", "pusht")])
 def test_every_vla_experiment_composes_for_a_vla_task(experiment: str) -> None:
     from rlft.runtime.text_train import TextExperiment
 
