@@ -339,21 +339,32 @@ class LLMPolicy(nn.Module):
     # --- images ---------------------------------------------------------------------------
     @property
     def image_placeholder(self) -> str | None:
-        """The prompt text standing for one image (a VLM's image token per patch); None for text LMs."""
+        """The prompt text standing for one image (a VLM's image token per image feature); None for
+        text LMs. LLaVA states the count (``image_seq_length``); Idefics3/SmolVLM merge
+        ``scale_factor^2`` patches into one token."""
         config = self.model.config
         if not hasattr(config, "vision_config"):
             return None
         token = self.tokenizer.convert_ids_to_tokens(config.image_token_id)
-        return token * config.image_seq_length
+        if hasattr(config, "image_seq_length"):
+            return token * config.image_seq_length
+        vision = config.vision_config
+        return token * ((vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2)
 
     def pixel_values(self, images: Sequence[np.ndarray | None] | None) -> torch.Tensor | None:
-        """uint8 ``[H, W, 3]`` images as the vision tower's normalised ``[B, 3, H, W]`` input."""
+        """uint8 ``[H, W, 3]`` images as the vision tower's input: resized (bilinear) to its
+        ``image_size`` where they differ, scaled to ``[-1, 1]`` (SigLIP's and the tiny models'
+        normalisation), ``[B, 3, S, S]``; ``[B, 1, 3, S, S]`` for Idefics3 (one image per prompt)."""
         if images is None or all(image is None for image in images):
             return None
         if any(image is None for image in images):
             raise ValueError("a batch mixes image and text-only prompts")
         pixels = torch.as_tensor(np.stack(images), device=self.device).permute(0, 3, 1, 2).float() / 255.0
-        return (pixels - 0.5) / 0.5
+        size = self.model.config.vision_config.image_size
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        pixels = (pixels - 0.5) / 0.5
+        return pixels[:, None] if self.model.config.model_type == "idefics3" else pixels
 
     # --- sampling -------------------------------------------------------------------------
     @torch.no_grad()

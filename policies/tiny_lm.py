@@ -5,7 +5,7 @@ Llama-architecture model with a character-level tokenizer and a ChatML chat temp
 to a folder with ``save_pretrained`` and loaded back through the same ``from_pretrained`` path
 as any hub model (:meth:`rlft.policies.llm.LLMPolicy.from_pretrained`). The VLM is a LLaVA
 (CLIP vision tower, projector, the same tiny Llama) whose ``<image>`` token stands for one
-projected image patch.
+projected image patch; :func:`build_tiny_idefics3` builds SmolVLM's architecture (Idefics3) the same way.
 """
 
 from __future__ import annotations
@@ -98,6 +98,24 @@ def build_tiny_vlm(path: str | Path, config: TinyLMConfig | None = None, seed: i
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(llava)
+    return _save(model, tokenizer, path)
+
+
+def build_tiny_idefics3(path: str | Path, config: TinyLMConfig | None = None, seed: int = 0, image_size: int = 64,
+                        patch_size: int = 16, vision_width: int = 32, scale_factor: int = 2) -> Path:
+    """Write a randomly initialised tiny Idefics3 (SmolVLM's architecture: a SigLIP tower whose
+    ``scale_factor^2`` neighbouring patches are merged into one ``<image>`` token) to ``path``."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    tokenizer = char_tokenizer()
+    vision = {"hidden_size": vision_width, "intermediate_size": 2 * vision_width, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": image_size, "patch_size": patch_size}
+    idefics = Idefics3Config(vision_config=vision, text_config=_llama_config(config or TinyLMConfig(), tokenizer).to_dict(),
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=scale_factor,
+                             tie_word_embeddings=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Idefics3ForConditionalGeneration(idefics)
     return _save(model, tokenizer, path)
 
 

@@ -36,8 +36,15 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def vla(path: Path, tokens: int = 7, value_head: bool = False) -> LLMPolicy:
-    return LLMPolicy.from_pretrained(path, action_tokens=tokens, value_head=value_head,
-                                     generation=GenerationConfig(max_new_tokens=1))
+    """A VLA whose action tokens' output rows are spread out: new rows start at the mean embedding,
+    which makes an untrained policy nearly uniform and log-prob checks nearly vacuous."""
+    policy = LLMPolicy.from_pretrained(path, action_tokens=tokens, value_head=value_head,
+                                       generation=GenerationConfig(max_new_tokens=1))
+    with torch.no_grad():
+        rows = policy.model.get_output_embeddings().weight
+        rows[policy.allowed_tokens] = torch.randn(len(policy.allowed_tokens), rows.shape[1],
+                                                  generator=torch.Generator().manual_seed(0))
+    return policy
 
 
 def test_continuous_actions_round_trip_to_bin_centres_within_the_bounds() -> None:
@@ -348,3 +355,24 @@ def test_every_vla_experiment_composes_for_a_vla_task(experiment: str) -> None:
     settings = TextExperiment.settings(cfg)
     assert cfg.text_task.env_cfg.task.startswith("vla-") and cfg.model.vision.patch_size == 8
     assert settings["sft"].epsilon == 0.0  # demonstrations, not random actions
+
+
+def test_an_idefics3_vla_samples_action_tokens_with_exact_log_probs(tmp_path: Path) -> None:
+    from rlft.policies.tiny_lm import build_tiny_idefics3
+
+    policy = vla(build_tiny_idefics3(tmp_path / "idefics3", image_size=64, patch_size=16, scale_factor=2))
+    assert policy.image_placeholder == "<image>" * 4  # (64 / 16)^2 patches, 2 x 2 merged per token
+    env = make_env({"task": TASK}).unwrapped  # 56 x 56 images, resized to the tower's 64
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 2), 1, seed=0,
+                         generator=torch.Generator().manual_seed(0))
+    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
+    for row, sample in enumerate(batch.samples):
+        mask = torch.tensor(sample.model_mask)
+        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
+                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    sample = batch.samples[0]
+    hidden = [policy.score([sample.tokens], [image])[0].hidden for image in (sample.image, sample.image[::-1].copy())]
+    assert not torch.allclose(hidden[0], hidden[1])  # the image reaches the LM
+    assert recomputed[0][torch.tensor(sample.model_mask + [False] * (recomputed.shape[1] - len(sample.tokens)))].item() \
+        != pytest.approx(-np.log(7), abs=1e-3)  # not a uniform policy: the check above means something
