@@ -112,13 +112,17 @@ class ActionTokenizer:
 
 def add_action_tokens(tokenizer, model, count: int) -> list[int]:
     """Ids of ``<act_0>`` .. ``<act_{count-1}>`` in ``tokenizer``, adding the missing ones as whole
-    tokens and growing ``model``'s embeddings (new rows start at the mean embedding, transformers'
-    ``mean_resizing``). A tokenizer saved after this loads back with the same ids."""
+    tokens and, where the embeddings have no rows for them, growing ``model``'s embeddings (new rows
+    start at the mean embedding, transformers' ``mean_resizing``); a vocabulary padded beyond the
+    tokenizer (Qwen's, SmolVLM here) is never shrunk. A tokenizer saved after this loads back with
+    the same ids."""
     names = [action_token(i) for i in range(count)]
     missing = [name for name in names if name not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing)
-        model.resize_token_embeddings(len(tokenizer))
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:  # a padded vocabulary (rows beyond the tokenizer's ids) already has room
+            model.resize_token_embeddings(len(tokenizer))
     ids = tokenizer.convert_tokens_to_ids(names)
     for name, token_id in zip(names, ids):
         if tokenizer.encode(name, add_special_tokens=False) != [token_id]:

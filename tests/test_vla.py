@@ -376,3 +376,15 @@ def test_an_idefics3_vla_samples_action_tokens_with_exact_log_probs(tmp_path: Pa
     assert not torch.allclose(hidden[0], hidden[1])  # the image reaches the LM
     assert recomputed[0][torch.tensor(sample.model_mask + [False] * (recomputed.shape[1] - len(sample.tokens)))].item() \
         != pytest.approx(-np.log(7), abs=1e-3)  # not a uniform policy: the check above means something
+
+
+def test_adding_action_tokens_never_shrinks_a_padded_vocabulary(tmp_path: Path) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    path = build_tiny_vlm(tmp_path / "padded", image_size=56, patch_size=8)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    model.resize_token_embeddings(200)  # rows beyond the tokenizer's 104 ids, as padded vocabularies have
+    model.save_pretrained(path)
+    policy = LLMPolicy.from_pretrained(path, action_tokens=7, generation=GenerationConfig(max_new_tokens=1))
+    assert policy.model.get_input_embeddings().weight.shape[0] == 200
+    assert max(policy.allowed_tokens) < 200 and len(policy.tokenizer) == 111
