@@ -22,12 +22,14 @@ Scenes are gym-pusht's Push-T (continuous 2-D actions, 256 bins per coordinate, 
 pusher's demonstrations) and BabyAI levels (``minigrid``, Chevalier-Boisvert et al. 2019) rendered as the agent's
 egocentric view (BabyAI's own partial observation, 7x7 cells; ``view="full"``: the room from
 above, which makes a policy locate the agent and its heading first), with ``minigrid``'s
-``BabyAIBot`` as the demonstrator.
+``BabyAIBot`` as the demonstrator. With ``chunk > 1`` the bot plans each chunk on a copy of the
+level; Push-T's pusher demonstrates single actions only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +138,21 @@ class BabyAIScene:
         _, reward, terminated, truncated, _ = self.env.step(int(action))
         self._unplanned.append(int(action))
         return bool(reward > 0), bool(terminated), bool(truncated)
+
+    def expert_chunk(self, length: int) -> list[int]:
+        """The bot's next ``length`` actions, planned on a copy of the level (the scene is untouched);
+        a chunk that outlasts the episode ends with the bot's last action repeated (never executed)."""
+        future = copy.deepcopy(self)
+        actions: list[int] = []
+        ended = False
+        for _ in range(length):
+            if not ended:
+                actions.append(future.expert())
+                _, terminated, truncated = future.step(actions[-1])
+                ended = terminated or truncated
+            else:
+                actions.append(actions[-1])
+        return actions
 
     def expert(self) -> int:
         """The bot's action; it keeps its plan while it sees every action, else plans afresh."""
@@ -263,9 +280,13 @@ class VLAEnv(TextEnv):
         return Outcome(self.instruction, float(success), terminated or success, success, truncated)
 
     def expert_action(self) -> str:
-        if self.action_tokenizer.chunk != 1:
-            raise ValueError("the scripted demonstrators act one step at a time: record demonstrations with chunk=1")
-        return self.action_tokenizer.text(self.action_tokenizer.encode(self.scene.expert()))
+        """The demonstrator's next action (a chunk of them, where the scene can plan ahead)."""
+        tok = self.action_tokenizer
+        if tok.chunk == 1:
+            return tok.text(tok.encode(self.scene.expert()))
+        if not hasattr(self.scene, "expert_chunk"):
+            raise ValueError(f"{type(self.scene).__name__} demonstrates one action at a time: use chunk=1")
+        return tok.text(tok.encode(np.asarray(self.scene.expert_chunk(tok.chunk))))
 
 
 def make_pusht_vla(split: str = "train", max_turns: int = 300, chunk: int = 1, image_size: int = 64,

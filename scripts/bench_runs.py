@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -28,6 +29,22 @@ def run_parallel(run: Callable[[Job], str], jobs: Sequence[Job], workers: int) -
     with ThreadPoolExecutor(workers) as pool:
         for message in pool.map(run, jobs):
             print(message, flush=True)
+
+
+def run_and_report(module: str, argv: list[str] | None, args, jobs: Sequence[Job],
+                   run: Callable[[Job, object, Path], str], summarise: Callable, write_markdown: Callable) -> dict:
+    """A benchmark's main loop: ``run(job, args, out)`` for every job (``args.workers`` at a time,
+    into ``args.out``), then ``summarise(args, out, command, seconds)``, ``write_markdown(results,
+    args, out)`` and the results file printed; returns the results."""
+    command = command_line(module, argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    run_parallel(lambda job: run(job, args, out), jobs, args.workers)
+    results = summarise(args, out, command, time.time() - started)
+    write_markdown(results, args, out)
+    print((out / "results.md").read_text())
+    return results
 
 
 def launch(overrides: list[str], folder: Path) -> None:

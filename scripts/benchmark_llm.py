@@ -129,15 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME=OVERRIDE,OVERRIDE",
                         help="run every method once per variant, with that variant's overrides")
     args = parser.parse_args(argv)
-    command = bench_runs.command_line("rlft.scripts.benchmark_llm", argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     jobs = [(task, label, seed) for task in args.tasks for label in run_labels(args) for seed in args.seeds]
-    bench_runs.run_parallel(lambda job: run_one(job, args, out), jobs, args.workers)
-    results = summarise(args, out, command, time.time() - started)
-    write_markdown(results, args, out)
-    print((out / "results.md").read_text())
+    bench_runs.run_and_report("rlft.scripts.benchmark_llm", argv, args, jobs, run_one, summarise, write_markdown)
 
 
 if __name__ == "__main__":

@@ -163,15 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for every run")
     args = parser.parse_args(argv)
     args.eval_temperature = args.eval_temperature or None
-    command = bench_runs.command_line("rlft.scripts.benchmark_vla", argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     jobs = [(task, seed) for task in args.tasks for seed in args.seeds]
-    bench_runs.run_parallel(lambda job: run_chain(job, args, out), jobs, args.workers)
-    results = summarise(args, out, command, time.time() - started)
-    write_markdown(results, args, out)
-    print((out / "results.md").read_text())
+    bench_runs.run_and_report("rlft.scripts.benchmark_vla", argv, args, jobs, run_chain, summarise, write_markdown)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ DEFAULT_PIPELINE = "o2o"  # configs/config.yaml's pipeline default
 PIPELINES = {
     "o2o": "offline-to-online: pretraining on a dataset, then online fine-tuning (world models too)",
     "finetune": "behaviour cloning on demonstrations, then PPO fine-tuning",
-    "llm": "SFT of a language policy, then language RL (PPO over turns, GRPO, ArCHer)",
+    "llm": "SFT of a language or vision-language(-action) policy, then RL (PPO over turns, GRPO, ArCHer, iRe-VLA)",
 }
 ROOT_KEYS = "seed, device, threads, progress, resume=<run dir>, init_from=<run dir>"
 
@@ -44,8 +44,15 @@ def _chosen_groups(path: Path) -> dict[str, str]:
 
 
 def experiment_pipeline(path: Path) -> str:
-    """The pipeline an experiment file chooses (``override /pipeline: X``), else the default."""
-    return _chosen_groups(path).get("pipeline", DEFAULT_PIPELINE)
+    """The pipeline an experiment file chooses (``override /pipeline: X``), or the one of an
+    experiment it builds on (a ``/experiment/<name>`` default), else the default."""
+    chosen = _chosen_groups(path).get("pipeline")
+    if chosen is not None:
+        return chosen
+    for entry in _defaults(path):
+        if isinstance(entry, str) and entry.startswith("/experiment/"):
+            return experiment_pipeline(CONFIG_DIR / f"{entry.lstrip('/')}.yaml")
+    return DEFAULT_PIPELINE
 
 
 def experiments() -> dict[str, list[tuple[str, str]]]:

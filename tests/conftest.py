@@ -100,3 +100,14 @@ def run_interrupted(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch, after_s
         with pytest.raises(KeyboardInterrupt):
             Experiment(cfg, run_dir).run()
     return load_checkpoint(latest_checkpoint(run_dir / "checkpoints"))
+
+
+def assert_log_probs_recomputed(policy, batch) -> torch.Tensor:
+    """The log-probability of every sampled token, as recorded while sampling, equals the training
+    recomputation over the batch's sequences (with their images); returns the recomputation."""
+    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
+    for row, sample in enumerate(batch.samples):
+        mask = torch.tensor(sample.model_mask)
+        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
+                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    return recomputed

@@ -37,6 +37,7 @@ from rlft.policies.text_mlp import TextMLPPolicy
 from rlft.policies.tiny_lm import build_tiny_lm
 from rlft.runtime.evaluation import evaluate
 from rlft.runtime.logger import MetricLogger
+from conftest import assert_log_probs_recomputed
 
 
 @pytest.fixture(scope="module")
@@ -370,11 +371,7 @@ def test_a_tiny_vlm_sees_the_image_and_its_log_probs_are_recomputed_exactly(tmp_
     vec = make_vector_env({"task": "numberline-image"}, 3)
     batch = collect_text(policy, chat, vec, 1, seed=0, generator=torch.Generator().manual_seed(0))
     assert all(sample.image is not None and sample.image.shape == (96, 96, 3) for sample in batch.samples)
-    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
-    for row, sample in enumerate(batch.samples):
-        mask = torch.tensor(sample.model_mask)
-        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
-                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    recomputed = assert_log_probs_recomputed(policy, batch)
     sample = batch.samples[0]
     other = make_env({"task": "numberline-image"}).unwrapped
     other.reset(seed=0)

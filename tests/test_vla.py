@@ -26,6 +26,7 @@ from rlft.offline.transcripts import expert_actor, record_transcripts, sft_sampl
 from rlft.policies.action_tokenizer import ActionTokenizer, add_action_tokens
 from rlft.policies.llm import ChatFormat, Conversation, GenerationConfig, LLMPolicy
 from rlft.policies.tiny_lm import build_tiny_vlm
+from conftest import assert_log_probs_recomputed
 
 TASK = "vla-babyai-gotoobj"
 
@@ -45,6 +46,15 @@ def vla(path: Path, tokens: int = 7, value_head: bool = False) -> LLMPolicy:
         rows[policy.allowed_tokens] = torch.randn(len(policy.allowed_tokens), rows.shape[1],
                                                   generator=torch.Generator().manual_seed(0))
     return policy
+
+
+def play(policy: LLMPolicy, num_envs: int, seed: int = 0, config: TextRolloutConfig | None = None):
+    """The VLA's chat format and one wave of ``num_envs`` BabyAI GoToObj episodes."""
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, num_envs), 1, seed=seed, config=config,
+                         generator=torch.Generator().manual_seed(0))
+    return chat, batch
 
 
 def test_continuous_actions_round_trip_to_bin_centres_within_the_bounds() -> None:
@@ -85,19 +95,12 @@ def test_action_tokens_are_whole_tokens_and_keep_their_ids_after_save(tiny_vlm: 
 def test_constrained_decoding_writes_only_action_tokens_with_exact_log_probs(tiny_vlm: Path) -> None:
     policy = vla(tiny_vlm)
     action_ids = set(policy.tokenizer.convert_tokens_to_ids(ActionTokenizer(7, 1).tokens))
-    env = make_env({"task": TASK}).unwrapped
-    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
-    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=0,
-                         generator=torch.Generator().manual_seed(0))
+    chat, batch = play(policy, 4)
     assert batch.turns and not any(t.invalid for t in batch.turns)
     for sample in batch.samples:  # (prompt-only sequences of truncated episodes' final states aside)
         model = [tok for tok, mine in zip(sample.tokens, sample.model_mask) if mine]
         assert len(model) == 1 and set(model) <= action_ids or not any(sample.model_mask)
-    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
-    for row, sample in enumerate(batch.samples):
-        mask = torch.tensor(sample.model_mask)
-        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
-                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    assert_log_probs_recomputed(policy, batch)
     logits = torch.randn(2, policy.model.get_output_embeddings().weight.shape[0])
     probs = policy._log_softmax(logits).exp()
     assert torch.allclose(probs[:, sorted(action_ids)].sum(-1), torch.ones(2))  # all mass on action tokens
@@ -119,10 +122,7 @@ def test_sft_on_demonstrations_trains_on_action_tokens_only(tiny_vlm: Path) -> N
 
 def test_value_is_read_at_the_last_prompt_token(tiny_vlm: Path) -> None:
     policy = vla(tiny_vlm, value_head=True)
-    env = make_env({"task": TASK}).unwrapped
-    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
-    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 2), 1, seed=0,
-                         generator=torch.Generator().manual_seed(0))
+    chat, batch = play(policy, 2)
     prepared = TextPolicyGradient(policy, TextPGConfig())._prepare(batch)
     for turn, position in zip(batch.turns, prepared.value_pos.tolist()):
         sample = batch.samples[turn.sample]
@@ -132,10 +132,7 @@ def test_value_is_read_at_the_last_prompt_token(tiny_vlm: Path) -> None:
 
 def test_grpo_groups_start_from_the_same_initial_state(tiny_vlm: Path) -> None:
     policy = vla(tiny_vlm)
-    env = make_env({"task": TASK}).unwrapped
-    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
-    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=5,
-                         config=TextRolloutConfig(group_size=2), generator=torch.Generator().manual_seed(0))
+    chat, batch = play(policy, 4, seed=5, config=TextRolloutConfig(group_size=2))
     first = [batch.samples[batch.turns[ep.turns[0]].sample] for ep in batch.episodes]
     assert [ep.group for ep in batch.episodes] == [0, 0, 1, 1]
     assert np.array_equal(first[0].image, first[1].image) and np.array_equal(first[2].image, first[3].image)
@@ -231,10 +228,7 @@ def test_value_clipping_takes_the_worse_loss_and_huber_grows_linearly() -> None:
 
 def test_grad_accumulation_steps_once_per_group_and_the_value_head_has_its_own_lr(tiny_vlm: Path) -> None:
     policy = vla(tiny_vlm, value_head=True)
-    env = make_env({"task": TASK}).unwrapped
-    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
-    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=0,
-                         generator=torch.Generator().manual_seed(0))
+    chat, batch = play(policy, 4)
     steps = {}
     for accumulation in (1, 100):
         learner = TextPolicyGradient(vla(tiny_vlm, value_head=True), TextPGConfig(
@@ -295,14 +289,12 @@ def test_ire_vla_trains_only_the_heads_in_rl_and_the_whole_model_in_sft(tiny_vlm
     from rlft.agents.ire_vla import IReVLA, IReVLAConfig
 
     policy = vla(tiny_vlm, value_head=True)
+    chat, batch = play(policy, 4)
     env = make_env({"task": TASK}).unwrapped
-    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
     demos = sft_samples(record_transcripts(env, expert_actor(0.0), 2, 0, TASK), chat, env=env, ends_turns=False)
     learner = IReVLA(policy, IReVLAConfig(rl_iterations=2, sft_steps=2, rl={"skip_uninformative": False, "lr": 1e-2}),
                      policy.allowed_tokens, torch.Generator().manual_seed(0))
     learner.demonstrations = demos
-    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 4), 1, seed=0,
-                         generator=torch.Generator().manual_seed(0))
     output = policy.model.get_output_embeddings().weight
     action = policy.allowed_tokens
     others = [i for i in range(output.shape[0]) if i not in action]
@@ -362,15 +354,8 @@ def test_an_idefics3_vla_samples_action_tokens_with_exact_log_probs(tmp_path: Pa
 
     policy = vla(build_tiny_idefics3(tmp_path / "idefics3", image_size=64, patch_size=16, scale_factor=2))
     assert policy.image_placeholder == "<image>" * 4  # (64 / 16)^2 patches, 2 x 2 merged per token
-    env = make_env({"task": TASK}).unwrapped  # 56 x 56 images, resized to the tower's 64
-    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
-    batch = collect_text(policy, chat, make_vector_env({"task": TASK}, 2), 1, seed=0,
-                         generator=torch.Generator().manual_seed(0))
-    recomputed = policy.token_log_probs([s.tokens for s in batch.samples], [s.image for s in batch.samples])
-    for row, sample in enumerate(batch.samples):
-        mask = torch.tensor(sample.model_mask)
-        assert torch.allclose(recomputed[row, : len(sample.tokens)][mask],
-                              torch.tensor(sample.sampled_log_probs)[mask], atol=1e-5)
+    _, batch = play(policy, 2)  # 56 x 56 images, resized to the tower's 64
+    recomputed = assert_log_probs_recomputed(policy, batch)
     sample = batch.samples[0]
     hidden = [policy.score([sample.tokens], [image])[0].hidden for image in (sample.image, sample.image[::-1].copy())]
     assert not torch.allclose(hidden[0], hidden[1])  # the image reaches the LM
@@ -388,3 +373,17 @@ def test_adding_action_tokens_never_shrinks_a_padded_vocabulary(tmp_path: Path) 
     policy = LLMPolicy.from_pretrained(path, action_tokens=7, generation=GenerationConfig(max_new_tokens=1))
     assert policy.model.get_input_embeddings().weight.shape[0] == 200
     assert max(policy.allowed_tokens) < 200 and len(policy.tokenizer) == 111
+
+
+def test_chunked_babyai_replies_execute_the_bots_plan() -> None:
+    env = make_env({"task": TASK, "env_kwargs": {"chunk": 3}}).unwrapped
+    assert env.action_tokenizer.reply_length == 3
+    for seed in range(3):
+        env.reset(seed=seed)
+        done, turns, info = False, 0, {}
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.expert_action())
+            done, turns = terminated or truncated, turns + 1
+        assert info["success"] and not info["invalid_action"]
+    with pytest.raises(ValueError, match="one action at a time"):
+        make_env({"task": "vla-pusht", "env_kwargs": {"chunk": 2}}).unwrapped.expert_action()
