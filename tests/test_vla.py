@@ -387,3 +387,24 @@ def test_chunked_babyai_replies_execute_the_bots_plan() -> None:
         assert info["success"] and not info["invalid_action"]
     with pytest.raises(ValueError, match="one action at a time"):
         make_env({"task": "vla-pusht", "env_kwargs": {"chunk": 2}}).unwrapped.expert_action()
+
+
+def test_a_tiny_vla_cloned_from_the_bot_beats_random_actions(tmp_path: Path) -> None:
+    from rlft.offline.transcripts import train_sft
+    from rlft.policies.llm import ChatAgent
+    from rlft.runtime.evaluation import evaluate
+    from rlft.policies.tiny_lm import TinyLMConfig
+
+    path = build_tiny_vlm(tmp_path / "vla", TinyLMConfig(hidden_size=32, intermediate_size=64), image_size=56,
+                          patch_size=8, seed=0)
+    policy = LLMPolicy.from_pretrained(path, action_tokens=7, generation=GenerationConfig(max_new_tokens=1))
+    env = make_env({"task": TASK}).unwrapped
+    chat = ChatFormat(policy.tokenizer, env.system_prompt, policy.image_placeholder)
+    samples = sft_samples(record_transcripts(env, expert_actor(0.0), 40, 0, TASK), chat, env=env, ends_turns=False)
+    train_sft(policy, samples, steps=80, lr=3e-3)
+    cloned = evaluate(ChatAgent(policy, chat, greedy=True), make_vector_env({"task": TASK}, 16), 32, 10**6, 0.0, 1.0)
+    rng = np.random.default_rng(0)
+    tokens = env.action_tokenizer.tokens
+    uniform = evaluate(lambda obs: tuple(tokens[i] for i in rng.integers(7, size=len(obs["text"]))),
+                       make_vector_env({"task": TASK}, 16), 32, 10**6, 0.0, 1.0)
+    assert cloned.success_rate >= uniform.success_rate + 0.25, (cloned.success_rate, uniform.success_rate)
