@@ -61,6 +61,7 @@ class TextPGConfig:
     value_clip: float | None = None  # PPO: clip the new value to old +- value_clip, take the worse loss
     value_loss: Literal["mse", "huber"] = "mse"  # RL4VLA: Huber with delta 10
     huber_delta: float = 10.0
+    value_hidden: tuple[int, ...] = ()  # the value head's MLP widths (RL4VLA: 512, 128); () a linear head
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("ppo", "grpo"):

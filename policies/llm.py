@@ -193,16 +193,25 @@ class ChatFormat:
 
 
 class ValueHead(nn.Module):
-    """Scalar value from the LM's last hidden state at the last prompt token."""
+    """Scalar value from the LM's last hidden state at the last prompt token: a linear layer, or
+    with ``hidden`` widths an MLP with GELUs whose last layer has no bias and weights of std 0.02,
+    as RL4VLA's (4096 -> 512 -> 128 -> 1, ``modeling_prismatic.py`` ``ValueHead``)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, hidden: Sequence[int] = ()):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size))
-        nn.init.zeros_(self.linear.bias)
+        layers: list[nn.Module] = []
+        width = hidden_size
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.GELU()]
+            width = size
+        self.hidden = nn.Sequential(*layers)
+        self.linear = nn.Linear(width, 1, bias=not hidden)
+        nn.init.normal_(self.linear.weight, std=0.02 if hidden else 1.0 / math.sqrt(hidden_size))
+        if self.linear.bias is not None:
+            nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.float()).squeeze(-1)
+        return self.linear(self.hidden(hidden.float())).squeeze(-1)
 
 
 @dataclass
@@ -237,13 +246,13 @@ class LLMPolicy(nn.Module):
     """A causal LM that samples replies with log-probs, scores sequences, and (optionally) values states."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, generation: GenerationConfig | None = None,
-                 value_head: bool = False):
+                 value_head: bool = False, value_hidden: Sequence[int] = ()):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.generation = generation or GenerationConfig()
         hidden = model.config.get_text_config().hidden_size
-        self.value_head = ValueHead(hidden) if value_head else None
+        self.value_head = ValueHead(hidden, value_hidden) if value_head else None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = int(tokenizer.pad_token_id)
@@ -293,7 +302,8 @@ class LLMPolicy(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, lora: LoraSettings | None = None,
                         value_head: bool = False, generation: GenerationConfig | None = None,
-                        dtype: torch.dtype = torch.float32, action_tokens: int = 0) -> "LLMPolicy":
+                        dtype: torch.dtype = torch.float32, action_tokens: int = 0,
+                        value_hidden: Sequence[int] = ()) -> "LLMPolicy":
         """Load a causal LM and its tokenizer (``gguf_file``: a GGUF file inside ``path``).
 
         ``action_tokens > 0`` makes a token-action VLA: ``<act_0>`` .. ``<act_{n-1}>`` are added
@@ -314,7 +324,7 @@ class LLMPolicy(nn.Module):
         action_ids = add_action_tokens(tokenizer, model, action_tokens) if action_tokens else None
         if lora is not None:
             model = add_lora(model, lora)
-        policy = cls(model, tokenizer, generation, value_head)
+        policy = cls(model, tokenizer, generation, value_head, value_hidden)
         if action_ids is not None:
             policy.restrict_tokens(action_ids)
         head = Path(path) / VALUE_HEAD_FILE

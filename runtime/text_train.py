@@ -184,9 +184,11 @@ class TextExperiment(Runner):
         path = m.path
         lora = config_from_mapping(LoraSettings, m.lora, "model.lora") if m.lora else None
         action_tokens = self.action_tokenizer.vocabulary if self.action_tokenizer is not None else 0
+        critic = self.learner_cfg.rl_config() if isinstance(self.learner_cfg, IReVLAConfig) else self.learner_cfg
         load = lambda p: LLMPolicy.from_pretrained(p, gguf_file=m.gguf_file, lora=lora,  # noqa: E731
                                                    value_head=self.algorithm in ("ppo", "ire"), generation=self.generation,
-                                                   action_tokens=action_tokens)
+                                                   action_tokens=action_tokens,
+                                                   value_hidden=getattr(critic, "value_hidden", ()))
         if path is not None:
             return load(path)
         # the tiny model is built from the run seed (so resume rebuilds the same one) and loaded at once,
@@ -246,17 +248,15 @@ class TextExperiment(Runner):
               f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
     def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
-        """Another run's SFT policy; it must be the same model. The value head goes with the method:
-        a critic-free method drops the one a PPO run's SFT policy carries, and PPO from a critic-free
-        run's SFT policy starts its value head fresh."""
+        """Another run's SFT policy; it must be the same model. The value head is this run's own
+        (SFT never trains one): a PPO run's is dropped, and this run's starts fresh, whatever its shape."""
         if OmegaConf.to_container(config.model) != OmegaConf.to_container(self.cfg.model):
             raise ValueError(f"init_from {path}: trained model {OmegaConf.to_container(config.model)}, "
                              f"this run's is {OmegaConf.to_container(self.cfg.model)}")
         if isinstance(self.rl, IReVLA):  # its supervised stage needs the demonstrations that run cloned
             data = self._sft_data()
             self.rl.demonstrations = data[2] if data is not None else []
-        weights = {k: v for k, v in state["policy"].items()
-                   if self.policy.value_head is not None or not k.startswith(VALUE_HEAD_PREFIX)}
+        weights = {k: v for k, v in state["policy"].items() if not k.startswith(VALUE_HEAD_PREFIX)}
         missing, unexpected = self.policy.load_state_dict(weights, strict=False)
         wrong = [k for k in missing if not k.startswith(VALUE_HEAD_PREFIX)] + list(unexpected)
         if wrong:

@@ -408,3 +408,13 @@ def test_a_tiny_vla_cloned_from_the_bot_beats_random_actions(tmp_path: Path) -> 
     uniform = evaluate(lambda obs: tuple(tokens[i] for i in rng.integers(7, size=len(obs["text"]))),
                        make_vector_env({"task": TASK}, 16), 32, 10**6, 0.0, 1.0)
     assert cloned.success_rate >= uniform.success_rate + 0.25, (cloned.success_rate, uniform.success_rate)
+
+
+def test_rl4vla_value_head_is_an_mlp_that_saves_and_loads(tiny_vlm: Path, tmp_path: Path) -> None:
+    policy = LLMPolicy.from_pretrained(tiny_vlm, value_head=True, value_hidden=(512, 128), action_tokens=7)
+    widths = [m.out_features for m in policy.value_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [512, 128, 1] and policy.value_head.linear.bias is None
+    policy.save_pretrained(tmp_path / "saved")
+    again = LLMPolicy.from_pretrained(tmp_path / "saved", value_head=True, value_hidden=(512, 128), action_tokens=7)
+    hidden = torch.randn(3, policy.value_head.hidden[0].in_features)
+    assert torch.equal(policy.value_head(hidden), again.value_head(hidden))
