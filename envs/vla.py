@@ -32,7 +32,7 @@ import contextlib
 import copy
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -81,6 +81,34 @@ class Split:
                 "semantic": cls("semantic", held_out_objects=True, paraphrase=True),
                 "visual": cls("visual", tint=VISUAL_TINT, noise_std=VISUAL_NOISE),
                 "execution": cls("execution", start_right=True)}[name]
+
+
+class Scene(Protocol):
+    """What a :class:`VLAEnv` needs of the simulator behind it."""
+
+    level: str
+    action_space: gym.Space
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...
+
+    def accepts(self, split: Split) -> bool:
+        """Whether the episode just drawn belongs to ``split``."""
+
+    def reset(self, seed: int) -> str:
+        """Draw an episode; its instruction."""
+
+    def image(self) -> np.ndarray:
+        """The current uint8 ``[H, W, 3]`` frame."""
+
+    def background(self, image: np.ndarray) -> np.ndarray:
+        """The frame's background pixels (what the visual split tints)."""
+
+    def step(self, action: Any) -> tuple[bool, bool, bool]:
+        """``(success, terminated, truncated)`` after one action."""
+
+    def expert(self) -> Any:
+        """The demonstrator's action now."""
 
 
 class BabyAIScene:
@@ -224,7 +252,7 @@ class PushTScene:
 class VLAEnv(TextEnv):
     """A scene behind an instruction-and-image observation and action-token replies (module docstring)."""
 
-    def __init__(self, scene: BabyAIScene | PushTScene, split: str = "train", bins: int = 256, chunk: int = 1,
+    def __init__(self, scene: Scene, split: str = "train", bins: int = 256, chunk: int = 1,
                  max_turns: int = 20, invalid_action: InvalidActionPolicy | None = None):
         super().__init__(max_turns, invalid_action)
         self.scene, self.split = scene, Split.named(split)
