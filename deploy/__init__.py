@@ -37,8 +37,8 @@ class DeployedPolicy:
                                                     providers=["CPUExecutionProvider"])
         control = self.metadata["control"]
         self.history, self.chunk, self.executed = control["obs_history"], control["chunk"], control["executed_steps"]
-        self.obs_shape = tuple(self.metadata["observation"]["shape"])
-        self.action_dim = self.metadata["action"]["shape"][-1]
+        self.frame_shape = tuple(self.metadata["observation"]["frame_shape"])
+        self.action_dim = self.metadata["action"]["frame_shape"][-1]
         self._observations: deque[np.ndarray] = deque(maxlen=self.history)
         self._actions: deque[np.ndarray] = deque()
 
@@ -50,10 +50,8 @@ class DeployedPolicy:
     def act(self, observation: np.ndarray) -> np.ndarray:
         """The action for one raw observation (the env's own, as its observation space gives it)."""
         observation = np.asarray(observation, dtype=np.float32)
-        if observation.shape != self.obs_shape[-observation.ndim:] or observation.size * self.history != int(
-                np.prod(self.obs_shape)):
-            raise ValueError(f"expected an observation of {int(np.prod(self.obs_shape)) // self.history} values, "
-                             f"got shape {observation.shape}")
+        if observation.shape != self.frame_shape:
+            raise ValueError(f"expected an observation of shape {self.frame_shape}, got {observation.shape}")
         if not self._observations:
             self._observations.extend([observation] * self.history)
         else:

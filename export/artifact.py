@@ -15,8 +15,10 @@ the graph) and writes to ``out``:
 - ``report.md``: ONNX Runtime against PyTorch on those inputs (max abs error, refused above
   ``tolerance``), and batch-1 latency (p50/p99) of both.
 
-This first version exports the offline-to-online pipeline's actors (TD3, SPOT, SAC, CQL, Cal-QL,
-IQL, E2O, WSRL: the deterministic action the evaluator takes); other run kinds are refused by name.
+This version exports the offline-to-online pipeline's actors (TD3, SPOT, SAC, CQL, Cal-QL, IQL,
+E2O, WSRL: the deterministic action the evaluator takes) and Gaussian PPO (its mean action chunk,
+over its observation history, with dataset or running statistics); other run kinds are refused
+by name.
 """
 
 from __future__ import annotations
@@ -46,37 +48,45 @@ class ExportError(ValueError):
 
 
 class DeployGraph(nn.Module):
-    """Raw observation -> native action: ``(obs - mean) / std``, the policy (actions in ``[-1, 1]``),
-    then ``low + (a + 1) / 2 (high - low)`` clipped to ``[low, high]``."""
+    """Raw observations -> native actions. The input is ``obs_history`` raw observations, oldest
+    first, flat; each is normalised ``(obs - mean) / std`` (clipped to ``+-clip`` for running
+    statistics), the policy maps them to ``chunk`` actions in ``[-1, 1]``, flat, and each is mapped
+    to ``low + (a + 1) / 2 (high - low)`` and clipped to ``[low, high]``."""
 
     def __init__(self, policy: Callable[[torch.Tensor], torch.Tensor], obs_mean: np.ndarray | None,
-                 obs_std: np.ndarray | None, low: np.ndarray, high: np.ndarray):
+                 obs_std: np.ndarray | None, low: np.ndarray, high: np.ndarray, obs_history: int = 1,
+                 chunk: int = 1, obs_clip: float | None = None):
         super().__init__()
-        self.policy = policy
+        self.policy, self.obs_history, self.chunk, self.obs_clip = policy, obs_history, chunk, obs_clip
         dim = len(low)
-        self.register_buffer("mean", torch.as_tensor(np.zeros(0) if obs_mean is None else obs_mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(np.zeros(0) if obs_std is None else obs_std, dtype=torch.float32))
+
+        def tiled(x: np.ndarray | None) -> torch.Tensor:
+            return torch.zeros(0) if x is None else torch.as_tensor(np.tile(np.asarray(x, np.float32), obs_history))
+
+        self.register_buffer("mean", tiled(obs_mean))
+        self.register_buffer("std", tiled(obs_std))
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).reshape(dim))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).reshape(dim))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if self.mean.numel():
             obs = (obs - self.mean) / self.std
-        unit = self.policy(obs).clamp(-1.0, 1.0)
+            if self.obs_clip is not None:
+                obs = obs.clamp(-self.obs_clip, self.obs_clip)
+        unit = self.policy(obs).clamp(-1.0, 1.0).unflatten(-1, (self.chunk, self.low.shape[0]))
         action = self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
-        return torch.minimum(torch.maximum(action, self.low), self.high)
+        return torch.minimum(torch.maximum(action, self.low), self.high).flatten(-2)
 
 
-class AgentPolicy(nn.Module):
-    """An offline-to-online agent's evaluation action as a module (its actor, deterministic)."""
+class Deterministic(nn.Module):
+    """``owner.act(obs, deterministic=True)`` as a module holding ``network``'s weights."""
 
-    def __init__(self, agent: Any):
+    def __init__(self, owner: Any, network: nn.Module):
         super().__init__()
-        self.agent = agent
-        self.actor = agent.actor  # registered, so the graph holds its weights
+        self.owner, self.network = owner, network
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.agent.act(obs, deterministic=True)
+        return self.owner.act(obs, deterministic=True)
 
 
 @dataclass
@@ -85,7 +95,7 @@ class Exportable:
 
     graph: DeployGraph
     family: str
-    obs_dim: int
+    obs_dim: int  # of one raw observation
     env_cfg: Any  # the run's env config (to record an episode with the raw env)
     notes: list[str]
 
@@ -118,37 +128,65 @@ def exportable(runner) -> Exportable:
     from rlft.envs.factory import make_env
     from rlft.envs.wrappers import native_action_space
     from rlft.runtime.experiment import Experiment
+    from rlft.runtime.finetune import FinetuneExperiment
 
-    if not isinstance(runner, Experiment):
-        raise ExportError(f"runs of the {runner.pipeline!r} pipeline are not exportable yet (o2o actors are)")
-    agent = runner.agent
-    if not hasattr(agent, "actor") or getattr(agent, "sequence_length", 1) > 1:
-        raise ExportError(f"{type(agent).__name__} acts by planning, not by an actor network; it is not exportable yet")
-    env = make_env(runner.cfg.env)
-    if not isinstance(env.unwrapped.observation_space, gym.spaces.Box):
-        raise ExportError(f"{runner.cfg.env.task}: {type(env.unwrapped.observation_space).__name__} observations are "
-                          "not exportable yet (flat Box observations are)")
-    space = native_action_space(env)
+    env_cfg = runner.cfg.env if isinstance(runner, Experiment) else getattr(runner.cfg, "task", {}).get("env_cfg")
+    if not isinstance(runner, (Experiment, FinetuneExperiment)):
+        raise ExportError(f"runs of the {runner.pipeline!r} pipeline are not exportable yet (o2o actors and "
+                          "Gaussian PPO are)")
+    raw = raw_env(env_cfg).observation_space
+    if not isinstance(raw, gym.spaces.Box) or len(raw.shape) != 1:
+        raise ExportError(f"{env_cfg.task}: {type(raw).__name__} observations are not exportable yet "
+                          "(flat Box observations are)")
+    space = native_action_space(make_env(env_cfg))
+    obs_dim = int(raw.shape[0])
+    if isinstance(runner, Experiment):
+        agent = runner.agent
+        if not hasattr(agent, "actor") or getattr(agent, "sequence_length", 1) > 1:
+            raise ExportError(f"{type(agent).__name__} acts by planning, not by an actor network; "
+                              "it is not exportable yet")
+        mean, std = runner.obs_stats if runner.obs_stats is not None else (None, None)
+        graph = DeployGraph(Deterministic(agent, agent.actor), mean, std, space.low, space.high)
+        return Exportable(graph.eval(), f"o2o/{runner.cfg.agent.name}", obs_dim, env_cfg, [])
+    family = runner.family
+    if family.family != "gaussian":
+        raise ExportError(f"the {family.family!r} policy family is not exportable yet (Gaussian PPO is)")
     mean, std = runner.obs_stats if runner.obs_stats is not None else (None, None)
-    graph = DeployGraph(AgentPolicy(agent), mean, std, space.low, space.high).eval()
-    return Exportable(graph, f"o2o/{runner.cfg.agent.name}", int(runner.dataset.obs_dim), runner.cfg.env, [])
+    clip = None
+    if runner.ppo.obs_stats is not None:  # PPO's running statistics (the env then normalises nothing)
+        stats = runner.ppo.obs_stats
+        mean, std, clip = stats.mean, np.sqrt(stats.var + 1e-8), runner.ppo_cfg.obs_clip
+    graph = DeployGraph(Deterministic(runner.actor, runner.actor), mean, std, space.low, space.high,
+                        family.obs_history, family.act_steps, clip)
+    return Exportable(graph.eval(), "finetune/gaussian", obs_dim, env_cfg, [])
+
+
+def raw_env(env_cfg: Any) -> gym.Env:
+    """The task's env as a robot would drive it: its own observations and action bounds."""
+    from rlft.envs.factory import make_task_env, resolve_task
+
+    return make_task_env(resolve_task(env_cfg.task), env_cfg.get("max_episode_steps"),
+                         dict(env_cfg.get("env_kwargs") or {}))
 
 
 def record_observations(env_cfg: Any, graph: DeployGraph, seed: int, steps: int = 200) -> np.ndarray:
-    """Raw observations of one episode (at most ``steps``) of the PyTorch graph in the raw env."""
-    from rlft.envs.factory import make_task_env, resolve_task
-
-    env = make_task_env(resolve_task(env_cfg.task), env_cfg.get("max_episode_steps"), dict(env_cfg.get("env_kwargs") or {}))
+    """The graph's inputs over one episode (at most ``steps`` simulator steps) of the PyTorch graph
+    in the raw env: stacked observation histories, one per policy query (every ``chunk`` steps)."""
+    env = raw_env(env_cfg)
     obs, _ = env.reset(seed=seed)
-    observations = []
+    history = [np.asarray(obs, dtype=np.float32)] * graph.obs_history
+    inputs: list[np.ndarray] = []
+    queue: list[np.ndarray] = []
     for _ in range(steps):
-        observations.append(np.asarray(obs, dtype=np.float32))
-        with torch.no_grad():
-            action = graph(torch.as_tensor(observations[-1])[None])[0].numpy()
-        obs, _, terminated, truncated, _ = env.step(action)
+        if not queue:
+            inputs.append(np.concatenate(history))
+            with torch.no_grad():
+                queue = list(graph(torch.as_tensor(inputs[-1])[None])[0].numpy().reshape(graph.chunk, -1))
+        obs, _, terminated, truncated, _ = env.step(queue.pop(0))
+        history = history[1:] + [np.asarray(obs, dtype=np.float32)]
         if terminated or truncated:
             break
-    return np.stack(observations)
+    return np.stack(inputs)
 
 
 def _percentiles(call: Callable[[], Any]) -> tuple[float, float]:
@@ -184,7 +222,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
     recorded = record_observations(item.env_cfg, item.graph, seed)
     rng = np.random.default_rng(seed)
     scale = recorded.std(0) + 1.0
-    random = (recorded.mean(0) + rng.normal(size=(RANDOM_INPUTS, item.obs_dim)) * scale).astype(np.float32)
+    random = (recorded.mean(0) + rng.normal(size=(RANDOM_INPUTS, recorded.shape[1])) * scale).astype(np.float32)
     inputs = np.concatenate([recorded, random])
     with torch.no_grad():
         expected = item.graph(torch.as_tensor(inputs)).numpy()
@@ -212,11 +250,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
     onnx_ms = _percentiles(lambda: session.run(["action"], {"observation": one}))
     metadata = {
         "format": "onnx", "file": path.name, "family": item.family, "opset": OPSET,
-        "observation": {"name": "observation", "shape": [item.obs_dim], "dtype": "float32",
+        "observation": {"name": "observation", "shape": [item.graph.obs_history * item.obs_dim], "dtype": "float32",
+                        "frame_shape": [item.obs_dim],
                         "normalisation": _stats(item.graph)},
-        "action": {"name": "action", "shape": [len(item.graph.low)], "dtype": "float32",
+        "action": {"name": "action", "shape": [item.graph.chunk * len(item.graph.low)], "dtype": "float32",
+                   "frame_shape": [len(item.graph.low)],
                    "low": item.graph.low.tolist(), "high": item.graph.high.tolist(), "clipped": True},
-        "control": {"chunk": 1, "executed_steps": 1, "obs_history": 1},
+        "control": {"chunk": item.graph.chunk, "executed_steps": item.graph.chunk, "obs_history": item.graph.obs_history},
         "notes": item.notes,
         "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name,
                    "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
@@ -232,10 +272,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
     return out
 
 
-def _stats(graph: DeployGraph) -> dict[str, list[float]] | None:
+def _stats(graph: DeployGraph) -> dict[str, Any] | None:
+    """The normaliser of one observation, as numbers."""
     if not graph.mean.numel():
         return None
-    return {"mean": graph.mean.tolist(), "std": graph.std.tolist()}
+    frame = len(graph.mean) // graph.obs_history
+    return {"mean": graph.mean[:frame].tolist(), "std": graph.std[:frame].tolist(), "clip": graph.obs_clip}
 
 
 def _report(metadata: dict, recorded: int) -> str:

@@ -96,3 +96,32 @@ def test_a_run_of_another_pipeline_is_refused_naming_it(tmp_path: Path) -> None:
     TextExperiment(llm_config("loop.iterations=1"), tmp_path).run()
     with pytest.raises(ExportError, match="'llm' pipeline"):
         export_run(tmp_path)
+
+
+def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_evaluator(tmp_path: Path) -> None:
+    from rlft.export.artifact import raw_env
+    from rlft.offline.demos import DemoConfig, collect_demos
+    from rlft.runtime.finetune import FinetuneExperiment
+    from test_finetune import finetune_config
+
+    demos = Path(collect_demos(DemoConfig(task="mw-reach", episodes=2, noise=0.1, seed=0), tmp_path / "demos")["path"])
+    cfg = finetune_config(demos, "method=gaussian", "method.policy.horizon=2", "method.policy.act_steps=2",
+                          "method.policy.obs_history=2", "loop.iterations=1")
+    FinetuneExperiment(cfg, tmp_path / "run").run()
+    out = export_run(tmp_path / "run")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["control"] == {"chunk": 2, "executed_steps": 2, "obs_history": 2}
+    assert metadata["observation"]["shape"] == [78] and metadata["action"]["shape"] == [8]
+    runner, _ = load_runner(tmp_path / "run")
+    expected = runner.evaluate_policy("ppo")  # the PyTorch evaluator: chunking and history wrappers
+    deployed, env = DeployedPolicy(out), raw_env(cfg.task.env_cfg)
+    returns = []
+    for i in range(len(expected.returns)):
+        obs, _ = env.reset(seed=cfg.loop.eval_seed + i)
+        deployed.reset()
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(deployed.act(obs))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    assert returns == pytest.approx(expected.returns, rel=1e-5)
