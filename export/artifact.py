@@ -16,7 +16,8 @@ the graph) and writes to ``out``:
   ``tolerance``), and batch-1 latency (p50/p99) of both.
 
 This version exports the offline-to-online pipeline's actors (TD3, SPOT, SAC, CQL, Cal-QL, IQL,
-E2O, WSRL: the deterministic action the evaluator takes) and Gaussian PPO (its mean action chunk,
+E2O, WSRL: the deterministic action the evaluator takes), the TD-MPC2/FOWM policy prior (the
+MPPI planner stays in Python; the metadata says so) and Gaussian PPO (its mean action chunk,
 over its observation history, with dataset or running statistics); other run kinds are refused
 by name.
 """
@@ -89,6 +90,17 @@ class Deterministic(nn.Module):
         return self.owner.act(obs, deterministic=True)
 
 
+class PolicyPrior(nn.Module):
+    """A TD-MPC2 world model's policy prior, mean action: ``pi(encode(obs)).mean``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.model.pi(self.model.encode(obs)).mean
+
+
 @dataclass
 class Exportable:
     """What one run kind gives the exporter."""
@@ -125,6 +137,7 @@ def load_runner(run_dir: Path):
 
 def exportable(runner) -> Exportable:
     """The deployable policy of a loaded run, or :class:`ExportError` naming what is not exportable."""
+    from rlft.agents.tdmpc2 import TDMPC2
     from rlft.envs.factory import make_env
     from rlft.envs.wrappers import native_action_space
     from rlft.runtime.experiment import Experiment
@@ -142,10 +155,12 @@ def exportable(runner) -> Exportable:
     obs_dim = int(raw.shape[0])
     if isinstance(runner, Experiment):
         agent = runner.agent
-        if not hasattr(agent, "actor") or getattr(agent, "sequence_length", 1) > 1:
-            raise ExportError(f"{type(agent).__name__} acts by planning, not by an actor network; "
-                              "it is not exportable yet")
         mean, std = runner.obs_stats if runner.obs_stats is not None else (None, None)
+        if isinstance(agent, TDMPC2):  # the planner is a loop of model rollouts: its policy prior deploys
+            graph = DeployGraph(PolicyPrior(agent.model), mean, std, space.low, space.high)
+            notes = ["the TD-MPC2 policy prior's mean action pi(encode(obs)): the run acted by MPPI planning "
+                     f"(mpc={agent.cfg.mpc}), which stays in Python (rlft.agents.tdmpc2.MPPIPlanner)"]
+            return Exportable(graph.eval(), f"o2o/{runner.cfg.agent.name}/policy-prior", obs_dim, env_cfg, notes)
         graph = DeployGraph(Deterministic(agent, agent.actor), mean, std, space.low, space.high)
         return Exportable(graph.eval(), f"o2o/{runner.cfg.agent.name}", obs_dim, env_cfg, [])
     family = runner.family

@@ -125,3 +125,14 @@ def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_eva
             total, done = total + float(reward), terminated or truncated
         returns.append(total)
     assert returns == pytest.approx(expected.returns, rel=1e-5)
+
+
+def test_a_world_model_run_exports_its_policy_prior_and_says_the_planner_stays(tmp_path: Path) -> None:
+    from test_world_model import wm_config
+
+    cfg = wm_config(SHIPPED_HOPPER_MEDIUM, "trainer.offline_steps=30", "trainer.online_steps=0")
+    Experiment(cfg, tmp_path / "run").run()
+    out = export_run(tmp_path / "run")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["family"].endswith("policy-prior") and "MPPI" in metadata["notes"][0]
+    assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
