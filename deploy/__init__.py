@@ -8,7 +8,8 @@ The folder is what ``rlft-export`` writes; everything the runner does comes from
 ``metadata.json``: the observation it expects, the history of observations it keeps
 (``control.obs_history``, oldest first, the episode's first observation padding the start) and the
 queue of actions of a chunked policy (``control.chunk`` predicted, ``control.executed_steps``
-executed before the policy is asked again).
+executed before the policy is asked again) and, for a policy with a ``noise`` input (diffusion),
+standard normal noise drawn from its own seeded generator.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ __all__ = ["DeployedPolicy"]
 class DeployedPolicy:
     """An exported policy: ``reset()`` at every episode start, then ``act(observation) -> action``."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, seed: int = 0):
+        """``seed`` seeds the sampling noise of policies that take one (diffusion policies)."""
         import onnxruntime
 
         folder = Path(folder)
@@ -41,6 +43,8 @@ class DeployedPolicy:
         self.action_dim = self.metadata["action"]["frame_shape"][-1]
         self._observations: deque[np.ndarray] = deque(maxlen=self.history)
         self._actions: deque[np.ndarray] = deque()
+        self.noise = self.metadata.get("noise")
+        self.rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
         """Forget the observation history and queued actions (a new episode)."""
@@ -57,7 +61,9 @@ class DeployedPolicy:
         else:
             self._observations.append(observation)
         if not self._actions:
-            stacked = np.concatenate([o.reshape(-1) for o in self._observations])[None]
-            out = self.session.run([self.metadata["action"]["name"]], {self.metadata["observation"]["name"]: stacked})[0]
+            feed = {self.metadata["observation"]["name"]: np.concatenate([o.reshape(-1) for o in self._observations])[None]}
+            if self.noise is not None:
+                feed[self.noise["name"]] = self.rng.standard_normal((1, *self.noise["shape"])).astype(np.float32)
+            out = self.session.run([self.metadata["action"]["name"]], feed)[0]
             self._actions.extend(out.reshape(self.chunk, self.action_dim)[: self.executed])
         return self._actions.popleft()

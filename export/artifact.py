@@ -17,9 +17,10 @@ the graph) and writes to ``out``:
 
 This version exports the offline-to-online pipeline's actors (TD3, SPOT, SAC, CQL, Cal-QL, IQL,
 E2O, WSRL: the deterministic action the evaluator takes), the TD-MPC2/FOWM policy prior (the
-MPPI planner stays in Python; the metadata says so) and Gaussian PPO (its mean action chunk,
-over its observation history, with dataset or running statistics); other run kinds are refused
-by name.
+MPPI planner stays in Python; the metadata says so), Gaussian PPO (its mean action chunk, over
+its observation history, with dataset or running statistics) and DPPO (its DDPM evaluation action
+with the sampling noise ``[B, K + 1, chunk_dim]`` as a second input, so parity is exact for the
+same noise); other run kinds are refused by name.
 """
 
 from __future__ import annotations
@@ -69,12 +70,13 @@ class DeployGraph(nn.Module):
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).reshape(dim))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).reshape(dim))
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if self.mean.numel():
             obs = (obs - self.mean) / self.std
             if self.obs_clip is not None:
                 obs = obs.clamp(-self.obs_clip, self.obs_clip)
-        unit = self.policy(obs).clamp(-1.0, 1.0).unflatten(-1, (self.chunk, self.low.shape[0]))
+        out = self.policy(obs) if noise is None else self.policy(obs, noise)
+        unit = out.clamp(-1.0, 1.0).unflatten(-1, (self.chunk, self.low.shape[0]))
         action = self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
         return torch.minimum(torch.maximum(action, self.low), self.high).flatten(-2)
 
@@ -88,6 +90,19 @@ class Deterministic(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.owner.act(obs, deterministic=True)
+
+
+class DenoisingChain(nn.Module):
+    """DPPO's evaluation action (DDPM through the frozen and the fine-tuned denoising steps, the
+    last step noise-free) with its sampling noise ``[B, K + 1, chunk_dim]`` as an input, so the
+    exported graph equals PyTorch exactly for the same noise."""
+
+    def __init__(self, actor: nn.Module):
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.actor.base.executed(self.actor.sample_chain(obs, deterministic=True, noise=noise)[0])
 
 
 class PolicyPrior(nn.Module):
@@ -110,6 +125,7 @@ class Exportable:
     obs_dim: int  # of one raw observation
     env_cfg: Any  # the run's env config (to record an episode with the raw env)
     notes: list[str]
+    noise_shape: tuple[int, ...] | None = None  # per-sample shape of a standard normal noise input
 
 
 def load_runner(run_dir: Path):
@@ -164,16 +180,21 @@ def exportable(runner) -> Exportable:
         graph = DeployGraph(Deterministic(agent, agent.actor), mean, std, space.low, space.high)
         return Exportable(graph.eval(), f"o2o/{runner.cfg.agent.name}", obs_dim, env_cfg, [])
     family = runner.family
-    if family.family != "gaussian":
-        raise ExportError(f"the {family.family!r} policy family is not exportable yet (Gaussian PPO is)")
+    if family.family == "residual":
+        raise ExportError("the 'residual' policy family is not exportable yet (Gaussian PPO and DPPO are)")
     mean, std = runner.obs_stats if runner.obs_stats is not None else (None, None)
     clip = None
     if runner.ppo.obs_stats is not None:  # PPO's running statistics (the env then normalises nothing)
         stats = runner.ppo.obs_stats
         mean, std, clip = stats.mean, np.sqrt(stats.var + 1e-8), runner.ppo_cfg.obs_clip
-    graph = DeployGraph(Deterministic(runner.actor, runner.actor), mean, std, space.low, space.high,
-                        family.obs_history, family.act_steps, clip)
-    return Exportable(graph.eval(), "finetune/gaussian", obs_dim, env_cfg, [])
+    if family.family == "dppo":
+        policy, noise = DenoisingChain(runner.actor), runner.actor.base.sampling_noise_shape()
+        notes = [f"DDPM over all {family.denoising_steps} denoising steps, the last {family.ft_steps} "
+                 "fine-tuned; the caller draws the standard normal 'noise' input (rlft.deploy does, seeded)"]
+    else:
+        policy, noise, notes = Deterministic(runner.actor, runner.actor), None, []
+    graph = DeployGraph(policy, mean, std, space.low, space.high, family.obs_history, family.act_steps, clip)
+    return Exportable(graph.eval(), f"finetune/{family.family}", obs_dim, env_cfg, notes, noise)
 
 
 def raw_env(env_cfg: Any) -> gym.Env:
@@ -184,10 +205,11 @@ def raw_env(env_cfg: Any) -> gym.Env:
                          dict(env_cfg.get("env_kwargs") or {}))
 
 
-def record_observations(env_cfg: Any, graph: DeployGraph, seed: int, steps: int = 200) -> np.ndarray:
+def record_observations(item: Exportable, seed: int, steps: int = 200) -> np.ndarray:
     """The graph's inputs over one episode (at most ``steps`` simulator steps) of the PyTorch graph
     in the raw env: stacked observation histories, one per policy query (every ``chunk`` steps)."""
-    env = raw_env(env_cfg)
+    env, graph = raw_env(item.env_cfg), item.graph
+    noise = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     history = [np.asarray(obs, dtype=np.float32)] * graph.obs_history
     inputs: list[np.ndarray] = []
@@ -195,13 +217,22 @@ def record_observations(env_cfg: Any, graph: DeployGraph, seed: int, steps: int 
     for _ in range(steps):
         if not queue:
             inputs.append(np.concatenate(history))
+            extra = _noise(item, noise, 1)
             with torch.no_grad():
-                queue = list(graph(torch.as_tensor(inputs[-1])[None])[0].numpy().reshape(graph.chunk, -1))
+                action = graph(torch.as_tensor(inputs[-1])[None], *map(torch.as_tensor, extra))
+            queue = list(action[0].numpy().reshape(graph.chunk, -1))
         obs, _, terminated, truncated, _ = env.step(queue.pop(0))
         history = history[1:] + [np.asarray(obs, dtype=np.float32)]
         if terminated or truncated:
             break
     return np.stack(inputs)
+
+
+def _noise(item: Exportable, rng: np.random.Generator, batch: int) -> list[np.ndarray]:
+    """The graph's noise input for ``batch`` samples (none for graphs without one)."""
+    if item.noise_shape is None:
+        return []
+    return [rng.standard_normal((batch, *item.noise_shape)).astype(np.float32)]
 
 
 def _percentiles(call: Callable[[], Any]) -> tuple[float, float]:
@@ -234,35 +265,37 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
     runner, checkpoint = load_runner(run_dir)
     item = exportable(runner)
     out.mkdir(parents=True, exist_ok=True)
-    recorded = record_observations(item.env_cfg, item.graph, seed)
+    recorded = record_observations(item, seed)
     rng = np.random.default_rng(seed)
     scale = recorded.std(0) + 1.0
     random = (recorded.mean(0) + rng.normal(size=(RANDOM_INPUTS, recorded.shape[1])) * scale).astype(np.float32)
     inputs = np.concatenate([recorded, random])
+    noise = _noise(item, rng, len(inputs))
     with torch.no_grad():
-        expected = item.graph(torch.as_tensor(inputs)).numpy()
+        expected = item.graph(torch.as_tensor(inputs), *map(torch.as_tensor, noise)).numpy()
     path = out / "policy.onnx"
     batch = torch.export.Dim("batch", min=1)
+    names = ["observation"] + (["noise"] if noise else [])
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks are data-dependent branches
     try:
-        torch.onnx.export(item.graph, (torch.as_tensor(inputs[:2]),), path, input_names=["observation"],
-                          output_names=["action"], opset_version=OPSET, dynamo=True,
-                          dynamic_shapes={"obs": {0: batch}}, external_data=False)
+        example = (torch.as_tensor(inputs[:2]), *(torch.as_tensor(n[:2]) for n in noise))
+        torch.onnx.export(item.graph, example, path, input_names=names, output_names=["action"], opset_version=OPSET,
+                          dynamo=True, dynamic_shapes=tuple({0: batch} for _ in example), external_data=False)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
     onnx.checker.check_model(onnx.load(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["action"], {"observation": inputs})[0]
+    got = session.run(["action"], dict(zip(names, [inputs, *noise])))[0]
     errors = {"recorded": float(np.abs(got[: len(recorded)] - expected[: len(recorded)]).max()),
               "random": float(np.abs(got[len(recorded):] - expected[len(recorded):]).max())}
     if max(errors.values()) > TOLERANCE:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {max(errors.values()):.2e} (> {TOLERANCE})")
-    np.savez(out / "golden.npz", observation=inputs, action=expected)
-    one = inputs[:1]
+    np.savez(out / "golden.npz", observation=inputs, action=expected, **({"noise": noise[0]} if noise else {}))
+    one = [inputs[:1], *(n[:1] for n in noise)]
     with torch.no_grad():
-        torch_ms = _percentiles(lambda: item.graph(torch.as_tensor(one)))
-    onnx_ms = _percentiles(lambda: session.run(["action"], {"observation": one}))
+        torch_ms = _percentiles(lambda: item.graph(*map(torch.as_tensor, one)))
+    onnx_ms = _percentiles(lambda: session.run(["action"], dict(zip(names, one))))
     metadata = {
         "format": "onnx", "file": path.name, "family": item.family, "opset": OPSET,
         "observation": {"name": "observation", "shape": [item.graph.obs_history * item.obs_dim], "dtype": "float32",
@@ -272,6 +305,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
                    "frame_shape": [len(item.graph.low)],
                    "low": item.graph.low.tolist(), "high": item.graph.high.tolist(), "clipped": True},
         "control": {"chunk": item.graph.chunk, "executed_steps": item.graph.chunk, "obs_history": item.graph.obs_history},
+        "noise": None if item.noise_shape is None else {"name": "noise", "shape": list(item.noise_shape),
+                                                        "dtype": "float32", "distribution": "standard normal"},
         "notes": item.notes,
         "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name,
                    "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),

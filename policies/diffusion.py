@@ -36,6 +36,13 @@ def cosine_beta_schedule(steps: int, s: float = 0.008, max_beta: float = 0.999) 
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta).float()
 
 
+def draw(noise: torch.Tensor | None, step: int, shape: tuple[int, ...] | torch.Size,
+         device: torch.device | str) -> torch.Tensor:
+    """Step ``step``'s standard normal noise: a slice of ``noise`` (``[B, steps, dim]``) when given,
+    else a fresh draw from torch's RNG (one draw per step, the order sampling always used)."""
+    return torch.randn(shape, device=device) if noise is None else noise[:, step]
+
+
 class NoiseSchedule(nn.Module):
     """Precomputed DDPM coefficients (buffers, so they follow ``.to(device)`` and checkpoints)."""
 
@@ -163,16 +170,18 @@ class DiffusionPolicy(nn.Module):
         return self.schedule.posterior(x0, xk, k)
 
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, deterministic: bool = True, noise: torch.Tensor | None = None) -> torch.Tensor:
         """A chunk by ancestral DDPM sampling. ``deterministic`` drops the noise of the last step
-        (the standard DDPM output); the other steps keep their posterior noise."""
-        cond = self.encode(obs)
-        x = torch.randn(len(obs), self.spec.chunk_dim, device=obs.device)
-        for k in reversed(range(self.denoising_steps)):
-            kk = torch.full((len(obs),), k, device=obs.device, dtype=torch.long)
+        (the standard DDPM output); the other steps keep their posterior noise. ``noise``
+        (``[B, K + 1, chunk_dim]``: the start, then each step's) replaces the draws from torch's RNG,
+        so an exported graph can take it as an input."""
+        cond, batch = self.encode(obs), obs.shape[0]  # shape, not len(): a symbolic batch stays one when exported
+        x = draw(noise, 0, (batch, self.spec.chunk_dim), obs.device)
+        for i, k in enumerate(reversed(range(self.denoising_steps))):
+            kk = torch.full((batch,), k, device=obs.device, dtype=torch.long)
             mean, logvar = self.reverse_step(x, kk, cond)
             std = torch.zeros_like(mean) if (k == 0 and deterministic) else (0.5 * logvar).exp()
-            x = mean + std * torch.randn_like(x)
+            x = mean + std * draw(noise, i + 1, x.shape, obs.device)
         return x.clamp(-1.0, 1.0)
 
     @torch.no_grad()
@@ -192,6 +201,10 @@ class DiffusionPolicy(nn.Module):
             abar_prev = sched.alphas_cumprod[ks[i + 1]] if i + 1 < len(ks) else torch.ones(())
             x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
         return x.clamp(-1.0, 1.0)
+
+    def sampling_noise_shape(self) -> tuple[int, int]:
+        """The per-sample shape of :meth:`sample`'s ``noise``: ``(K + 1, chunk_dim)``."""
+        return self.denoising_steps + 1, self.spec.chunk_dim
 
     def executed(self, chunks: torch.Tensor) -> torch.Tensor:
         """The first ``act_steps`` actions of flat chunks."""

@@ -33,7 +33,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from rlft.policies.base import Exploration
-from rlft.policies.diffusion import DiffusionPolicy
+from rlft.policies.diffusion import DiffusionPolicy, draw
 
 
 class DPPOPolicy(nn.Module):
@@ -78,20 +78,21 @@ class DPPOPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_chain(
-        self, obs: torch.Tensor, deterministic: bool = False
+        self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(chunk [B, chunk_dim], chain [B, ft_steps + 1, chunk_dim], log_probs [B, ft_steps, chunk_dim])``.
 
         The chain holds ``x_{K'}`` (input of the first fine-tuned step) and every fine-tuned step's
         output, ending with the chunk; ``log_probs`` are those of :meth:`step_log_probs`, taken from
         the means computed while sampling. Exploring (``deterministic=False``) floors every step's
-        std at ``min_sampling_std``; ``deterministic`` follows :meth:`DiffusionPolicy.sample`.
+        std at ``min_sampling_std``; ``deterministic`` follows :meth:`DiffusionPolicy.sample`, and so
+        does ``noise`` (an explicit ``[B, K + 1, chunk_dim]`` in place of torch's RNG).
         """
-        B, dim = len(obs), self.spec.chunk_dim
+        B, dim = obs.shape[0], self.spec.chunk_dim  # shape, not len(): a symbolic batch stays one when exported
         frozen_cond, ft_cond = self.base.encode(obs), self._ft_condition(obs)
-        x = torch.randn(B, dim, device=obs.device)
+        x = draw(noise, 0, (B, dim), obs.device)
         chain, means, stds = [], [], []
-        for k in reversed(range(self.base.denoising_steps)):
+        for i, k in enumerate(reversed(range(self.base.denoising_steps))):
             if k == self.ft_steps - 1:
                 chain.append(x)
             kk = torch.full((B,), k, device=obs.device, dtype=torch.long)
@@ -106,7 +107,7 @@ class DPPOPolicy(nn.Module):
                 std = torch.zeros_like(std) if k == 0 else std
             else:
                 std = std.clamp(min=self.min_sampling_std)
-            x = mean + std * torch.randn_like(x).clamp(-self.noise_clip, self.noise_clip)
+            x = mean + std * draw(noise, i + 1, x.shape, obs.device).clamp(-self.noise_clip, self.noise_clip)
             if fine_tuned:
                 chain.append(x)
         chunk = x.clamp(-1.0, 1.0)

@@ -136,3 +136,36 @@ def test_a_world_model_run_exports_its_policy_prior_and_says_the_planner_stays(t
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["family"].endswith("policy-prior") and "MPPI" in metadata["notes"][0]
     assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
+
+
+def test_dppo_exports_with_its_sampling_noise_as_an_input(tmp_path: Path) -> None:
+    from rlft.export.artifact import raw_env
+    from rlft.offline.demos import DemoConfig, collect_demos
+    from rlft.runtime.finetune import FinetuneExperiment
+    from test_finetune import finetune_config
+
+    demos = Path(collect_demos(DemoConfig(task="mw-reach", episodes=2, noise=0.1, seed=0), tmp_path / "demos")["path"])
+    cfg = finetune_config(demos, "method=dppo", "loop.iterations=1")
+    FinetuneExperiment(cfg, tmp_path / "run").run()
+    out = export_run(tmp_path / "run")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["noise"]["shape"] == [7, 16] and max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
+    graph = exportable(load_runner(tmp_path / "run")[0]).graph
+    env, returns = raw_env(cfg.task.env_cfg), {}
+    for name in ("torch", "onnx"):
+        deployed, rng = DeployedPolicy(out, seed=3), np.random.default_rng(3)
+        obs, _ = env.reset(seed=0)
+        done, total, queue = False, 0.0, []
+        while not done:
+            if name == "onnx":
+                action = deployed.act(obs)
+            else:  # the same policy queries in PyTorch, with the runner's noise stream
+                if not queue:
+                    noise = torch.as_tensor(rng.standard_normal((1, 7, 16)).astype(np.float32))
+                    queue = list(graph(torch.as_tensor(obs, dtype=torch.float32)[None], noise)[0].detach().numpy()
+                                 .reshape(metadata["control"]["chunk"], -1))
+                action = queue.pop(0)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns[name] = total
+    assert returns["onnx"] == pytest.approx(returns["torch"], rel=1e-5)
