@@ -161,8 +161,8 @@ def exportable(runner) -> Exportable:
 
     env_cfg = runner.cfg.env if isinstance(runner, Experiment) else getattr(runner.cfg, "task", {}).get("env_cfg")
     if not isinstance(runner, (Experiment, FinetuneExperiment)):
-        raise ExportError(f"runs of the {runner.pipeline!r} pipeline are not exportable yet (o2o actors and "
-                          "Gaussian PPO are)")
+        raise ExportError(f"runs of the {runner.pipeline!r} pipeline are not exportable yet (o2o and finetune "
+                          "runs are)")
     raw = raw_env(env_cfg).observation_space
     if not isinstance(raw, gym.spaces.Box) or len(raw.shape) != 1:
         raise ExportError(f"{env_cfg.task}: {type(raw).__name__} observations are not exportable yet "
