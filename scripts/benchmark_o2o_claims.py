@@ -74,7 +74,9 @@ def build_chains(args: argparse.Namespace) -> list[Chain]:
         for name in dict.fromkeys(source for claim in args.claims for source, _ in CLAIMS[claim].values()):
             method, extra = OFFLINE[name]
             base = overrides_for(method, args.task, seed, args) + extra
-            online = {slug(label): base + [f"trainer.online_steps={args.online_steps}"] + more + args.online_overrides
+            every = [f"trainer.eval_every={args.online_eval_every}", f"trainer.log_every={args.online_eval_every}"]
+            online = {slug(label): base + [f"trainer.online_steps={args.online_steps}"] + every + more
+                      + args.online_overrides
                       for claim in args.claims for label, (source, more) in CLAIMS[claim].items() if source == name}
             chains.append(Chain(args.task, seed, name, base + ["trainer.online_steps=0"], online))
     # chains with more online runs take longer: start those first, so the workers finish together
@@ -93,7 +95,7 @@ def _metric_curve(folder: Path, key: str, start: int, grid: np.ndarray) -> tuple
 
 
 def summarise(args: argparse.Namespace, out: Path) -> dict:
-    grid = np.arange(0, args.online_steps + 1, args.eval_every)
+    grid = np.arange(0, args.online_steps + 1, args.online_eval_every)
     offline_grid = np.arange(0, args.offline_steps + 1, args.eval_every)
     results: dict = {"claims": {}, "offline": {}}
     offline_curves = {}
@@ -110,7 +112,8 @@ def summarise(args: argparse.Namespace, out: Path) -> dict:
         for label in CLAIMS[claim]:
             folders = [run_dir(out, args.task, slug(label), s) for s in args.seeds]
             runs = [json.loads((f / "eval.json").read_text()) for f in folders]
-            scores[label] = [bench_runs.online_curve(r["history"], args.eval_every, args.online_steps) for r in runs]
+            scores[label] = [bench_runs.online_curve(r["history"], args.online_eval_every,
+                                                                                 args.online_steps) for r in runs]
             q_values[label] = [_metric_curve(f, "q_data", r["before"]["step"], grid) for f, r in zip(folders, runs)]
             window = grid <= args.dip_window
             table[label] = {
@@ -140,7 +143,8 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path, command: 
              f"{args.workers} at a time on 2 CPU cores, one torch thread each)", "",
              f"{args.task}: {args.offline_steps} offline updates, {args.online_steps} online steps, networks "
              f"{args.width}-{args.width}, {args.cql_actions} CQL actions per source, WSRL warm-up "
-             f"{args.warmup_steps} steps, {len(args.seeds)} seeds. Dip: offline-end score minus the lowest "
+             f"{args.warmup_steps} steps, {len(args.seeds)} seeds, evaluated every {args.eval_every} offline "
+             f"updates and {args.online_eval_every} online steps. Dip: offline-end score minus the lowest "
              f"score in the first {args.dip_window} online steps."
              + (f" Every online run also has `{' '.join(args.online_overrides)}`." if args.online_overrides else ""), "",
              "## Offline pretraining", "", "| run | offline end (normalised) |", "| --- | ---: |"]
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     add_run_arguments(parser, offline_steps=20_000, online_steps=10_000, warmup_steps=2_500, eval_every=500)
     parser.set_defaults(width=64, cql_actions=2)  # the 10-critic CQL at 18 updates/s on one core (128/4: 5)
+    parser.add_argument("--online-eval-every", type=int,
+                        help="online steps between evaluations (default: --eval-every); a dip shorter than the "
+                        "evaluation grid is invisible")
     parser.add_argument("--dip-window", type=int, default=5_000, help="online steps in which a dip is measured")
     parser.add_argument("--out", help="default: benchmarks/o2o_claims/<claims, joined by ->")
     parser.add_argument("--offline-from", type=Path, help="fine-tune the offline runs of another claims folder "
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--online-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="Hydra overrides for every online run (after the claim's own)")
     args = parser.parse_args(argv)
+    args.online_eval_every = args.online_eval_every or args.eval_every
     command = bench_runs.command_line("rlft.scripts.benchmark_o2o_claims", argv)
     out = Path(args.out or Path("benchmarks/o2o_claims") / "-".join(args.claims))
     out.mkdir(parents=True, exist_ok=True)

@@ -19,18 +19,20 @@ def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
     args = argparse.Namespace(
         task="hopper-medium", claims=list(benchmark_o2o_claims.CLAIMS), seeds=[0], offline_steps=100,
         online_steps=200, warmup_steps=50, eval_every=50, eval_episodes=2, width=32, cql_actions=2,
-        online_overrides=["trainer.utd=10"])
+        online_eval_every=10, online_overrides=["trainer.utd=10"])
     chains = {c.method: c for c in benchmark_o2o_claims.build_chains(args)}
     assert set(chains) == {"wsrl", "cql", "calql", "iql", "iql-raw"}
     wsrl = {label: _composed(o) for label, o in chains["wsrl"].online.items()}
     assert {(c.trainer.warmup_steps, c.trainer.offline_data_ratio) for c in wsrl.values()} == {
         (0, 0.0), (50, 0.0), (0, 0.5)}  # the same CQL checkpoint, three ways
     assert {c.trainer.utd for c in wsrl.values()} == {10}  # --online-overrides reach every online run
+    assert {c.trainer.eval_every for c in wsrl.values()} == {10}  # a finer grid online only
     cql, calql = (_composed(chains[m].offline) for m in ("cql", "calql"))
     assert not cql.agent.calibrated and calql.agent.calibrated and cql.trainer == calql.trainer
     raw, normalised = (_composed(chains[m].offline) for m in ("iql-raw", "iql"))
     assert raw.trainer.reward_return_range is None and normalised.trainer.reward_return_range == 1000.0
     assert all(_composed(c.offline).trainer.online_steps == 0 for c in chains.values())
+    assert all(_composed(c.offline).trainer.eval_every == 50 for c in chains.values())
 
 
 def test_the_sac_peer_comparison_runs_sac_from_scratch():
