@@ -6,10 +6,12 @@
 
 The folder is what ``rlft-export`` writes; everything the runner does comes from its
 ``metadata.json``: the observation it expects, the history of observations it keeps
-(``control.obs_history``, oldest first, the episode's first observation padding the start) and the
+(``control.obs_history``, oldest first, the episode's first observation padding the start), the
 queue of actions of a chunked policy (``control.chunk`` predicted, ``control.executed_steps``
-executed before the policy is asked again) and, for a policy with a ``noise`` input (diffusion),
-standard normal noise drawn from its own seeded generator.
+executed before the policy is asked again) and the graph's further ``inputs``: standard normal
+``noise`` (diffusion policies) drawn from the runner's own seeded generator, and ``state`` the
+graph returns as ``<name>_next`` and gets back at the next call, zeros after ``reset()`` (the
+residual policy's base chunk).
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from __future__ import annotations
 import json
 from collections import deque
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["DeployedPolicy"]
+__all__ = ["DeployedPolicy", "Session"]
+
+
+class Session(Protocol):
+    """What runs the graph: an ``onnxruntime.InferenceSession`` or anything with its ``run``."""
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 class DeployedPolicy:
@@ -34,22 +43,37 @@ class DeployedPolicy:
         path = folder / "metadata.json"
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not an rlft export: it has no metadata.json (run rlft-export first)")
-        self.metadata = json.loads(path.read_text())
-        self.session = onnxruntime.InferenceSession(str(folder / self.metadata["file"]),
-                                                    providers=["CPUExecutionProvider"])
-        control = self.metadata["control"]
+        metadata = json.loads(path.read_text())
+        session = onnxruntime.InferenceSession(str(folder / metadata["file"]), providers=["CPUExecutionProvider"])
+        self._setup(metadata, session, seed)
+
+    @classmethod
+    def over(cls, metadata: dict[str, Any], session: Session, seed: int = 0) -> "DeployedPolicy":
+        """The runner for ``metadata`` over another session (the exporter drives the PyTorch graph so)."""
+        policy = cls.__new__(cls)
+        policy._setup(metadata, session, seed)
+        return policy
+
+    def _setup(self, metadata: dict[str, Any], session: Session, seed: int) -> None:
+        self.metadata, self.session = metadata, session
+        control = metadata["control"]
         self.history, self.chunk, self.executed = control["obs_history"], control["chunk"], control["executed_steps"]
-        self.frame_shape = tuple(self.metadata["observation"]["frame_shape"])
-        self.action_dim = self.metadata["action"]["frame_shape"][-1]
+        self.frame_shape = tuple(metadata["observation"]["frame_shape"])
+        self.action_dim = metadata["action"]["frame_shape"][-1]
+        self.inputs = metadata.get("inputs", [])
+        self.outputs = [metadata["action"]["name"]] + [i["output"] for i in self.inputs if i["kind"] == "state"]
+        self.rng = np.random.default_rng(seed)
         self._observations: deque[np.ndarray] = deque(maxlen=self.history)
         self._actions: deque[np.ndarray] = deque()
-        self.noise = self.metadata.get("noise")
-        self.rng = np.random.default_rng(seed)
+        self._state: dict[str, np.ndarray] = {}
+        self.reset()
 
     def reset(self) -> None:
-        """Forget the observation history and queued actions (a new episode)."""
+        """Forget the observation history, queued actions and carried state (a new episode)."""
         self._observations.clear()
         self._actions.clear()
+        self._state = {i["name"]: np.zeros((1, *i["shape"]), dtype=i["dtype"])
+                       for i in self.inputs if i["kind"] == "state"}
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         """The action for one raw observation (the env's own, as its observation space gives it)."""
@@ -61,9 +85,15 @@ class DeployedPolicy:
         else:
             self._observations.append(observation)
         if not self._actions:
-            feed = {self.metadata["observation"]["name"]: np.concatenate([o.reshape(-1) for o in self._observations])[None]}
-            if self.noise is not None:
-                feed[self.noise["name"]] = self.rng.standard_normal((1, *self.noise["shape"])).astype(np.float32)
-            out = self.session.run([self.metadata["action"]["name"]], feed)[0]
-            self._actions.extend(out.reshape(self.chunk, self.action_dim)[: self.executed])
+            stacked = np.concatenate([o.reshape(-1) for o in self._observations])[None]
+            feed = {self.metadata["observation"]["name"]: stacked}
+            for spec in self.inputs:
+                if spec["kind"] == "noise":
+                    feed[spec["name"]] = self.rng.standard_normal((1, *spec["shape"])).astype(spec["dtype"])
+                else:
+                    feed[spec["name"]] = self._state[spec["name"]]
+            action, *state = self.session.run(self.outputs, feed)
+            self._state = {spec["name"]: value for spec, value in
+                           zip([i for i in self.inputs if i["kind"] == "state"], state)}
+            self._actions.extend(action.reshape(self.chunk, self.action_dim)[: self.executed])
         return self._actions.popleft()

@@ -6,21 +6,24 @@ through the run's own pipeline, wraps the policy as :class:`DeployGraph` (observ
 normalisation, the policy, rescaling from ``[-1, 1]`` to the env's bounds and clipping, all in
 the graph) and writes to ``out``:
 
-- ``policy.onnx``: ``observation [B, obs_dim] float32 -> action [B, action_dim] float32``;
+- ``policy.onnx``: ``observation [B, obs_history * obs_dim] float32 -> action [B, chunk * action_dim]
+  float32``, with further inputs where a family needs them (below);
 - ``metadata.json``: observation and action layout, action bounds, control semantics (chunk,
   executed steps, observation history), the normaliser's statistics, opset, library versions,
   the code's git commit, the run config's hash and the source checkpoint;
-- ``golden.npz``: inputs (observations recorded from an episode of the PyTorch policy, and random
-  ones) with the PyTorch outputs;
+- ``golden.npz``: inputs (the queries of an episode of ``rlft.deploy``'s runner driving the
+  PyTorch graph, and random ones) with the PyTorch outputs;
 - ``report.md``: ONNX Runtime against PyTorch on those inputs (max abs error, refused above
   ``tolerance``), and batch-1 latency (p50/p99) of both.
 
 This version exports the offline-to-online pipeline's actors (TD3, SPOT, SAC, CQL, Cal-QL, IQL,
 E2O, WSRL: the deterministic action the evaluator takes), the TD-MPC2/FOWM policy prior (the
 MPPI planner stays in Python; the metadata says so), Gaussian PPO (its mean action chunk, over
-its observation history, with dataset or running statistics) and DPPO (its DDPM evaluation action
+its observation history, with dataset or running statistics), DPPO (its DDPM evaluation action
 with the sampling noise ``[B, K + 1, chunk_dim]`` as a second input, so parity is exact for the
-same noise); other run kinds are refused by name.
+same noise) and ResiP's residual policy (frozen diffusion base plus residual, one action per call,
+the base's chunk and the position in it as state inputs the caller feeds back: ``GraphInput``);
+other run kinds are refused by name.
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
+
+from rlft.export.graphs import DeployGraph, DenoisingChain, Deterministic, PolicyPrior, ResidualStep
 
 OPSET = 18
 TOLERANCE = 1e-5  # max abs error of ONNX Runtime against PyTorch that an export may have
@@ -49,71 +53,34 @@ class ExportError(ValueError):
     """A run folder that cannot be exported, with the reason."""
 
 
-class DeployGraph(nn.Module):
-    """Raw observations -> native actions. The input is ``obs_history`` raw observations, oldest
-    first, flat; each is normalised ``(obs - mean) / std`` (clipped to ``+-clip`` for running
-    statistics), the policy maps them to ``chunk`` actions in ``[-1, 1]``, flat, and each is mapped
-    to ``low + (a + 1) / 2 (high - low)`` and clipped to ``[low, high]``."""
+@dataclass
+class GraphInput:
+    """An input of the graph besides the observation, per sample. ``noise``: standard normal, drawn
+    by the caller at every call; ``state``: zeros at an episode start, then the graph's output
+    ``<name>_next`` of the previous call."""
 
-    def __init__(self, policy: Callable[[torch.Tensor], torch.Tensor], obs_mean: np.ndarray | None,
-                 obs_std: np.ndarray | None, low: np.ndarray, high: np.ndarray, obs_history: int = 1,
-                 chunk: int = 1, obs_clip: float | None = None):
-        super().__init__()
-        self.policy, self.obs_history, self.chunk, self.obs_clip = policy, obs_history, chunk, obs_clip
-        dim = len(low)
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # a numpy dtype name
+    kind: str  # "noise" or "state"
+    high: float = 1.0  # state: random parity inputs lie in [-high, high] (floats) or [0, high) (integers)
 
-        def tiled(x: np.ndarray | None) -> torch.Tensor:
-            return torch.zeros(0) if x is None else torch.as_tensor(np.tile(np.asarray(x, np.float32), obs_history))
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "shape": list(self.shape), "dtype": self.dtype}
+        if self.kind == "noise":
+            out["distribution"] = "standard normal"
+        else:
+            out.update(initial=0, output=f"{self.name}_next")
+        return out
 
-        self.register_buffer("mean", tiled(obs_mean))
-        self.register_buffer("std", tiled(obs_std))
-        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).reshape(dim))
-        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).reshape(dim))
-
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mean.numel():
-            obs = (obs - self.mean) / self.std
-            if self.obs_clip is not None:
-                obs = obs.clamp(-self.obs_clip, self.obs_clip)
-        out = self.policy(obs) if noise is None else self.policy(obs, noise)
-        unit = out.clamp(-1.0, 1.0).unflatten(-1, (self.chunk, self.low.shape[0]))
-        action = self.low + (unit + 1.0) * 0.5 * (self.high - self.low)
-        return torch.minimum(torch.maximum(action, self.low), self.high).flatten(-2)
-
-
-class Deterministic(nn.Module):
-    """``owner.act(obs, deterministic=True)`` as a module holding ``network``'s weights."""
-
-    def __init__(self, owner: Any, network: nn.Module):
-        super().__init__()
-        self.owner, self.network = owner, network
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.owner.act(obs, deterministic=True)
-
-
-class DenoisingChain(nn.Module):
-    """DPPO's evaluation action (DDPM through the frozen and the fine-tuned denoising steps, the
-    last step noise-free) with its sampling noise ``[B, K + 1, chunk_dim]`` as an input, so the
-    exported graph equals PyTorch exactly for the same noise."""
-
-    def __init__(self, actor: nn.Module):
-        super().__init__()
-        self.actor = actor
-
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.actor.base.executed(self.actor.sample_chain(obs, deterministic=True, noise=noise)[0])
-
-
-class PolicyPrior(nn.Module):
-    """A TD-MPC2 world model's policy prior, mean action: ``pi(encode(obs)).mean``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.model.pi(self.model.encode(obs)).mean
+    def random(self, rng: np.random.Generator, batch: int) -> np.ndarray:
+        """Inputs for the parity check on random data."""
+        shape = (batch, *self.shape)
+        if self.kind == "noise":
+            return rng.standard_normal(shape).astype(np.float32)
+        if np.dtype(self.dtype).kind == "i":
+            return rng.integers(0, int(self.high), shape).astype(self.dtype)
+        return rng.uniform(-self.high, self.high, shape).astype(self.dtype)
 
 
 @dataclass
@@ -125,7 +92,30 @@ class Exportable:
     obs_dim: int  # of one raw observation
     env_cfg: Any  # the run's env config (to record an episode with the raw env)
     notes: list[str]
-    noise_shape: tuple[int, ...] | None = None  # per-sample shape of a standard normal noise input
+    inputs: list[GraphInput] = field(default_factory=list)  # in the graph's argument order, after the observation
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["observation"] + [i.name for i in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["action"] + [f"{i.name}_next" for i in self.inputs if i.kind == "state"]
+
+
+class TorchSession:
+    """The PyTorch graph behind ONNX Runtime's ``run(output_names, feed)``, so that the deploy
+    runner drives either; every feed is appended to ``feeds`` (the recorded parity inputs)."""
+
+    def __init__(self, item: Exportable):
+        self.item, self.feeds = item, []
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.feeds.append(feed)
+        with torch.no_grad():
+            out = self.item.graph(*(torch.as_tensor(feed[name]) for name in self.item.input_names))
+        values = dict(zip(self.item.output_names, (o.numpy() for o in (out if isinstance(out, tuple) else (out,)))))
+        return [values[name] for name in (names or self.item.output_names)]
 
 
 def load_runner(run_dir: Path):
@@ -153,7 +143,6 @@ def load_runner(run_dir: Path):
 
 def exportable(runner) -> Exportable:
     """The deployable policy of a loaded run, or :class:`ExportError` naming what is not exportable."""
-    from rlft.agents.tdmpc2 import TDMPC2
     from rlft.envs.factory import make_env
     from rlft.envs.wrappers import native_action_space
     from rlft.runtime.experiment import Experiment
@@ -169,32 +158,56 @@ def exportable(runner) -> Exportable:
                           "(flat Box observations are)")
     space = native_action_space(make_env(env_cfg))
     obs_dim = int(raw.shape[0])
-    if isinstance(runner, Experiment):
-        agent = runner.agent
-        mean, std = runner.obs_stats if runner.obs_stats is not None else (None, None)
-        if isinstance(agent, TDMPC2):  # the planner is a loop of model rollouts: its policy prior deploys
-            graph = DeployGraph(PolicyPrior(agent.model), mean, std, space.low, space.high)
-            notes = ["the TD-MPC2 policy prior's mean action pi(encode(obs)): the run acted by MPPI planning "
-                     f"(mpc={agent.cfg.mpc}), which stays in Python (rlft.agents.tdmpc2.MPPIPlanner)"]
-            return Exportable(graph.eval(), f"o2o/{runner.cfg.agent.name}/policy-prior", obs_dim, env_cfg, notes)
-        graph = DeployGraph(Deterministic(agent, agent.actor), mean, std, space.low, space.high)
-        return Exportable(graph.eval(), f"o2o/{runner.cfg.agent.name}", obs_dim, env_cfg, [])
-    family = runner.family
-    if family.family == "residual":
-        raise ExportError("the 'residual' policy family is not exportable yet (Gaussian PPO and DPPO are)")
     mean, std = runner.obs_stats if runner.obs_stats is not None else (None, None)
-    clip = None
-    if runner.ppo.obs_stats is not None:  # PPO's running statistics (the env then normalises nothing)
+    if isinstance(runner, Experiment):
+        return _o2o(runner, mean, std, space, obs_dim, env_cfg)
+    return _finetune(runner, mean, std, space, obs_dim, env_cfg)
+
+
+def _o2o(runner, mean, std, space: gym.spaces.Box, obs_dim: int, env_cfg) -> Exportable:
+    """An offline-to-online run: the actor's deterministic action, or a world model's policy prior."""
+    from rlft.agents.tdmpc2 import TDMPC2
+
+    agent, name = runner.agent, runner.cfg.agent.name
+    if isinstance(agent, TDMPC2):  # the planner is a loop of model rollouts: its policy prior deploys
+        notes = ["the TD-MPC2 policy prior's mean action pi(encode(obs)): the run acted by MPPI planning "
+                 f"(mpc={agent.cfg.mpc}), which stays in Python (rlft.agents.tdmpc2.MPPIPlanner)"]
+        prior = DeployGraph(PolicyPrior(agent.model), mean, std, space.low, space.high)
+        return Exportable(prior.eval(), f"o2o/{name}/policy-prior", obs_dim, env_cfg, notes)
+    actor = DeployGraph(Deterministic(agent, agent.actor), mean, std, space.low, space.high)
+    return Exportable(actor.eval(), f"o2o/{name}", obs_dim, env_cfg, [])
+
+
+def _finetune(runner, mean, std, space: gym.spaces.Box, obs_dim: int, env_cfg) -> Exportable:
+    """A fine-tuning run: Gaussian PPO's mean chunk, DPPO's DDPM chunk, or ResiP's base plus residual."""
+    family, clip = runner.family, None
+    running = None
+    if runner.ppo.obs_stats is not None:  # PPO's running statistics of what its actor reads
         stats = runner.ppo.obs_stats
-        mean, std, clip = stats.mean, np.sqrt(stats.var + 1e-8), runner.ppo_cfg.obs_clip
+        running = (stats.mean, np.sqrt(stats.var + 1e-8), runner.ppo_cfg.obs_clip)
+    if family.family == "residual":  # the actor reads [obs, a_base]: its statistics go inside the step
+        base = runner.base
+        noise = GraphInput("noise", base.sampling_noise_shape(), "float32", "noise")
+        inputs = [noise, GraphInput("base_chunk", (family.act_steps * len(space.low),), "float32", "state"),
+                  GraphInput("chunk_step", (), "int64", "state", high=family.act_steps)]
+        step = ResidualStep(runner.actor, base, family.act_steps, family.residual_scale, running)
+        notes = [f"ResiP: the frozen diffusion base samples a chunk of {family.act_steps} actions by DDPM over "
+                 f"{family.denoising_steps} steps when chunk_step is 0; every step adds "
+                 f"{family.residual_scale} x the residual's mean; feed base_chunk and chunk_step back "
+                 "(rlft.deploy does)"]
+        graph = DeployGraph(step, mean, std, space.low, space.high, family.obs_history)
+        return Exportable(graph.eval(), "finetune/residual", obs_dim, env_cfg, notes, inputs)
+    if running is not None:  # the env then normalises nothing: the graph takes the running statistics
+        mean, std, clip = running
     if family.family == "dppo":
-        policy, noise = DenoisingChain(runner.actor), runner.actor.base.sampling_noise_shape()
+        policy = DenoisingChain(runner.actor)
+        inputs = [GraphInput("noise", runner.actor.base.sampling_noise_shape(), "float32", "noise")]
         notes = [f"DDPM over all {family.denoising_steps} denoising steps, the last {family.ft_steps} "
                  "fine-tuned; the caller draws the standard normal 'noise' input (rlft.deploy does, seeded)"]
     else:
-        policy, noise, notes = Deterministic(runner.actor, runner.actor), None, []
+        policy, inputs, notes = Deterministic(runner.actor, runner.actor), [], []
     graph = DeployGraph(policy, mean, std, space.low, space.high, family.obs_history, family.act_steps, clip)
-    return Exportable(graph.eval(), f"finetune/{family.family}", obs_dim, env_cfg, notes, noise)
+    return Exportable(graph.eval(), f"finetune/{family.family}", obs_dim, env_cfg, notes, inputs)
 
 
 def raw_env(env_cfg: Any) -> gym.Env:
@@ -205,34 +218,35 @@ def raw_env(env_cfg: Any) -> gym.Env:
                          dict(env_cfg.get("env_kwargs") or {}))
 
 
-def record_observations(item: Exportable, seed: int, steps: int = 200) -> np.ndarray:
-    """The graph's inputs over one episode (at most ``steps`` simulator steps) of the PyTorch graph
-    in the raw env: stacked observation histories, one per policy query (every ``chunk`` steps)."""
-    env, graph = raw_env(item.env_cfg), item.graph
-    noise = np.random.default_rng(seed)
+def describe(item: Exportable) -> dict[str, Any]:
+    """What a caller must feed and keep: the part of ``metadata.json`` that ``rlft.deploy`` reads."""
+    graph = item.graph
+    return {
+        "format": "onnx", "file": "policy.onnx", "family": item.family, "opset": OPSET,
+        "observation": {"name": "observation", "shape": [graph.obs_history * item.obs_dim], "dtype": "float32",
+                        "frame_shape": [item.obs_dim], "normalisation": _stats(graph)},
+        "action": {"name": "action", "shape": [graph.chunk * len(graph.low)], "dtype": "float32",
+                   "frame_shape": [len(graph.low)], "low": graph.low.tolist(), "high": graph.high.tolist(),
+                   "clipped": True},
+        "control": {"chunk": graph.chunk, "executed_steps": graph.chunk, "obs_history": graph.obs_history},
+        "inputs": [i.describe() for i in item.inputs],
+        "notes": item.notes,
+    }
+
+
+def record_feeds(item: Exportable, seed: int, steps: int = 200) -> dict[str, np.ndarray]:
+    """The graph's inputs over one episode (at most ``steps`` simulator steps) of the deploy runner
+    driving the PyTorch graph in the raw env, one row per policy query."""
+    from rlft.deploy import DeployedPolicy
+
+    env, session = raw_env(item.env_cfg), TorchSession(item)
+    policy = DeployedPolicy.over(describe(item), session, seed)
     obs, _ = env.reset(seed=seed)
-    history = [np.asarray(obs, dtype=np.float32)] * graph.obs_history
-    inputs: list[np.ndarray] = []
-    queue: list[np.ndarray] = []
     for _ in range(steps):
-        if not queue:
-            inputs.append(np.concatenate(history))
-            extra = _noise(item, noise, 1)
-            with torch.no_grad():
-                action = graph(torch.as_tensor(inputs[-1])[None], *map(torch.as_tensor, extra))
-            queue = list(action[0].numpy().reshape(graph.chunk, -1))
-        obs, _, terminated, truncated, _ = env.step(queue.pop(0))
-        history = history[1:] + [np.asarray(obs, dtype=np.float32)]
+        obs, _, terminated, truncated, _ = env.step(policy.act(obs))
         if terminated or truncated:
             break
-    return np.stack(inputs)
-
-
-def _noise(item: Exportable, rng: np.random.Generator, batch: int) -> list[np.ndarray]:
-    """The graph's noise input for ``batch`` samples (none for graphs without one)."""
-    if item.noise_shape is None:
-        return []
-    return [rng.standard_normal((batch, *item.noise_shape)).astype(np.float32)]
+    return {name: np.concatenate([feed[name] for feed in session.feeds]) for name in item.input_names}
 
 
 def _percentiles(call: Callable[[], Any]) -> tuple[float, float]:
@@ -255,6 +269,20 @@ def _git_commit() -> str | None:
         return None
 
 
+def _torch_export(item: Exportable, example: dict[str, np.ndarray], path: Path) -> None:
+    """``torch.onnx.export`` (dynamo) of the graph with a dynamic batch dimension on every input."""
+    batch = torch.export.Dim("batch", min=1)
+    args = tuple(torch.as_tensor(example[name][:2]) for name in item.input_names)
+    shapes = ({0: batch},) + ((tuple({0: batch} for _ in args[1:]),) if args[1:] else ())  # forward(obs, *inputs)
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)  # argument checks are data-dependent branches
+    try:
+        torch.onnx.export(item.graph, args, path, input_names=item.input_names, output_names=item.output_names,
+                          opset_version=OPSET, dynamo=True, dynamic_shapes=shapes, external_data=False)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
     """Export a run folder's policy (see the module docstring); returns the output folder."""
     import onnx
@@ -265,60 +293,42 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
     runner, checkpoint = load_runner(run_dir)
     item = exportable(runner)
     out.mkdir(parents=True, exist_ok=True)
-    recorded = record_observations(item, seed)
+    recorded = record_feeds(item, seed)
     rng = np.random.default_rng(seed)
-    scale = recorded.std(0) + 1.0
-    random = (recorded.mean(0) + rng.normal(size=(RANDOM_INPUTS, recorded.shape[1])) * scale).astype(np.float32)
-    inputs = np.concatenate([recorded, random])
-    noise = _noise(item, rng, len(inputs))
-    with torch.no_grad():
-        expected = item.graph(torch.as_tensor(inputs), *map(torch.as_tensor, noise)).numpy()
+    obs = recorded["observation"]
+    random = {"observation": (obs.mean(0) + rng.normal(size=(RANDOM_INPUTS, obs.shape[1])) * (obs.std(0) + 1.0))
+              .astype(np.float32)}
+    random.update({i.name: i.random(rng, RANDOM_INPUTS) for i in item.inputs})
+    feeds = {name: np.concatenate([recorded[name], random[name]]) for name in item.input_names}
+    expected = TorchSession(item).run(None, feeds)
     path = out / "policy.onnx"
-    batch = torch.export.Dim("batch", min=1)
-    names = ["observation"] + (["noise"] if noise else [])
-    validate = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(False)  # argument checks are data-dependent branches
-    try:
-        example = (torch.as_tensor(inputs[:2]), *(torch.as_tensor(n[:2]) for n in noise))
-        torch.onnx.export(item.graph, example, path, input_names=names, output_names=["action"], opset_version=OPSET,
-                          dynamo=True, dynamic_shapes=tuple({0: batch} for _ in example), external_data=False)
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(validate)
+    _torch_export(item, feeds, path)
     onnx.checker.check_model(onnx.load(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(["action"], dict(zip(names, [inputs, *noise])))[0]
-    errors = {"recorded": float(np.abs(got[: len(recorded)] - expected[: len(recorded)]).max()),
-              "random": float(np.abs(got[len(recorded):] - expected[len(recorded):]).max())}
+    got = session.run(item.output_names, feeds)
+    split = len(obs)
+    errors = {part: max(float(np.abs(g[rows].astype(np.float64) - e[rows]).max()) for g, e in zip(got, expected))
+              for part, rows in (("recorded", slice(0, split)), ("random", slice(split, None)))}
     if max(errors.values()) > TOLERANCE:
         raise ExportError(f"ONNX Runtime differs from PyTorch by {max(errors.values()):.2e} (> {TOLERANCE})")
-    np.savez(out / "golden.npz", observation=inputs, action=expected, **({"noise": noise[0]} if noise else {}))
-    one = [inputs[:1], *(n[:1] for n in noise)]
-    with torch.no_grad():
-        torch_ms = _percentiles(lambda: item.graph(*map(torch.as_tensor, one)))
-    onnx_ms = _percentiles(lambda: session.run(["action"], dict(zip(names, one))))
-    metadata = {
-        "format": "onnx", "file": path.name, "family": item.family, "opset": OPSET,
-        "observation": {"name": "observation", "shape": [item.graph.obs_history * item.obs_dim], "dtype": "float32",
-                        "frame_shape": [item.obs_dim],
-                        "normalisation": _stats(item.graph)},
-        "action": {"name": "action", "shape": [item.graph.chunk * len(item.graph.low)], "dtype": "float32",
-                   "frame_shape": [len(item.graph.low)],
-                   "low": item.graph.low.tolist(), "high": item.graph.high.tolist(), "clipped": True},
-        "control": {"chunk": item.graph.chunk, "executed_steps": item.graph.chunk, "obs_history": item.graph.obs_history},
-        "noise": None if item.noise_shape is None else {"name": "noise", "shape": list(item.noise_shape),
-                                                        "dtype": "float32", "distribution": "standard normal"},
-        "notes": item.notes,
+    np.savez(out / "golden.npz", **feeds, **dict(zip(item.output_names, expected)))
+    one = {name: value[:1] for name, value in feeds.items()}
+    torch_one = TorchSession(item)
+    torch_ms = _percentiles(lambda: torch_one.run(None, one))
+    onnx_ms = _percentiles(lambda: session.run(item.output_names, one))
+    metadata = describe(item) | {
         "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name,
                    "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
                    "git_commit": _git_commit()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
-        "parity": {"max_abs_error": errors, "tolerance": TOLERANCE},
+        "parity": {"max_abs_error": errors, "tolerance": TOLERANCE, "recorded_inputs": split,
+                   "random_inputs": RANDOM_INPUTS},
         "latency_ms": {"torch": {"p50": torch_ms[0], "p99": torch_ms[1]},
                        "onnxruntime": {"p50": onnx_ms[0], "p99": onnx_ms[1]}},
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    (out / "report.md").write_text(_report(metadata, len(recorded)))
+    (out / "report.md").write_text(_report(metadata))
     return out
 
 
@@ -330,13 +340,13 @@ def _stats(graph: DeployGraph) -> dict[str, Any] | None:
     return {"mean": graph.mean[:frame].tolist(), "std": graph.std[:frame].tolist(), "clip": graph.obs_clip}
 
 
-def _report(metadata: dict, recorded: int) -> str:
+def _report(metadata: dict) -> str:
     parity, latency = metadata["parity"], metadata["latency_ms"]
     return "\n".join([
         f"# Export of {metadata['family']} ({metadata['source']['checkpoint']})", "",
-        f"ONNX Runtime against PyTorch (max abs error of the action): {parity['max_abs_error']['recorded']:.2e} on "
-        f"{recorded} observations of an episode, {parity['max_abs_error']['random']:.2e} on {RANDOM_INPUTS} random "
-        f"ones (tolerance {parity['tolerance']:.0e}).", "",
+        f"ONNX Runtime against PyTorch (max abs error over the outputs): {parity['max_abs_error']['recorded']:.2e} on "
+        f"{parity['recorded_inputs']} policy queries of an episode, {parity['max_abs_error']['random']:.2e} on "
+        f"{parity['random_inputs']} random inputs (tolerance {parity['tolerance']:.0e}).", "",
         "| batch-1 latency (ms) | p50 | p99 |", "| --- | ---: | ---: |",
         f"| PyTorch eager | {latency['torch']['p50']:.3f} | {latency['torch']['p99']:.3f} |",
         f"| ONNX Runtime | {latency['onnxruntime']['p50']:.3f} | {latency['onnxruntime']['p99']:.3f} |", ""])

@@ -30,6 +30,15 @@ def o2o_run(folder: Path, agent: str) -> Path:
 
 
 @pytest.fixture(scope="module")
+def reach_demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two noisy scripted-expert demonstrations of Meta-World reach."""
+    from rlft.offline.demos import DemoConfig, collect_demos
+
+    out = tmp_path_factory.mktemp("demos")
+    return Path(collect_demos(DemoConfig(task="mw-reach", episodes=2, noise=0.1, seed=0), out)["path"])
+
+
+@pytest.fixture(scope="module")
 def sac_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = o2o_run(tmp_path_factory.mktemp("sac"), "sac")
     return export_run(run, run / "export")
@@ -98,14 +107,12 @@ def test_a_run_of_another_pipeline_is_refused_naming_it(tmp_path: Path) -> None:
         export_run(tmp_path)
 
 
-def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_evaluator(tmp_path: Path) -> None:
-    from rlft.export.artifact import raw_env
-    from rlft.offline.demos import DemoConfig, collect_demos
+def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_evaluator(
+        tmp_path: Path, reach_demos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rlft.runtime.finetune import FinetuneExperiment
     from test_finetune import finetune_config
 
-    demos = Path(collect_demos(DemoConfig(task="mw-reach", episodes=2, noise=0.1, seed=0), tmp_path / "demos")["path"])
-    cfg = finetune_config(demos, "method=gaussian", "method.policy.horizon=2", "method.policy.act_steps=2",
+    cfg = finetune_config(reach_demos, "method=gaussian", "method.policy.horizon=2", "method.policy.act_steps=2",
                           "method.policy.obs_history=2", "loop.iterations=1")
     FinetuneExperiment(cfg, tmp_path / "run").run()
     out = export_run(tmp_path / "run")
@@ -113,18 +120,7 @@ def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_eva
     assert metadata["control"] == {"chunk": 2, "executed_steps": 2, "obs_history": 2}
     assert metadata["observation"]["shape"] == [78] and metadata["action"]["shape"] == [8]
     runner, _ = load_runner(tmp_path / "run")
-    expected = runner.evaluate_policy("ppo")  # the PyTorch evaluator: chunking and history wrappers
-    deployed, env = DeployedPolicy(out), raw_env(cfg.task.env_cfg)
-    returns = []
-    for i in range(len(expected.returns)):
-        obs, _ = env.reset(seed=cfg.loop.eval_seed + i)
-        deployed.reset()
-        done, total = False, 0.0
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(deployed.act(obs))
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    assert returns == pytest.approx(expected.returns, rel=1e-5)
+    _assert_deploys_like_the_evaluator(runner, DeployedPolicy(out), monkeypatch)
 
 
 def test_a_world_model_run_exports_its_policy_prior_and_says_the_planner_stays(tmp_path: Path) -> None:
@@ -138,34 +134,110 @@ def test_a_world_model_run_exports_its_policy_prior_and_says_the_planner_stays(t
     assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
 
 
-def test_dppo_exports_with_its_sampling_noise_as_an_input(tmp_path: Path) -> None:
-    from rlft.export.artifact import raw_env
-    from rlft.offline.demos import DemoConfig, collect_demos
+def _evaluator_episode(runner, seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[list, list]:
+    """One episode of the PyTorch evaluator (its env wrappers: chunks, observation history, the
+    residual family's base; PPO's normalisation; the deterministic actor): the raw env's
+    observation before each step and the native action the raw env received."""
+    import gymnasium as gym
+
+    from rlft.envs import factory
+
+    log: dict[str, list] = {"obs": [], "actions": []}
+
+    class Recorder(gym.Wrapper):
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            log["obs"].append(obs)
+            return obs, info
+
+        def step(self, action):
+            log["actions"].append(np.asarray(action, dtype=np.float32))
+            out = self.env.step(action)
+            log["obs"].append(out[0])
+            return out
+
+    original = factory.make_task_env
+    monkeypatch.setattr(factory, "make_task_env", lambda *a, **k: Recorder(original(*a, **k)))
+    env = runner._vector_env(1)
+    monkeypatch.setattr(factory, "make_task_env", original)
+    obs, _ = env.reset(seed=[seed])
+    done = False
+    while not done:
+        action = runner.actor.act(torch.as_tensor(runner.ppo.normalize(obs), dtype=torch.float32), deterministic=True)
+        obs, _, terminated, truncated, _ = env.step(action.numpy())
+        done = bool(terminated[0] or truncated[0])
+    return log["obs"][: len(log["actions"])], log["actions"]
+
+
+def _assert_deploys_like_the_evaluator(runner, deployed: DeployedPolicy, monkeypatch: pytest.MonkeyPatch,
+                                       seeds=(0, 1)) -> None:
+    """Fed the evaluator's observations, rlft.deploy returns the actions the evaluator executed
+    (open loop: closed loop, ONNX Runtime's 1e-7 rounding differences grow in a contact-rich sim)."""
+    for seed in seeds:
+        observations, expected = _evaluator_episode(runner, seed, monkeypatch)
+        deployed.reset()
+        got = np.stack([deployed.act(obs) for obs in observations])
+        assert np.abs(got - np.stack(expected)).max() <= 1e-5, seed
+
+
+def _episode_return(env, policy: DeployedPolicy, seed: int) -> float:
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    done, total = False, 0.0
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
+        total, done = total + float(reward), terminated or truncated
+    return total
+
+
+def test_dppo_exports_with_its_sampling_noise_as_an_input(tmp_path: Path, reach_demos: Path) -> None:
+    from rlft.export.artifact import TorchSession, raw_env
     from rlft.runtime.finetune import FinetuneExperiment
     from test_finetune import finetune_config
 
-    demos = Path(collect_demos(DemoConfig(task="mw-reach", episodes=2, noise=0.1, seed=0), tmp_path / "demos")["path"])
-    cfg = finetune_config(demos, "method=dppo", "loop.iterations=1")
+    cfg = finetune_config(reach_demos, "method=dppo", "loop.iterations=1")
     FinetuneExperiment(cfg, tmp_path / "run").run()
     out = export_run(tmp_path / "run")
     metadata = json.loads((out / "metadata.json").read_text())
-    assert metadata["noise"]["shape"] == [7, 16] and max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
-    graph = exportable(load_runner(tmp_path / "run")[0]).graph
-    env, returns = raw_env(cfg.task.env_cfg), {}
-    for name in ("torch", "onnx"):
-        deployed, rng = DeployedPolicy(out, seed=3), np.random.default_rng(3)
-        obs, _ = env.reset(seed=0)
-        done, total, queue = False, 0.0, []
-        while not done:
-            if name == "onnx":
-                action = deployed.act(obs)
-            else:  # the same policy queries in PyTorch, with the runner's noise stream
-                if not queue:
-                    noise = torch.as_tensor(rng.standard_normal((1, 7, 16)).astype(np.float32))
-                    queue = list(graph(torch.as_tensor(obs, dtype=torch.float32)[None], noise)[0].detach().numpy()
-                                 .reshape(metadata["control"]["chunk"], -1))
-                action = queue.pop(0)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total, done = total + float(reward), terminated or truncated
-        returns[name] = total
-    assert returns["onnx"] == pytest.approx(returns["torch"], rel=1e-5)
+    assert metadata["inputs"] == [{"name": "noise", "kind": "noise", "shape": [7, 16], "dtype": "float32",
+                                   "distribution": "standard normal"}]
+    assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
+    # the same runner and noise stream over PyTorch and over ONNX Runtime: the same episode
+    item, env = exportable(load_runner(tmp_path / "run")[0]), raw_env(cfg.task.env_cfg)
+    torch_return = _episode_return(env, DeployedPolicy.over(metadata, TorchSession(item), seed=3), seed=0)
+    assert _episode_return(env, DeployedPolicy(out, seed=3), seed=0) == pytest.approx(torch_return, rel=1e-5)
+
+
+class _ZeroNoise:
+    """A session that feeds zeros as the sampling noise (the evaluator's draws, patched to zeros)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def run(self, names, feed):
+        return self.session.run(names, {k: np.zeros_like(v) if k == "noise" else v for k, v in feed.items()})
+
+
+def test_the_residual_policy_deploys_base_and_residual_like_the_pytorch_evaluator(
+        tmp_path: Path, reach_demos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlft.policies import diffusion
+    from rlft.runtime.finetune import FinetuneExperiment
+    from test_finetune import finetune_config
+
+    cfg = finetune_config(reach_demos, "method=residual", "loop.iterations=1", "++method.ppo.obs_norm_running=true",
+                          "loop.normalize_obs=false")
+    FinetuneExperiment(cfg, tmp_path / "run").run()
+    out = export_run(tmp_path / "run")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["control"] == {"chunk": 1, "executed_steps": 1, "obs_history": 1}
+    assert [(i["name"], i["kind"], i["shape"]) for i in metadata["inputs"]] == [
+        ("noise", "noise", [7, 16]), ("base_chunk", "state", [16]), ("chunk_step", "state", [])]
+    assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
+    # a noise-free base in both: the evaluator's ResidualVectorEnv (chunk queue, residual on [obs, a_base],
+    # PPO's running statistics) and the graph with its chunk and step fed back by rlft.deploy
+    monkeypatch.setattr(diffusion, "draw", lambda noise, step, shape, device: torch.zeros(shape))
+    runner, _ = load_runner(tmp_path / "run")
+    assert runner.ppo.obs_stats is not None and runner.actor.net[-1].weight.abs().max() > 0  # a residual
+    deployed = DeployedPolicy(out)
+    deployed = DeployedPolicy.over(deployed.metadata, _ZeroNoise(deployed.session))
+    _assert_deploys_like_the_evaluator(runner, deployed, monkeypatch)
