@@ -5,7 +5,8 @@
     policy.reset(); action = policy.act(observation)
 
 The folder is what ``rlft-export`` writes; everything the runner does comes from its
-``metadata.json``: the observation it expects, the history of observations it keeps
+``metadata.json``: the observation it expects (an array, or for a Dict observation space the
+dict, whose entries ``observation.layout`` lists in the order they are flattened), the history of observations it keeps
 (``control.obs_history``, oldest first, the episode's first observation padding the start), the
 queue of actions of a chunked policy (``control.chunk`` predicted, ``control.executed_steps``
 executed before the policy is asked again) and the graph's further ``inputs``: standard normal
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class DeployedPolicy:
         control = metadata["control"]
         self.history, self.chunk, self.executed = control["obs_history"], control["chunk"], control["executed_steps"]
         self.frame_shape = tuple(metadata["observation"]["frame_shape"])
+        self.layout = metadata["observation"].get("layout")
         self.action_dim = metadata["action"]["frame_shape"][-1]
         self.inputs = metadata.get("inputs", [])
         self.outputs = [metadata["action"]["name"]] + [i["output"] for i in self.inputs if i["kind"] == "state"]
@@ -75,9 +77,26 @@ class DeployedPolicy:
         self._state = {i["name"]: np.zeros((1, *i["shape"]), dtype=i["dtype"])
                        for i in self.inputs if i["kind"] == "state"}
 
-    def act(self, observation: np.ndarray) -> np.ndarray:
+    def flatten(self, observation: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """One raw observation as the graph's flat float32 frame (a dict's entries in layout order)."""
+        if self.layout is None:
+            return np.asarray(observation, dtype=np.float32)
+        if not isinstance(observation, Mapping):
+            raise TypeError(f"expected a dict observation with keys {[p['key'] for p in self.layout]}, "
+                            f"got {type(observation).__name__}")
+        parts = []
+        for part in self.layout:
+            if part["key"] not in observation:
+                raise KeyError(f"observation has no {part['key']!r} (it has {sorted(observation)})")
+            value = np.asarray(observation[part["key"]])
+            if value.shape != tuple(part["shape"]):
+                raise ValueError(f"observation[{part['key']!r}] has shape {value.shape}, expected {tuple(part['shape'])}")
+            parts.append(value.reshape(-1).astype(np.float32))
+        return np.concatenate(parts)
+
+    def act(self, observation: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """The action for one raw observation (the env's own, as its observation space gives it)."""
-        observation = np.asarray(observation, dtype=np.float32)
+        observation = self.flatten(observation)
         if observation.shape != self.frame_shape:
             raise ValueError(f"expected an observation of shape {self.frame_shape}, got {observation.shape}")
         if not self._observations:

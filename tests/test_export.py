@@ -177,7 +177,9 @@ def _assert_deploys_like_the_evaluator(runner, deployed: DeployedPolicy, monkeyp
         observations, expected = _evaluator_episode(runner, seed, monkeypatch)
         deployed.reset()
         got = np.stack([deployed.act(obs) for obs in observations])
-        assert np.abs(got - np.stack(expected)).max() <= 1e-5, seed
+        action = deployed.metadata["action"]
+        half_range = (np.asarray(action["high"]) - np.asarray(action["low"])) / 2
+        assert (np.abs(got - np.stack(expected)) / half_range).max() <= 1e-5, seed
 
 
 def _episode_return(env, policy: DeployedPolicy, seed: int) -> float:
@@ -208,6 +210,15 @@ def test_dppo_exports_with_its_sampling_noise_as_an_input(tmp_path: Path, reach_
     assert _episode_return(env, DeployedPolicy(out, seed=3), seed=0) == pytest.approx(torch_return, rel=1e-5)
 
 
+def _noise_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Diffusion sampling in PyTorch with zeros for its noise draws (the graph then gets zeros too)."""
+    from rlft.policies import diffusion, dppo
+
+    zeros = lambda noise, step, shape, device: torch.zeros(shape)  # noqa: E731
+    monkeypatch.setattr(diffusion, "draw", zeros)
+    monkeypatch.setattr(dppo, "draw", zeros)
+
+
 class _ZeroNoise:
     """A session that feeds zeros as the sampling noise (the evaluator's draws, patched to zeros)."""
 
@@ -220,7 +231,6 @@ class _ZeroNoise:
 
 def test_the_residual_policy_deploys_base_and_residual_like_the_pytorch_evaluator(
         tmp_path: Path, reach_demos: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rlft.policies import diffusion
     from rlft.runtime.finetune import FinetuneExperiment
     from test_finetune import finetune_config
 
@@ -235,9 +245,33 @@ def test_the_residual_policy_deploys_base_and_residual_like_the_pytorch_evaluato
     assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
     # a noise-free base in both: the evaluator's ResidualVectorEnv (chunk queue, residual on [obs, a_base],
     # PPO's running statistics) and the graph with its chunk and step fed back by rlft.deploy
-    monkeypatch.setattr(diffusion, "draw", lambda noise, step, shape, device: torch.zeros(shape))
+    _noise_free(monkeypatch)
     runner, _ = load_runner(tmp_path / "run")
     assert runner.ppo.obs_stats is not None and runner.actor.net[-1].weight.abs().max() > 0  # a residual
     deployed = DeployedPolicy(out)
     deployed = DeployedPolicy.over(deployed.metadata, _ZeroNoise(deployed.session))
     _assert_deploys_like_the_evaluator(runner, deployed, monkeypatch)
+
+
+def test_a_pixel_policy_deploys_from_the_dict_observation_with_image_scaling_inside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlft.offline.demos import DemoConfig, collect_demos
+    from rlft.runtime.finetune import FinetuneExperiment
+    from test_finetune import pusht_config
+
+    info = collect_demos(DemoConfig(task="pusht", episodes=1, noise=0.0, seed=0), tmp_path / "demos")
+    FinetuneExperiment(pusht_config(info["path"], "method.policy.act_steps=2"), tmp_path / "run").run()
+    out = export_run(tmp_path / "run")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["observation"]["layout"] == [{"key": "agent_pos", "shape": [2], "dtype": "float64"},
+                                                 {"key": "pixels", "shape": [64, 64, 3], "dtype": "uint8"}]
+    stats = metadata["observation"]["normalisation"]
+    assert stats["std"][2:] == [255.0] * (64 * 64 * 3) and stats["mean"][2:] == [0.0] * (64 * 64 * 3)
+    assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
+    deployed = DeployedPolicy(out)
+    with pytest.raises(KeyError, match="no 'pixels'"):
+        deployed.act({"agent_pos": np.zeros(2)})
+    _noise_free(monkeypatch)
+    runner, _ = load_runner(tmp_path / "run")
+    deployed = DeployedPolicy.over(deployed.metadata, _ZeroNoise(deployed.session))
+    _assert_deploys_like_the_evaluator(runner, deployed, monkeypatch, seeds=(0,))

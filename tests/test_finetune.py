@@ -141,17 +141,14 @@ def test_two_observation_normalisations_are_refused(tmp_path, reach_demos):
         FinetuneExperiment(cfg, tmp_path / "x")
 
 
-def test_pixel_policies_fine_tune_on_pusht(tmp_path):
-    """Push-T from 64x64 images: scripted demonstrations, a CNN-conditioned diffusion policy, DPPO."""
-    info = collect_demos(DemoConfig(task="pusht", episodes=1, noise=0.0, seed=0), tmp_path / "demos")
-    dataset = load_dataset(info["path"])
-    assert dataset.obs_dim == 2 + 64 * 64 * 3 and dataset.observations[:, 2:].max() <= 255
+def pusht_config(demos: str | Path, *overrides: str) -> DictConfig:
+    """DPPO on Push-T from 64x64 images, tiny: 24-step episodes, one PPO iteration."""
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose(
+        return compose(
             "config",
             [
                 "experiment=finetune/dppo/pusht",
-                f"task.dataset.source={info['path']}",
+                f"task.dataset.source={demos}",
                 "+task.env_cfg.max_episode_steps=24",
                 "task.episode_steps=24",
                 "task.policy.image_features=16",
@@ -166,8 +163,17 @@ def test_pixel_policies_fine_tune_on_pusht(tmp_path):
                 "method.policy.ft_steps=2",
                 "method.ppo.critic_hidden=[32,32]",
                 "method.ppo.minibatch_size=4",
+                *overrides,
             ],
         )
+
+
+def test_pixel_policies_fine_tune_on_pusht(tmp_path):
+    """Push-T from 64x64 images: scripted demonstrations, a CNN-conditioned diffusion policy, DPPO."""
+    info = collect_demos(DemoConfig(task="pusht", episodes=1, noise=0.0, seed=0), tmp_path / "demos")
+    dataset = load_dataset(info["path"])
+    assert dataset.obs_dim == 2 + 64 * 64 * 3 and dataset.observations[:, 2:].max() <= 255
+    cfg = pusht_config(info["path"])
     experiment = FinetuneExperiment(cfg, tmp_path / "run")
     results = experiment.run()
     assert experiment.obs_stats[1][2:].min() == 255.0  # pixels scaled to [0, 1], not standardised
