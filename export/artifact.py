@@ -14,7 +14,7 @@ the graph) and writes to ``out``:
 - ``golden.npz``: inputs (the queries of an episode of ``rlft.deploy``'s runner driving the
   PyTorch graph, and random ones) with the PyTorch outputs;
 - ``report.md``: ONNX Runtime against PyTorch on those inputs (max abs error, refused above
-  ``tolerance``), and batch-1 latency (p50/p99) of both.
+  ``tolerance``), and batch-1 latency (p50/p99, one thread) of both.
 
 This version exports the offline-to-online pipeline's actors (TD3, SPOT, SAC, CQL, Cal-QL, IQL,
 E2O, WSRL: the deterministic action the evaluator takes), the TD-MPC2/FOWM policy prior (the
@@ -106,13 +106,14 @@ class Exportable:
 
 class TorchSession:
     """The PyTorch graph behind ONNX Runtime's ``run(output_names, feed)``, so that the deploy
-    runner drives either; every feed is appended to ``feeds`` (the recorded parity inputs)."""
+    runner drives either; with ``record``, every feed is appended to ``feeds`` (parity inputs)."""
 
-    def __init__(self, item: Exportable):
-        self.item, self.feeds = item, []
+    def __init__(self, item: Exportable, record: bool = False):
+        self.item, self.record, self.feeds = item, record, []
 
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.feeds.append(feed)
+        if self.record:
+            self.feeds.append(feed)
         with torch.no_grad():
             out = self.item.graph(*(torch.as_tensor(feed[name]) for name in self.item.input_names))
         values = dict(zip(self.item.output_names, (o.numpy() for o in (out if isinstance(out, tuple) else (out,)))))
@@ -252,7 +253,7 @@ def record_feeds(item: Exportable, seed: int, steps: int = 200) -> dict[str, np.
     driving the PyTorch graph in the raw env, one row per policy query."""
     from rlft.deploy import DeployedPolicy
 
-    env, session = raw_env(item.env_cfg), TorchSession(item)
+    env, session = raw_env(item.env_cfg), TorchSession(item, record=True)
     policy = DeployedPolicy.over(describe(item), session, seed)
     obs, _ = env.reset(seed=seed)
     for _ in range(steps):
@@ -281,6 +282,23 @@ def _percentiles(call: Callable[[], Any]) -> tuple[float, float]:
         call()
         times.append((time.perf_counter() - started) * 1e3)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def _latency(item: Exportable, path: Path, one: dict[str, np.ndarray]) -> tuple[tuple[float, float], ...]:
+    """Batch-1 p50/p99 (ms) of PyTorch eager and of ONNX Runtime, each on one thread (as a robot
+    process pinned to a core runs it; with more, both slow down whenever another process computes)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    threads, torch_one = torch.get_num_threads(), TorchSession(item)
+    torch.set_num_threads(1)
+    try:
+        torch_ms = _percentiles(lambda: torch_one.run(None, one))
+    finally:
+        torch.set_num_threads(threads)
+    return torch_ms, _percentiles(lambda: session.run(item.output_names, one))
 
 
 def _git_commit() -> str | None:
@@ -335,10 +353,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
         raise ExportError(f"ONNX Runtime differs from PyTorch by {max(errors.values()):.2e} (> {TOLERANCE}, in "
                           "units of half the action range)")
     np.savez(out / "golden.npz", **feeds, **dict(zip(item.output_names, expected)))
-    one = {name: value[:1] for name, value in feeds.items()}
-    torch_one = TorchSession(item)
-    torch_ms = _percentiles(lambda: torch_one.run(None, one))
-    onnx_ms = _percentiles(lambda: session.run(item.output_names, one))
+    torch_ms, onnx_ms = _latency(item, path, {name: value[:1] for name, value in feeds.items()})
     metadata = describe(item) | {
         "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name,
                    "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
@@ -370,6 +385,6 @@ def _report(metadata: dict) -> str:
         f"ONNX Runtime against PyTorch (max abs error over the outputs, the action's in units of half its range): {parity['max_abs_error']['recorded']:.2e} on "
         f"{parity['recorded_inputs']} policy queries of an episode, {parity['max_abs_error']['random']:.2e} on "
         f"{parity['random_inputs']} random inputs (tolerance {parity['tolerance']:.0e}).", "",
-        "| batch-1 latency (ms) | p50 | p99 |", "| --- | ---: | ---: |",
+        "| batch-1 latency (ms, one thread) | p50 | p99 |", "| --- | ---: | ---: |",
         f"| PyTorch eager | {latency['torch']['p50']:.3f} | {latency['torch']['p99']:.3f} |",
         f"| ONNX Runtime | {latency['onnxruntime']['p50']:.3f} | {latency['onnxruntime']['p99']:.3f} |", ""])

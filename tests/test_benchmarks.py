@@ -91,3 +91,14 @@ def test_the_vla_benchmark_runs_its_chain_and_tables_every_split(tmp_path):
     ppo_eval = json.loads((benchmark_vla.run_dir(tmp_path, "vla-babyai-gotoobj", "sft -> ppo", 0) / "eval.json").read_text())
     assert ppo_eval["before"]["returns"] == sft_eval["before"]["returns"]  # RL starts from that SFT policy
     assert (tmp_path / "vla-babyai-gotoobj.png").is_file() and "| sft -> grpo |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_export_benchmark_covers_every_exportable_family():
+    from rlft.scripts import benchmark_export
+
+    kinds = set()
+    for _, overrides in benchmark_export.CASES.values():
+        cfg = _composed(overrides)
+        kinds.add(cfg.method.policy.family if cfg.pipeline.runner.endswith("FinetuneExperiment") else cfg.agent.name)
+        assert "progress=false" in overrides and "threads=1" in overrides
+    assert kinds == {"spot", "iql", "sac", "tdmpc2", "gaussian", "dppo", "residual"}
