@@ -48,6 +48,7 @@ from rlft.offline.transcripts import (
     sft_samples,
     train_sft,
 )
+from rlft.policies.action_tokenizer import ActionTokenizer
 from rlft.policies.llm import ChatAgent, ChatFormat, Conversation, GenerationConfig, LLMPolicy, LoraSettings
 from rlft.policies.tiny_lm import TinyLMConfig, build_tiny_lm, build_tiny_vlm
 from rlft.runtime.evaluation import EvalResult, evaluate
@@ -141,16 +142,12 @@ class TextExperiment(Runner):
         self.dynamic: DynamicSampling = settings["dynamic"]
         self.generation: GenerationConfig = settings["generation"]
         self.task = resolve_task(cfg.text_task.env_cfg.task)
-        probe = make_env(cfg.text_task.env_cfg).unwrapped
-        if not isinstance(probe, TextEnv):
-            raise TypeError(f"task {self.task.name!r} is not a text env ({type(probe).__name__}); see envs/text.py")
+        probe, self.action_tokenizer = text_env_probe(cfg.text_task.env_cfg)
         self.system_prompt = probe.system_prompt
         self.images = isinstance(probe.observation_space, gym.spaces.Dict)
         self.image_size = probe.observation_space["image"].shape[0] if self.images else None
-        # a VLA task: replies are exactly one chunk of action tokens (generation.max_new_tokens follows)
-        self.action_tokenizer = probe.action_tokenizer if isinstance(probe, VLAEnv) else None
+        self.generation = reply_generation(self.generation, self.action_tokenizer)
         if self.action_tokenizer is not None:
-            self.generation = dataclasses.replace(self.generation, max_new_tokens=self.action_tokenizer.reply_length)
             self.axis = "environment steps"  # a VLA's curves are read against env steps, as robot policies' are
         if self.images and self.algorithm == "archer":
             raise ValueError("ArCHer's critic reads text; image observations need ppo or grpo")
@@ -319,17 +316,26 @@ class TextExperiment(Runner):
         bar.close()
 
 
+def text_env_probe(env_cfg: Mapping[str, Any]) -> tuple[TextEnv, ActionTokenizer | None]:
+    """The task's text env (unwrapped) and, for a VLA task, its action tokenizer."""
+    probe = make_env(env_cfg).unwrapped
+    if not isinstance(probe, TextEnv):
+        raise TypeError(f"task {env_cfg['task']!r} is not a text env ({type(probe).__name__}); see envs/text.py")
+    return probe, (probe.action_tokenizer if isinstance(probe, VLAEnv) else None)
+
+
+def reply_generation(generation: GenerationConfig, tokens: ActionTokenizer | None) -> GenerationConfig:
+    """A VLA's replies are exactly one chunk of action tokens: ``max_new_tokens`` follows its tokenizer."""
+    return generation if tokens is None else dataclasses.replace(generation, max_new_tokens=tokens.reply_length)
+
+
 def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: int, seed: int = 1_000_000,
                    num_envs: int = 16, context: str = "turn", temperature: float | None = None) -> EvalResult:
     """Evaluation of a saved policy (a run's ``model/``, or any ``save_pretrained`` folder) on a
     task, e.g. another generalisation split: greedy, or sampled at ``temperature``. A VLA task's
     action tokens are looked up in the saved tokenizer (nothing is added to it)."""
-    probe = make_env(env_cfg).unwrapped
-    if not isinstance(probe, TextEnv):
-        raise TypeError(f"task {env_cfg['task']!r} is not a text env ({type(probe).__name__}); see envs/text.py")
-    tokens = probe.action_tokenizer if isinstance(probe, VLAEnv) else None
-    generation = GenerationConfig(max_new_tokens=tokens.reply_length) if tokens is not None else GenerationConfig()
-    policy = LLMPolicy.from_pretrained(model_dir, generation=generation,
+    probe, tokens = text_env_probe(env_cfg)
+    policy = LLMPolicy.from_pretrained(model_dir, generation=reply_generation(GenerationConfig(), tokens),
                                        action_tokens=tokens.vocabulary if tokens is not None else 0)
     agent = ChatAgent(policy, ChatFormat(policy.tokenizer, probe.system_prompt, policy.image_placeholder), context,
                       greedy=temperature is None, generator=torch.Generator().manual_seed(seed), temperature=temperature)
