@@ -24,7 +24,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-__all__ = ["DeployedPolicy", "Session"]
+__all__ = ["DeployedPolicy", "DeployedVLA", "Session"]
 
 
 class Session(Protocol):
@@ -116,3 +116,6 @@ class DeployedPolicy:
                            zip([i for i in self.inputs if i["kind"] == "state"], state)}
             self._actions.extend(action.reshape(self.chunk, self.action_dim)[: self.executed])
         return self._actions.popleft()
+
+
+from rlft.deploy.vla import DeployedVLA  # noqa: E402  (it needs Session)

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from rlft.export.graphs import DeployGraph, DenoisingChain, Deterministic, PolicyPrior, ResidualStep
 
@@ -104,37 +105,48 @@ class Exportable:
         return ["action"] + [f"{i.name}_next" for i in self.inputs if i.kind == "state"]
 
 
+    def torch_session(self, record: bool = False) -> "TorchSession":
+        return TorchSession(self.graph, self.input_names, self.output_names, record)
+
+
 class TorchSession:
-    """The PyTorch graph behind ONNX Runtime's ``run(output_names, feed)``, so that the deploy
+    """A PyTorch graph behind ONNX Runtime's ``run(output_names, feed)``, so that the deploy
     runner drives either; with ``record``, every feed is appended to ``feeds`` (parity inputs)."""
 
-    def __init__(self, item: Exportable, record: bool = False):
-        self.item, self.record, self.feeds = item, record, []
+    def __init__(self, graph: nn.Module, input_names: list[str], output_names: list[str], record: bool = False):
+        self.graph, self.input_names, self.output_names = graph, input_names, output_names
+        self.record, self.feeds = record, []
 
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.record:
             self.feeds.append(feed)
         with torch.no_grad():
-            out = self.item.graph(*(torch.as_tensor(feed[name]) for name in self.item.input_names))
-        values = dict(zip(self.item.output_names, (o.numpy() for o in (out if isinstance(out, tuple) else (out,)))))
-        return [values[name] for name in (names or self.item.output_names)]
+            out = self.graph(*(torch.as_tensor(feed[name]) for name in self.input_names))
+        values = dict(zip(self.output_names, (o.numpy() for o in (out if isinstance(out, tuple) else (out,)))))
+        return [values[name] for name in (names or self.output_names)]
+
+
+def run_config(run_dir: Path):
+    """The run folder's ``config.yaml``, or :class:`ExportError` for a folder that is no run."""
+    from omegaconf import OmegaConf
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ExportError(f"{run_dir} is not an rlft run folder: it has no config.yaml")
+    return OmegaConf.load(config)
 
 
 def load_runner(run_dir: Path):
     """The run's pipeline object with its newest checkpoint loaded (checked against its manifest;
     nothing in the run folder is written or renamed) and that checkpoint's folder."""
     from hydra.utils import get_class
-    from omegaconf import OmegaConf
 
     from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint
 
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise ExportError(f"{run_dir} is not an rlft run folder: it has no config.yaml")
+    cfg = run_config(run_dir)
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise ExportError(f"{run_dir} has no checkpoint to export (checkpoints/ is empty or missing)")
-    cfg = OmegaConf.load(config)
     runner = get_class(cfg.pipeline.runner)(cfg, run_dir)
     state = load_checkpoint(checkpoint)
     if state["pipeline"] != runner.pipeline:
@@ -253,7 +265,7 @@ def record_feeds(item: Exportable, seed: int, steps: int = 200) -> dict[str, np.
     driving the PyTorch graph in the raw env, one row per policy query."""
     from rlft.deploy import DeployedPolicy
 
-    env, session = raw_env(item.env_cfg), TorchSession(item, record=True)
+    env, session = raw_env(item.env_cfg), item.torch_session(record=True)
     policy = DeployedPolicy.over(describe(item), session, seed)
     obs, _ = env.reset(seed=seed)
     for _ in range(steps):
@@ -284,7 +296,7 @@ def _percentiles(call: Callable[[], Any]) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def _latency(item: Exportable, path: Path, one: dict[str, np.ndarray]) -> tuple[tuple[float, float], ...]:
+def latency(torch_session: TorchSession, path: Path, one: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Batch-1 p50/p99 (ms) of PyTorch eager and of ONNX Runtime, each on one thread (as a robot
     process pinned to a core runs it; with more, both slow down whenever another process computes)."""
     import onnxruntime
@@ -292,13 +304,14 @@ def _latency(item: Exportable, path: Path, one: dict[str, np.ndarray]) -> tuple[
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    threads, torch_one = torch.get_num_threads(), TorchSession(item)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch_ms = _percentiles(lambda: torch_one.run(None, one))
+        torch_ms = _percentiles(lambda: torch_session.run(None, one))
     finally:
         torch.set_num_threads(threads)
-    return torch_ms, _percentiles(lambda: session.run(item.output_names, one))
+    onnx_ms = _percentiles(lambda: session.run(None, one))
+    return {"torch": {"p50": torch_ms[0], "p99": torch_ms[1]}, "onnxruntime": {"p50": onnx_ms[0], "p99": onnx_ms[1]}}
 
 
 def _git_commit() -> str | None:
@@ -309,18 +322,28 @@ def _git_commit() -> str | None:
         return None
 
 
-def _torch_export(item: Exportable, example: dict[str, np.ndarray], path: Path) -> None:
-    """``torch.onnx.export`` (dynamo) of the graph with a dynamic batch dimension on every input."""
-    batch = torch.export.Dim("batch", min=1)
-    args = tuple(torch.as_tensor(example[name][:2]) for name in item.input_names)
-    shapes = ({0: batch},) + ((tuple({0: batch} for _ in args[1:]),) if args[1:] else ())  # forward(obs, *inputs)
+def _is_all_true(x):
+    """ONNX for ``aten._is_all_true`` (transformers' shape checks, e.g. LLaVA's image-token count)."""
+    import onnx
+    from onnxscript import opset18 as op
+
+    return op.Cast(op.ReduceMin(op.Cast(x, to=onnx.TensorProto.INT64), keepdims=0), to=onnx.TensorProto.BOOL)
+
+
+def torch_export(graph: nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str],
+                 dynamic_shapes: tuple, path: Path) -> None:
+    """``torch.onnx.export`` (dynamo) at ``OPSET``, one self-contained file, checked by ``onnx``."""
+    import onnx
+
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks are data-dependent branches
     try:
-        torch.onnx.export(item.graph, args, path, input_names=item.input_names, output_names=item.output_names,
-                          opset_version=OPSET, dynamo=True, dynamic_shapes=shapes, external_data=False)
+        torch.onnx.export(graph, args, path, input_names=input_names, output_names=output_names, opset_version=OPSET,
+                          dynamo=True, dynamic_shapes=dynamic_shapes, external_data=False,
+                          custom_translation_table={torch.ops.aten._is_all_true.default: _is_all_true})
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
+    onnx.checker.check_model(onnx.load(path))
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
@@ -330,6 +353,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "export"
+    if run_config(run_dir).pipeline.runner.endswith(".TextExperiment"):  # language policies: VLAs export
+        from rlft.export.vla import export_vla
+
+        return export_vla(run_dir, out, seed)
     runner, checkpoint = load_runner(run_dir)
     item = exportable(runner)
     out.mkdir(parents=True, exist_ok=True)
@@ -340,10 +367,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
               .astype(np.float32)}
     random.update({i.name: i.random(rng, RANDOM_INPUTS) for i in item.inputs})
     feeds = {name: np.concatenate([recorded[name], random[name]]) for name in item.input_names}
-    expected = TorchSession(item).run(None, feeds)
+    expected = item.torch_session().run(None, feeds)
     path = out / "policy.onnx"
-    _torch_export(item, feeds, path)
-    onnx.checker.check_model(onnx.load(path))
+    batch = torch.export.Dim("batch", min=1)
+    args = tuple(torch.as_tensor(feeds[name][:2]) for name in item.input_names)
+    shapes = ({0: batch},) + ((tuple({0: batch} for _ in args[1:]),) if args[1:] else ())  # forward(obs, *inputs)
+    torch_export(item.graph, args, item.input_names, item.output_names, shapes, path)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(item.output_names, feeds)
     split = len(obs)
@@ -353,7 +382,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
         raise ExportError(f"ONNX Runtime differs from PyTorch by {max(errors.values()):.2e} (> {TOLERANCE}, in "
                           "units of half the action range)")
     np.savez(out / "golden.npz", **feeds, **dict(zip(item.output_names, expected)))
-    torch_ms, onnx_ms = _latency(item, path, {name: value[:1] for name, value in feeds.items()})
     metadata = describe(item) | {
         "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name,
                    "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
@@ -362,8 +390,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
                      "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
         "parity": {"max_abs_error": errors, "tolerance": TOLERANCE, "recorded_inputs": split,
                    "random_inputs": RANDOM_INPUTS},
-        "latency_ms": {"torch": {"p50": torch_ms[0], "p99": torch_ms[1]},
-                       "onnxruntime": {"p50": onnx_ms[0], "p99": onnx_ms[1]}},
+        "latency_ms": latency(item.torch_session(), path, {name: value[:1] for name, value in feeds.items()}),
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (out / "report.md").write_text(_report(metadata))

@@ -170,6 +170,16 @@ class ChatFormat:
             raise ValueError("an image observation needs a vision-language model (this policy has no image tokens)")
         return self.image_placeholder + text
 
+    def prompt_frame(self) -> tuple[str, str]:
+        """The text of a first prompt before and after its user content (the system prompt, the
+        template's markup, the generation prompt): ``first_prompt`` encodes ``before + content + after``."""
+        marker = "\x00CONTENT\x00"
+        text = self._render(self._messages({"role": "user", "content": marker}), True)
+        if text.count(marker) != 1:
+            raise ValueError("the chat template does not put the user content into the prompt verbatim")
+        before, _, after = text.partition(marker)
+        return before, after
+
     def first_prompt(self, observation: Observation) -> list[int]:
         """Tokens of the system prompt, the first user message and the generation prompt."""
         return self.encode(self._render(self._messages({"role": "user", "content": self._content(observation)}), True))
@@ -369,7 +379,11 @@ class LLMPolicy(nn.Module):
             return None
         if any(image is None for image in images):
             raise ValueError("a batch mixes image and text-only prompts")
-        pixels = torch.as_tensor(np.stack(images), device=self.device).permute(0, 3, 1, 2).float() / 255.0
+        return self.vision_input(torch.as_tensor(np.stack(images), device=self.device))
+
+    def vision_input(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`pixel_values` of a ``[B, H, W, 3]`` uint8 tensor (an exported graph's image input)."""
+        pixels = images.permute(0, 3, 1, 2).float() / 255.0
         size = self.model.config.vision_config.image_size
         if pixels.shape[-2:] != (size, size):
             pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)

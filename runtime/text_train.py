@@ -329,16 +329,22 @@ def reply_generation(generation: GenerationConfig, tokens: ActionTokenizer | Non
     return generation if tokens is None else dataclasses.replace(generation, max_new_tokens=tokens.reply_length)
 
 
-def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: int, seed: int = 1_000_000,
-                   num_envs: int = 16, context: str = "turn", temperature: float | None = None) -> EvalResult:
-    """Evaluation of a saved policy (a run's ``model/``, or any ``save_pretrained`` folder) on a
-    task, e.g. another generalisation split: greedy, or sampled at ``temperature``. A VLA task's
-    action tokens are looked up in the saved tokenizer (nothing is added to it)."""
+def load_saved_policy(model_dir: str | Path, env_cfg: Mapping[str, Any]) -> tuple[LLMPolicy, ChatFormat]:
+    """A saved policy (a run's ``model/``) and its chat format for a task: a VLA task's replies are
+    its action tokens (looked up in the saved tokenizer; nothing is added to it)."""
     probe, tokens = text_env_probe(env_cfg)
     policy = LLMPolicy.from_pretrained(model_dir, generation=reply_generation(GenerationConfig(), tokens),
                                        action_tokens=tokens.vocabulary if tokens is not None else 0)
-    agent = ChatAgent(policy, ChatFormat(policy.tokenizer, probe.system_prompt, policy.image_placeholder), context,
-                      greedy=temperature is None, generator=torch.Generator().manual_seed(seed), temperature=temperature)
+    return policy, ChatFormat(policy.tokenizer, probe.system_prompt, policy.image_placeholder)
+
+
+def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: int, seed: int = 1_000_000,
+                   num_envs: int = 16, context: str = "turn", temperature: float | None = None) -> EvalResult:
+    """Evaluation of a saved policy (a run's ``model/``, or any ``save_pretrained`` folder) on a
+    task, e.g. another generalisation split: greedy, or sampled at ``temperature``."""
+    policy, chat = load_saved_policy(model_dir, env_cfg)
+    agent = ChatAgent(policy, chat, context, greedy=temperature is None, generator=torch.Generator().manual_seed(seed),
+                      temperature=temperature)
     task = resolve_task(env_cfg["task"])
     return evaluate(agent, make_vector_env(env_cfg, min(num_envs, episodes)), episodes, seed, task.ref_min_score,
                     task.ref_max_score)

@@ -98,13 +98,54 @@ def test_what_cannot_be_exported_is_refused_by_name(tmp_path: Path) -> None:
         DeployedPolicy(tmp_path)
 
 
-def test_a_run_of_another_pipeline_is_refused_naming_it(tmp_path: Path) -> None:
+def test_a_language_policy_on_a_text_task_is_refused_naming_what_it_exports_as(tmp_path: Path) -> None:
     from rlft.runtime.text_train import TextExperiment
     from test_text_train import llm_config
 
     TextExperiment(llm_config("loop.iterations=1"), tmp_path).run()
-    with pytest.raises(ExportError, match="'llm' pipeline"):
+    with pytest.raises(ExportError, match="is a text task: its policy exports as the run's save_pretrained model/"):
         export_run(tmp_path)
+
+
+@pytest.mark.parametrize("experiment", ["vla/ppo/babyai-gotoobj", "vla/ppo/pusht"])
+def test_a_vla_exports_one_greedy_action_decode_that_acts_like_the_pytorch_policy(tmp_path: Path,
+                                                                                  experiment: str) -> None:
+    from rlft.deploy import DeployedVLA
+    from rlft.envs.factory import make_env
+    from rlft.runtime.text_train import TextExperiment, evaluate_saved
+    from test_vla import vla_config
+
+    cfg = vla_config(experiment, "loop.iterations=0", "loop.eval_episodes=2", "loop.eval_envs=2")
+    TextExperiment(cfg, tmp_path / "run").run()
+    out = export_run(tmp_path / "run")
+    metadata = json.loads((out / "metadata.json").read_text())
+    discrete = experiment.endswith("gotoobj")
+    assert metadata["family"] == "llm/vla" and metadata["parity"]["tokens_equal"]
+    assert metadata["action"]["reply_length"] == (1 if discrete else 2) and (out / "model" / "tokenizer.json").is_file()
+    code = "import sys, rlft.deploy; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # greedy episodes: the deployed graph, prompted by the torch-free runner, against rlft's greedy evaluator
+    env_cfg = {"task": cfg.text_task.env_cfg.task}
+    expected = evaluate_saved(tmp_path / "run" / "model", env_cfg, 2, seed=7, num_envs=1)
+    deployed, env, returns = DeployedVLA(out), make_env(env_cfg), []
+    for i in range(2):
+        obs, _ = env.reset(seed=7 + i)
+        done, total = False, 0.0
+        while not done:
+            indices, actions = deployed.query(obs)
+            assert actions.shape[0] == metadata["action"]["chunk"]
+            obs, reward, terminated, truncated, _ = env.step(deployed.reply(indices))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    assert returns == expected.returns
+    with pytest.raises(ValueError, match="run it with rlft.deploy.DeployedPolicy"):
+        DeployedVLA(_write_control_metadata(tmp_path / "control"))
+
+
+def _write_control_metadata(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "metadata.json").write_text(json.dumps({"family": "o2o/sac", "file": "policy.onnx"}))
+    return folder
 
 
 def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_evaluator(
@@ -193,7 +234,7 @@ def _episode_return(env, policy: DeployedPolicy, seed: int) -> float:
 
 
 def test_dppo_exports_with_its_sampling_noise_as_an_input(tmp_path: Path, reach_demos: Path) -> None:
-    from rlft.export.artifact import TorchSession, raw_env
+    from rlft.export.artifact import raw_env
     from rlft.runtime.finetune import FinetuneExperiment
     from test_finetune import finetune_config
 
@@ -206,7 +247,7 @@ def test_dppo_exports_with_its_sampling_noise_as_an_input(tmp_path: Path, reach_
     assert max(metadata["parity"]["max_abs_error"].values()) <= TOLERANCE
     # the same runner and noise stream over PyTorch and over ONNX Runtime: the same episode
     item, env = exportable(load_runner(tmp_path / "run")[0]), raw_env(cfg.task.env_cfg)
-    torch_return = _episode_return(env, DeployedPolicy.over(metadata, TorchSession(item), seed=3), seed=0)
+    torch_return = _episode_return(env, DeployedPolicy.over(metadata, item.torch_session(), seed=3), seed=0)
     assert _episode_return(env, DeployedPolicy(out, seed=3), seed=0) == pytest.approx(torch_return, rel=1e-5)
 
 
