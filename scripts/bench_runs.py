@@ -21,7 +21,7 @@ Job = TypeVar("Job")
 
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command that reproduces this benchmark: ``python -m <module> <arguments>``."""
-    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return f"python -m {module} {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip()
 
 
 def run_parallel(run: Callable[[Job], str], jobs: Sequence[Job], workers: int) -> None:

@@ -1,10 +1,10 @@
 """Benchmark: batch-1 latency of every exported policy family, PyTorch eager against ONNX Runtime.
 
 Each case is an ``rlft`` run of a shipped experiment at its recipe's network sizes and denoising
-step counts, trained only a few updates (latency does not depend on the weights), then exported
-with ``rlft-export``'s ``export_run``: its parity check must pass, and its ``metadata.json``
-latency (p50/p99 over 300 calls after 20 warm-up calls, one thread each) is tabled. Runs go to
-``<out>/runs/<case>`` (reused when finished); writes ``results.md``, ``results.json`` and
+step counts (the VLAs: the experiments' tiny models), trained only a few updates (latency does not
+depend on the weights), then exported with ``rlft-export``'s ``export_run``: its parity check must pass, and its ``metadata.json``
+latency (p50/p99 over 300 calls after 20 warm-up calls, one thread each) is tabled. Runs and exports go to
+``<out>/runs/<case>`` (reused when finished: delete an export to measure it again); writes ``results.md``, ``results.json`` and
 ``latency.png`` to ``<out>``. Run it alone on the machine: latency is wall-clock.
 
     python -m rlft.scripts.benchmark_export
@@ -44,31 +44,43 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "residual-mw-push": ("ResiP (diffusion base + residual, state inputs)",
                          ["experiment=finetune/residual/mw-push", *FINETUNE]),
     "dppo-pusht": ("DPPO from 64x64 pixels (CNN encoder)", ["experiment=finetune/dppo/pusht", *FINETUNE]),
+    "vla-babyai": ("tiny VLA, greedy decode of 1 action token (LLaVA: CLIP + Llama)",
+                   ["experiment=vla/ppo/babyai-gotoobj", "sft.episodes=4", "sft.steps=2", "loop.iterations=0",
+                    "loop.eval_episodes=1", "loop.eval_envs=1", "progress=false", "threads=1"]),
+    "vla-pusht": ("tiny VLA, greedy decode of 2 action tokens (Push-T)",
+                  ["experiment=vla/ppo/pusht", "sft.episodes=2", "sft.steps=2", "loop.iterations=0",
+                   "loop.eval_episodes=1", "loop.eval_envs=1", "progress=false", "threads=1"]),
 }
 
 
 def run_case(name: str, out: Path) -> dict:
-    """The case's run (reused when it has a checkpoint) and its export's metadata."""
+    """The case's run and export (both reused when finished) and the export's metadata."""
     from rlft.export.artifact import export_run
 
     folder = out / "runs" / name
     if not (folder / "eval.json").is_file():
         bench_runs.launch(CASES[name][1], folder)
-    export = export_run(folder, folder / "export")
-    return json.loads((export / "metadata.json").read_text())
+    if not (folder / "export" / "metadata.json").is_file():
+        export_run(folder, folder / "export")
+    return json.loads((folder / "export" / "metadata.json").read_text())
 
 
 def write_results(results: dict[str, dict], out: Path, command: str) -> None:
     lines = ["# Export latency: PyTorch eager against ONNX Runtime", "", f"Command: `{command}`", "",
              f"Batch 1, one thread each, p50 / p99 over 300 calls in ms; {platform.processor() or platform.machine()}, "
              "run alone. Parity: the largest difference of ONNX Runtime from PyTorch over an episode's queries and "
-             "64 random inputs, the action in units of half its range (the export refuses more than 1e-5).", "",
-             "| case | exports | PyTorch p50 / p99 | ONNX Runtime p50 / p99 | speed-up (p50) | parity |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "64 random inputs, the action in units of half its range (the export refuses more than 1e-5); for the VLAs, "
+             "over an episode's queries, whose action tokens must also be equal.", "",
+             "A chunked policy is called once per `executed_steps` actions (the table's *actions per call*). The "
+             "timed call is an episode's first query: for the residual policy, whose state is then zero, that call "
+             "samples a new base chunk (the worst case); its other calls run only the residual.", "",
+             "| case | exports | actions per call | PyTorch p50 / p99 | ONNX Runtime p50 / p99 | speed-up (p50) "
+             "| parity |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, meta in results.items():
         t, o = meta["latency_ms"]["torch"], meta["latency_ms"]["onnxruntime"]
         parity = max(meta["parity"]["max_abs_error"].values())
-        lines.append(f"| {name} | {CASES[name][0]} | {t['p50']:.3f} / {t['p99']:.3f} | {o['p50']:.3f} / "
+        lines.append(f"| {name} | {CASES[name][0]} | {meta['control']['executed_steps']} | {t['p50']:.3f} / "
+                     f"{t['p99']:.3f} | {o['p50']:.3f} / "
                      f"{o['p99']:.3f} | {t['p50'] / o['p50']:.1f}x | {parity:.1e} |")
     lines += ["", "Notes from the exports' metadata:", ""]
     lines += [f"- {name}: {note}" for name, meta in results.items() for note in meta["notes"]]

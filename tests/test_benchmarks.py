@@ -99,6 +99,8 @@ def test_the_export_benchmark_covers_every_exportable_family():
     kinds = set()
     for _, overrides in benchmark_export.CASES.values():
         cfg = _composed(overrides)
-        kinds.add(cfg.method.policy.family if cfg.pipeline.runner.endswith("FinetuneExperiment") else cfg.agent.name)
+        runner = cfg.pipeline.runner
+        kinds.add(cfg.method.policy.family if runner.endswith("FinetuneExperiment") else
+                  "vla" if runner.endswith("TextExperiment") else cfg.agent.name)
         assert "progress=false" in overrides and "threads=1" in overrides
-    assert kinds == {"spot", "iql", "sac", "tdmpc2", "gaussian", "dppo", "residual"}
+    assert kinds == {"spot", "iql", "sac", "tdmpc2", "gaussian", "dppo", "residual", "vla"}
