@@ -346,9 +346,20 @@ def torch_export(graph: nn.Module, args: tuple[torch.Tensor, ...], input_names: 
     onnx.checker.check_model(onnx.load(path))
 
 
+def provenance(run_dir: Path, checkpoint: str) -> dict[str, Any]:
+    """``source`` (run, checkpoint, config hash, git commit) and ``versions`` of ``metadata.json``."""
+    import onnx
+    import onnxruntime
+
+    return {"source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint,
+                       "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
+                       "git_commit": _git_commit()},
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}}
+
+
 def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
     """Export a run folder's policy (see the module docstring); returns the output folder."""
-    import onnx
     import onnxruntime
 
     run_dir = Path(run_dir)
@@ -383,11 +394,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
                           "units of half the action range)")
     np.savez(out / "golden.npz", **feeds, **dict(zip(item.output_names, expected)))
     metadata = describe(item) | {
-        "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name,
-                   "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
-                   "git_commit": _git_commit()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
+        **provenance(run_dir, checkpoint.name),
         "parity": {"max_abs_error": errors, "tolerance": TOLERANCE, "recorded_inputs": split,
                    "random_inputs": RANDOM_INPUTS},
         "latency_ms": latency(item.torch_session(), path, {name: value[:1] for name, value in feeds.items()}),

@@ -23,7 +23,6 @@ and ONNX Runtime's tokens equal PyTorch's (exactly) with actions within ``TOLERA
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlft.export.artifact import OPSET, TOLERANCE, ExportError, TorchSession, latency, torch_export
+from rlft.export.artifact import OPSET, TOLERANCE, ExportError, TorchSession, latency, provenance, torch_export
 from rlft.policies.action_tokenizer import ActionTokenizer
 from rlft.policies.llm import LLMPolicy
 
@@ -114,7 +113,6 @@ def describe(policy: LLMPolicy, chat, tokens: ActionTokenizer, image_shape: tupl
 
 def export_vla(run_dir: Path, out: Path, seed: int = 0) -> Path:
     """Export a VLA run folder (see the module docstring); returns the output folder."""
-    import onnx
     import onnxruntime
     from tokenizers import Tokenizer
 
@@ -161,9 +159,7 @@ def export_vla(run_dir: Path, out: Path, seed: int = 0) -> Path:
              action_tokens=np.concatenate([e[0] for e in expected]), action=np.concatenate([e[1] for e in expected]),
              **{f"input_ids_{i}": f["input_ids"] for i, f in enumerate(feeds)})
     metadata |= {
-        "source": {"run": str(run_dir.resolve()), "checkpoint": "model",
-                   "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()},
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        **provenance(run_dir, "model"),
         "parity": {"max_abs_error": {"recorded": error}, "tokens_equal": True, "recorded_inputs": len(feeds),
                    "random_inputs": 0, "tolerance": TOLERANCE},
         "latency_ms": latency(TorchSession(graph, INPUTS, OUTPUTS), path, feeds[0]),
