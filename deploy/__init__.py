@@ -33,20 +33,28 @@ class Session(Protocol):
     def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """An export folder's ``metadata.json``."""
+    path = Path(folder) / "metadata.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an rlft export: it has no metadata.json (run rlft-export first)")
+    return json.loads(path.read_text())
+
+
+def onnx_session(folder: str | Path, metadata: dict[str, Any]) -> Session:
+    """An ONNX Runtime session of the export's graph (CPU)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(Path(folder) / metadata["file"]), providers=["CPUExecutionProvider"])
+
+
 class DeployedPolicy:
     """An exported policy: ``reset()`` at every episode start, then ``act(observation) -> action``."""
 
     def __init__(self, folder: str | Path, seed: int = 0):
         """``seed`` seeds the sampling noise of policies that take one (diffusion policies)."""
-        import onnxruntime
-
-        folder = Path(folder)
-        path = folder / "metadata.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not an rlft export: it has no metadata.json (run rlft-export first)")
-        metadata = json.loads(path.read_text())
-        session = onnxruntime.InferenceSession(str(folder / metadata["file"]), providers=["CPUExecutionProvider"])
-        self._setup(metadata, session, seed)
+        metadata = read_metadata(folder)
+        self._setup(metadata, onnx_session(folder, metadata), seed)
 
     @classmethod
     def over(cls, metadata: dict[str, Any], session: Session, seed: int = 0) -> "DeployedPolicy":

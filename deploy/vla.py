@@ -12,32 +12,27 @@ action-token indices and actions, :meth:`reply` its text (what a VLA task env st
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from rlft.deploy import Session
+from rlft.deploy import Session, onnx_session, read_metadata
 
 
 class DeployedVLA:
     """An exported VLA: ``reset()`` at every episode start, then ``act(observation) -> action``."""
 
     def __init__(self, folder: str | Path):
-        import onnxruntime
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        path = folder / "metadata.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not an rlft export: it has no metadata.json (run rlft-export first)")
-        metadata = json.loads(path.read_text())
+        metadata = read_metadata(folder)
         if metadata.get("family") != "llm/vla":
             raise ValueError(f"{folder} holds a {metadata.get('family')!r} policy: run it with rlft.deploy.DeployedPolicy")
-        session = onnxruntime.InferenceSession(str(folder / metadata["file"]), providers=["CPUExecutionProvider"])
-        self._setup(metadata, session, Tokenizer.from_file(str(folder / metadata["prompt"]["tokenizer"])))
+        tokenizer = Tokenizer.from_file(str(folder / metadata["prompt"]["tokenizer"]))
+        self._setup(metadata, onnx_session(folder, metadata), tokenizer)
 
     @classmethod
     def over(cls, metadata: dict[str, Any], session: Session, tokenizer: Any) -> "DeployedVLA":
