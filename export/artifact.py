@@ -412,6 +412,13 @@ def _stats(graph: DeployGraph) -> dict[str, Any] | None:
     return {"mean": graph.mean[:frame].tolist(), "std": graph.std[:frame].tolist(), "clip": graph.obs_clip}
 
 
+def latency_table(latency: dict[str, dict[str, float]]) -> list[str]:
+    """``report.md``'s rows of :func:`latency`'s measurement."""
+    return ["| batch-1 latency (ms, one thread) | p50 | p99 |", "| --- | ---: | ---: |",
+            f"| PyTorch eager | {latency['torch']['p50']:.3f} | {latency['torch']['p99']:.3f} |",
+            f"| ONNX Runtime | {latency['onnxruntime']['p50']:.3f} | {latency['onnxruntime']['p99']:.3f} |"]
+
+
 def _report(metadata: dict) -> str:
     parity, latency = metadata["parity"], metadata["latency_ms"]
     return "\n".join([
@@ -419,6 +426,4 @@ def _report(metadata: dict) -> str:
         f"ONNX Runtime against PyTorch (max abs error over the outputs, the action's in units of half its range): {parity['max_abs_error']['recorded']:.2e} on "
         f"{parity['recorded_inputs']} policy queries of an episode, {parity['max_abs_error']['random']:.2e} on "
         f"{parity['random_inputs']} random inputs (tolerance {parity['tolerance']:.0e}).", "",
-        "| batch-1 latency (ms, one thread) | p50 | p99 |", "| --- | ---: | ---: |",
-        f"| PyTorch eager | {latency['torch']['p50']:.3f} | {latency['torch']['p99']:.3f} |",
-        f"| ONNX Runtime | {latency['onnxruntime']['p50']:.3f} | {latency['onnxruntime']['p99']:.3f} |", ""])
+        *latency_table(latency), ""])

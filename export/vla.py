@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlft.export.artifact import OPSET, TOLERANCE, ExportError, TorchSession, latency, provenance, torch_export
+from rlft.export.artifact import (OPSET, TOLERANCE, ExportError, TorchSession, latency, latency_table, provenance,
+                                  torch_export)
 from rlft.policies.action_tokenizer import ActionTokenizer
 from rlft.policies.llm import LLMPolicy
 
@@ -165,13 +166,9 @@ def export_vla(run_dir: Path, out: Path, seed: int = 0) -> Path:
         "latency_ms": latency(TorchSession(graph, INPUTS, OUTPUTS), path, feeds[0]),
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    lat = metadata["latency_ms"]
     (out / "report.md").write_text("\n".join([
         f"# Export of a VLA ({env_cfg['task']})", "",
         f"Over {len(feeds)} policy queries of an episode: the deploy runner's prompts equal ChatFormat's, the graph's "
         "greedy tokens equal LLMPolicy.generate's, ONNX Runtime's tokens equal PyTorch's and its actions differ by "
-        f"{error:.2e} at most (tolerance {TOLERANCE:.0e}).", "",
-        "| batch-1 latency (ms, one thread) | p50 | p99 |", "| --- | ---: | ---: |",
-        f"| PyTorch eager | {lat['torch']['p50']:.3f} | {lat['torch']['p99']:.3f} |",
-        f"| ONNX Runtime | {lat['onnxruntime']['p50']:.3f} | {lat['onnxruntime']['p99']:.3f} |", ""]))
+        f"{error:.2e} at most (tolerance {TOLERANCE:.0e}).", "", *latency_table(metadata["latency_ms"]), ""]))
     return out
