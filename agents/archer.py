@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.llm import ChatFormat, LLMPolicy
-from rlft.policies.text_mlp import CHAR_VOCAB, char_features
+from rlft.policies.text_mlp import CHAR_VOCAB, char_hot_positions
 from torch import nn
 
 
@@ -75,13 +75,15 @@ class TurnCritic(nn.Module):
         self.v = CriticEnsemble(obs_width * CHAR_VOCAB, 0, 2, hidden)
 
     def q_values(self, observations: list[str], actions: list[str]) -> torch.Tensor:
-        """``[2, B]``."""
-        return self.q(char_features(observations, self.obs_width), char_features(actions, self.action_width))
+        """``[2, B]``: the ensemble on one-hot features of both texts, read as the positions of
+        their ones (:meth:`EnsembleMLP.forward_one_hot`, the same function as the dense input)."""
+        hot = torch.cat([char_hot_positions(observations, self.obs_width),
+                         char_hot_positions(actions, self.action_width, self.obs_width * CHAR_VOCAB)], dim=1)
+        return self.q.net.forward_one_hot(hot).squeeze(-1)
 
     def v_values(self, observations: list[str]) -> torch.Tensor:
         """``[2, B]``."""
-        obs = char_features(observations, self.obs_width)
-        return self.v(obs, obs.new_zeros((len(observations), 0)))
+        return self.v.net.forward_one_hot(char_hot_positions(observations, self.obs_width)).squeeze(-1)
 
 
 @dataclass

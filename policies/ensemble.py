@@ -91,9 +91,26 @@ class EnsembleMLP(nn.Sequential):
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         lead, count = x.shape[:-1], self.members if members is None else len(members)
         out = x.reshape(1, -1, x.shape[-1]).expand(count, -1, -1)
-        for layer in self:
+        return self._layers(out, members, 0).reshape(count, *lead, -1)
+
+    def forward_one_hot(self, hot: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` of a 0/1 input given by the indices of its ones: ``hot [B, K]`` (``K`` ones
+        per row) -> ``[members, B, out]``.
+
+        Equal to ``forward`` of the dense ``[B, in]`` input, but the first layer gathers and sums
+        ``K`` weight rows (``embedding_bag``) instead of multiplying by a mostly-zero matrix: for
+        one-hot character features (thousands of inputs, tens of ones) that removes nearly all
+        of the network's FLOPs.
+        """
+        first = self[0]
+        weight, bias = (first.weight, first.bias) if members is None else (first.weight[members], first.bias[members])
+        out = torch.stack([nn.functional.embedding_bag(hot, w, mode="sum") for w in weight]) + bias
+        return self._layers(out, members, 1)
+
+    def _layers(self, out: torch.Tensor, members: torch.Tensor | None, start: int) -> torch.Tensor:
+        for layer in list(self)[start:]:
             out = layer(out, members) if isinstance(layer, (VectorizedLinear, VectorizedLayerNorm)) else layer(out)
-        return out.reshape(count, *lead, out.shape[-1])
+        return out
 
 
 class CriticEnsemble(nn.Module):

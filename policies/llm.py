@@ -119,6 +119,9 @@ def split_observation(observation: Observation) -> tuple[str, np.ndarray | None]
     return str(observation["text"]), observation.get("image")
 
 
+PROMPT_CACHE_SIZE = 65536
+
+
 class ChatFormat:
     """Token-exact chat formatting from a tokenizer's own chat template.
 
@@ -136,6 +139,7 @@ class ChatFormat:
         self.system_prompt = system_prompt
         self.end_of_turn = int(tokenizer.eos_token_id)
         self._between_turns = self._between_turns_text()
+        self._prompts: dict[str, list[int]] = {}
 
     def _messages(self, *turns: dict[str, str]) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -181,7 +185,22 @@ class ChatFormat:
         return before, after
 
     def first_prompt(self, observation: Observation) -> list[int]:
-        """Tokens of the system prompt, the first user message and the generation prompt."""
+        """Tokens of the system prompt, the first user message and the generation prompt.
+
+        Text observations' prompts are remembered (:data:`PROMPT_CACHE_SIZE` of them): rendering the
+        chat template costs more than a tiny model's forward pass, and text tasks repeat observations.
+        """
+        if not isinstance(observation, str):
+            return self._first_prompt(observation)
+        tokens = self._prompts.get(observation)
+        if tokens is None:
+            tokens = self._first_prompt(observation)
+            if len(self._prompts) >= PROMPT_CACHE_SIZE:
+                self._prompts.clear()
+            self._prompts[observation] = tokens
+        return list(tokens)
+
+    def _first_prompt(self, observation: Observation) -> list[int]:
         return self.encode(self._render(self._messages({"role": "user", "content": self._content(observation)}), True))
 
     def next_prompt(self, observation: Observation) -> list[int]:
@@ -391,6 +410,40 @@ class LLMPolicy(nn.Module):
         return pixels[:, None] if self.model.config.model_type == "idefics3" else pixels
 
     # --- sampling -------------------------------------------------------------------------
+    def _prefill(self, prompts: Sequence[Sequence[int]], pixels: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
+        """Run the prompts through the model into a KV cache: ``(last logits [B, V], cache,
+        attention mask [B, T], next position [B])``.
+
+        Prompts share their system prompt and chat template, so the longest common prefix (text
+        prompts of a batch, at least :data:`MIN_SHARED_PREFIX` tokens) is computed once and its
+        cache copied to every row; each row's remaining tokens follow it left-padded, masked pads
+        between, with positions continuing from the prefix: the same attention and positions as
+        one left-padded batch, a fraction of the prefill FLOPs.
+        """
+        from transformers import DynamicCache
+
+        device, batch = self.device, len(prompts)
+        cache = DynamicCache(config=self.model.config)
+        shared = shared_prefix_length(prompts) if pixels is None and batch > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        else:
+            prefix = torch.as_tensor(list(prompts[0][:shared]), device=device)[None]
+            self.model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache,
+                       use_cache=True)
+            cache.batch_repeat_interleave(batch)
+        width = max(len(p) for p in prompts) - shared
+        pads = [width - len(p) + shared for p in prompts]
+        input_ids = torch.tensor([[self.pad_id] * n + list(p[shared:]) for n, p in zip(pads, prompts)], device=device)
+        suffix = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
+        positions = shared + (suffix.cumsum(-1) - 1).clamp(min=0)
+        attention = torch.cat([torch.ones((batch, shared), dtype=torch.long, device=device), suffix], dim=1)
+        vision = {} if pixels is None else {"pixel_values": pixels}
+        logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                            use_cache=True, logits_to_keep=1, **vision).logits[:, -1]
+        return logits, cache, attention, positions[:, -1] + 1
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], greedy: bool = False,
                  generator: torch.Generator | None = None,
@@ -404,24 +457,10 @@ class LLMPolicy(nn.Module):
         ``temperature`` samples at another temperature than the policy's (evaluation; the recorded
         log-probs are then under that temperature, not the policy's).
         """
-        from transformers import DynamicCache
-
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate needs a non-empty batch of non-empty prompts")
-        device = self.device
-        batch, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long, device=device)
-        attention = torch.zeros((batch, width), dtype=torch.long, device=device)
-        for i, prompt in enumerate(prompts):
-            input_ids[i, width - len(prompt):] = torch.as_tensor(list(prompt), device=device)
-            attention[i, width - len(prompt):] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        pixels = self.pixel_values(images)
-        vision = {} if pixels is None else {"pixel_values": pixels}
-        logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
-                            use_cache=True, **vision).logits[:, -1]
-        next_position = positions[:, -1] + 1
+        device, batch = self.device, len(prompts)
+        logits, cache, attention, next_position = self._prefill(prompts, self.pixel_values(images))
         tokens: list[list[int]] = [[] for _ in range(batch)]
         log_probs: list[list[float]] = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -432,9 +471,10 @@ class LLMPolicy(nn.Module):
             else:
                 token = torch.multinomial(step_log_probs.exp(), 1, generator=generator).squeeze(-1)
             chosen = step_log_probs.gather(-1, token[:, None]).squeeze(-1)
+            token_ids, chosen_log_probs = token.tolist(), chosen.tolist()  # one host copy per step
             for i in torch.nonzero(~finished).flatten().tolist():
-                tokens[i].append(int(token[i]))
-                log_probs[i].append(float(chosen[i]))
+                tokens[i].append(token_ids[i])
+                log_probs[i].append(chosen_log_probs[i])
             finished |= token == self.eos_id
             if bool(finished.all()):
                 break
@@ -496,6 +536,18 @@ class LLMPolicy(nn.Module):
 
 
 VALUE_HEAD_FILE = "value_head.pt"
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward pass
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the prompts' longest common prefix, leaving every prompt at least one token."""
+    shortest = min(len(p) for p in prompts)
+    first = prompts[0]
+    for length in range(shortest - 1):
+        token = first[length]
+        if any(p[length] != token for p in prompts):
+            return length
+    return shortest - 1
 
 
 def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:

@@ -20,15 +20,27 @@ _INDEX = {ch: i + 1 for i, ch in enumerate(CHARSET)}  # 0: padding / unknown
 CHAR_VOCAB = len(CHARSET) + 1
 
 
-def char_features(texts: Sequence[str], width: int) -> torch.Tensor:
-    """``[B, width * CHAR_VOCAB]``: one-hot characters of each text's last ``width`` characters,
-    left-padded (position-aware, so grids and numbers keep their layout)."""
+def char_indices(texts: Sequence[str], width: int) -> torch.Tensor:
+    """``[B, width]``: the character ids (0: padding or unknown) of each text's last ``width``
+    characters, left-padded."""
     index = torch.zeros((len(texts), width), dtype=torch.long)
     for row, text in enumerate(texts):
         tail = text[-width:]
         if tail:
             index[row, width - len(tail):] = torch.tensor([_INDEX.get(ch, 0) for ch in tail], dtype=torch.long)
-    return nn.functional.one_hot(index, CHAR_VOCAB).flatten(1).float()
+    return index
+
+
+def char_features(texts: Sequence[str], width: int) -> torch.Tensor:
+    """``[B, width * CHAR_VOCAB]``: one-hot characters of each text's last ``width`` characters,
+    left-padded (position-aware, so grids and numbers keep their layout)."""
+    return nn.functional.one_hot(char_indices(texts, width), CHAR_VOCAB).flatten(1).float()
+
+
+def char_hot_positions(texts: Sequence[str], width: int, offset: int = 0) -> torch.Tensor:
+    """``[B, width]``: where the ones of :func:`char_features` are (``offset`` added), the sparse
+    form that :meth:`rlft.policies.ensemble.EnsembleMLP.forward_one_hot` reads."""
+    return char_indices(texts, width) + torch.arange(width) * CHAR_VOCAB + offset
 
 
 class TextMLPPolicy(nn.Module):

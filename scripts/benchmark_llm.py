@@ -8,13 +8,17 @@ one torch thread each; finished runs are skipped, interrupted ones resumed. Writ
 
 - ``results.md`` / ``results.json``: success rate after SFT and after RL, mean ± std over
   seeds and per seed, with each run's minutes and the command;
-- ``<task>.png``: success rate against training episodes (mean ± std over seeds) per method.
+- ``<task>.png``: success rate against training episodes (mean ± std over seeds) per method;
+- ``<task>-<metric>.png`` for every ``--train-metrics`` key: that training metric of ``metrics.csv``
+  (e.g. GRPO's ``kl_ref``, the KL to the reference policy) against training episodes.
 
 ``--variants NAME=OVERRIDE,OVERRIDE ...`` runs every method once per variant (rows ``method NAME``),
 e.g. RL4VLM's reasoning weight swept on chain-of-thought transcripts:
 
     python -m rlft.scripts.benchmark_llm --tasks numberline text-frozenlake --seeds 0 1 2
     python -m rlft.scripts.benchmark_llm --methods grpo --overrides text_method.algorithm.lr=1e-4
+    python -m rlft.scripts.benchmark_llm --tasks text-frozenlake --methods grpo --out benchmarks/grpo_kl \
+        --overrides text_method.algorithm.kl_coef=0.04 --train-metrics kl_ref
     python -m rlft.scripts.benchmark_llm --tasks numberline --methods ppo --out benchmarks/llm_cot \
         --overrides sft.reasoning=true generation.max_new_tokens=16 \
         --variants l0.01=text_method.algorithm.cot_lambda=0.01 l0.3=text_method.algorithm.cot_lambda=0.3 \
@@ -24,6 +28,7 @@ e.g. RL4VLM's reasoning weight swept on chain-of-thought transcripts:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
@@ -62,6 +67,16 @@ def run_one(job: tuple[str, str, int], args: argparse.Namespace, out: Path) -> s
     return f"{task} {label} seed {seed}: {time.time() - started:.0f}s"
 
 
+def train_curve(folder: Path, key: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training metric ``key`` of a run's ``metrics.csv`` against training episodes, on ``grid``."""
+    with open(folder / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(key) not in (None, "") and int(r["step"]) > 0]
+    if not rows:
+        raise KeyError(f"{folder / 'metrics.csv'} has no values of {key!r}")
+    steps = np.array([int(r["step"]) for r in rows], dtype=float)
+    return grid, np.interp(grid, steps, np.array([float(r[key]) for r in rows]))
+
+
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
     results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
     for task in args.tasks:
@@ -87,6 +102,10 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
             f"episodes of the scripted expert taking a random admissible action with probability {sft.epsilon}")
         plot_seed_curves(curves, out / f"{task}.png", f"{task}: tiny LM, SFT then RL ({len(args.seeds)} seeds)",
                          "training episodes", "success rate %")
+        for key in args.train_metrics:
+            plot_seed_curves({m: [train_curve(f, key, grid) for f in fs] for m, fs in folders.items()},
+                             out / f"{task}-{key}.png", f"{task}: {key} during RL ({len(args.seeds)} seeds)",
+                             "training episodes", key)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -113,6 +132,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
             lines.append(f"| {method} | {fmt(r['before'])} | {fmt(r['final'])} | {fmt(r['best'])} | "
                          f"{np.nanmean(r['minutes']):.1f} | {seeds} |")
         lines += ["", f"![curves]({task}.png)", ""]
+        lines += [f"![{key}]({task}-{key}.png)\n" for key in args.train_metrics]
     (out / "results.md").write_text("\n".join(lines))
 
 
@@ -128,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for every run")
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME=OVERRIDE,OVERRIDE",
                         help="run every method once per variant, with that variant's overrides")
+    parser.add_argument("--train-metrics", nargs="*", default=[], metavar="KEY",
+                        help="also plot these metrics.csv columns against training episodes (e.g. kl_ref)")
     args = parser.parse_args(argv)
     jobs = [(task, label, seed) for task in args.tasks for label in run_labels(args) for seed in args.seeds]
     bench_runs.run_and_report("rlft.scripts.benchmark_llm", argv, args, jobs, run_one, summarise, write_markdown)

@@ -9,7 +9,7 @@ import torch
 
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.replay_buffer import Batch
-from rlft.policies.ensemble import reduce_ensemble
+from rlft.policies.ensemble import EnsembleMLP, reduce_ensemble
 from rlft.policies.gaussian import GaussianActor
 
 
@@ -100,3 +100,19 @@ def test_online_overrides_switch_at_start_online_and_survive_checkpoints():
     assert restored.online and restored.cfg.policy_freq == 4
     with pytest.raises(ValueError, match="online_overrides has unknown"):
         SACConfig(online_overrides={"nope": 1})
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_one_hot_input_by_indices_equals_the_dense_input_in_values_and_gradients(layer_norm):
+    torch.manual_seed(0)
+    net = EnsembleMLP(40, 1, 2, (16, 16), layer_norm=layer_norm)
+    hot = torch.stack([torch.randperm(40)[:5] for _ in range(8)])  # 5 ones per row
+    dense = torch.zeros(8, 40).scatter_(1, hot, 1.0)
+    expected = net(dense)
+    grads = torch.autograd.grad(expected.square().sum(), list(net.parameters()))
+    got = net.forward_one_hot(hot)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(torch.autograd.grad(got.square().sum(), list(net.parameters())), grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    members = torch.tensor([1])
+    torch.testing.assert_close(net.forward_one_hot(hot, members), net(dense, members), rtol=1e-5, atol=1e-6)

@@ -32,7 +32,10 @@ from rlft.offline.transcripts import (
     sft_samples,
     train_sft,
 )
-from rlft.policies.llm import ChatAgent, ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
+from rlft.policies.llm import (
+    MIN_SHARED_PREFIX, ChatAgent, ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora,
+    shared_prefix_length,
+)
 from rlft.policies.text_mlp import TextMLPPolicy
 from rlft.policies.tiny_lm import build_tiny_lm
 from rlft.runtime.evaluation import evaluate
@@ -98,6 +101,23 @@ def test_sampled_log_probs_equal_the_training_recomputation(tiny_lm: Path) -> No
             mask = torch.tensor(sample.model_mask)
             sampled = torch.tensor(sample.sampled_log_probs)[mask]
             assert torch.allclose(recomputed[row, : len(sample.tokens)][mask], sampled, atol=1e-5)
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_reply(tiny_lm: Path) -> None:
+    policy = load(tiny_lm)
+    chat = ChatFormat(policy.tokenizer, "Reach the target on the number line. Answer + or -.")
+    prompts = [chat.first_prompt(o) for o in ("position 3, target 5", "position 12, target 0", "p 1")]
+    assert shared_prefix_length(prompts) >= MIN_SHARED_PREFIX  # the batch takes the shared-prefix path
+    calls = []
+    hook = policy.model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                                  with_kwargs=True)
+    batched = policy.generate(prompts, greedy=True)
+    hook.remove()
+    assert calls[0] == (1, shared_prefix_length(prompts))  # the prefix, once, at batch 1
+    for prompt, reply in zip(prompts, batched, strict=True):
+        alone = policy.generate([prompt], greedy=True)[0]  # a batch of one shares nothing
+        assert reply.tokens == alone.tokens
+        torch.testing.assert_close(torch.tensor(reply.log_probs), torch.tensor(alone.log_probs), atol=1e-5, rtol=0)
 
 
 def test_temperature_defines_the_log_probs_and_greedy_is_deterministic(tiny_lm: Path) -> None:
