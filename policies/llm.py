@@ -425,10 +425,8 @@ class LLMPolicy(nn.Module):
 
         device, batch = self.device, len(prompts)
         cache = DynamicCache(config=self.model.config)
-        shared = shared_prefix_length(prompts) if pixels is None and batch > 1 else 0
-        if shared < MIN_SHARED_PREFIX:
-            shared = 0
-        else:
+        shared = self._shared_prefix(prompts, None) if pixels is None else 0
+        if shared:
             prefix = torch.as_tensor(list(prompts[0][:shared]), device=device)[None]
             self.model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache,
                        use_cache=True)
@@ -496,11 +494,9 @@ class LLMPolicy(nn.Module):
         for i, seq in enumerate(sequences):
             input_ids[i, : len(seq)] = torch.as_tensor(list(seq), device=device)
             attention[i, : len(seq)] = 1
-        pixels = self.pixel_values(images)
-        vision = {} if pixels is None else {"pixel_values": pixels}
-        out = self.model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True, use_cache=False,
-                         **vision)
-        log_softmax = self._log_softmax(out.logits[:, :-1])
+        logits, hidden = self._forward_sequences(input_ids, attention, self.pixel_values(images),
+                                                 self._shared_prefix(sequences, images))
+        log_softmax = self._log_softmax(logits[:, :-1])
         taken = log_softmax.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
         taken = taken.masked_fill(torch.isinf(taken), 0.0)  # prompt image tokens: never the policy's to write
         entropy = -(log_softmax.exp() * log_softmax.clamp(min=-1e9)).sum(-1)
@@ -508,9 +504,38 @@ class LLMPolicy(nn.Module):
         scores = SequenceScores(
             log_probs=torch.cat([zero, taken], dim=1) * attention,
             entropy=torch.cat([zero, entropy], dim=1) * attention,
-            hidden=out.hidden_states[-1],
+            hidden=hidden,
         )
         return scores, attention
+
+    def _shared_prefix(self, sequences: Sequence[Sequence[int]], images: Sequence[np.ndarray | None] | None) -> int:
+        """How many leading tokens every sequence of a text-only batch shares (0 below :data:`MIN_SHARED_PREFIX`)."""
+        if len(sequences) < 2 or (images is not None and any(image is not None for image in images)):
+            return 0
+        shared = shared_prefix_length(sequences)
+        return shared if shared >= MIN_SHARED_PREFIX else 0
+
+    def _forward_sequences(self, input_ids: torch.Tensor, attention: torch.Tensor, pixels: torch.Tensor | None,
+                           shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, L, V], last hidden states [B, L, H])`` of right-padded sequences; the first
+        ``shared`` tokens (the same in every row) go through the model once, at batch 1, and the rest
+        attends to their cache, so gradients reach the shared prefix summed over the rows."""
+        vision = {} if pixels is None else {"pixel_values": pixels}
+        if not shared:
+            out = self.model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True, use_cache=False,
+                             **vision)
+            return out.logits, out.hidden_states[-1]
+        from transformers import DynamicCache
+
+        batch, width = input_ids.shape
+        cache = DynamicCache(config=self.model.config)
+        head = self.model(input_ids=input_ids[:1, :shared], cache=cache, use_cache=True, output_hidden_states=True)
+        cache.batch_repeat_interleave(batch)
+        positions = torch.arange(shared, width, device=input_ids.device).expand(batch, -1)
+        tail = self.model(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions, cache=cache,
+                          use_cache=True, output_hidden_states=True)
+        logits = torch.cat([head.logits.expand(batch, -1, -1), tail.logits], dim=1)
+        return logits, torch.cat([head.hidden_states[-1].expand(batch, -1, -1), tail.hidden_states[-1]], dim=1)
 
     def score_conversations(self, conversations: Sequence[Conversation]) -> SequenceScores:
         """:meth:`score` of conversations, with their images."""

@@ -4,6 +4,7 @@ whether a run folder is finished, learning curves on a common grid, and table fo
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shlex
@@ -97,6 +98,18 @@ def curve(history: list[dict], grid: np.ndarray, key: str = "normalized_score",
     steps = np.array([r["step"] for r in history], dtype=float)
     values = np.array([r[key] for r in history], dtype=float)
     return grid, np.interp(grid, steps, values, left=left)
+
+
+def metrics_curve(path: Path, key: str, grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Column ``key`` of a run's ``metrics.csv`` (rows from step 0 on that have it) against ``step``,
+    interpolated onto ``grid`` (default: the steps that have it)."""
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get(key) not in (None, "") and int(r["step"]) >= 0]
+    if not rows:
+        raise KeyError(f"{path} has no values of {key!r}")
+    steps = np.array([int(r["step"]) for r in rows], dtype=float)
+    values = np.array([float(r[key]) for r in rows])
+    return (steps, values) if grid is None else (grid, np.interp(grid, steps, values))
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -28,7 +28,6 @@ e.g. RL4VLM's reasoning weight swept on chain-of-thought transcripts:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -67,16 +66,6 @@ def run_one(job: tuple[str, str, int], args: argparse.Namespace, out: Path) -> s
     return f"{task} {label} seed {seed}: {time.time() - started:.0f}s"
 
 
-def train_curve(folder: Path, key: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Training metric ``key`` of a run's ``metrics.csv`` against training episodes, on ``grid``."""
-    with open(folder / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get(key) not in (None, "") and int(r["step"]) > 0]
-    if not rows:
-        raise KeyError(f"{folder / 'metrics.csv'} has no values of {key!r}")
-    steps = np.array([int(r["step"]) for r in rows], dtype=float)
-    return grid, np.interp(grid, steps, np.array([float(r[key]) for r in rows]))
-
-
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
     results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
     for task in args.tasks:
@@ -103,7 +92,7 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
         plot_seed_curves(curves, out / f"{task}.png", f"{task}: tiny LM, SFT then RL ({len(args.seeds)} seeds)",
                          "training episodes", "success rate %")
         for key in args.train_metrics:
-            plot_seed_curves({m: [train_curve(f, key, grid) for f in fs] for m, fs in folders.items()},
+            plot_seed_curves({m: [bench_runs.metrics_curve(f / "metrics.csv", key, grid) for f in fs] for m, fs in folders.items()},
                              out / f"{task}-{key}.png", f"{task}: {key} during RL ({len(args.seeds)} seeds)",
                              "training episodes", key)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -119,7 +108,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
         "",
         f"Model: tiny Llama (2 layers, 64 wide, character tokenizer; `policies/tiny_lm.py`). RL: {args.iterations} "
         f"iterations of 32 episodes. Success: greedy replies (FrozenLake: sampled, see its task config), 64 "
-        f"evaluation episodes. {len(args.seeds)} seeds, one CPU thread per run, two runs at a time on 2 cores; "
+        f"evaluation episodes. {len(args.seeds)} seeds, one CPU thread per run, {args.workers} run(s) at a time on 2 cores; "
         "'minutes per run' is each run's own wall clock.",
         "",
     ]
@@ -128,7 +117,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
                   "| method | after SFT | after RL | best eval | minutes per run | per seed (SFT -> RL) |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         for method, r in per_method.items():
-            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["after"], strict=True))
+            seeds = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in zip(r["before"], r["final"], strict=True))
             lines.append(f"| {method} | {fmt(r['before'])} | {fmt(r['final'])} | {fmt(r['best'])} | "
                          f"{np.nanmean(r['minutes']):.1f} | {seeds} |")
         lines += ["", f"![curves]({task}.png)", ""]

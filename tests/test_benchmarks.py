@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 from hydra import compose, initialize_config_module
 
-from rlft.scripts import benchmark_llm, benchmark_o2o, benchmark_o2o_claims, benchmark_sb3
+from rlft.scripts import bench_runs, benchmark_llm, benchmark_o2o, benchmark_o2o_claims, benchmark_sb3
 
 
 def _composed(overrides: list[str]):
@@ -66,6 +67,17 @@ def test_llm_benchmark_variants_are_one_row_per_method_and_variant():
     assert list(benchmark_llm.run_labels(argparse.Namespace(methods=["ppo"], variants=[]))) == ["ppo"]
 
 
+def test_the_llm_table_lists_every_method_with_its_seeds(tmp_path):
+    results = {"command": "python -m rlft.scripts.benchmark_llm", "sft": {"numberline": "SFT 3 steps"}, "tasks": {
+        "numberline": {"archer": {"before": [50.0, 40.0], "final": [90.0, 100.0], "best": [95.0, 100.0],
+                                  "episodes": [64, 64], "minutes": [2.0, 4.0]}}}}
+    args = argparse.Namespace(iterations=2, seeds=[0, 1], workers=2, train_metrics=["kl_ref"])
+    benchmark_llm.write_markdown(results, args, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| archer | 45.0 ± 5.0 | 95.0 ± 5.0 | 97.5 ± 2.5 | 3.0 | 50 -> 90, 40 -> 100 |" in text
+    assert "![kl_ref](numberline-kl_ref.png)" in text
+
+
 def test_the_o2o_table_lists_every_method_with_its_seeds(tmp_path):
     results = {"command": "python -m rlft.scripts.benchmark_o2o", "wall_seconds": 600.0, "tasks": {
         "hopper-medium": {"iql": {"offline_end": [16.0, 14.0], "online_end": [18.0, 20.0]}}}}
@@ -104,3 +116,18 @@ def test_the_export_benchmark_covers_every_exportable_family():
                   "vla" if runner.endswith("TextExperiment") else cfg.agent.name)
         assert "progress=false" in overrides and "threads=1" in overrides
     assert kinds == {"spot", "iql", "sac", "tdmpc2", "gaussian", "dppo", "residual", "vla"}
+
+
+def test_plot_runs_draws_a_metrics_column_per_run_and_names_a_bad_run(tmp_path):
+    from rlft.scripts import plot_runs
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("step,phase,eval/success_rate,loss\n-5,sft,,1.0\n0,sft,0.5,\n10,rl,,0.5\n20,rl,0.9,\n")
+    steps, values = bench_runs.metrics_curve(csv, "eval/success_rate")
+    assert steps.tolist() == [0.0, 20.0] and values.tolist() == [0.5, 0.9]  # rows that have it, from step 0
+    out = plot_runs.main(["first=" + str(tmp_path), "--out", str(tmp_path / "runs.png")])
+    assert out.is_file() and out.stat().st_size > 0
+    with pytest.raises(SystemExit):
+        plot_runs.main([f"x={tmp_path / 'missing.csv'}", "--out", str(tmp_path / "no.png")])
+    with pytest.raises(KeyError, match="no values of 'entropy'"):
+        bench_runs.metrics_curve(csv, "entropy")

@@ -120,6 +120,26 @@ def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_reply(tiny_lm: P
         torch.testing.assert_close(torch.tensor(reply.log_probs), torch.tensor(alone.log_probs), atol=1e-5, rtol=0)
 
 
+def test_scoring_with_a_shared_prefix_equals_the_full_batch_in_values_and_gradients(tiny_lm: Path,
+                                                                                    monkeypatch) -> None:
+    policy = load(tiny_lm)
+    chat = ChatFormat(policy.tokenizer, "Reach the target on the number line. Answer + or -.")
+    sequences = [chat.first_prompt(o) + chat.encode(a) + [policy.eos_id]
+                 for o, a in (("position 3, target 5", "+"), ("position 12, target 0", "-"), ("p 1", "+-"))]
+
+    def scored() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        policy.model.zero_grad()
+        scores, _ = policy.score(sequences)
+        (scores.log_probs.sum() + scores.entropy.sum() + scores.hidden[:, -1].square().sum()).backward()
+        return [scores.log_probs, scores.entropy, scores.hidden], [p.grad.clone() for p in policy.model.parameters()]
+
+    shared_values, shared_grads = scored()
+    monkeypatch.setattr("rlft.policies.llm.MIN_SHARED_PREFIX", 10**9)  # every row through the whole model
+    full_values, full_grads = scored()
+    for got, expected in zip(shared_values + shared_grads, full_values + full_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_temperature_defines_the_log_probs_and_greedy_is_deterministic(tiny_lm: Path) -> None:
     policy = LLMPolicy.from_pretrained(tiny_lm, generation=GenerationConfig(max_new_tokens=5, temperature=0.5))
     chat = ChatFormat(policy.tokenizer, "sys")
