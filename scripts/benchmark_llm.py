@@ -66,6 +66,15 @@ def run_one(job: tuple[str, str, int], args: argparse.Namespace, out: Path) -> s
     return f"{task} {label} seed {seed}: {time.time() - started:.0f}s"
 
 
+def logs(metrics_csv: Path, key: str) -> bool:
+    """Whether a run's ``metrics.csv`` has any value of ``key``."""
+    try:
+        bench_runs.metrics_curve(metrics_csv, key)
+    except KeyError:
+        return False
+    return True
+
+
 def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float) -> dict:
     results: dict = {"command": command, "wall_seconds": seconds, "tasks": {}}
     for task in args.tasks:
@@ -91,8 +100,10 @@ def summarise(args: argparse.Namespace, out: Path, command: str, seconds: float)
             f"episodes of the scripted expert taking a random admissible action with probability {sft.epsilon}")
         plot_seed_curves(curves, out / f"{task}.png", f"{task}: tiny LM, SFT then RL ({len(args.seeds)} seeds)",
                          "training episodes", "success rate %")
-        for key in args.train_metrics:
-            plot_seed_curves({m: [bench_runs.metrics_curve(f / "metrics.csv", key, grid) for f in fs] for m, fs in folders.items()},
+        for key in args.train_metrics:  # rows whose runs log it (GRPO logs kl_ref only with kl_coef > 0)
+            logged = {m: fs for m, fs in folders.items() if logs(fs[0] / "metrics.csv", key)}
+            plot_seed_curves({m: [bench_runs.metrics_curve(f / "metrics.csv", key, grid) for f in fs]
+                              for m, fs in logged.items()},
                              out / f"{task}-{key}.png", f"{task}: {key} during RL ({len(args.seeds)} seeds)",
                              "training episodes", key)
     (out / "results.json").write_text(json.dumps(results, indent=2))
