@@ -421,16 +421,10 @@ class LLMPolicy(nn.Module):
         between, with positions continuing from the prefix: the same attention and positions as
         one left-padded batch, a fraction of the prefill FLOPs.
         """
-        from transformers import DynamicCache
-
         device, batch = self.device, len(prompts)
-        cache = DynamicCache(config=self.model.config)
         shared = self._shared_prefix(prompts, None) if pixels is None else 0
-        if shared:
-            prefix = torch.as_tensor(list(prompts[0][:shared]), device=device)[None]
-            self.model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], cache=cache,
-                       use_cache=True)
-            cache.batch_repeat_interleave(batch)
+        prefix = torch.as_tensor(list(prompts[0][:shared]), dtype=torch.long, device=device)[None]
+        _, cache = self._prefix_cache(prefix, batch, logits_to_keep=1)
         width = max(len(p) for p in prompts) - shared
         pads = [width - len(p) + shared for p in prompts]
         input_ids = torch.tensor([[self.pad_id] * n + list(p[shared:]) for n, p in zip(pads, prompts)], device=device)
@@ -515,6 +509,20 @@ class LLMPolicy(nn.Module):
         shared = shared_prefix_length(sequences)
         return shared if shared >= MIN_SHARED_PREFIX else 0
 
+    def _prefix_cache(self, prefix: torch.Tensor, batch: int, **forward: object) -> tuple[object | None, object]:
+        """A KV cache of ``batch`` rows that all start with ``prefix`` [1, S]: the prefix runs through
+        the model once, at batch 1 (``forward`` are extra model arguments), and its cache is copied to
+        every row. Returns ``(the prefix's model output, cache)``; an empty prefix gives ``(None, empty cache)``."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if prefix.shape[1] == 0:
+            return None, cache
+        positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
+        out = self.model(input_ids=prefix, position_ids=positions, cache=cache, use_cache=True, **forward)
+        cache.batch_repeat_interleave(batch)
+        return out, cache
+
     def _forward_sequences(self, input_ids: torch.Tensor, attention: torch.Tensor, pixels: torch.Tensor | None,
                            shared: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, L, V], last hidden states [B, L, H])`` of right-padded sequences; the first
@@ -525,12 +533,8 @@ class LLMPolicy(nn.Module):
             out = self.model(input_ids=input_ids, attention_mask=attention, output_hidden_states=True, use_cache=False,
                              **vision)
             return out.logits, out.hidden_states[-1]
-        from transformers import DynamicCache
-
         batch, width = input_ids.shape
-        cache = DynamicCache(config=self.model.config)
-        head = self.model(input_ids=input_ids[:1, :shared], cache=cache, use_cache=True, output_hidden_states=True)
-        cache.batch_repeat_interleave(batch)
+        head, cache = self._prefix_cache(input_ids[:1, :shared], batch, output_hidden_states=True)
         positions = torch.arange(shared, width, device=input_ids.device).expand(batch, -1)
         tail = self.model(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions, cache=cache,
                           use_cache=True, output_hidden_states=True)
