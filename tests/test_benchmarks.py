@@ -8,7 +8,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_module
 
-from rlft.scripts import bench_runs, benchmark_llm, benchmark_o2o, benchmark_o2o_claims, benchmark_sb3
+from rlft.scripts import bench_runs, benchmark_finetune, benchmark_llm, benchmark_o2o, benchmark_o2o_claims, benchmark_sb3
 
 
 def _composed(overrides: list[str]):
@@ -85,6 +85,16 @@ def test_the_o2o_table_lists_every_method_with_its_seeds(tmp_path):
     benchmark_o2o.write_markdown(results, args, tmp_path)
     text = (tmp_path / "results.md").read_text()
     assert "| iql | 15.0 ± 1.0 | 19.0 ± 1.0 | 16 -> 18, 14 -> 20 |" in text and "wall clock 10 min" in text
+
+
+def test_the_finetune_table_lists_every_method_with_its_seeds(tmp_path):
+    results = {"command": "python -m rlft.scripts.benchmark_finetune", "wall_seconds": 1200.0, "tasks": {
+        "mw-push": {"residual": {"bc": [60.0, 70.0], "final": [80.0, 70.0], "env_steps": [7200, 7200],
+                                 "minutes": [3.0, 4.0]}}}}
+    args = argparse.Namespace(bc_steps=100, iterations=3, num_envs=8, eval_episodes=10, seeds=[0, 1], workers=2)
+    benchmark_finetune.write_markdown(results, args, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| residual | 65.0 ± 5.0 | 75.0 ± 5.0 | 7200 | 3.5 | 60 -> 80, 70 -> 70 |" in text
 
 
 def test_the_vla_benchmark_runs_its_chain_and_tables_every_split(tmp_path):
