@@ -21,7 +21,11 @@ import torch
 
 from rlft.agents.replay_buffer import Batch
 
-UpdateFn = Callable[[Batch], dict[str, float]]
+Metrics = dict[str, "float | torch.Tensor"]
+"""What an update returns: scalars, often 0-dim tensors on the learner's device. Runners turn them into
+floats only when they log (``rlft.runtime.logger.MeanAccumulator``), so an update never waits on the device."""
+UpdateFn = Callable[[Batch], Metrics]
+LossFn = Callable[[Batch], "tuple[torch.Tensor, Metrics]"]
 
 
 @dataclass
@@ -48,6 +52,7 @@ class AgentConfig(OnlineOverridable):
     critic_lr: float = 3e-4
     hidden: tuple[int, ...] = (256, 256)  # actor and critic hidden widths
     num_critics: int = 2
+    compile: bool = False  # torch.compile the critic and actor losses (opt-in: benchmarks/compile.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -134,19 +139,20 @@ class OffPolicyAgent(Learner):
         super().__init__(cfg)
         self.device = torch.device(device)
         self.obs_dim, self.action_dim = obs_dim, action_dim
+        self._compiled: tuple[LossFn, LossFn] | None = None
 
     # ------------------------------------------------------------ interface
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         """Evaluation action, or with ``deterministic=False`` the exploration action."""
         raise NotImplementedError
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
-    def after_actor_step(self) -> dict[str, float]:
+    def after_actor_step(self) -> Metrics:
         """Extra work after each actor step (e.g. SAC's temperature); returns metrics."""
         return {}
 
@@ -155,24 +161,34 @@ class OffPolicyAgent(Learner):
         raise NotImplementedError
 
     # ------------------------------------------------------------- learning
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> Metrics:
         """One critic step; every ``policy_freq`` critic steps also an actor step."""
         self.num_updates += 1
-        critic_loss, info = self.critic_loss(batch)
+        critic_loss_fn, actor_loss_fn = self._losses()
+        critic_loss, info = critic_loss_fn(batch)
         optimizer_step(self.critic_optimizer, critic_loss)
-        info["critic_loss"] = critic_loss.item()
+        info["critic_loss"] = critic_loss.detach()
 
         actor_updated = self.num_updates % self.cfg.policy_freq == 0
         if actor_updated:
             self.critic.requires_grad_(False)
             try:
-                actor_loss, actor_info = self.actor_loss(batch)
+                actor_loss, actor_info = actor_loss_fn(batch)
             finally:
                 self.critic.requires_grad_(True)
             optimizer_step(self.actor_optimizer, actor_loss)
-            info.update(actor_loss=actor_loss.item(), **actor_info, **self.after_actor_step())
+            info.update(actor_loss=actor_loss.detach(), **actor_info, **self.after_actor_step())
         self.update_targets(actor_updated)
         return info
+
+    def _losses(self) -> tuple[LossFn, LossFn]:
+        """:meth:`critic_loss` and :meth:`actor_loss`, through ``torch.compile`` (built on first use)
+        when ``cfg.compile`` is set. The optimiser steps stay eager."""
+        if not self.cfg.compile:
+            return self.critic_loss, self.actor_loss
+        if self._compiled is None:
+            self._compiled = (torch.compile(self.critic_loss), torch.compile(self.actor_loss))
+        return self._compiled
 
     # ---------------------------------------------------------- checkpoints
     def _modules(self) -> dict[str, Any]:

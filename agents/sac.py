@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rlft.agents.base import AgentConfig, OffPolicyAgent, ensemble_td_loss, soft_update
+from rlft.agents.base import AgentConfig, Metrics, OffPolicyAgent, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
-from rlft.policies.ensemble import TARGET_REDUCTIONS, CriticEnsemble, reduce_ensemble
+from rlft.policies.ensemble import TARGET_REDUCTIONS, CriticEnsemble
 from rlft.policies.gaussian import GaussianActor
 
 
@@ -87,18 +87,17 @@ class SAC(OffPolicyAgent):
         if deterministic or self.cfg.exploration == "sample":
             return self.actor.act(obs, deterministic)
         k = self.cfg.ucb_candidates
-        candidates = self.actor.sample(obs.repeat_interleave(k, dim=0))[0]  # [B*k, A]
-        q = self.critic(obs.repeat_interleave(k, dim=0), candidates)  # [N, B*k]
-        score = (q.mean(0) + self.cfg.ucb_lambda * q.std(0)).view(-1, k)
-        best = score.argmax(1) + torch.arange(obs.shape[0], device=obs.device) * k
-        return candidates[best]
+        candidates = self.actor.sample_n(obs, k)[0]  # [B, k, A]
+        q = self.critic(obs.unsqueeze(1).expand(-1, k, -1), candidates)  # [N, B, k]
+        best = (q.mean(0) + self.cfg.ucb_lambda * q.std(0)).argmax(1)
+        return candidates[torch.arange(obs.shape[0], device=obs.device), best]
 
     # ---------------------------------------------------------------- learning
     def next_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``reduce_i Q'_i(s', a')`` and ``log pi(a'|s')`` for one ``a' ~ pi(.|s')`` per state."""
         next_actions, next_log_prob = self.actor.sample(next_obs)
-        next_q = self.critic_target(next_obs, next_actions)
-        return reduce_ensemble(next_q, self.cfg.target_reduction, self.cfg.target_subset), next_log_prob
+        next_v = self.critic_target.reduced(next_obs, next_actions, self.cfg.target_reduction, self.cfg.target_subset)
+        return next_v, next_log_prob
 
     def critic_target_values(self, batch: Batch) -> torch.Tensor:
         """``r + gamma (1 - d) [V'(s') - alpha log pi(a'|s')]`` with ``V'``, ``a'`` from :meth:`next_value`."""
@@ -108,37 +107,37 @@ class SAC(OffPolicyAgent):
                 next_v = next_v - self.alpha * next_log_prob
             return batch.rewards.squeeze(-1) + self.cfg.discount * (1.0 - batch.dones.squeeze(-1)) * next_v
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         """Ensemble TD loss plus :meth:`critic_penalty` (offline regularisers)."""
         q = self.critic(batch.observations, batch.actions)
         loss = ensemble_td_loss(q, self.critic_target_values(batch))
-        info = {"q_data": q.mean().item(), "q_std": q.std(0).mean().item(), "td_loss": loss.item()}
+        info = {"q_data": q.mean().detach(), "q_std": q.std(0).mean().detach(), "td_loss": loss.detach()}
         penalty = self.critic_penalty(batch, q)
         if penalty is not None:
             loss = loss + penalty[0]
             info.update(penalty[1])
         return loss, info
 
-    def critic_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]] | None:
+    def critic_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, Metrics] | None:
         """A term added to the critic loss (``None``: plain SAC). ``q_data`` is ``Q_i(s, a)``, ``[N, B]``."""
         return None
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         """``E[alpha log pi(a|s) - reduce_i Q_i(s, a)]``, ``a ~ pi(.|s)`` reparameterised."""
         actions, log_prob = self.actor.sample(batch.observations)
-        q = reduce_ensemble(self.critic(batch.observations, actions), self.cfg.actor_reduction, self.cfg.target_subset)
+        q = self.critic.reduced(batch.observations, actions, self.cfg.actor_reduction, self.cfg.target_subset)
         self._actor_log_prob = log_prob.detach()
         loss = (self.alpha * log_prob - q).mean()
-        return loss, {"q_pi": q.mean().item(), "entropy": -log_prob.mean().item()}
+        return loss, {"q_pi": q.mean().detach(), "entropy": -log_prob.mean().detach()}
 
-    def after_actor_step(self) -> dict[str, float]:
+    def after_actor_step(self) -> Metrics:
         """Temperature step: ``min_alpha E[-alpha (log pi + target_entropy)]``."""
         if self.cfg.learn_alpha and self._actor_log_prob is not None:
             loss = -(self.log_alpha.exp() * (self._actor_log_prob + self.target_entropy)).mean()
             self.alpha_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.alpha_optimizer.step()
-        return {"alpha": self.alpha.item()}
+        return {"alpha": self.alpha.detach()}
 
     def update_targets(self, actor_updated: bool) -> None:
         """Critic targets track every critic step (SAC has no target actor)."""

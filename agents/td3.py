@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from rlft.agents.base import AgentConfig, OffPolicyAgent, UpdateFn, ensemble_td_loss, soft_update
+from rlft.agents.base import AgentConfig, Metrics, OffPolicyAgent, UpdateFn, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.mlp import DeterministicActor
+
+Q1 = torch.tensor([0])  # the actor loss reads Q_1 alone (Fujimoto et al. 2018, Alg. 1): the other member is not run
 
 __all__ = ["TD3", "TD3Config", "UpdateFn"]
 
@@ -65,14 +67,14 @@ class TD3(OffPolicyAgent):
             next_q = self.critic_target(batch.next_observations, next_actions).min(0).values
             return batch.rewards.squeeze(-1) + self.cfg.discount * (1.0 - batch.dones.squeeze(-1)) * next_q
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         q = self.critic(batch.observations, batch.actions)
-        return ensemble_td_loss(q, self.critic_target_values(batch)), {"q_data": q.mean().item()}
+        return ensemble_td_loss(q, self.critic_target_values(batch)), {"q_data": q.mean().detach()}
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         """TD3's deterministic policy gradient objective ``-Q_1(s, pi(s))``."""
-        q = self.critic(batch.observations, self.actor(batch.observations))[0]
-        return -q.mean(), {"q_pi": q.mean().item()}
+        q = self.critic(batch.observations, self.actor(batch.observations), Q1)[0]
+        return -q.mean(), {"q_pi": q.mean().detach()}
 
     def update_targets(self, actor_updated: bool) -> None:
         """Delayed: targets move only together with the actor."""

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlft.agents.base import Learner, OnlineOverridable, soft_update
+from rlft.agents.base import Learner, Metrics, OnlineOverridable, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.offline.iql import expectile_weight
 from rlft.policies.planner import MPPIConfig, MPPIPlanner
@@ -180,7 +180,7 @@ class TDMPC2(Learner):
             next_value = self.model.q(next_z, self.model.pi(next_z).action, "min", target=True)
         return batch.rewards + self.cfg.discount * (1.0 - batch.dones) * next_value
 
-    def _model_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, float]]:
+    def _model_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Metrics]:
         """Total model loss, the latent rollout ``[H+1, B, latent]``, the target Q of the dataset
         actions along it (expectile mode; AWR reuses it) and metrics."""
         cfg, m = self.cfg, self.model
@@ -204,12 +204,12 @@ class TDMPC2(Learner):
         reward_loss = (rho * reward_ce.mean(-1)).sum() / horizon
         value_loss = (rho * value_ce.mean(-1)).sum() / (horizon * q_logits.shape[0])
         total = cfg.consistency_coef * consistency + cfg.reward_coef * reward_loss + cfg.value_coef * value_loss
-        info = {"consistency_loss": consistency.item(), "reward_loss": reward_loss.item(),
-                "value_loss": value_loss.item(), "td_target": td_target.mean().item()}
+        info = {"consistency_loss": consistency.detach(), "reward_loss": reward_loss.detach(),
+                "value_loss": value_loss.detach(), "td_target": td_target.mean().detach()}
         if cfg.episodic:
             termination_loss = F.binary_cross_entropy_with_logits(m.termination_logit(latents[1:]), batch.dones)
             total = total + cfg.termination_coef * termination_loss
-            info["termination_loss"] = termination_loss.item()
+            info["termination_loss"] = termination_loss.detach()
         q_data = None
         if cfg.value_target == "expectile":
             with torch.no_grad():
@@ -220,12 +220,12 @@ class TDMPC2(Learner):
             v_ce = weight * m.bins.cross_entropy(v_logits, q_data)
             v_loss = (rho * v_ce.mean(-1)).sum() / horizon
             total = total + cfg.value_coef * v_loss
-            info.update(v_loss=v_loss.item(), v=v.mean().item())
+            info.update(v_loss=v_loss.detach(), v=v.mean().detach())
         return total, latents, q_data, info
 
     def _prior_loss(
         self, latents: torch.Tensor, batch: Batch, q_data: torch.Tensor | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, Metrics]:
         """TD-MPC2's scaled-Q + entropy objective, or FOWM's AWR on dataset actions (weights from
         ``q_data``, the target Q of those actions, and the freshly updated V)."""
         cfg, m = self.cfg, self.model
@@ -238,17 +238,17 @@ class TDMPC2(Learner):
             # log N(a; tanh(mu), I) up to a constant, as in FOWM's code
             log_lik = -0.5 * (m.pi(states).mean - batch.actions).pow(2).sum(-1, keepdim=True)
             loss = -((weight * log_lik).mean(dim=(1, 2)) * rho).mean()
-            return loss, {"prior_loss": loss.item(), "awr_weight": weight.mean().item()}
+            return loss, {"prior_loss": loss.detach(), "awr_weight": weight.mean().detach()}
         rho = cfg.rho ** torch.arange(latents.shape[0], device=self.device, dtype=torch.float32)
         prior = m.pi(latents)
         q = m.q(latents, prior.action, "avg")
         self.q_scale.update(q[0])
         scaled_entropy = -prior.log_prob * self.action_dim
         loss = (-(cfg.entropy_coef * scaled_entropy + q / self.q_scale.value).mean(dim=(1, 2)) * rho).mean()
-        return loss, {"prior_loss": loss.item(), "prior_entropy": scaled_entropy.mean().item() / self.action_dim,
-                      "q_scale": self.q_scale.value.item()}
+        return loss, {"prior_loss": loss.detach(), "prior_entropy": scaled_entropy.mean().detach() / self.action_dim,
+                      "q_scale": self.q_scale.value.detach()}
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> Metrics:
         """One model step and one prior step on a time-major sequence batch ``[H, B, ...]``."""
         self.num_updates += 1
         cfg, m = self.cfg, self.model
@@ -256,7 +256,7 @@ class TDMPC2(Learner):
         total, latents, q_data, info = self._model_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        info["grad_norm"] = float(nn.utils.clip_grad_norm_(self._model_parameters, cfg.grad_clip_norm))
+        info["grad_norm"] = nn.utils.clip_grad_norm_(self._model_parameters, cfg.grad_clip_norm)
         self.optimizer.step()
 
         m.qs.requires_grad_(False).eval()  # the prior's gradient flows through Q, not into it
@@ -270,7 +270,7 @@ class TDMPC2(Learner):
         self.prior_optimizer.step()
         soft_update(m.target_qs, m.qs, cfg.tau)
         m.eval()
-        return {**info, **prior_info, "model_loss": total.item()}
+        return {**info, **prior_info, "model_loss": total.detach()}
 
     # ------------------------------------------------------------ checkpoints
     def _modules(self) -> dict[str, Any]:

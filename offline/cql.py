@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlft.agents.base import Metrics
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
-from rlft.policies.ensemble import reduce_ensemble
 
 
 @dataclass
@@ -78,29 +78,27 @@ class CQL(SAC):
 
     cfg: CQLConfig
 
-    def conservative_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def conservative_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """Per-member penalty ``T logsumexp(Q/T) - Q(s, a_data)`` summed over members, averaged over the batch."""
         cfg, obs = self.cfg, batch.observations
         b, n = obs.shape[0], cfg.cql_n_actions
-        obs_rep = obs.repeat_interleave(n, dim=0)
         with torch.no_grad():
-            random_actions = torch.rand(b * n, self.action_dim, device=obs.device) * 2.0 - 1.0
-            pi_actions, pi_log_prob = self.actor.sample(obs_rep)
-            next_actions, next_log_prob = self.actor.sample(batch.next_observations.repeat_interleave(n, dim=0))
-
-        def q_of(actions: torch.Tensor) -> torch.Tensor:  # [N, B, n]
-            return self.critic(obs_rep, actions).view(-1, b, n)
-
-        q_random, q_pi, q_next = q_of(random_actions), q_of(pi_actions), q_of(next_actions)
+            random_actions = torch.rand(b, n, self.action_dim, device=obs.device) * 2.0 - 1.0
+            # pi(.|s) and pi(.|s') in one actor pass over the 2B states, n samples each
+            policy_actions, policy_log_prob = self.actor.sample_n(torch.cat([obs, batch.next_observations]), n)
+        actions = torch.cat([random_actions, *policy_actions.view(2, b, n, -1)], dim=1)  # [B, 3n, A]: s-major rows
+        q = self.critic(obs.unsqueeze(1).expand(-1, 3 * n, -1), actions)  # one pass over the 3n actions, [N, B, 3n]
+        q_random, q_pi, q_next = q.split(n, dim=-1)
+        pi_log_prob, next_log_prob = policy_log_prob.view(2, b, n)
         if cfg.calibrated and batch.mc_returns is None:
             raise ValueError("Cal-QL needs Monte-Carlo returns in the batch (batch.mc_returns)")
         gap = conservative_gap(
-            q_data, q_random, q_pi, q_next, pi_log_prob.view(b, n), next_log_prob.view(b, n),
+            q_data, q_random, q_pi, q_next, pi_log_prob, next_log_prob,
             self.action_dim, cfg.cql_temperature, batch.mc_returns.view(b) if cfg.calibrated else None,
         )
-        info = {"cql_gap": gap.mean().item(), "q_random": q_random.mean().item()}
+        info = {"cql_gap": gap.mean().detach(), "q_random": q_random.mean().detach()}
         if cfg.calibrated:
-            info["calql_bound_rate"] = (q_pi < batch.mc_returns.view(1, b, 1)).float().mean().item()
+            info["calql_bound_rate"] = (q_pi < batch.mc_returns.view(1, b, 1)).float().mean().detach()
         return gap.mean(1).sum(), info
 
     def next_value(self, next_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,20 +107,19 @@ class CQL(SAC):
         and the best one backed up together with its log-prob."""
         if not self.cfg.cql_max_target_backup:
             return super().next_value(next_obs)
-        b, n = next_obs.shape[0], self.cfg.cql_n_actions
-        next_rep = next_obs.repeat_interleave(n, dim=0)
-        actions, log_prob = self.actor.sample(next_rep)
-        values = reduce_ensemble(self.critic_target(next_rep, actions), self.cfg.target_reduction,
-                                 self.cfg.target_subset).view(b, n)
+        n = self.cfg.cql_n_actions
+        actions, log_prob = self.actor.sample_n(next_obs, n)  # [B, n, A], [B, n]
+        values = self.critic_target.reduced(next_obs.unsqueeze(1).expand(-1, n, -1), actions,
+                                            self.cfg.target_reduction, self.cfg.target_subset)  # [B, n]
         best = values.argmax(1, keepdim=True)
-        return values.gather(1, best).squeeze(1), log_prob.view(b, n).gather(1, best).squeeze(1)
+        return values.gather(1, best).squeeze(1), log_prob.gather(1, best).squeeze(1)
 
     @property
     def needs_finished_episodes(self) -> bool:
         """Calibration reads Monte-Carlo returns, known only for rows of finished episodes."""
         return self.cfg.calibrated and self.cfg.cql_alpha > 0.0
 
-    def critic_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]] | None:
+    def critic_penalty(self, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, Metrics] | None:
         if self.cfg.cql_alpha == 0.0:
             return None
         penalty, info = self.conservative_penalty(batch, q_data)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from rlft.agents.base import AgentConfig, OffPolicyAgent, ensemble_td_loss, soft_update
+from rlft.agents.base import AgentConfig, Metrics, OffPolicyAgent, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.gaussian import GaussianActor
@@ -77,7 +77,7 @@ class IQL(OffPolicyAgent):
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic)
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         """Value and critic losses together: their gradients touch disjoint parameters
         (the value's target is the frozen target critic, the critic's target a detached V)."""
         with torch.no_grad():
@@ -88,16 +88,17 @@ class IQL(OffPolicyAgent):
         value_loss = expectile_loss(q_target - v, self.cfg.expectile)
         q = self.critic(batch.observations, batch.actions)
         q_loss = ensemble_td_loss(q, td_target)
-        return value_loss + q_loss, {"value_loss": value_loss.item(), "td_loss": q_loss.item(),
-                                     "q_data": q.mean().item(), "v": v.mean().item()}
+        return value_loss + q_loss, {"value_loss": value_loss.detach(), "td_loss": q_loss.detach(),
+                                     "q_data": q.mean().detach(), "v": v.mean().detach()}
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         with torch.no_grad():
             q = self.critic_target(batch.observations, batch.actions).min(0).values
             advantage = q - self.value(batch.observations).squeeze(-1)
             weight = torch.exp(self.cfg.beta * advantage).clamp(max=self.cfg.max_weight)
         log_prob = self.actor.log_prob(batch.observations, batch.actions)
-        return -(weight * log_prob).mean(), {"adv_weight": weight.mean().item(), "bc_log_prob": log_prob.mean().item()}
+        metrics = {"adv_weight": weight.mean().detach(), "bc_log_prob": log_prob.mean().detach()}
+        return -(weight * log_prob).mean(), metrics
 
     def update_targets(self, actor_updated: bool) -> None:
         soft_update(self.critic_target, self.critic, self.cfg.tau)

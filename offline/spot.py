@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlft.agents.base import Metrics
 from rlft.agents.replay_buffer import Batch
-from rlft.agents.td3 import TD3, TD3Config, UpdateFn
+from rlft.agents.td3 import Q1, TD3, TD3Config, UpdateFn
 from rlft.policies.vae import BehaviorVAE
 
 
@@ -69,14 +70,14 @@ class SPOT(TD3):
     def pretrain_phases(self) -> list[tuple[str, UpdateFn]]:
         return [("vae", self.update_vae)]
 
-    def update_vae(self, batch: Batch) -> dict[str, float]:
+    def update_vae(self, batch: Batch) -> Metrics:
         """One step of behaviour-VAE training on dataset pairs ``(s, a)``."""
         self.vae.requires_grad_(True)
         loss = self.vae.elbo_loss(batch.observations, batch.actions, self.cfg.beta).mean()
         self.vae_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.vae_optimizer.step()
-        return {"vae_loss": loss.item()}
+        return {"vae_loss": loss.detach()}
 
     @property
     def lambd(self) -> float:
@@ -92,22 +93,22 @@ class SPOT(TD3):
             return -self.vae.log_prob_iwae(obs, action, self.cfg.beta, self.cfg.num_samples)
         return self.vae.elbo_loss(obs, action, self.cfg.beta, self.cfg.num_samples)
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         obs = batch.observations
         action = self.actor(obs)
-        q = self.critic(obs, action)[0]
+        q = self.critic(obs, action, Q1)[0]
         neg_log_beta = self.neg_log_behavior(obs, action)
         q_term = -q.mean() / q.abs().mean().detach() if self.cfg.normalize_q else -q.mean()
         lambd = self.lambd
         loss = q_term + lambd * neg_log_beta.mean()
         return loss, {
-            "q_pi": q.mean().item(),
-            "neg_log_beta": neg_log_beta.mean().item(),
-            "neg_log_beta_max": neg_log_beta.max().item(),
+            "q_pi": q.mean().detach(),
+            "neg_log_beta": neg_log_beta.mean().detach(),
+            "neg_log_beta_max": neg_log_beta.max().detach(),
             "lambda": lambd,
         }
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> Metrics:
         if self.online:
             self.online_updates += 1
         self.vae.requires_grad_(False)

@@ -57,7 +57,20 @@ class GaussianActor(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised action and its log-density ``log pi(a|s)`` (summed over dims)."""
+        return self._sample(self.distribution(obs))
+
+    def sample_n(self, obs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` actions per state: ``obs [B, o]`` -> actions ``[B, n, A]``, log-densities ``[B, n]``.
+
+        The network runs once per state, not once per sample; the noise is drawn in the order of
+        ``sample(obs.repeat_interleave(n, 0))``, so with the same generator state both give the
+        same actions (up to the matmul's rounding on a batch of another size).
+        """
         dist = self.distribution(obs)
+        shape = (obs.shape[0], n, dist.loc.shape[-1])
+        return self._sample(Normal(dist.loc.unsqueeze(1).expand(shape), dist.scale.unsqueeze(1).expand(shape)))
+
+    def _sample(self, dist: Normal) -> tuple[torch.Tensor, torch.Tensor]:
         u = dist.rsample()
         log_prob = dist.log_prob(u).sum(-1)
         if not self.squash:

@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
 
+import torch
+
 STEP_KEY = "step"
 
 
@@ -75,26 +77,30 @@ class MetricLogger:
 
 
 class MeanAccumulator:
-    """Averages the scalar dicts returned by ``update`` between two log calls."""
+    """Averages the scalar dicts returned by ``update`` between two log calls.
+
+    Tensor values (0-dim, possibly on an accelerator) are summed as tensors, on their device; they
+    become floats only in :meth:`pop` and :meth:`state_dict`, so adding never waits on the device.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict[str, float | torch.Tensor] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
 
-    def add(self, metrics: Mapping[str, float]) -> None:
+    def add(self, metrics: Mapping[str, float | torch.Tensor]) -> None:
         for key, value in metrics.items():
-            self.sums[key] += float(value)
+            self.sums[key] = self.sums[key] + (value.detach() if isinstance(value, torch.Tensor) else float(value))
             self.counts[key] += 1
 
     def pop(self) -> dict[str, float]:
         """The means so far; the accumulator is emptied."""
-        means = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        means = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
         self.sums.clear()
         self.counts.clear()
         return means
 
     def state_dict(self) -> dict[str, dict]:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
 
     def load_state_dict(self, state: Mapping[str, dict]) -> None:
         self.sums = defaultdict(float, state["sums"])

@@ -55,12 +55,25 @@ class RunError(RuntimeError):
     the message says where, and the newest checkpoint still holds the last good state."""
 
 
+UNCHECKED_UPDATES = 1000  # updates whose metrics wait at most for the divergence check
+
+
 def first_non_finite(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The first numeric entry of ``metrics`` that is NaN or infinite, as (key, value)."""
+    """The first numeric entry of ``metrics`` (numbers or 0-dim tensors) that is NaN or infinite, as (key, value)."""
     for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value)
         if isinstance(value, (int, float)) and not math.isfinite(value):
             return key, float(value)
     return None
+
+
+def all_finite(metrics: list[Mapping[str, Any]]) -> bool:
+    """Whether every numeric entry of every dict is finite: one device sync for all their tensors."""
+    tensors = [v.detach().reshape(-1).float() for m in metrics for v in m.values()
+               if isinstance(v, torch.Tensor) and v.numel() == 1]
+    numbers = [v for m in metrics for v in m.values() if isinstance(v, (int, float))]
+    return all(math.isfinite(v) for v in numbers) and (not tensors or bool(torch.cat(tensors).isfinite().all()))
 
 
 def _nan_tensors(state: Any, prefix: str = "") -> list[str]:
@@ -112,6 +125,7 @@ class Runner(ABC):
         self.eval_history: list[dict[str, Any]] = []
         self.logger: MetricLogger | None = None
         self._resume_log_step: int | None = None
+        self._unchecked: list[tuple[str, int, int, Mapping[str, Any]]] = []  # (phase, phase_step, step, metrics)
 
     # ----------------------------------------------------------- pipeline hooks
     @abstractmethod
@@ -180,27 +194,44 @@ class Runner(ABC):
         return (self.phase_step if phase_step is None else phase_step) - phase.steps
 
     def log(self, metrics: Mapping[str, Any], phase_step: int | None = None) -> None:
-        """One ``metrics.csv`` row (and TensorBoard scalars) for the current phase."""
+        """One ``metrics.csv`` row (and TensorBoard scalars) for the current phase, once the updates
+        since the last check are known to be finite (:meth:`check_updates`)."""
+        self.check_updates()
         name = self.phase.name if self.phase is not None else "done"
         self.logger.log(self.log_step(phase_step), {"phase": name, **metrics})
 
-    def check_update(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """``metrics`` of one update, after stopping the run with :class:`RunError` if any is NaN or
-        infinite (a diverged learner must not train on, nor reach a checkpoint)."""
-        bad = first_non_finite(metrics)
-        if bad is not None:
-            name = self.phase.name if self.phase is not None else "done"
-            newest = latest_checkpoint(self.run_dir / "checkpoints")
-            raise RunError(
-                f"training diverged in phase {name} at step {self.phase_step} (run step {self.step}): "
-                f"{bad[0]} = {bad[1]}; lower the learning rate or reward scale. The newest checkpoint "
-                f"({newest if newest is not None else 'none yet'}) holds the last good state."
-            )
+    def check_update(self, metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Queue one update's ``metrics`` for the divergence check and return them.
+
+        The check runs at the next log row, evaluation or checkpoint (and after at most
+        :data:`UNCHECKED_UPDATES` updates), for all queued updates with one device sync: an update
+        never waits on an accelerator, and a diverged learner is stopped before anything it did is
+        logged, evaluated or saved.
+        """
+        name = self.phase.name if self.phase is not None else "done"
+        self._unchecked.append((name, self.phase_step, self.step, metrics))
+        if len(self._unchecked) >= UNCHECKED_UPDATES:
+            self.check_updates()
         return metrics
+
+    def check_updates(self) -> None:
+        """Stop the run with :class:`RunError` naming the first queued update with a NaN or infinite
+        metric (a diverged learner must not train on, nor reach a checkpoint)."""
+        queued, self._unchecked = self._unchecked, []
+        if all_finite([metrics for *_, metrics in queued]):
+            return
+        name, phase_step, step, bad = next((n, p, s, b) for n, p, s, m in queued if (b := first_non_finite(m)))
+        newest = latest_checkpoint(self.run_dir / "checkpoints")
+        raise RunError(
+            f"training diverged in phase {name} at step {phase_step} (run step {step}): "
+            f"{bad[0]} = {bad[1]}; lower the learning rate or reward scale. The newest checkpoint "
+            f"({newest if newest is not None else 'none yet'}) holds the last good state."
+        )
 
     # --------------------------------------------------------------- evaluation
     def evaluate(self, phase: str | None = None) -> EvalResult:
         """Evaluate, record the result in the history and ``eval.json``, and log it."""
+        self.check_updates()
         phase = phase or self.phase.name
         result = self.evaluate_policy(phase)
         record = {"step": self.step, "phase": phase, "phase_step": self.phase_step, **result.as_dict()}
@@ -242,6 +273,7 @@ class Runner(ABC):
     def checkpoint(self) -> Path:
         """Save the whole run state as ``checkpoints/step_<work>`` (atomic); a state holding a NaN
         is refused (:class:`RunError`), so the newest checkpoint is always a good one."""
+        self.check_updates()
         pipeline_state = self.pipeline_state()
         broken = _nan_tensors(pipeline_state)
         if broken:

@@ -2,7 +2,8 @@
 
 Synthetic batches with Hopper's shapes (obs 11, action 3, batch 256); each configuration
 runs warm-up updates then times ``--updates`` updates. Writes ``benchmarks/update_speed.md``
-with, for the critic ensembles, the cost ratio of 10 critics to 2.
+with each update's matmul FLOPs and achieved GFLOP/s against this CPU's measured fp32 matmul peak
+(the distance from the compute bound), and, for the critic ensembles, the cost ratio of 10 critics to 2.
 
     python -m rlft.scripts.benchmark_updates --threads 1 2
 
@@ -12,25 +13,37 @@ of updates so that both see the same machine, and writes the cost to
 ``benchmarks/divergence_check.md``:
 
     python -m rlft.scripts.benchmark_updates --divergence-check --threads 1 --out benchmarks/divergence_check.md
+
+``--compare before-after`` times each learner as it is and as it was before issue 18's speed
+changes (:func:`as_before_issue_18`), ``--compare compile`` eager against ``compile=true``, in
+alternating blocks of one run:
+
+    python -m rlft.scripts.benchmark_updates --compare before-after --threads 1 2 \
+        --out benchmarks/update_speed_before_after.md
+    python -m rlft.scripts.benchmark_updates --compare compile --threads 1 --out benchmarks/compile.md
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import platform
 import time
+import types
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
+from rlft.agents.base import OffPolicyAgent
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
-from rlft.offline.cql import CQL, CQLConfig
+from rlft.offline.cql import CQL, CQLConfig, conservative_gap
 from rlft.offline.iql import IQL, IQLConfig
 from rlft.offline.spot import SPOT, SPOTConfig
+from rlft.policies.ensemble import CriticEnsemble, EnsembleMLP, reduce_ensemble
 from rlft.policies.mlp import mlp
 from rlft.runtime.runner import first_non_finite
 from rlft.scripts import bench_runs
@@ -53,9 +66,49 @@ class LoopedCriticEnsemble(torch.nn.Module):
             mlp(obs_dim + action_dim, 1, hidden, layer_norm=True) for _ in range(num_critics)
         )
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    reduced = CriticEnsemble.reduced
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         x = torch.cat([obs, action], dim=-1)
-        return torch.stack([m(x).squeeze(-1) for m in self.members])
+        chosen = self.members if members is None else [self.members[i] for i in members.tolist()]
+        return torch.stack([m(x).squeeze(-1) for m in chosen])
+
+
+def per_source_penalty(agent: CQL, batch: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """CQL's penalty written as App. F reads, as rlft computed it before issue 18: every state
+    repeated ``n`` times per source, one actor pass per source, one critic pass per source. The
+    reference that ``CQL.conservative_penalty`` (one actor pass over s and s', one critic pass over
+    all 3n actions) is tested and timed against."""
+    cfg, obs = agent.cfg, batch.observations
+    b, n = obs.shape[0], cfg.cql_n_actions
+    obs_rep = obs.repeat_interleave(n, dim=0)
+    with torch.no_grad():
+        random_actions = torch.rand(b * n, agent.action_dim, device=obs.device) * 2.0 - 1.0
+        pi_actions, pi_log_prob = agent.actor.sample(obs_rep)
+        next_actions, next_log_prob = agent.actor.sample(batch.next_observations.repeat_interleave(n, dim=0))
+    q_random, q_pi, q_next = (agent.critic(obs_rep, actions).view(-1, b, n)
+                              for actions in (random_actions, pi_actions, next_actions))
+    gap = conservative_gap(q_data, q_random, q_pi, q_next, pi_log_prob.view(b, n), next_log_prob.view(b, n),
+                           agent.action_dim, cfg.cql_temperature, batch.mc_returns.view(b) if cfg.calibrated else None)
+    return gap.mean(1).sum(), {"cql_gap": gap.mean().item(), "q_random": q_random.mean().item()}
+
+
+def as_before_issue_18(agent: OffPolicyAgent) -> OffPolicyAgent:
+    """``agent`` computing what it computes the way rlft did before issue 18: batched ensemble kernels
+    on CPU, every critic member evaluated where a reduction or TD3's actor reads fewer, and CQL's
+    per-source penalty."""
+    for critic in (agent.critic, agent.critic_target):
+        for module in critic.modules():
+            if isinstance(module, EnsembleMLP):
+                module.kernel = "batched"
+        full = critic.forward
+        critic.forward = lambda obs, action, members=None, full=full: (
+            full(obs, action) if members is None else full(obs, action)[members])
+        critic.reduced = lambda obs, action, reduction, subset=2, critic=critic: reduce_ensemble(
+            critic(obs, action), reduction, subset)
+    if isinstance(agent, CQL):
+        agent.conservative_penalty = types.MethodType(per_source_penalty, agent)
+    return agent
 
 
 def looped_sac(num_critics: int) -> SAC:
@@ -75,20 +128,82 @@ def updates_per_second(update: Callable[[Batch], dict], batch: Batch, updates: i
     return updates / (time.perf_counter() - start)
 
 
-def paired_rates(update: Callable[[Batch], dict], batch: Batch, updates: int, blocks: int = 10) -> tuple[float, float]:
-    """Updates per second without and with the divergence check, timed in alternating blocks."""
-    for _ in range(20):
+def compiled(agent: OffPolicyAgent) -> OffPolicyAgent:
+    """``agent`` with ``compile=True``: its losses run through ``torch.compile``."""
+    agent.base_cfg = agent.cfg = dataclasses.replace(agent.cfg, compile=True)
+    return agent
+
+
+COMPARISONS = {  # --compare: (variant of each learner, column names, what the report says about them)
+    "before-after": (as_before_issue_18, ("before", "after"),
+                     "'before' is the same learner with issue 18's changes undone "
+                     "(`scripts/benchmark_updates.as_before_issue_18`: batched ensemble kernels on CPU, every critic "
+                     "member run where REDQ's target or TD3's actor reads fewer, CQL's penalty one source at a time)"),
+    "compile": (compiled, ("eager", "compiled"),
+                "'compiled' is the same learner with `compile=true` (`torch.compile` of its critic and actor "
+                "losses, default inductor backend; compilation happens during the warm-up updates)"),
+}
+
+
+def comparison_report(configs: dict, args: argparse.Namespace, batch: Batch, command: str) -> list[str]:
+    """Updates/s of each learner and of its ``--compare`` variant, timed in alternating blocks of one run.
+    For ``before-after`` the variant is the first column; for ``compile`` the second."""
+    variant, (first, second), what = COMPARISONS[args.compare]
+    lines = [f"# Update speed: {first} and {second}", "",
+             f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"batch {args.batch_size}, Hopper shapes. {what}; both are timed in alternating blocks of the same run.",
+             "", f"| configuration | torch threads | {first} (updates/s) | {second} (updates/s) | {second} / {first} |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, threads, update in selected_updates(configs, args):
+        make, vae_only = configs[name]
+        other_agent = variant(make())
+        other = other_agent.update_vae if vae_only else other_agent.update
+        arms = {False: other, True: update} if args.compare == "before-after" else {False: update, True: other}
+        a, b = paired_rates(arms, batch, args.updates)
+        lines.append(f"| {name} | {threads} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        print(lines[-1])
+    return lines + [""]
+
+
+def update_flops(update: Callable[[Batch], dict], batch: Batch) -> int:
+    """Matmul FLOPs of one update (forward and backward), counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
         update(batch)
+    return counter.get_total_flops()
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """This CPU's fp32 matmul rate in GFLOP/s at torch's current thread count: the best of
+    ``repeats`` ``[size, size] @ [size, size]`` products (``2 size^3`` FLOPs each)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def paired_rates(updates_by_arm: dict[bool, Callable[[Batch], dict]], batch: Batch, updates: int,
+                 blocks: int = 10, checked: bool = False) -> tuple[float, float]:
+    """Updates per second of two arms (``False``, ``True``) timed in alternating blocks; with
+    ``checked`` the ``True`` arm also runs the divergence check on every update's metrics."""
+    for arm in (False, True):
+        for _ in range(20):
+            updates_by_arm[arm](batch)
     seconds = {False: 0.0, True: 0.0}
     per_block = max(1, updates // blocks)
     for _ in range(blocks):
-        for checked in (False, True):
+        for arm in (False, True):
             start = time.perf_counter()
             for _ in range(per_block):
-                metrics = update(batch)
-                if checked and first_non_finite(metrics) is not None:
+                metrics = updates_by_arm[arm](batch)
+                if checked and arm and first_non_finite(metrics) is not None:
                     raise RuntimeError("the benchmark's learner diverged")
-            seconds[checked] += time.perf_counter() - start
+            seconds[arm] += time.perf_counter() - start
     return per_block * blocks / seconds[False], per_block * blocks / seconds[True]
 
 
@@ -123,7 +238,7 @@ def divergence_check_report(configs: dict, args: argparse.Namespace, batch: Batc
              "| configuration | torch threads | updates/s | checked updates/s | check alone | check / update |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, threads, update in selected_updates(configs, args):
-        plain, checked = paired_rates(update, batch, args.updates)
+        plain, checked = paired_rates({False: update, True: update}, batch, args.updates, checked=True)
         alone = check_seconds(update(batch))
         lines.append(f"| {name} | {threads} | {plain:.1f} | {checked:.1f} | {1e6 * alone:.1f} µs "
                      f"| {100 * alone * plain:.3f}% |")
@@ -140,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", help="substrings of configuration names to run (default: all)")
     parser.add_argument("--divergence-check", action="store_true",
                         help="time the runners' NaN/inf check of each update's metrics instead")
+    parser.add_argument("--compare", choices=sorted(COMPARISONS),
+                        help="time each learner against a variant in one run: with issue 18's changes undone, "
+                             "or compiled")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_updates", argv)
     torch.manual_seed(0)
@@ -160,24 +278,37 @@ def main(argv: list[str] | None = None) -> None:
             lambda: CQL(11, 3, CQLConfig(calibrated=True, num_critics=10, **WSRL_ENSEMBLE)), False),
         "IQL": (lambda: IQL(11, 3, IQLConfig()), False),
     }
+    if args.compare:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(comparison_report(configs, args, batch, command)))
+        return
     if args.divergence_check:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(divergence_check_report(configs, args, batch, command)))
         return
-    rows = []
+    rows, peaks = [], {}
     for name, threads, update in selected_updates(configs, args):
+        if threads not in peaks:
+            peaks[threads] = matmul_peak()
         rate = updates_per_second(update, batch, args.updates)
-        rows.append((name, threads, rate))
-        print(f"{name:<32} threads={threads}  {rate:7.1f} updates/s")
+        gflop = update_flops(update, batch) / 1e9
+        rows.append((name, threads, rate, gflop))
+        print(f"{name:<32} threads={threads}  {rate:7.1f} updates/s  {gflop * rate:6.1f} GFLOP/s "
+              f"({100 * gflop * rate / peaks[threads]:.0f}% of {peaks[threads]:.0f})")
     lines = [
         "# Gradient updates per second (CPU)",
         "",
         f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"batch {b}, Hopper shapes.",
         "",
-        "| configuration | torch threads | updates/s |",
-        "| --- | ---: | ---: |",
-        *[f"| {n} | {t} | {r:.0f} |" for n, t, r in rows],
+        "GFLOP per update: the matmul FLOPs of one update, forward and backward, counted by "
+        "`torch.utils.flop_counter` (elementwise work is not counted). The compute bound is this CPU's "
+        "fp32 matmul rate at the same thread count, measured on a 2048 x 2048 product: "
+        + ", ".join(f"{peak:.0f} GFLOP/s with {t} thread{'s' if t > 1 else ''}" for t, peak in peaks.items()) + ".",
+        "",
+        "| configuration | torch threads | updates/s | GFLOP per update | GFLOP/s | of the matmul peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {n} | {t} | {r:.0f} | {g:.3f} | {g * r:.1f} | {100 * g * r / peaks[t]:.0f}% |" for n, t, r, g in rows],
         "",
         "Relative cost (time per update of the first configuration over the second; 10 critics do 5x "
         "the critic FLOPs of 2, so 5.0 would mean no gain from batching the members):",
@@ -185,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         "| configuration | compared with | torch threads | time ratio |",
         "| --- | --- | ---: | ---: |",
     ]
-    rate = {(n, t): r for n, t, r in rows}
+    rate = {(n, t): r for n, t, r, _ in rows}
     for big, small in PAIRS.items():
         for threads in args.threads:
             if (big, threads) in rate and (small, threads) in rate:

@@ -9,7 +9,7 @@ import torch
 
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.replay_buffer import Batch
-from rlft.policies.ensemble import EnsembleMLP, reduce_ensemble
+from rlft.policies.ensemble import CriticEnsemble, EnsembleMLP, reduce_ensemble
 from rlft.policies.gaussian import GaussianActor
 
 
@@ -45,6 +45,31 @@ def test_redq_is_the_min_over_one_random_subset(q):
         reduce_ensemble(q, "redq", subset_size=11)
     with pytest.raises(ValueError, match="unknown target reduction"):
         reduce_ensemble(q, "median")
+
+
+@pytest.mark.parametrize("reduction", ["min", "mean", "redq", "weighted_min_pair"])
+def test_reduced_critic_runs_only_the_members_its_reduction_reads(reduction):
+    critic = CriticEnsemble(3, 2, num_critics=10, hidden=(16,), layer_norm=True)
+    obs, action = torch.randn(4, 5, 3), torch.rand(4, 5, 2)  # leading dims [B, n] as CQL's backup uses them
+    torch.manual_seed(5)
+    got = critic.reduced(obs, action, reduction)
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, reduce_ensemble(critic(obs, action), reduction))
+    assert got.shape == (4, 5)
+    rows, layers = [], critic.net._layers
+    critic.net._layers = lambda out, members, start: rows.append(out.shape[0]) or layers(out, members, start)
+    critic.reduced(obs, action, reduction)
+    assert rows == [2 if reduction == "redq" else 10]  # members entering the network: REDQ's pair, not all ten
+
+
+def test_td3_actor_loss_reads_the_first_critic_alone():
+    from rlft.agents.td3 import TD3, TD3Config
+
+    agent = TD3(3, 2, TD3Config(hidden=(16,)))
+    batch = Batch(torch.randn(8, 3), torch.rand(8, 2), torch.randn(8, 1), torch.randn(8, 3), torch.zeros(8, 1))
+    loss, _ = agent.actor_loss(batch)
+    expected = -agent.critic(batch.observations, agent.actor(batch.observations))[0].mean()
+    torch.testing.assert_close(loss, expected)
 
 
 @pytest.mark.parametrize("squash", [True, False])
@@ -116,3 +141,27 @@ def test_one_hot_input_by_indices_equals_the_dense_input_in_values_and_gradients
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
     members = torch.tensor([1])
     torch.testing.assert_close(net.forward_one_hot(hot, members), net(dense, members), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_per_member_and_batched_kernels_agree_in_values_and_gradients(layer_norm):
+    """The CPU default (one addmm / fused layer_norm per member) and the batched kernel (one baddbmm
+    per layer, for accelerators) are one function of the same parameters."""
+    torch.manual_seed(0)
+    net = EnsembleMLP(7, 3, 4, (32, 32), layer_norm=layer_norm)
+    x = torch.randn(5, 6, 7)
+    results = {}
+    for kernel in ("batched", "per_member"):
+        net.kernel = kernel
+        out = net(x)
+        results[kernel] = (out, net(x, torch.tensor([2, 0])),
+                           torch.autograd.grad(out.square().sum(), list(net.parameters())))
+    (out, sub, grads), (out_pm, sub_pm, grads_pm) = results["batched"], results["per_member"]
+    assert out.shape == (4, 5, 6, 3)
+    torch.testing.assert_close(out_pm, out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sub_pm, sub, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sub, out[[2, 0]], rtol=1e-5, atol=1e-6)
+    for g_pm, g in zip(grads_pm, grads, strict=True):
+        torch.testing.assert_close(g_pm, g, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown ensemble kernel 'fast'"):
+        EnsembleMLP(7, 3, 4, kernel="fast")

@@ -160,6 +160,25 @@ def test_calql_needs_mc_returns_and_reports_how_often_the_bound_binds():
     assert info["calql_bound_rate"] == 1.0 and np.isfinite(info["critic_loss"])
 
 
+def test_conservative_penalty_equals_the_per_source_formulation():
+    """One actor pass for pi(s) and pi(s') and one critic pass over the 3n actions give the penalty
+    of repeating every state n times per source (CQL App. F written out), with the same noise."""
+    from rlft.agents.replay_buffer import Batch
+    from rlft.scripts.benchmark_updates import per_source_penalty
+
+    agent = CQL(3, 2, CQLConfig(hidden=(16,), calibrated=True, cql_n_actions=4))
+    b = 6
+    batch = Batch(torch.randn(b, 3), torch.rand(b, 2), torch.randn(b, 1), torch.randn(b, 3), torch.zeros(b, 1),
+                  torch.randn(b, 1))
+    q_data = agent.critic(batch.observations, batch.actions)
+    torch.manual_seed(3)
+    penalty, info = agent.conservative_penalty(batch, q_data)
+    torch.manual_seed(3)
+    expected, expected_info = per_source_penalty(agent, batch, q_data)
+    torch.testing.assert_close(penalty, expected)
+    assert float(info["q_random"]) == pytest.approx(expected_info["q_random"], rel=1e-5)
+
+
 def test_max_target_backup_backs_up_the_best_of_n_policy_actions():
     from rlft.policies.ensemble import reduce_ensemble
 
