@@ -218,6 +218,8 @@ class TextPolicyGradient:
             turn_advantage=torch.zeros(len(batch.turns)), turn_return=torch.zeros(len(batch.turns)),
             turn_value=torch.zeros(len(batch.turns)),
         )
+        if not self.policy.samples_exact_log_probs:  # rollouts sampled at lower precision: the old policy is float32
+            prepared.old_log_prob = self._token_log_probs(batch, prepared)
         returns = batch.episode_returns()
         prepared.informative = bool(returns.max() > returns.min()) or not cfg.skip_uninformative
         tokens_per_episode = torch.bincount(prepared.episode_of, minlength=len(batch.episodes)).float()

@@ -30,14 +30,27 @@ from torch import nn
 from rlft.policies.action_tokenizer import add_action_tokens
 
 
+SAMPLING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Prefill computes logits at the last position only. Given as an index tensor, not ``logits_to_keep=1``:
+# the int form hands the LM head a strided view, for which CPU bfloat16 matmul copies the head's weight
+# once per row (2.3 s of a SmolLM2 batch-16 prefill); an index gathers a contiguous [B, 1, H] first.
+LAST_POSITION = torch.tensor([-1])
+
+
 @dataclass
 class GenerationConfig:
     """Sampling settings; ``temperature`` also defines the policy's log-probabilities."""
 
     max_new_tokens: int = 32
     temperature: float = 1.0
+    # precision of the copy of the model that samples rollouts: "bfloat16" halves the weight bytes
+    # each decode step streams (AMX / tensor cores); training, scoring and values stay float32, and
+    # learners recompute the old log-probs in float32 (LLMPolicy.samples_exact_log_probs)
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in SAMPLING_DTYPES:
+            raise ValueError(f"generation dtype must be one of {sorted(SAMPLING_DTYPES)}, got {self.dtype!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive (use greedy=True for argmax), got {self.temperature}")
         if self.max_new_tokens < 1:
@@ -290,6 +303,7 @@ class LLMPolicy(nn.Module):
         image_token = getattr(model.config, "image_token_id", None)
         self._unsampleable = [int(image_token)] if image_token is not None else []
         self._allowed: torch.Tensor | None = None  # the only ids the policy may write (restrict_tokens)
+        self._sampler: tuple[nn.Module, nn.Module, int] | None = None  # (source model, low-precision copy, version)
 
     def restrict_tokens(self, token_ids: Sequence[int]) -> None:
         """Constrain the policy to ``token_ids`` (a VLA's action tokens): every other token gets
@@ -410,7 +424,34 @@ class LLMPolicy(nn.Module):
         return pixels[:, None] if self.model.config.model_type == "idefics3" else pixels
 
     # --- sampling -------------------------------------------------------------------------
-    def _prefill(self, prompts: Sequence[Sequence[int]], pixels: torch.Tensor | None
+    @property
+    def samples_exact_log_probs(self) -> bool:
+        """Whether :meth:`generate`'s recorded log-probs are the float32 policy's (else a learner
+        rescores its rollouts before using them as the old policy's)."""
+        return self.generation.dtype == "float32"
+
+    def _sampling_model(self) -> nn.Module:
+        """The model :meth:`generate` runs: ``self.model``, or for ``generation.dtype`` bfloat16 a copy
+        with bfloat16 parameters (not a submodule: checkpoints never see it), refreshed whenever a
+        parameter of ``self.model`` changed in place since (optimiser steps, ``load_state_dict``; the
+        tensors' version counters say so) or the model was replaced (``add_lora``)."""
+        dtype = SAMPLING_DTYPES[self.generation.dtype]
+        if dtype == torch.float32:
+            return self.model
+        version = sum(p._version for p in self.model.parameters())
+        if self._sampler is None or self._sampler[0] is not self.model:
+            sampler = copy.deepcopy(self.model).requires_grad_(False)
+            for param in sampler.parameters():
+                param.data = param.data.to(dtype)
+            self._sampler = (self.model, sampler, version)
+        elif self._sampler[2] != version:
+            with torch.no_grad():
+                for low, param in zip(self._sampler[1].parameters(), self.model.parameters(), strict=True):
+                    low.copy_(param)
+            self._sampler = (self.model, self._sampler[1], version)
+        return self._sampler[1]
+
+    def _prefill(self, prompts: Sequence[Sequence[int]], pixels: torch.Tensor | None, model: nn.Module
                  ) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
         """Run the prompts through the model into a KV cache: ``(last logits [B, V], cache,
         attention mask [B, T], next position [B])``.
@@ -424,16 +465,16 @@ class LLMPolicy(nn.Module):
         device, batch = self.device, len(prompts)
         shared = self._shared_prefix(prompts, None) if pixels is None else 0
         prefix = torch.as_tensor(list(prompts[0][:shared]), dtype=torch.long, device=device)[None]
-        _, cache = self._prefix_cache(prefix, batch, logits_to_keep=1)
+        _, cache = self._prefix_cache(prefix, batch, model, logits_to_keep=LAST_POSITION)
         width = max(len(p) for p in prompts) - shared
         pads = [width - len(p) + shared for p in prompts]
         input_ids = torch.tensor([[self.pad_id] * n + list(p[shared:]) for n, p in zip(pads, prompts)], device=device)
         suffix = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
         positions = shared + (suffix.cumsum(-1) - 1).clamp(min=0)
         attention = torch.cat([torch.ones((batch, shared), dtype=torch.long, device=device), suffix], dim=1)
-        vision = {} if pixels is None else {"pixel_values": pixels}
-        logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=1, **vision).logits[:, -1]
+        vision = {} if pixels is None else {"pixel_values": pixels.to(next(model.parameters()).dtype)}
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                       use_cache=True, logits_to_keep=LAST_POSITION, **vision).logits[:, -1]
         return logits, cache, attention, positions[:, -1] + 1
 
     @torch.no_grad()
@@ -452,7 +493,8 @@ class LLMPolicy(nn.Module):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("generate needs a non-empty batch of non-empty prompts")
         device, batch = self.device, len(prompts)
-        logits, cache, attention, next_position = self._prefill(prompts, self.pixel_values(images))
+        model = self._sampling_model()
+        logits, cache, attention, next_position = self._prefill(prompts, self.pixel_values(images), model)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         log_probs: list[list[float]] = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -471,8 +513,8 @@ class LLMPolicy(nn.Module):
             if bool(finished.all()):
                 break
             attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long, device=device)], dim=1)
-            logits = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position[:, None],
-                                cache=cache, use_cache=True).logits[:, -1]
+            logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position[:, None],
+                           cache=cache, use_cache=True).logits[:, -1]
             next_position = next_position + 1
         return [Generation(t, lp, self.tokenizer.decode(t, skip_special_tokens=True), bool(t and t[-1] == self.eos_id))
                 for t, lp in zip(tokens, log_probs)]
@@ -509,17 +551,18 @@ class LLMPolicy(nn.Module):
         shared = shared_prefix_length(sequences)
         return shared if shared >= MIN_SHARED_PREFIX else 0
 
-    def _prefix_cache(self, prefix: torch.Tensor, batch: int, **forward: object) -> tuple[object | None, object]:
+    def _prefix_cache(self, prefix: torch.Tensor, batch: int, model: nn.Module,
+                      **forward: object) -> tuple[object | None, object]:
         """A KV cache of ``batch`` rows that all start with ``prefix`` [1, S]: the prefix runs through
-        the model once, at batch 1 (``forward`` are extra model arguments), and its cache is copied to
+        ``model`` once, at batch 1 (``forward`` are extra model arguments), and its cache is copied to
         every row. Returns ``(the prefix's model output, cache)``; an empty prefix gives ``(None, empty cache)``."""
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=model.config)
         if prefix.shape[1] == 0:
             return None, cache
         positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
-        out = self.model(input_ids=prefix, position_ids=positions, cache=cache, use_cache=True, **forward)
+        out = model(input_ids=prefix, position_ids=positions, cache=cache, use_cache=True, **forward)
         cache.batch_repeat_interleave(batch)
         return out, cache
 
@@ -534,7 +577,7 @@ class LLMPolicy(nn.Module):
                              **vision)
             return out.logits, out.hidden_states[-1]
         batch, width = input_ids.shape
-        head, cache = self._prefix_cache(input_ids[:1, :shared], batch, output_hidden_states=True)
+        head, cache = self._prefix_cache(input_ids[:1, :shared], batch, self.model, output_hidden_states=True)
         positions = torch.arange(shared, width, device=input_ids.device).expand(batch, -1)
         tail = self.model(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions, cache=cache,
                           use_cache=True, output_hidden_states=True)

@@ -448,3 +448,27 @@ def test_categorical_sampling_draws_each_token_with_its_probability_and_never_a_
     torch.testing.assert_close(freq, probs, atol=4e-3, rtol=0)  # ~4 standard errors at 200k draws
     again = sample_categorical(log_probs[:10], torch.Generator().manual_seed(1))
     assert torch.equal(again, sample_categorical(log_probs[:10], torch.Generator().manual_seed(1)))
+
+
+def test_bfloat16_rollouts_track_the_float32_policy_and_learners_rescore_them(tiny_lm: Path) -> None:
+    policy, chat, vec = numberline_setup(tiny_lm)
+    policy.generation = GenerationConfig(max_new_tokens=6, dtype="bfloat16")
+    prompts = [chat.first_prompt(o) for o in vec.reset(seed=0)[0]]
+    replies = policy.generate(prompts, generator=torch.Generator().manual_seed(0))
+    sampler = policy._sampling_model()
+    assert next(sampler.parameters()).dtype == torch.bfloat16 and next(policy.model.parameters()).dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in policy.state_dict().values())  # the copy is not part of the policy
+    exact = policy.token_log_probs([p + r.tokens for p, r in zip(prompts, replies)]).detach()
+    for prompt, reply, row in zip(prompts, replies, exact):
+        np.testing.assert_allclose(reply.log_probs, row[len(prompt):len(prompt) + len(reply.tokens)], atol=0.1)
+    with torch.no_grad():  # an in-place update of the float32 model reaches the sampler at the next generate
+        next(policy.model.parameters()).add_(1.0)
+    policy.generate(prompts[:1])
+    assert torch.equal(next(sampler.parameters()), next(policy.model.parameters()).to(torch.bfloat16))
+    assert not policy.samples_exact_log_probs
+    batch = collect_text(policy, chat, vec, 1, seed=0, generator=torch.Generator().manual_seed(0))
+    prepared = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo"))._prepare(batch)
+    rescored = policy.token_log_probs([s.tokens for s in batch.samples]).detach()[prepared.rows, prepared.cols]
+    torch.testing.assert_close(prepared.old_log_prob, rescored)  # the old policy is the float32 one
+    with pytest.raises(ValueError, match="generation dtype must be one of"):
+        GenerationConfig(dtype="float16")
