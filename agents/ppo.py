@@ -252,7 +252,7 @@ class PPO:
         clip = self.actor.clip_coefficients().to(self.device)
         weights = self.actor.advantage_weights().to(self.device)
         train_actor = self.iteration >= cfg.critic_warmup_iterations
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device: one readback per update, not per minibatch
         updates, stopped = 0, False
         for _ in range(cfg.update_epochs):
             for idx in torch.randperm(T * N, device=self.device).split(cfg.minibatch_size):
@@ -268,19 +268,18 @@ class PPO:
                     train_actor,
                 )
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = sums[k] + v if k in sums else v
                 updates += 1
-                if cfg.target_kl is not None and train_actor and metrics["ppo/approx_kl"] > cfg.target_kl:
+                if cfg.target_kl is not None and train_actor and float(metrics["ppo/approx_kl"]) > cfg.target_kl:
                     stopped = True
                     break
             if stopped:
                 break
         self.iteration += 1
-        out = {k: v / max(updates, 1) for k, v in sums.items()}
         explained = 1 - (returns - old_values).var() / returns.var().clamp(min=1e-8)
-        out.update(
-            {"ppo/updates": float(updates), "ppo/kl_stop": float(stopped), "ppo/explained_variance": float(explained)}
-        )
+        means = torch.stack([v / max(updates, 1) for v in sums.values()] + [explained]).tolist()
+        out = dict(zip([*sums, "ppo/explained_variance"], means, strict=True))
+        out.update({"ppo/updates": float(updates), "ppo/kl_stop": float(stopped)})
         return out
 
     def _minibatch_step(self, obs, stored, old_logp, old_values, adv, returns, clip, weights, train_actor):
@@ -292,7 +291,7 @@ class PPO:
         else:
             v_loss = 0.5 * (values - returns).pow(2).mean()
         loss = cfg.vf_coef * v_loss
-        metrics = {"ppo/value_loss": v_loss.item()}
+        metrics = {"ppo/value_loss": v_loss.detach()}
         if train_actor:
             new_logp, entropy = self.actor.evaluate(obs, stored)
             if cfg.norm_adv and len(adv) > 1:
@@ -307,13 +306,13 @@ class PPO:
             with torch.no_grad():
                 metrics.update(
                     {
-                        "ppo/policy_loss": float(pg_loss),
-                        "ppo/approx_kl": float(((ratio - 1) - log_ratio).mean()),  # k3 estimator
-                        "ppo/clip_fraction": float(((ratio - 1).abs() > clip).float().mean()),
+                        "ppo/policy_loss": pg_loss.detach(),
+                        "ppo/approx_kl": ((ratio - 1) - log_ratio).mean(),  # k3 estimator
+                        "ppo/clip_fraction": ((ratio - 1).abs() > clip).float().mean(),
                     }
                 )
                 if entropy is not None:
-                    metrics["ppo/entropy"] = float(entropy.mean())
+                    metrics["ppo/entropy"] = entropy.mean().detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm is not None:

@@ -78,3 +78,21 @@ def test_updates_and_metric_accumulation_never_read_tensors_back(learner, readba
     assert readbacks == []
     assert "critic_loss" in accumulator.pop() or learner in ("tdmpc2", "fowm", "spot-vae")
     assert len(readbacks) > 0  # the logging boundary is where values come back (and the counter sees rlft's calls)
+
+
+def test_a_ppo_update_reads_its_metrics_back_once_not_per_minibatch(readbacks):
+    from rlft.agents.ppo import PPO, PPOConfig
+    from rlft.envs import make_vector_env
+    from rlft.policies.gaussian import GaussianPPOPolicy
+
+    from test_ppo import PointReach  # noqa: F401  (registers rlft-test/PointReach-v0)
+
+    torch.manual_seed(0)
+    env = make_vector_env({"task": "rlft-test/PointReach-v0"}, 2)
+    ppo = PPO(GaussianPPOPolicy(1, 1, hidden=(8,)), 1, PPOConfig(minibatch_size=8, update_epochs=3,
+                                                                  critic_hidden=(8,), target_kl=None), 2)
+    rollout = ppo.collect(env, env.reset(seed=0)[0], 16)[0]
+    readbacks.clear()  # collection reads actions back for the envs: that is inherent
+    metrics = ppo.update(rollout)
+    assert metrics["ppo/updates"] == 12  # 32 transitions in minibatches of 8, 3 epochs
+    assert [call.split(" in ")[0] for call in readbacks] == ["tolist"]  # the means, once per update
