@@ -99,11 +99,26 @@ class RunningMeanStd:
 
     def update(self, x: np.ndarray) -> None:
         """Merge a batch ``[n, *shape]``."""
-        batch_mean, batch_var, n = x.mean(0), x.var(0), len(x)
+        self.update_from_moments(x.mean(0), x.var(0), len(x))
+
+    def update_from_moments(self, batch_mean: np.ndarray, batch_var: np.ndarray, n: float) -> None:
+        """Merge ``n`` samples given by their mean and (population) variance."""
         delta, total = batch_mean - self.mean, self.count + n
         self.mean = self.mean + delta * n / total
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
+
+    def added_since(self, start: "RunningMeanStd") -> tuple[np.ndarray, np.ndarray, float]:
+        """``(mean, var, n)`` of the samples merged into these statistics since they equalled
+        ``start``: the inverse of :meth:`update_from_moments`, so that statistics grown apart from
+        one start (rollout workers) can be merged into it."""
+        n = self.count - start.count
+        if n <= 0:
+            return np.zeros_like(self.mean), np.zeros_like(self.var), 0.0
+        mean = (self.count * self.mean - start.count * start.mean) / n
+        delta = mean - start.mean
+        m2 = self.var * self.count - start.var * start.count - delta**2 * start.count * n / self.count
+        return mean, np.maximum(m2 / n, 0.0), n
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "mean": torch.from_numpy(np.array(self.mean)),
@@ -151,6 +166,15 @@ class Rollout:
     last_values: torch.Tensor  # [N]
     episodes: list[dict[str, float]]  # return, length, success of every episode that ended
     env_steps: int  # simulator steps taken (an action chunk counts its executed actions)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Rollout"], device: str | torch.device = "cpu") -> "Rollout":
+        """Rollouts of disjoint sets of envs (rollout workers, in rank order) as one, envs side by side."""
+        cat = lambda xs, dim=1: torch.cat([x.to(device) for x in xs], dim=dim)  # noqa: E731
+        return cls(cat([p.obs for p in parts]), {k: cat([p.stored[k] for p in parts]) for k in parts[0].stored},
+                   cat([p.log_probs for p in parts]), cat([p.values for p in parts]), cat([p.rewards for p in parts]),
+                   cat([p.dones for p in parts]), cat([p.last_values for p in parts], 0),
+                   [e for p in parts for e in p.episodes], sum(p.env_steps for p in parts))
 
 
 class PPO:

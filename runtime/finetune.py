@@ -12,6 +12,7 @@ environment steps) come from :class:`rlft.runtime.runner.Runner`.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig
@@ -28,6 +29,7 @@ from rlft.envs.factory import make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.progress import Progress
+from rlft.runtime.rollout_workers import RayRollouts, RolloutConfig
 from rlft.runtime.runner import DatasetRunner, Phase
 
 
@@ -48,6 +50,25 @@ class LoopConfig:
     normalize_obs: bool = True  # dataset statistics
 
 
+@dataclass
+class RolloutEnvs:
+    """Builds the vector env PPO acts in (chunked, or hiding the residual family's base): a plain,
+    picklable object, so that Ray rollout workers build the same envs as the learner."""
+
+    env_cfg: dict[str, Any]
+    family: FamilyConfig
+    base: torch.nn.Module
+    obs_stats: tuple[np.ndarray, np.ndarray] | None = None
+    asynchronous: bool = False
+    device: str = "cpu"
+
+    def __call__(self, num_envs: int, chunk: int | None = None):
+        """``num_envs`` sub-envs; with ``chunk``, the bare env executing chunks of that many actions."""
+        env = make_vector_env(self.env_cfg, num_envs, self.obs_stats, self.asynchronous,
+                              chunk or self.family.env_chunk, self.family.obs_history)
+        return env if chunk is not None else wrap_env(self.family, env, self.base, self.device)
+
+
 class FinetuneExperiment(DatasetRunner):
     """The BC -> PPO pipeline: builds the dataset, policy, envs and PPO from a resolved config."""
 
@@ -62,7 +83,8 @@ class FinetuneExperiment(DatasetRunner):
         return {"loop": config_from_mapping(LoopConfig, cfg.loop, "loop"),
                 "family": config_from_mapping(FamilyConfig, policy, "method.policy"),  # (or task.policy)
                 "bc": config_from_mapping(BCConfig, cfg.method.bc, "method.bc"),
-                "ppo": config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo")}
+                "ppo": config_from_mapping(PPOConfig, cfg.method.ppo, "method.ppo"),
+                "rollout": config_from_mapping(RolloutConfig, cfg.get("rollout") or {}, "rollout")}
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
@@ -72,6 +94,12 @@ class FinetuneExperiment(DatasetRunner):
         self.family: FamilyConfig = settings["family"]
         self.bc_cfg: BCConfig = settings["bc"]
         self.ppo_cfg: PPOConfig = settings["ppo"]
+        self.rollout: RolloutConfig = settings["rollout"]
+        try:
+            self.num_envs = self.rollout.total_envs(self.loop.num_envs)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        self.rollouts: RayRollouts | None = None
         self.clones = self.family.family != "gaussian" or self.family.bc_init  # a Gaussian may start from scratch
         if self.loop.normalize_obs and self.ppo_cfg.obs_norm_running:
             raise ConfigError("method.ppo.obs_norm_running=true normalises observations by running statistics; "
@@ -98,27 +126,36 @@ class FinetuneExperiment(DatasetRunner):
             mean[self.family.state_dim :], std[self.family.state_dim :] = 0.0, 255.0
         return mean, std
 
-    def _chunked_env(self, num_envs: int, chunk: int):
-        return make_vector_env(
-            self.cfg.task.env_cfg, num_envs, self.obs_stats, self.loop.asynchronous, chunk, self.family.obs_history
-        )
+    def _envs(self, device: str | torch.device) -> RolloutEnvs:
+        """The env builder on ``device`` (rollout workers: a CPU copy of the base)."""
+        same = torch.device(device) == self.device
+        return RolloutEnvs(OmegaConf.to_container(self.cfg.task.env_cfg, resolve=True), self.family,
+                           self.base if same else copy.deepcopy(self.base).cpu(), self.obs_stats,
+                           self.loop.asynchronous, str(device))
 
-    def _vector_env(self, num_envs: int):
-        """The env the PPO actor acts in (chunked, or hiding the residual family's base)."""
-        return wrap_env(self.family, self._chunked_env(num_envs, self.family.env_chunk), self.base, self.device)
+    def finish(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.close()
 
     def _build_learner(self) -> None:
         obs_dim, action_dim = self.dataset.obs_dim, self.dataset.action_dim
         self.actor = build_actor(self.family, self.base, obs_dim, action_dim).to(self.device)
-        self.env = self._vector_env(self.loop.num_envs)
-        self.eval_env = self._vector_env(min(self.loop.eval_envs, self.loop.eval_episodes))
+        envs = self._envs(self.device)
+        self.eval_env = envs(min(self.loop.eval_envs, self.loop.eval_episodes))
         # the cloned base alone acts in chunks; only the residual family's PPO env differs (it hides the base)
         self.base_eval_env = self.eval_env
         if self.family.family == "residual":
-            self.base_eval_env = self._chunked_env(self.eval_env.num_envs, self.family.act_steps)
+            self.base_eval_env = envs(self.eval_env.num_envs, chunk=self.family.act_steps)
         critic_encoder = build_critic_encoder(self.family, self.dataset.action_dim)
-        obs_dim = self.env.single_observation_space.shape[0]
-        self.ppo = PPO(self.actor, obs_dim, self.ppo_cfg, self.loop.num_envs, self.device, critic_encoder)
+        obs_dim = self.eval_env.single_observation_space.shape[0]
+        self.ppo = PPO(self.actor, obs_dim, self.ppo_cfg, self.num_envs, self.device, critic_encoder)
+        if self.rollout.backend == "ray":
+            self.env = None
+            if self.rollouts is not None:
+                self.rollouts.close()
+            self.rollouts = RayRollouts(self.rollout, self._envs("cpu"), self.ppo, self.num_envs, int(self.cfg.seed))
+        else:
+            self.env = envs(self.num_envs)
 
     # ---------------------------------------------------------------- phases
     def _behaviour_cloning(self) -> None:
@@ -173,9 +210,12 @@ class FinetuneExperiment(DatasetRunner):
         bar = Progress(loop.iterations, "ppo", initial=self.phase_step, enabled=self.show_progress)
         while self.phase_step < loop.iterations:
             started = time.perf_counter()
-            seeds = [int(self.cfg.seed) * 1_000_003 + self.phase_step * loop.num_envs + i for i in range(loop.num_envs)]
-            obs, _ = self.env.reset(seed=seeds)
-            rollout, _ = self.ppo.collect(self.env, obs, self.agent_steps)
+            seeds = [int(self.cfg.seed) * 1_000_003 + self.phase_step * self.num_envs + i for i in range(self.num_envs)]
+            if self.rollouts is not None:
+                rollout = self.rollouts.collect(self.ppo, seeds, self.agent_steps, version=self.phase_step)
+            else:
+                obs, _ = self.env.reset(seed=seeds)
+                rollout, _ = self.ppo.collect(self.env, obs, self.agent_steps)
             collected = time.perf_counter()
             metrics = self.check_update(self.ppo.update(rollout))
             self.phase_step += 1
