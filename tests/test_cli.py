@@ -85,13 +85,23 @@ def test_run_then_resume(tmp_path, dataset_file):
     assert json.loads((run_dir / "eval.json").read_text())["history"] == first["history"]
 
 
-def test_multirun_sweeps_seeds(tmp_path, dataset_file):
+LAUNCHERS = {"basic": [], "slurm preset, local executor": ["+launcher=slurm", "hydra/launcher=submitit_local"]}
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_multirun_sweeps_seeds(tmp_path, dataset_file, launcher):
+    """Sweeps write one normal run folder per job, with Hydra's basic launcher and with the SLURM
+    preset's jobs run by submitit's local executor (what a cluster would run, without one)."""
+    if launcher != "basic":
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    rlft("-m", *SMOKE, f"dataset.source={dataset_file}", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    rlft("-m", *SMOKE, *LAUNCHERS[launcher], f"dataset.source={dataset_file}", "seed=0,1", f"hydra.sweep.dir={sweep}",
+         cwd=tmp_path)
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "eval.json").exists())
     assert [p.name for p in runs] == ["0_seed0", "1_seed1"]
     seeds = [json.loads((p / "eval.json").read_text())["seed"] for p in runs]
     assert seeds == [0, 1]
+    assert all((p / name).exists() for p in runs for name in ("config.yaml", "metrics.csv", "checkpoints"))
 
 
 def test_missing_dataset_prints_its_collection_command_and_leaves_no_run_folder(tmp_path):
