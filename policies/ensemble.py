@@ -4,8 +4,9 @@ Two kernels compute the same function of the same parameters (tested to float ro
 ``batched`` runs each layer for all members at once (one ``baddbmm``, one normalisation), which
 suits accelerators; ``per_member`` runs each member's layers as plain 2-D ops (``addmm``, a fused
 ``layer_norm`` with its affine) and stacks the outputs once at the end. On this CPU the second is
-1.2-1.3x faster for whole Cal-QL and 10-critic SAC updates and level for two plain critics
-(``benchmarks/update_speed.md``), so ``auto`` picks it on CPU and ``batched`` elsewhere.
+faster for Cal-QL and 10-critic SAC updates and level for two plain critics (``python -m
+rlft.scripts.benchmark_updates --compare before-after``), so ``auto`` picks it on CPU and
+``batched`` elsewhere.
 """
 
 from __future__ import annotations
