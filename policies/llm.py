@@ -33,7 +33,7 @@ from rlft.policies.action_tokenizer import add_action_tokens
 SAMPLING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Prefill computes logits at the last position only. Given as an index tensor, not ``logits_to_keep=1``:
 # the int form hands the LM head a strided view, for which CPU bfloat16 matmul copies the head's weight
-# once per row (2.3 s of a SmolLM2 batch-16 prefill); an index gathers a contiguous [B, 1, H] first.
+# once per row (seconds per SmolLM2 batch-16 prefill); an index gathers a contiguous [B, 1, H] first.
 LAST_POSITION = torch.tensor([-1])
 
 
@@ -616,8 +616,9 @@ def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator | Non
     cumulative distribution at one uniform number per row.
 
     The same distribution as ``torch.multinomial(log_probs.exp(), 1)``, which draws an exponential
-    number for every entry: at SmolLM2's 49,152 tokens and batch 16 that was 38 ms of a ~290 ms
-    decode step on this CPU, this 3 ms. ``right=True`` never lands on a zero-probability entry.
+    number for every entry of the vocabulary (49,152 for SmolLM2) and was a sizeable part of a CPU
+    decode step; this draws one uniform number per row. ``right=True`` never lands on a
+    zero-probability entry.
     """
     cdf = log_probs.exp().cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
