@@ -46,6 +46,7 @@ class RolloutConfig:
     envs_per_worker: int | None = None  # null: loop.num_envs split evenly; set: workers x this envs in all
     timeout_s: float = 600.0  # a rollout not back by then counts as a dead worker
     max_restarts: int = 3  # consecutive restarts of one worker before the run stops
+    worker_cpus: float = 1.0  # CPUs Ray reserves per worker (fractions let more workers than cores start)
     ray_init: dict[str, Any] = field(default_factory=dict)  # ray.init arguments, e.g. {address: auto}
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class RolloutConfig:
             raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.workers < 1:
             raise ValueError(f"rollout.workers must be >= 1, got {self.workers}")
+        if self.worker_cpus <= 0:
+            raise ValueError(f"rollout.worker_cpus must be positive, got {self.worker_cpus}")
         if self.envs_per_worker is not None and self.envs_per_worker < 1:
             raise ValueError(f"rollout.envs_per_worker must be >= 1, got {self.envs_per_worker}")
 
@@ -144,7 +147,7 @@ class RayRollouts:
         self.envs_per_worker = num_envs // cfg.workers
         if not ray.is_initialized():
             ray.init(**{"include_dashboard": False, "log_to_driver": False, **cfg.ray_init})
-        self._new_worker = lambda: ray.remote(num_cpus=1)(RolloutWorker).remote(  # noqa: E731
+        self._new_worker = lambda: ray.remote(num_cpus=cfg.worker_cpus)(RolloutWorker).remote(  # noqa: E731
             make_env, cpu_collector(ppo, self.envs_per_worker), self.envs_per_worker)
         self.workers = [self._new_worker() for _ in range(cfg.workers)]
         self._wait_ready(self.workers)
@@ -173,7 +176,8 @@ class RayRollouts:
             if ppo.reward_scaler is not None:
                 scaler = {"returns": torch.from_numpy(ppo.reward_scaler.returns[rank * m:(rank + 1) * m].copy()),
                           "stats": ppo.reward_scaler.stats.state_dict()}
-            requests.append(CollectRequest(version, ppo.obs_stats.state_dict() if ppo.obs_stats else None,
+            obs_stats = ppo.obs_stats.state_dict() if ppo.obs_stats is not None else None
+            requests.append(CollectRequest(version, obs_stats,
                                            scaler, rng, list(seeds[rank * m:(rank + 1) * m]), steps))
         return requests
 

@@ -62,7 +62,8 @@ def local_rate(ppo: PPO, make_env: RolloutEnvs, envs: int, steps: int) -> tuple[
 
 def ray_rate(ppo: PPO, make_env: RolloutEnvs, envs: int, workers: int, steps: int) -> tuple[float, float]:
     """(env steps/s, seconds of a one-step rollout call) with ``workers`` Ray workers."""
-    rollouts = RayRollouts(RolloutConfig(backend="ray", workers=workers), make_env, ppo, envs, seed=0)
+    cpus = min(1.0, (os.cpu_count() or 1) / workers)  # more workers than cores share them
+    rollouts = RayRollouts(RolloutConfig(backend="ray", workers=workers, worker_cpus=cpus), make_env, ppo, envs, seed=0)
     seeds = list(range(envs))
     rollouts.collect(ppo, seeds, 2, 0)  # warm-up
     start = time.perf_counter()
