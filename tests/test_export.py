@@ -199,7 +199,7 @@ def _evaluator_episode(runner, seed: int, monkeypatch: pytest.MonkeyPatch) -> tu
 
     original = factory.make_task_env
     monkeypatch.setattr(factory, "make_task_env", lambda *a, **k: Recorder(original(*a, **k)))
-    env = runner._vector_env(1)
+    env = runner._envs(runner.device)(1)
     monkeypatch.setattr(factory, "make_task_env", original)
     obs, _ = env.reset(seed=[seed])
     done = False
