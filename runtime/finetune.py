@@ -57,7 +57,7 @@ class RolloutEnvs:
 
     env_cfg: dict[str, Any]
     family: FamilyConfig
-    base: torch.nn.Module
+    base: torch.nn.Module | None  # the residual family's frozen base (None: only bare envs are built)
     obs_stats: tuple[np.ndarray, np.ndarray] | None = None
     asynchronous: bool = False
     device: str = "cpu"

@@ -169,16 +169,17 @@ class RayRollouts:
 
     def _requests(self, ppo: PPO, seeds: Sequence[int], steps: int, version: int) -> list[CollectRequest]:
         m, requests = self.envs_per_worker, []
+        obs_stats = ppo.obs_stats.state_dict() if ppo.obs_stats is not None else None  # the same for every worker
+        return_stats = ppo.reward_scaler.stats.state_dict() if ppo.reward_scaler is not None else None
         for rank in range(self.cfg.workers):
             rng = torch.get_rng_state() if rank == 0 else torch.Generator().manual_seed(
                 (self.seed * 1_000_003 + version) * 1_009 + rank).get_state()
             scaler = None
             if ppo.reward_scaler is not None:
                 scaler = {"returns": torch.from_numpy(ppo.reward_scaler.returns[rank * m:(rank + 1) * m].copy()),
-                          "stats": ppo.reward_scaler.stats.state_dict()}
-            obs_stats = ppo.obs_stats.state_dict() if ppo.obs_stats is not None else None
-            requests.append(CollectRequest(version, obs_stats,
-                                           scaler, rng, list(seeds[rank * m:(rank + 1) * m]), steps))
+                          "stats": return_stats}
+            requests.append(CollectRequest(version, obs_stats, scaler, rng, list(seeds[rank * m:(rank + 1) * m]),
+                                           steps))
         return requests
 
     @staticmethod

@@ -51,12 +51,11 @@ def local_rate(ppo: PPO, make_env: RolloutEnvs, envs: int, steps: int) -> tuple[
     seeds = list(range(envs))
     ppo.collect(env, env.reset(seed=seeds)[0], 2)  # warm-up
     start = time.perf_counter()
-    one = ppo.collect(env, env.reset(seed=seeds)[0], 1)[0]
+    ppo.collect(env, env.reset(seed=seeds)[0], 1)
     one_s = time.perf_counter() - start
     start = time.perf_counter()
     rollout = ppo.collect(env, env.reset(seed=seeds)[0], steps)[0]
     env.close()
-    del one
     return rollout.env_steps / (time.perf_counter() - start), one_s
 
 
