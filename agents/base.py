@@ -52,7 +52,7 @@ class AgentConfig(OnlineOverridable):
     critic_lr: float = 3e-4
     hidden: tuple[int, ...] = (256, 256)  # actor and critic hidden widths
     num_critics: int = 2
-    compile: bool = False  # torch.compile the critic and actor losses (opt-in: benchmarks/compile.md)
+    compile: bool = False  # torch.compile the critic and actor losses: for GPUs; slower or level on CPU (benchmarks/compile.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()

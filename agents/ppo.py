@@ -33,6 +33,7 @@ from torch import nn
 from rlft.policies.base import PPOActor
 from rlft.policies.encoders import encoded
 from rlft.policies.mlp import ACTIVATIONS, mlp
+from rlft.policies.precision import autocast, check_autocast
 
 
 @dataclass
@@ -59,8 +60,10 @@ class PPOConfig:
     critic_activation: str = "mish"  # policies/mlp.py ACTIVATIONS
     critic_warmup_iterations: int = 0  # first iterations update only the critic
     adam_eps: float = 1e-8  # Stable-Baselines3's PPO uses 1e-5
+    autocast: str = "float32"  # bfloat16: rollouts' and updates' forward passes under torch.autocast (policies/precision.py)
 
     def __post_init__(self) -> None:
+        check_autocast(self.autocast, "ppo.autocast")
         if self.critic_activation not in ACTIVATIONS:
             raise ValueError(f"unknown critic_activation {self.critic_activation!r}; "
                              f"available: {sorted(ACTIVATIONS)}")
@@ -214,7 +217,9 @@ class PPO:
         return np.clip(scaled, -self.cfg.obs_clip, self.cfg.obs_clip).astype(np.float32)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs).squeeze(-1)
+        """``V(obs)`` in float32 (the critic's forward under ``cfg.autocast``)."""
+        with autocast(self.device, self.cfg.autocast):
+            return self.critic(obs).squeeze(-1).float()
 
     # ------------------------------------------------------------ rollouts
     @torch.no_grad()
@@ -227,8 +232,9 @@ class PPO:
             if self.obs_stats is not None:
                 self.obs_stats.update(np.asarray(obs, dtype=np.float64))
             obs_t = torch.as_tensor(self.normalize(obs), dtype=torch.float32, device=self.device)
-            sample = self.actor.explore(obs_t)
-            next_obs, reward, terminated, truncated, info = env.step(sample.env_action.cpu().numpy())
+            with autocast(self.device, self.cfg.autocast):
+                sample = self.actor.explore(obs_t)
+            next_obs, reward, terminated, truncated, info = env.step(sample.env_action.float().cpu().numpy())
             reward = np.asarray(reward, dtype=np.float64)
             done = np.asarray(terminated) | np.asarray(truncated)
             if self.reward_scaler is not None:
@@ -240,8 +246,8 @@ class PPO:
             episodes.extend(finished_episodes(info, done))
             env_steps += simulator_steps(info, done)
             obs_l.append(obs_t)
-            stored_l.append(sample.stored)
-            logp_l.append(sample.log_prob)
+            stored_l.append({k: v.float() if v.is_floating_point() else v for k, v in sample.stored.items()})
+            logp_l.append(sample.log_prob.float())
             value_l.append(self.value(obs_t))
             reward_l.append(torch.as_tensor(reward, dtype=torch.float32, device=self.device))
             done_l.append(torch.as_tensor(done, dtype=torch.float32, device=self.device))
@@ -317,7 +323,9 @@ class PPO:
         loss = cfg.vf_coef * v_loss
         metrics = {"ppo/value_loss": v_loss.detach()}
         if train_actor:
-            new_logp, entropy = self.actor.evaluate(obs, stored)
+            with autocast(self.device, cfg.autocast):
+                new_logp, entropy = self.actor.evaluate(obs, stored)
+            new_logp = new_logp.float()
             if cfg.norm_adv and len(adv) > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             adv = adv[:, None] * weights[None, :]

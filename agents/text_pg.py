@@ -31,7 +31,8 @@ import torch
 
 from rlft.agents.ppo import compute_gae
 from rlft.agents.text_rollout import TextBatch
-from rlft.policies.llm import LLMPolicy
+from rlft.policies.llm import Conversation, LLMPolicy, SequenceScores
+from rlft.policies.precision import autocast, check_autocast
 
 
 @dataclass
@@ -62,8 +63,10 @@ class TextPGConfig:
     value_loss: Literal["mse", "huber"] = "mse"  # RL4VLA: Huber with delta 10
     huber_delta: float = 10.0
     value_hidden: tuple[int, ...] = ()  # the value head's MLP widths (RL4VLA: 512, 128); () a linear head
+    autocast: str = "float32"  # bfloat16: training forward passes under torch.autocast (policies/precision.py)
 
     def __post_init__(self) -> None:
+        check_autocast(self.autocast, "text_method.algorithm.autocast")
         if self.algorithm not in ("ppo", "grpo"):
             raise ValueError(f"algorithm must be 'ppo' or 'grpo', got {self.algorithm!r}")
         if self.supervision not in ("outcome", "process"):
@@ -218,7 +221,7 @@ class TextPolicyGradient:
             turn_advantage=torch.zeros(len(batch.turns)), turn_return=torch.zeros(len(batch.turns)),
             turn_value=torch.zeros(len(batch.turns)),
         )
-        if not self.policy.samples_exact_log_probs:  # rollouts sampled at lower precision: the old policy is float32
+        if not self.policy.samples_exact_log_probs or cfg.autocast != "float32":  # the old policy as updates score it
             prepared.old_log_prob = self._token_log_probs(batch, prepared)
         returns = batch.episode_returns()
         prepared.informative = bool(returns.max() > returns.min()) or not cfg.skip_uninformative
@@ -245,7 +248,7 @@ class TextPolicyGradient:
     def _token_log_probs(self, batch: TextBatch, prepared: _Prepared) -> torch.Tensor:
         log_probs = torch.zeros(len(prepared.rows))
         for chunk in self._chunks(len(batch.samples), shuffle=False):
-            scores = self.policy.score_conversations([batch.samples[j] for j in chunk])
+            scores = self._score([batch.samples[j] for j in chunk])
             picked, rows = self._localize(prepared, chunk, len(batch.samples))
             log_probs[picked] = scores.log_probs[rows, prepared.cols[picked]]
         return log_probs
@@ -270,7 +273,7 @@ class TextPolicyGradient:
         samples = sorted(by_sample)
         for chunk in self._chunks(len(samples), shuffle=False):
             ids = [samples[k] for k in chunk]
-            scores = self.policy.score_conversations([batch.samples[j] for j in ids])
+            scores = self._score([batch.samples[j] for j in ids])
             positions = torch.tensor([(r, p) for r, j in enumerate(ids) for p in by_sample[j]])
             values = self.policy.values(scores.hidden, positions)
             for (r, p), v in zip(positions.tolist(), values.tolist()):
@@ -287,6 +290,11 @@ class TextPolicyGradient:
         if cfg.normalize_advantages and len(batch.turns) > 1:
             a = prepared.turn_advantage
             prepared.turn_advantage = (a - a.mean()) / (a.std() + 1e-8)
+
+    def _score(self, conversations: list[Conversation]) -> SequenceScores:
+        """The policy's training forward pass, under ``config.autocast`` (log-probs come out float32)."""
+        with autocast(self.policy.device, self.config.autocast):
+            return self.policy.score_conversations(conversations)
 
     def _chunks(self, n: int, shuffle: bool) -> list[list[int]]:
         order = torch.randperm(n, generator=self.generator).tolist() if shuffle else list(range(n))
@@ -325,7 +333,7 @@ class TextPolicyGradient:
         picked, rows = self._localize(prepared, chunk, len(batch.samples))
         if not bool(picked.any()):  # only prompt-only sequences (truncated episodes' final states)
             return {}
-        scores = self.policy.score_conversations([batch.samples[j] for j in chunk])
+        scores = self._score([batch.samples[j] for j in chunk])
         log_prob = scores.log_probs[rows, prepared.cols[picked]]
         entropy = scores.entropy[rows, prepared.cols[picked]].mean()
         metrics: dict[str, float] = {"entropy": entropy.item()}

@@ -3,10 +3,12 @@
 Two kernels compute the same function of the same parameters (tested to float rounding):
 ``batched`` runs each layer for all members at once (one ``baddbmm``, one normalisation), which
 suits accelerators; ``per_member`` runs each member's layers as plain 2-D ops (``addmm``, a fused
-``layer_norm`` with its affine) and stacks the outputs once at the end. On this CPU the second is
-faster for Cal-QL and 10-critic SAC updates and level for two plain critics (``python -m
-rlft.scripts.benchmark_updates --compare before-after``), so ``auto`` picks it on CPU and
-``batched`` elsewhere.
+``layer_norm`` with its affine) and stacks the outputs once at the end. Measured on this 2-core CPU
+(``python -m rlft.scripts.benchmark_updates --compare kernel --threads 1 2``,
+``benchmarks/ensemble_kernel.md``): with one torch thread the second is never slower and 1.2-2.5x
+faster for 10-critic SAC and Cal-QL; with two threads it is 5-7 % slower on batches of 256 rows and
+1.3x faster on CQL's 2,560-row penalty batches. So ``auto`` picks ``per_member`` on CPU when torch runs
+one thread or a call has at least :data:`PER_MEMBER_ROWS` rows, and ``batched`` otherwise.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def _select(bias: torch.Tensor, weight: torch.Tensor,
 
 
 KERNELS = ("auto", "batched", "per_member")
+PER_MEMBER_ROWS = 1024  # rows per member from which ``auto`` runs members one by one on a multi-threaded CPU
+
+
+def per_member_wins(x: torch.Tensor) -> bool:
+    """``auto``'s choice for an input ``[members, rows, in]`` (module docstring)."""
+    return x.device.type == "cpu" and (torch.get_num_threads() == 1 or x.shape[-2] >= PER_MEMBER_ROWS)
 
 
 class EnsembleMLP(nn.Sequential):
@@ -91,7 +99,7 @@ class EnsembleMLP(nn.Sequential):
     (independent masks per member) follows the first hidden layer only, as in TD-MPC2's Q-functions.
     ``forward(x, members)`` evaluates only the listed members (``[len(members), ..., out]``), which
     is what targets over a random pair of members cost. ``kernel`` (module docstring): ``auto``
-    (``per_member`` on CPU, ``batched`` on other devices), ``batched`` or ``per_member``; with
+    (:func:`per_member_wins` chooses per call), ``batched`` or ``per_member``; with
     dropout the two draw their masks in a different order.
     """
 
@@ -143,7 +151,7 @@ class EnsembleMLP(nn.Sequential):
 
     def _layers(self, out: torch.Tensor, members: torch.Tensor | None, start: int) -> torch.Tensor:
         layers = list(self)[start:]
-        if self.kernel == "per_member" or (self.kernel == "auto" and out.device.type == "cpu"):
+        if self.kernel == "per_member" or (self.kernel == "auto" and per_member_wins(out)):
             outs = list(out.unbind(0))
             for layer in layers:
                 outs = layer.per_member(outs, members) if hasattr(layer, "per_member") else [layer(o) for o in outs]

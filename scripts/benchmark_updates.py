@@ -15,11 +15,11 @@ of updates so that both see the same machine, and writes the cost to
     python -m rlft.scripts.benchmark_updates --divergence-check --threads 1 --out benchmarks/divergence_check.md
 
 ``--compare before-after`` times each learner as it is and as it was before issue 18's speed
-changes (:func:`as_before_issue_18`), ``--compare compile`` eager against ``compile=true``, in
-alternating blocks of one run:
+changes (:func:`as_before_issue_18`), ``--compare kernel`` the ensembles' two kernels, ``--compare compile`` eager against ``compile=true``, in alternating blocks of one run:
 
     python -m rlft.scripts.benchmark_updates --compare before-after --threads 1 2 \
         --out benchmarks/update_speed_before_after.md
+    python -m rlft.scripts.benchmark_updates --compare kernel --threads 1 2 --out benchmarks/ensemble_kernel.md
     python -m rlft.scripts.benchmark_updates --compare compile --threads 1 --out benchmarks/compile.md
 """
 
@@ -93,14 +93,27 @@ def per_source_penalty(agent: CQL, batch: Batch, q_data: torch.Tensor) -> tuple[
     return gap.mean(1).sum(), {"cql_gap": gap.mean().item(), "q_random": q_random.mean().item()}
 
 
+def with_kernel(kernel: str) -> Callable[[OffPolicyAgent], OffPolicyAgent]:
+    """A variant that puts every critic ensemble of an agent on ``kernel`` (``policies/ensemble.KERNELS``)."""
+    def variant(agent: OffPolicyAgent) -> OffPolicyAgent:
+        for critic in (agent.critic, agent.critic_target):
+            for module in critic.modules():
+                if isinstance(module, EnsembleMLP):
+                    module.kernel = kernel
+        return agent
+    return variant
+
+
+def as_is(agent: OffPolicyAgent) -> OffPolicyAgent:
+    return agent
+
+
 def as_before_issue_18(agent: OffPolicyAgent) -> OffPolicyAgent:
     """``agent`` computing what it computes the way rlft did before issue 18: batched ensemble kernels
     on CPU, every critic member evaluated where a reduction or TD3's actor reads fewer, and CQL's
     per-source penalty."""
+    with_kernel("batched")(agent)
     for critic in (agent.critic, agent.critic_target):
-        for module in critic.modules():
-            if isinstance(module, EnsembleMLP):
-                module.kernel = "batched"
         full = critic.forward
         critic.forward = lambda obs, action, members=None, full=full: (
             full(obs, action) if members is None else full(obs, action)[members])
@@ -134,12 +147,16 @@ def compiled(agent: OffPolicyAgent) -> OffPolicyAgent:
     return agent
 
 
-COMPARISONS = {  # --compare: (variant of each learner, column names, what the report says about them)
-    "before-after": (as_before_issue_18, ("before", "after"),
+COMPARISONS = {  # --compare: (the two variants of each learner, their column names, what the report says about them)
+    "before-after": ((as_before_issue_18, as_is), ("before", "after"),
                      "'before' is the same learner with issue 18's changes undone "
                      "(`scripts/benchmark_updates.as_before_issue_18`: batched ensemble kernels on CPU, every critic "
                      "member run where REDQ's target or TD3's actor reads fewer, CQL's penalty one source at a time)"),
-    "compile": (compiled, ("eager", "compiled"),
+    "kernel": ((with_kernel("batched"), with_kernel("per_member")), ("batched", "per_member"),
+               "'batched' runs every critic ensemble through one `baddbmm` per layer, 'per_member' through one "
+               "`addmm` and one fused `layer_norm` per member and layer (`policies/ensemble.EnsembleMLP`); nothing "
+               "else differs"),
+    "compile": ((as_is, compiled), ("eager", "compiled"),
                 "'compiled' is the same learner with `compile=true` (`torch.compile` of its critic and actor "
                 "losses, default inductor backend; compilation happens during the warm-up updates)"),
 }
@@ -147,31 +164,37 @@ COMPARISONS = {  # --compare: (variant of each learner, column names, what the r
 
 def comparison_report(configs: dict, args: argparse.Namespace, batch: Batch, command: str) -> list[str]:
     """Updates/s of each learner and of its ``--compare`` variant, timed in alternating blocks of one run.
-    For ``before-after`` the variant is the first column; for ``compile`` the second."""
-    variant, (first, second), what = COMPARISONS[args.compare]
+    Each arm is its own agent, built fresh."""
+    variants, (first, second), what = COMPARISONS[args.compare]
     lines = [f"# Update speed: {first} and {second}", "",
              f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"batch {args.batch_size}, Hopper shapes. {what}; both are timed in alternating blocks of the same run.",
              "", f"| configuration | torch threads | {first} (updates/s) | {second} (updates/s) | {second} / {first} |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    for name, threads, update in selected_updates(configs, args):
+    for name, threads, _ in selected_updates(configs, args):
         make, vae_only = configs[name]
-        other_agent = variant(make())
-        other = other_agent.update_vae if vae_only else other_agent.update
-        arms = {False: other, True: update} if args.compare == "before-after" else {False: update, True: other}
-        a, b = paired_rates(arms, batch, args.updates)
-        lines.append(f"| {name} | {threads} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+        agents = [variant(make()) for variant in variants]
+        arms = {arm: agent.update_vae if vae_only else agent.update for arm, agent in zip((False, True), agents)}
+        try:
+            a, b = paired_rates(arms, batch, args.updates)
+        except torch._dynamo.exc.BackendCompilerFailed as error:  # a compiler bug is a result, not a crash
+            reason = str(error).splitlines()[1] if "\n" in str(error) else str(error)
+            lines.append(f"| {name} | {threads} | fails: {reason[:160]} | | |")
+        else:
+            lines.append(f"| {name} | {threads} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
         print(lines[-1])
     return lines + [""]
 
 
-def update_flops(update: Callable[[Batch], dict], batch: Batch) -> int:
-    """Matmul FLOPs of one update (forward and backward), counted by ``torch.utils.flop_counter``."""
+def update_flops(update: Callable[[Batch], dict], batch: Batch, updates: int = 2) -> float:
+    """Matmul FLOPs of one update (forward and backward), counted by ``torch.utils.flop_counter`` over
+    ``updates`` consecutive updates and averaged: TD3 and SPOT update their actor every second step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        update(batch)
-    return counter.get_total_flops()
+        for _ in range(updates):
+            update(batch)
+    return counter.get_total_flops() / updates
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:

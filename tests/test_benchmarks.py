@@ -141,3 +141,27 @@ def test_plot_runs_draws_a_metrics_column_per_run_and_names_a_bad_run(tmp_path):
         plot_runs.main([f"x={tmp_path / 'missing.csv'}", "--out", str(tmp_path / "no.png")])
     with pytest.raises(KeyError, match="no values of 'entropy'"):
         bench_runs.metrics_curve(csv, "entropy")
+
+
+@pytest.mark.parametrize("compare", ["kernel", "before-after"])
+def test_the_update_comparisons_time_two_variants_of_each_learner_and_write_a_row(tmp_path, compare):
+    from rlft.scripts import benchmark_updates
+
+    out = tmp_path / "speed.md"
+    benchmark_updates.main(["--compare", compare, "--only", "TD3", "--threads", "1", "--updates", "2",
+                            "--batch-size", "32", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| TD3")]
+    assert len(rows) == 1
+    first, second, ratio = (float(cell.strip().rstrip("x")) for cell in rows[0].split("|")[3:6])
+    assert first > 0 and second > 0 and ratio == pytest.approx(second / first, abs=0.01)
+
+
+def test_update_flops_count_the_actor_steps_that_every_second_update_takes():
+    from rlft.agents.td3 import TD3, TD3Config
+    from rlft.scripts.benchmark_updates import update_flops
+
+    from test_host_syncs import hopper_batch
+
+    agent, batch = TD3(11, 3, TD3Config(hidden=(32, 32))), hopper_batch()
+    critic_only = update_flops(agent.update, batch, updates=1)  # TD3's first update trains the critics alone
+    assert update_flops(agent.update, batch, updates=2) > critic_only

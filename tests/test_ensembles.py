@@ -9,7 +9,7 @@ import torch
 
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.replay_buffer import Batch
-from rlft.policies.ensemble import CriticEnsemble, EnsembleMLP, reduce_ensemble
+from rlft.policies.ensemble import PER_MEMBER_ROWS, CriticEnsemble, EnsembleMLP, per_member_wins, reduce_ensemble
 from rlft.policies.gaussian import GaussianActor
 
 
@@ -165,3 +165,18 @@ def test_per_member_and_batched_kernels_agree_in_values_and_gradients(layer_norm
         torch.testing.assert_close(g_pm, g, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown ensemble kernel 'fast'"):
         EnsembleMLP(7, 3, 4, kernel="fast")
+
+
+def test_auto_kernel_runs_members_one_by_one_on_one_thread_or_large_batches():
+    """``auto`` follows benchmarks/ensemble_kernel.md: per-member ops on a one-thread CPU, and on a
+    multi-threaded CPU only for large batches; never off the CPU."""
+    threads = torch.get_num_threads()
+    small, large = torch.zeros(2, 256, 8), torch.zeros(2, PER_MEMBER_ROWS, 8)
+    try:
+        torch.set_num_threads(1)
+        assert per_member_wins(small) and per_member_wins(large)
+        torch.set_num_threads(2)
+        assert not per_member_wins(small) and per_member_wins(large)
+        assert not per_member_wins(torch.zeros(2, PER_MEMBER_ROWS, 8, device="meta"))
+    finally:
+        torch.set_num_threads(threads)

@@ -472,3 +472,23 @@ def test_bfloat16_rollouts_track_the_float32_policy_and_learners_rescore_them(ti
     torch.testing.assert_close(prepared.old_log_prob, rescored)  # the old policy is the float32 one
     with pytest.raises(ValueError, match="generation dtype must be one of"):
         GenerationConfig(dtype="float16")
+
+
+def test_bfloat16_autocast_training_rescores_the_old_policy_as_it_trains(tiny_lm: Path) -> None:
+    """``autocast: bfloat16``: the learner's forward passes run in bfloat16 (they differ from float32),
+    the old log-probs are rescored under the same setting (PPO's first ratio is 1), and the weights
+    and gradients stay float32."""
+    policy, chat, vec = numberline_setup(tiny_lm, value_head=True)
+    batch = collect_text(policy, chat, vec, 1, seed=0, generator=torch.Generator().manual_seed(0))
+    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="ppo", epochs=1, autocast="bfloat16"))
+    prepared = learner._prepare(batch)
+    exact = policy.token_log_probs([s.tokens for s in batch.samples]).detach()[prepared.rows, prepared.cols]
+    assert not torch.equal(prepared.old_log_prob, exact)  # rescored in bfloat16, not the float32 recording
+    torch.testing.assert_close(prepared.old_log_prob, exact, atol=0.1, rtol=0.0)
+    again = learner._token_log_probs(batch, prepared)
+    torch.testing.assert_close(again, prepared.old_log_prob, atol=0.0, rtol=0.0)  # same setting, same numbers
+    metrics = learner.update(batch)
+    assert np.isfinite(list(metrics.values())).all()
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+    with pytest.raises(ValueError, match="text_method.algorithm.autocast must be one of"):
+        TextPGConfig(autocast="float16")

@@ -266,3 +266,36 @@ def test_family_config_validates():
     with pytest.raises(ValueError, match="horizon == act_steps"):
         FamilyConfig(family="gaussian", horizon=8, act_steps=4)
     assert isinstance(build_base(FamilyConfig(family="dppo", hidden=(8,)), 3, 2), DiffusionPolicy)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "dppo"])
+def test_bfloat16_autocast_rollouts_and_updates_keep_float32_state(family):
+    """``ppo.autocast: bfloat16``: actor and critic forwards run in bfloat16 (their log-probs differ
+    from float32 ones), rollouts store float32 tensors, an update recomputes the log-probs a rollout
+    recorded up to bfloat16 rounding, and the trained parameters stay float32."""
+    from rlft.policies.precision import autocast
+
+    torch.manual_seed(0)
+    env = make_vector_env({"task": "rlft-test/PointReach-v0"}, 2)
+    if family == "gaussian":
+        actor = GaussianPPOPolicy(1, 1, hidden=(16,))
+    else:
+        spec = ChunkSpec(obs_dim=1, action_dim=1, horizon=1, act_steps=1)
+        actor = DPPOPolicy(DiffusionPolicy(spec, denoising_steps=4, hidden=(16,)), ft_steps=2)
+    ppo = PPO(actor, 1, PPOConfig(minibatch_size=16, update_epochs=1, critic_hidden=(16,), target_kl=None,
+                                  autocast="bfloat16"), 2)
+    rollout, _ = ppo.collect(env, env.reset(seed=0)[0], 16)
+    assert rollout.log_probs.dtype == rollout.values.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in rollout.stored.values())
+    obs, stored = rollout.obs.flatten(0, 1), {k: v.flatten(0, 1) for k, v in rollout.stored.items()}
+    with torch.no_grad():
+        with autocast("cpu", "bfloat16"):
+            low = actor.evaluate(obs, stored)[0].float()
+        exact = actor.evaluate(obs, stored)[0]
+    assert not torch.equal(low, exact)
+    torch.testing.assert_close(low, rollout.log_probs.flatten(0, 1), atol=0.05, rtol=0.0)
+    metrics = ppo.update(rollout)
+    assert np.isfinite(list(metrics.values())).all() and metrics["ppo/approx_kl"] < 1e-2
+    assert all(p.dtype == torch.float32 for p in [*actor.trainable_parameters(), *ppo.critic.parameters()])
+    with pytest.raises(ValueError, match="ppo.autocast must be one of"):
+        PPOConfig(autocast="float16")
