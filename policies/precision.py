@@ -4,8 +4,9 @@ Under ``bfloat16`` the matmuls and convolutions of a forward pass run in bfloat1
 ``torch.autocast`` (tensor cores on a GPU, AMX on a recent x86 CPU), while parameters, optimiser
 states and gradients stay float32. Numerically sensitive steps stay float32: torch's autocast lists
 keep reductions and normalisations there, and rlft casts logits and Gaussian means to float32 before
-any log-probability. A rollout and the update that reuses its log-probs run under the same setting,
-so PPO's first ratio is exactly 1 either way.
+any log-probability. A rollout and the update that reuses its log-probs run under the same setting:
+the text learners rescore the old log-probs, so their first ratio is exactly 1; env-step PPO recomputes
+them up to bfloat16 rounding.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ of updates so that both see the same machine, and writes the cost to
     python -m rlft.scripts.benchmark_updates --divergence-check --threads 1 --out benchmarks/divergence_check.md
 
 ``--compare before-after`` times each learner as it is and as it was before issue 18's speed
-changes (:func:`as_before_issue_18`), ``--compare kernel`` the ensembles' two kernels, ``--compare compile`` eager against ``compile=true``, in alternating blocks of one run:
+changes (:func:`as_before_issue_18`), ``--compare kernel`` the ensembles' two kernels, ``--compare
+compile`` eager against ``compile=true``, in alternating blocks of one run:
 
     python -m rlft.scripts.benchmark_updates --compare before-after --threads 1 2 \
         --out benchmarks/update_speed_before_after.md
@@ -105,6 +106,7 @@ def with_kernel(kernel: str) -> Callable[[OffPolicyAgent], OffPolicyAgent]:
 
 
 def as_is(agent: OffPolicyAgent) -> OffPolicyAgent:
+    """``agent`` unchanged: the arm that runs rlft as it is."""
     return agent
 
 
@@ -171,10 +173,8 @@ def comparison_report(configs: dict, args: argparse.Namespace, batch: Batch, com
              f"batch {args.batch_size}, Hopper shapes. {what}; both are timed in alternating blocks of the same run.",
              "", f"| configuration | torch threads | {first} (updates/s) | {second} (updates/s) | {second} / {first} |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    for name, threads, _ in selected_updates(configs, args):
-        make, vae_only = configs[name]
-        agents = [variant(make()) for variant in variants]
-        arms = {arm: agent.update_vae if vae_only else agent.update for arm, agent in zip((False, True), agents)}
+    for name, threads in selected_configs(configs, args):
+        arms = {arm: update_of(configs, name, variant) for arm, variant in zip((False, True), variants)}
         try:
             a, b = paired_rates(arms, batch, args.updates)
         except torch._dynamo.exc.BackendCompilerFailed as error:  # a compiler bug is a result, not a crash
@@ -230,16 +230,28 @@ def paired_rates(updates_by_arm: dict[bool, Callable[[Batch], dict]], batch: Bat
     return per_block * blocks / seconds[False], per_block * blocks / seconds[True]
 
 
-def selected_updates(configs: dict, args: argparse.Namespace) -> Iterator[tuple[str, int, Callable[[Batch], dict]]]:
-    """(configuration, torch threads, update function) for every configuration ``--only`` keeps,
-    with torch set to that many threads and a fresh agent built for each."""
+def selected_configs(configs: dict, args: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    """(configuration, torch threads) for every configuration ``--only`` keeps, with torch set to
+    that many threads."""
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for name, (make, vae_only) in configs.items():
-            if args.only and not any(key in name for key in args.only):
-                continue
-            agent = make()
-            yield name, threads, (agent.update_vae if vae_only else agent.update)
+        for name in configs:
+            if not args.only or any(key in name for key in args.only):
+                yield name, threads
+
+
+def update_of(configs: dict, name: str, variant: Callable[[OffPolicyAgent], OffPolicyAgent] = as_is
+              ) -> Callable[[Batch], dict]:
+    """The update function of a fresh agent of configuration ``name``, as ``variant`` makes it."""
+    make, vae_only = configs[name]
+    agent = variant(make())
+    return agent.update_vae if vae_only else agent.update
+
+
+def selected_updates(configs: dict, args: argparse.Namespace) -> Iterator[tuple[str, int, Callable[[Batch], dict]]]:
+    """:func:`selected_configs` with the update function of a fresh agent for each."""
+    for name, threads in selected_configs(configs, args):
+        yield name, threads, update_of(configs, name)
 
 
 def check_seconds(metrics: dict, calls: int = 20_000) -> float:
