@@ -94,6 +94,23 @@ class Learner:
         state.update(num_updates=self.num_updates, online=self.online)
         return state
 
+    def acting_state(self) -> dict[str, Any]:
+        """What a copy of this learner needs to act as it does (Ray collection workers,
+        :mod:`rlft.runtime.transition_workers`): its networks' weights on CPU, its update count and
+        whether fine-tuning has begun (online overrides may change how it explores)."""
+        modules = {name: {k: v.detach().cpu() for k, v in m.state_dict().items()}
+                   for name, m in self._modules().items() if isinstance(m, torch.nn.Module)}
+        return {"modules": modules, "num_updates": self.num_updates, "online": self.online}
+
+    def load_acting_state(self, state: dict[str, Any]) -> None:
+        """Act as the learner that wrote ``state`` with :meth:`acting_state` does."""
+        modules = self._modules()
+        for name, weights in state["modules"].items():
+            modules[name].load_state_dict(weights)
+        self.num_updates = int(state["num_updates"])
+        if state["online"] and not self.online:
+            self.start_online()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = sorted(set(self._modules()) - set(state))
         if missing:

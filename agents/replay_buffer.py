@@ -39,11 +39,13 @@ class ReplayBuffer:
     the dataset on load and for online episodes when they end (:meth:`end_episode`);
     ``-inf`` marks rows whose episode has not ended yet, which disables calibration there.
     ``ends`` marks the last row of every episode (terminated, truncated or cut), which is what
-    :meth:`sample_sequences` needs to keep sequences inside one episode.
+    :meth:`sample_sequences` needs to keep sequences inside one episode. ``versions`` tags each
+    online row with the policy version (the learner's update count) that collected it; dataset
+    rows hold -1.
     """
 
     _FIELDS = ("observations", "actions", "rewards", "next_observations", "dones", "mc_returns")
-    _STORED = (*_FIELDS, "ends")
+    _STORED = (*_FIELDS, "ends", "versions")
     _MAX_REJECTION_ROUNDS = 100  # rejection-sampling rounds before a sampler gives up
 
     def __init__(
@@ -67,6 +69,7 @@ class ReplayBuffer:
         self.dones = torch.zeros((capacity, 1), dtype=torch.float32, device=self.device)
         self.mc_returns = torch.full((capacity, 1), -float("inf"), dtype=torch.float32, device=self.device)
         self.ends = torch.zeros(capacity, dtype=torch.bool, device=self.device)
+        self.versions = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
         self.num_offline = 0
         self.size = 0
         self._cursor = 0  # next online write position (>= num_offline)
@@ -129,9 +132,11 @@ class ReplayBuffer:
         return (np.asarray(rewards, dtype=np.float32) * self.reward_scale + self.reward_bias).astype(np.float32)
 
     def add(
-        self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray
+        self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
+        version: int = -1,
     ) -> torch.Tensor:
-        """Append a batch of online transitions (leading dim = number of envs); returns their rows."""
+        """Append a batch of online transitions (leading dim: transitions) collected by policy
+        ``version``; returns their rows."""
         obs = np.atleast_2d(obs)
         n = obs.shape[0]
         if self.capacity - self.num_offline < n:
@@ -145,6 +150,7 @@ class ReplayBuffer:
         self._finished_online -= int(torch.isfinite(self.mc_returns[idx, 0]).sum())  # a wrapped ring overwrites
         self.mc_returns[idx, 0] = -float("inf")
         self.ends[idx] = False
+        self.versions[idx] = version
         self.size = min(self.size + n, self.capacity)
         return idx
 

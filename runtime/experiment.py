@@ -9,17 +9,16 @@ and the learning curve come from :class:`rlft.runtime.runner.Runner`.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rlft.agents.base import Learner
-from rlft.agents.online import EnvStepper
+from rlft.agents.online import AgentActor, LocalCollector
 from rlft.agents.registry import agent_config, make_agent
 from rlft.runtime.typed_config import ConfigError, config_from_mapping
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
@@ -30,6 +29,7 @@ from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator
 from rlft.runtime.progress import Progress
 from rlft.runtime.runner import DatasetRunner, Phase
+from rlft.runtime.transition_workers import CollectionConfig, RayTransitions
 
 
 def _agent_options(cfg: DictConfig) -> dict[str, Any]:
@@ -73,12 +73,15 @@ class Experiment(DatasetRunner):
     @classmethod
     def settings(cls, cfg: DictConfig) -> dict[str, Any]:
         return {"trainer": config_from_mapping(TrainerConfig, cfg.trainer, "trainer"),
-                "agent": agent_config(cfg.agent.name, _agent_options(cfg))}
+                "agent": agent_config(cfg.agent.name, _agent_options(cfg)),
+                "rollout": config_from_mapping(CollectionConfig, cfg.get("rollout", {}), "rollout")}
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
         settings = self.settings(cfg)
         self.trainer: TrainerConfig = settings["trainer"]
+        self.rollout: CollectionConfig = settings["rollout"]
+        self.agent_settings = settings["agent"]
         self.keep_checkpoints = self.trainer.keep_checkpoints
         self.check_budget({"trainer.offline_steps": self.trainer.offline_steps},
                           {"trainer.online_steps": self.trainer.online_steps})
@@ -90,6 +93,9 @@ class Experiment(DatasetRunner):
 
         self.agent = make_agent(cfg.agent.name, settings["agent"], self.dataset.obs_dim, self.dataset.action_dim,
                                 self.device)
+        if self.rollout.backend == "ray" and hasattr(self.agent, "reset"):
+            raise ConfigError(f"rollout.backend=ray: agent '{cfg.agent.name}' plans from a warm start that does not "
+                              "travel to Ray workers; use rollout.backend=local")
         self.buffer = ReplayBuffer(
             self.dataset.obs_dim,
             self.dataset.action_dim,
@@ -118,7 +124,8 @@ class Experiment(DatasetRunner):
         self.phases.append(Phase("offline", offline, self.trainer.offline_steps, pretraining=True))
         self.phases.append(Phase("online", self._online_phase, self.trainer.online_steps))
         self.accumulator = MeanAccumulator()
-        self.stepper: EnvStepper | None = None
+        self.collector: LocalCollector | RayTransitions | None = None
+        self.owed_updates = 0  # updates the online data collected so far call for, not yet made
 
     def _reward_scale(self) -> float:
         """``trainer.reward_scale``, or the scale that makes the dataset's episode returns span
@@ -151,7 +158,8 @@ class Experiment(DatasetRunner):
             "agent": self.agent.state_dict(),
             "accumulator": self.accumulator.state_dict(),
             "buffer": self.buffer.online_state_dict(),
-            "stepper": self.stepper.state_dict() if self.stepper is not None else None,
+            "collector": self.collector.state_dict() if self.collector is not None else None,
+            "owed_updates": self.owed_updates,
             "obs_stats": [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None,
         }
 
@@ -159,9 +167,10 @@ class Experiment(DatasetRunner):
         self.agent.load_state_dict(state["agent"])
         self.accumulator.load_state_dict(state["accumulator"])
         self.buffer.load_online_state_dict(state["buffer"])
-        if state["stepper"] is not None:
-            self.stepper = self._make_stepper()
-            self.stepper.load_state_dict(state["stepper"])
+        self.owed_updates = int(state["owed_updates"])
+        if state["collector"] is not None:
+            self.collector = self._make_collector()
+            self.collector.load_state_dict(state["collector"])
 
     def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
         """Another run's offline agent. It must share the agent and the observation normalisation
@@ -183,11 +192,18 @@ class Experiment(DatasetRunner):
             )
         self.agent.load_state_dict(dict(state["agent"], online=False))
 
-    def _make_stepper(self) -> EnvStepper:
-        env = make_env(self.cfg.env, self.obs_stats)
-        return EnvStepper(
-            env, self.buffer, int(self.cfg.seed), self.device, self.agent.cfg.discount, self.sparse_fail_reward
-        )
+    def _make_collector(self) -> LocalCollector | RayTransitions:
+        """Where online transitions come from: this process's env, or Ray workers (``rollout:``)."""
+        seed, discount = int(self.cfg.seed), self.agent.cfg.discount
+        if self.rollout.backend == "local":
+            return LocalCollector(make_env(self.cfg.env, self.obs_stats), self.buffer, seed, self.device, discount,
+                                  self.sparse_fail_reward)
+        env_cfg = OmegaConf.to_container(self.cfg.env, resolve=True)
+        build_env = functools.partial(make_env, env_cfg, self.obs_stats)
+        build_agent = functools.partial(make_agent, self.cfg.agent.name, self.agent_settings, self.dataset.obs_dim,
+                                        self.dataset.action_dim, "cpu")
+        return RayTransitions(self.rollout, build_env, build_agent, self.buffer, seed, discount,
+                              self.sparse_fail_reward)
 
     # -------------------------------------------------------------- evaluate
     def evaluate_policy(self, phase: str) -> EvalResult:
@@ -240,59 +256,60 @@ class Experiment(DatasetRunner):
 
         return run
 
-    def _online_phase(self) -> None:
+    def _update_online(self, count: int) -> None:
+        """Make ``count`` of the owed online updates."""
+        for _ in range(count):
+            self.accumulator.add(self.check_update(self.agent.update(self._sample(self.trainer.offline_data_ratio))))
+        self.owed_updates -= count
+
+    def _owe_updates(self, steps: int) -> None:
+        """The ``steps`` transitions just stored (from ``phase_step`` on) call for ``utd`` updates each,
+        past the warm-up and once the data are ready, as if each had been stepped alone."""
         t = self.trainer
-        if self.stepper is None:
+        if self._online_data_ready():
+            past_warmup = min(steps, max(0, self.phase_step + steps - max(t.warmup_steps, self.phase_step)))
+            self.owed_updates += t.utd * past_warmup
+
+    def _online_phase(self) -> None:
+        """Rounds of collection (one env step locally, ``workers x steps_per_call`` on Ray), each
+        followed by the updates its transitions call for; with ``rollout.overlap`` up to
+        ``rollout.max_staleness`` of them run while the next round is out."""
+        t, r = self.trainer, self.rollout
+        if self.collector is None:
             self.agent.start_online()
             if t.offline_data_ratio == 0.0:
                 self.buffer.discard_offline()
-            self.stepper = self._make_stepper()
+            self.collector = self._make_collector()
         started, first = time.perf_counter(), self.phase_step
         next_checkpoint = (self.phase_step // t.checkpoint_every + 1) * t.checkpoint_every
         bar = Progress(t.online_steps, "online", initial=self.phase_step, enabled=self.show_progress)
-        explore = AgentActor(self.agent, self.device, deterministic=False)
+        crossed = lambda before, every: before // every < self.phase_step // every  # noqa: E731
         while self.phase_step < t.online_steps:
-            episode = self.stepper.step(explore)
-            if self.phase_step >= t.warmup_steps and self._online_data_ready():
-                for _ in range(t.utd):
-                    self.accumulator.add(self.check_update(self.agent.update(self._sample(t.offline_data_ratio))))
-            self.phase_step += 1
-            self.step += 1
-            self.work += 1
-            bar.update(1)
-            if episode is not None:
+            steps, version = min(self.collector.steps_per_round, t.online_steps - self.phase_step), self.agent.num_updates
+            self.collector.start(self.agent, steps, version)
+            if r.overlap:
+                self._update_online(min(self.owed_updates, r.max_staleness))
+            episodes = self.collector.finish()
+            self.accumulator.add({"rollout/staleness": self.agent.num_updates - version})
+            self._owe_updates(steps)
+            last = self.phase_step + steps == t.online_steps
+            self._update_online(self.owed_updates - (min(self.owed_updates, r.max_staleness) if r.overlap and not last
+                                                     else 0))
+            before = self.phase_step
+            self.phase_step += steps
+            self.step += steps
+            self.work += steps
+            bar.update(steps)
+            for episode in episodes:
                 self.accumulator.add({"train/episode_return": episode.episode_return,
                                       "train/episode_length": episode.length})
-            if self.phase_step % t.log_every == 0:
+            if crossed(before, t.log_every):
                 self._log(started, self.phase_step - first)
-            if self.phase_step % t.eval_every == 0 or self.phase_step == t.online_steps:
+            if crossed(before, t.eval_every) or self.phase_step == t.online_steps:
                 bar.set_postfix(score=f"{self.evaluate().normalized_score:.1f}")
-            if episode is not None and self.phase_step >= next_checkpoint and self.phase_step < t.online_steps:
+            if self.phase_step < t.online_steps and self.phase_step >= next_checkpoint and self.collector.can_checkpoint:
                 self.checkpoint()
                 next_checkpoint = (self.phase_step // t.checkpoint_every + 1) * t.checkpoint_every
         bar.close()
-        self.stepper.env.close()
-        self.stepper = None
-
-
-class AgentActor:
-    """The agent as the evaluator and the env stepper call it: observations (numpy or torch) in,
-    actions of the same kind out. ``reset(num_envs)`` tells a planning agent that new episodes
-    begin in this acting stream (evaluation and exploration are separate streams)."""
-
-    def __init__(self, agent: Learner, device: torch.device, deterministic: bool):
-        self.agent, self.device, self.deterministic = agent, device, deterministic
-
-    def __call__(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        action = self.agent.act(obs_t, deterministic=self.deterministic)
-        return action if isinstance(obs, torch.Tensor) else action.cpu().numpy()
-
-    def reset(self, num_envs: int) -> None:
-        if hasattr(self.agent, "reset"):
-            self.agent.reset(num_envs, self.deterministic)
-
-    def episodes_ended(self, ended: np.ndarray) -> None:
-        """Sub-envs ``ended`` (a mask) reset themselves: a planning agent forgets their warm starts."""
-        if hasattr(self.agent, "episodes_ended"):
-            self.agent.episodes_ended(ended, self.deterministic)
+        self.collector.close()
+        self.collector = None

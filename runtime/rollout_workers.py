@@ -15,16 +15,14 @@ statistics, so:
 
 A worker that dies or does not answer within ``rollout.timeout_s`` is replaced by a new actor and
 its rollout redone from the same request (same weights, seeds and RNG state), so the batch is
-complete and the run's results are unchanged; each restart prints one line, and a worker that
-fails ``rollout.max_restarts`` times in a row stops the run with :class:`RolloutWorkerError`.
+complete and the run's results are unchanged (:class:`rlft.runtime.ray_pool.WorkerPool`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -32,30 +30,17 @@ import numpy as np
 import torch
 
 from rlft.agents.ppo import PPO, Rollout, RunningMeanStd, RunningReturnScaler
-
-BACKENDS = ("local", "ray")
-STARTUP_TIMEOUT_S = 300.0  # a new worker builds its envs within this
+from rlft.runtime.ray_pool import WorkerPool, WorkerSettings, worker_rng_state
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(WorkerSettings):
     """Where PPO's rollouts run (``rollout:`` in the config)."""
 
-    backend: str = "local"  # local: the learner's own vector env; ray: Ray actors
-    workers: int = 1  # Ray actors
     envs_per_worker: int | None = None  # null: loop.num_envs split evenly; set: workers x this envs in all
-    timeout_s: float = 600.0  # a rollout not back by then counts as a dead worker
-    max_restarts: int = 3  # consecutive restarts of one worker before the run stops
-    worker_cpus: float = 1.0  # CPUs Ray reserves per worker (fractions let more workers than cores start)
-    ray_init: dict[str, Any] = field(default_factory=dict)  # ray.init arguments, e.g. {address: auto}
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"rollout.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.workers < 1:
-            raise ValueError(f"rollout.workers must be >= 1, got {self.workers}")
-        if self.worker_cpus <= 0:
-            raise ValueError(f"rollout.worker_cpus must be positive, got {self.worker_cpus}")
+        super().__post_init__()
         if self.envs_per_worker is not None and self.envs_per_worker < 1:
             raise ValueError(f"rollout.envs_per_worker must be >= 1, got {self.envs_per_worker}")
 
@@ -69,10 +54,6 @@ class RolloutConfig:
             raise ValueError(f"loop.num_envs={num_envs} does not split over rollout.workers={self.workers}; "
                              "set rollout.envs_per_worker")
         return num_envs
-
-
-class RolloutWorkerError(RuntimeError):
-    """A rollout worker kept failing; the message names it and the last error."""
 
 
 @dataclass
@@ -141,39 +122,18 @@ class RayRollouts:
 
     def __init__(self, cfg: RolloutConfig, make_env: Callable[[int], gym.vector.VectorEnv], ppo: PPO,
                  num_envs: int, seed: int):
-        import ray
-
         self.cfg, self.seed = cfg, seed
         self.envs_per_worker = num_envs // cfg.workers
-        if not ray.is_initialized():
-            ray.init(**{"include_dashboard": False, "log_to_driver": False, **cfg.ray_init})
-        self._new_worker = lambda: ray.remote(num_cpus=cfg.worker_cpus)(RolloutWorker).remote(  # noqa: E731
-            make_env, cpu_collector(ppo, self.envs_per_worker), self.envs_per_worker)
-        self.workers = [self._new_worker() for _ in range(cfg.workers)]
-        self._wait_ready(self.workers)
-        self.restarts = 0
-
-    def _wait_ready(self, workers: list[Any]) -> None:
-        """Block until ``workers`` have built their envs, so ``timeout_s`` times rollouts, not start-ups."""
-        import ray
-
-        ray.get([w.pid.remote() for w in workers], timeout=STARTUP_TIMEOUT_S)
-
-    def _restart(self, rank: int) -> None:
-        import ray
-
-        ray.kill(self.workers[rank], no_restart=True)
-        self.workers[rank] = self._new_worker()
-        self._wait_ready([self.workers[rank]])
-        self.restarts += 1
+        actor = WorkerPool.remote_class(RolloutWorker, cfg)
+        collector = cpu_collector(ppo, self.envs_per_worker)
+        self.pool = WorkerPool(cfg, lambda rank: actor.remote(make_env, collector, self.envs_per_worker))
 
     def _requests(self, ppo: PPO, seeds: Sequence[int], steps: int, version: int) -> list[CollectRequest]:
         m, requests = self.envs_per_worker, []
         obs_stats = ppo.obs_stats.state_dict() if ppo.obs_stats is not None else None  # the same for every worker
         return_stats = ppo.reward_scaler.stats.state_dict() if ppo.reward_scaler is not None else None
         for rank in range(self.cfg.workers):
-            rng = torch.get_rng_state() if rank == 0 else torch.Generator().manual_seed(
-                (self.seed * 1_000_003 + version) * 1_009 + rank).get_state()
+            rng = torch.get_rng_state() if rank == 0 else worker_rng_state(self.seed, version, rank)
             scaler = None
             if ppo.reward_scaler is not None:
                 scaler = {"returns": torch.from_numpy(ppo.reward_scaler.returns[rank * m:(rank + 1) * m].copy()),
@@ -185,37 +145,14 @@ class RayRollouts:
     @staticmethod
     def _weights(ppo: PPO) -> Any:
         """The actor's and critic's weights on CPU, in Ray's object store once for all workers."""
-        import ray
-
         cpu = lambda module: {k: v.detach().cpu() for k, v in module.state_dict().items()}  # noqa: E731
-        return ray.put({"actor": cpu(ppo.actor), "critic": cpu(ppo.critic)})
+        return WorkerPool.put({"actor": cpu(ppo.actor), "critic": cpu(ppo.critic)})
 
     def collect(self, ppo: PPO, seeds: Sequence[int], steps: int, version: int) -> Rollout:
         """One rollout of every sub-env (``seeds``: their reset seeds, in global order); ``ppo``'s
         running statistics and RNG state move on exactly as a local collection moves them."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
         requests, weights = self._requests(ppo, seeds, steps, version), self._weights(ppo)
-        pending = {rank: self.workers[rank].collect.remote(weights, req) for rank, req in enumerate(requests)}
-        results: dict[int, CollectResult] = {}
-        failures = dict.fromkeys(pending, 0)
-        while pending:
-            rank, future = next(iter(pending.items()))
-            try:
-                results[rank] = ray.get(future, timeout=self.cfg.timeout_s)
-                del pending[rank]
-            except (RayActorError, GetTimeoutError) as err:
-                failures[rank] += 1
-                if failures[rank] > self.cfg.max_restarts:
-                    raise RolloutWorkerError(f"rollout worker {rank} failed {failures[rank]} times in a row at "
-                                             f"policy version {version}; last error: {err}") from err
-                self._restart(rank)
-                reason = "timed out" if isinstance(err, GetTimeoutError) else "died"
-                print(f"rlft: rollout worker {rank} {reason} at policy version {version} ({type(err).__name__}); "
-                      f"restarted, its rollout redone from the same seeds (restart {failures[rank]} of at most "
-                      f"{self.cfg.max_restarts})", file=sys.stderr, flush=True)
-                pending[rank] = self.workers[rank].collect.remote(weights, requests[rank])
+        results = self.pool.call("collect", {rank: (weights, req) for rank, req in enumerate(requests)}, version)
         ordered = [results[rank] for rank in range(self.cfg.workers)]
         self._merge_statistics(ppo, ordered)
         torch.set_rng_state(ordered[0].rng)
@@ -231,17 +168,15 @@ class RayRollouts:
             ppo.reward_scaler.returns = np.concatenate([r.reward_scaler["returns"].numpy() for r in results])
             merge_running_stats(ppo.reward_scaler.stats, [r.reward_scaler["stats"] for r in results])
 
-    def pids(self) -> list[int]:
-        import ray
+    @property
+    def restarts(self) -> int:
+        return self.pool.restarts
 
-        return ray.get([w.pid.remote() for w in self.workers])
+    def pids(self) -> list[int]:
+        return self.pool.pids()
 
     def close(self) -> None:
-        import ray
-
-        for worker in self.workers:
-            ray.kill(worker, no_restart=True)
-        self.workers = []
+        self.pool.close()
 
 
 def merge_running_stats(stats: RunningMeanStd, finals: Sequence[dict[str, Any]]) -> None:

@@ -118,7 +118,7 @@ def write_markdown(results: dict, args: argparse.Namespace, out: Path) -> None:
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results["variants"].values():
-        seeds = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(r["before"], r["after"]))
+        seeds = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(r["offline_end"], r["online_end"]))
         lines.append(f"| {r['acting']} | {fmt(r['offline_end'])} | {fmt(r['online_end'])} | "
                      f"{fmt(r['online_best'])} | {np.mean(r['minutes']):.0f} | {seeds} |")
     lines += ["", f"![online curves]({args.dataset}.png)", ""]

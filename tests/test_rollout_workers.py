@@ -18,7 +18,8 @@ ray = pytest.importorskip("ray")
 from rlft.agents.ppo import PPO, PPOConfig  # noqa: E402
 from rlft.policies.gaussian import GaussianPPOPolicy  # noqa: E402
 from rlft.runtime.finetune import FinetuneExperiment  # noqa: E402
-from rlft.runtime.rollout_workers import RayRollouts, RolloutConfig, RolloutWorkerError  # noqa: E402
+from rlft.runtime.ray_pool import RolloutWorkerError  # noqa: E402
+from rlft.runtime.rollout_workers import RayRollouts, RolloutConfig  # noqa: E402
 
 from test_finetune import finetune_config, reach_demos  # noqa: E402,F401  (the demos fixture)
 
