@@ -267,7 +267,7 @@ class Experiment(DatasetRunner):
         past the warm-up and once the data are ready, as if each had been stepped alone."""
         t = self.trainer
         if self._online_data_ready():
-            past_warmup = min(steps, max(0, self.phase_step + steps - max(t.warmup_steps, self.phase_step)))
+            past_warmup = max(0, self.phase_step + steps - max(t.warmup_steps, self.phase_step))
             self.owed_updates += t.utd * past_warmup
 
     def _online_phase(self) -> None:
@@ -293,8 +293,8 @@ class Experiment(DatasetRunner):
             self.accumulator.add({"rollout/staleness": self.agent.num_updates - version})
             self._owe_updates(steps)
             last = self.phase_step + steps == t.online_steps
-            self._update_online(self.owed_updates - (min(self.owed_updates, r.max_staleness) if r.overlap and not last
-                                                     else 0))
+            during_next = min(self.owed_updates, r.max_staleness) if r.overlap and not last else 0
+            self._update_online(self.owed_updates - during_next)
             before = self.phase_step
             self.phase_step += steps
             self.step += steps

@@ -57,10 +57,6 @@ class CollectionConfig(WorkerSettings):
         if self.overlap and self.backend == "local":
             raise ValueError("rollout.overlap=true needs rollout.backend=ray (the local backend steps in the learner)")
 
-    @property
-    def steps_per_round(self) -> int:
-        return self.workers * self.steps_per_call if self.backend == "ray" else 1
-
 
 @dataclass
 class TransitionRequest:
@@ -111,7 +107,7 @@ class RayTransitions:
     def __init__(self, cfg: CollectionConfig, make_env: Callable[[], gym.Env], make_agent: Callable[[], Learner],
                  buffer: ReplayBuffer, seed: int, mc_discount: float, sparse_fail_reward: float | None):
         self.cfg, self.seed = cfg, seed
-        self.steps_per_round = cfg.steps_per_round
+        self.steps_per_round = cfg.workers * cfg.steps_per_call
         self.recorders = [EpisodeRecorder(buffer, mc_discount, sparse_fail_reward) for _ in range(cfg.workers)]
         self.env_states: list[dict[str, Any] | None] = [None] * cfg.workers  # None: fresh, reset with seed + rank
         self.rounds = 0
