@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlft.policies.action_tokenizer import add_action_tokens
+from rlft.policies.llama_decode import LlamaDecoder
 
 
 SAMPLING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DECODERS = ("rlft", "transformers")  # GenerationConfig.decoder
 # Prefill computes logits at the last position only. Given as an index tensor, not ``logits_to_keep=1``:
 # the int form hands the LM head a strided view, for which CPU bfloat16 matmul copies the head's weight
 # once per row (seconds per SmolLM2 batch-16 prefill); an index gathers a contiguous [B, 1, H] first.
@@ -47,10 +49,16 @@ class GenerationConfig:
     # each decode step streams (AMX / tensor cores); training, scoring and values stay float32, and
     # learners recompute the old log-probs in float32 (LLMPolicy.samples_exact_log_probs)
     dtype: str = "float32"
+    # the decode steps after the prompt: "rlft" runs rlft.policies.llama_decode.LlamaDecoder (fused
+    # products, a preallocated cache) on Llama-architecture models and transformers' modules on any
+    # other; "transformers" always runs transformers' modules
+    decoder: str = "rlft"
 
     def __post_init__(self) -> None:
         if self.dtype not in SAMPLING_DTYPES:
             raise ValueError(f"generation dtype must be one of {sorted(SAMPLING_DTYPES)}, got {self.dtype!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"generation decoder must be one of {list(DECODERS)}, got {self.decoder!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive (use greedy=True for argmax), got {self.temperature}")
         if self.max_new_tokens < 1:
@@ -304,6 +312,7 @@ class LLMPolicy(nn.Module):
         self._unsampleable = [int(image_token)] if image_token is not None else []
         self._allowed: torch.Tensor | None = None  # the only ids the policy may write (restrict_tokens)
         self._sampler: tuple[nn.Module, nn.Module, int] | None = None  # (source model, low-precision copy, version)
+        self._fused: tuple[nn.Module, int, LlamaDecoder | None] | None = None  # (sampling model, version, decoder)
 
     def restrict_tokens(self, token_ids: Sequence[int]) -> None:
         """Constrain the policy to ``token_ids`` (a VLA's action tokens): every other token gets
@@ -451,6 +460,16 @@ class LLMPolicy(nn.Module):
             self._sampler = (self.model, self._sampler[1], version)
         return self._sampler[1]
 
+    def _decoder(self, model: nn.Module) -> LlamaDecoder | None:
+        """rlft's decode step for the sampling ``model`` (``None``: transformers' modules decode), its
+        fused weights rebuilt whenever a parameter of ``model`` changed in place or ``model`` is another."""
+        if self.generation.decoder != "rlft":
+            return None
+        version = sum(p._version for p in model.parameters())
+        if self._fused is None or self._fused[0] is not model or self._fused[1] != version:
+            self._fused = (model, version, LlamaDecoder.build(model))
+        return self._fused[2]
+
     def _prefill(self, prompts: Sequence[Sequence[int]], pixels: torch.Tensor | None, model: nn.Module
                  ) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
         """Run the prompts through the model into a KV cache: ``(last logits [B, V], cache,
@@ -495,29 +514,42 @@ class LLMPolicy(nn.Module):
         device, batch = self.device, len(prompts)
         model = self._sampling_model()
         logits, cache, attention, next_position = self._prefill(prompts, self.pixel_values(images), model)
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        log_probs: list[list[float]] = [[] for _ in range(batch)]
+        decoder = self._decoder(model)
+        if decoder is not None:
+            decoder.start(cache, attention, self.generation.max_new_tokens - 1)
+        steps: list[torch.Tensor] = []  # per step, the [B] sampled ids and their log-probs, kept on the device
+        chosen_log_probs: list[torch.Tensor] = []
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        for _ in range(self.generation.max_new_tokens):
+        for step in range(self.generation.max_new_tokens):
             step_log_probs = self._log_softmax(logits, temperature)
             if greedy:
                 token = step_log_probs.argmax(-1)
             else:
                 token = sample_categorical(step_log_probs, generator)
-            chosen = step_log_probs.gather(-1, token[:, None]).squeeze(-1)
-            token_ids, chosen_log_probs = token.tolist(), chosen.tolist()  # one host copy per step
-            for i in torch.nonzero(~finished).flatten().tolist():
-                tokens[i].append(token_ids[i])
-                log_probs[i].append(chosen_log_probs[i])
+            steps.append(token)
+            chosen_log_probs.append(step_log_probs.gather(-1, token[:, None]).squeeze(-1))
             finished |= token == self.eos_id
-            if bool(finished.all()):
+            if step == self.generation.max_new_tokens - 1 or bool(finished.all()):
                 break
-            attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long, device=device)], dim=1)
-            logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_position[:, None],
-                           cache=cache, use_cache=True).logits[:, -1]
+            if decoder is not None:
+                logits = decoder.step(token, next_position)
+            else:
+                attention = torch.cat([attention, torch.ones((batch, 1), dtype=torch.long, device=device)], dim=1)
+                logits = model(input_ids=token[:, None], attention_mask=attention,
+                               position_ids=next_position[:, None], cache=cache, use_cache=True).logits[:, -1]
             next_position = next_position + 1
-        return [Generation(t, lp, self.tokenizer.decode(t, skip_special_tokens=True), bool(t and t[-1] == self.eos_id))
-                for t, lp in zip(tokens, log_probs)]
+        return self._replies(torch.stack(steps, dim=1), torch.stack(chosen_log_probs, dim=1))
+
+    def _replies(self, tokens: torch.Tensor, log_probs: torch.Tensor) -> list[Generation]:
+        """Each row of the sampled ``tokens [B, T]`` (and their ``log_probs``) up to its first eos token."""
+        ended = tokens == self.eos_id
+        lengths = torch.where(ended.any(-1), ended.int().argmax(-1) + 1, tokens.shape[1]).tolist()
+        rows, values = tokens.tolist(), log_probs.tolist()  # one host copy per reply batch
+        replies = []
+        for row, lps, n in zip(rows, values, lengths):
+            replies.append(Generation(row[:n], lps[:n], self.tokenizer.decode(row[:n], skip_special_tokens=True),
+                                      n > 0 and row[n - 1] == self.eos_id))
+        return replies
 
     # --- training -------------------------------------------------------------------------
     def score(self, sequences: Sequence[Sequence[int]],
