@@ -211,10 +211,7 @@ class PPO:
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Observations as the actor and critic see them (unchanged without ``obs_norm_running``)."""
-        if self.obs_stats is None:
-            return obs
-        scaled = (obs - self.obs_stats.mean) / np.sqrt(self.obs_stats.var + 1e-8)
-        return np.clip(scaled, -self.cfg.obs_clip, self.cfg.obs_clip).astype(np.float32)
+        return normalize_observations(obs, self.obs_stats, self.cfg.obs_clip)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """``V(obs)`` in float32 (the critic's forward under ``cfg.autocast``)."""
@@ -403,3 +400,11 @@ def simulator_steps(info: dict[str, Any], done: np.ndarray) -> int:
         steps = source.get("chunk_steps")
         total += int(steps[i]) if steps is not None and source.get("_chunk_steps", np.ones(len(done), bool))[i] else 1
     return total
+
+
+def normalize_observations(obs: np.ndarray, stats: RunningMeanStd | None, clip: float) -> np.ndarray:
+    """``obs`` standardised by running statistics and clipped to ``+-clip`` (``stats`` None: as they are)."""
+    if stats is None:
+        return obs
+    scaled = (obs - stats.mean) / np.sqrt(stats.var + 1e-8)
+    return np.clip(scaled, -clip, clip).astype(np.float32)

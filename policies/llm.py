@@ -697,6 +697,10 @@ class ChatAgent:
     def reset(self, num_envs: int) -> None:
         self._dialogues = [None] * num_envs
 
+    def reseed(self, seed: int) -> None:
+        """Sample replies from ``seed`` on (the evaluator's seeded policy noise)."""
+        self.generator = torch.Generator().manual_seed(seed)
+
     def __call__(self, observations: Sequence[str] | Mapping[str, Any]) -> tuple[str, ...]:
         batch = unbatch_observations(observations)
         if len(self._dialogues) != len(batch):

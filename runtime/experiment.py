@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.agents.base import Learner
 from rlft.agents.online import AgentActor, LocalCollector
 from rlft.agents.registry import agent_config, make_agent
 from rlft.runtime.typed_config import ConfigError, config_from_mapping
@@ -28,6 +29,8 @@ from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator
 from rlft.runtime.progress import Progress
+from rlft.runtime.ray_evaluation import EnvBuilders, eval_pool, evaluate_on_workers
+from rlft.runtime.ray_pool import WorkerPool
 from rlft.runtime.runner import DatasetRunner, Phase
 from rlft.runtime.transition_workers import CollectionConfig, RayTransitions
 
@@ -125,6 +128,8 @@ class Experiment(DatasetRunner):
         self.phases.append(Phase("online", self._online_phase, self.trainer.online_steps))
         self.accumulator = MeanAccumulator()
         self.collector: LocalCollector | RayTransitions | None = None
+        self._eval_only: WorkerPool | None = None  # Ray evaluation workers while nothing is collected
+        self._eval_agent: Learner | None = None  # a CPU copy of the agent that Ray evaluations send
         self.owed_updates = 0  # updates the online data collected so far call for, not yet made
 
     def _reward_scale(self) -> float:
@@ -169,6 +174,7 @@ class Experiment(DatasetRunner):
         self.buffer.load_online_state_dict(state["buffer"])
         self.owed_updates = int(state["owed_updates"])
         if state["collector"] is not None:
+            self._close_eval_only()
             self.collector = self._make_collector()
             self.collector.load_state_dict(state["collector"])
 
@@ -203,14 +209,46 @@ class Experiment(DatasetRunner):
         build_agent = functools.partial(make_agent, self.cfg.agent.name, self.agent_settings, self.dataset.obs_dim,
                                         self.dataset.action_dim, "cpu")
         return RayTransitions(self.rollout, build_env, build_agent, self.buffer, seed, discount,
-                              self.sparse_fail_reward)
+                              self.sparse_fail_reward, self._eval_envs())
+
+    def _eval_envs(self) -> EnvBuilders:
+        env_cfg = OmegaConf.to_container(self.cfg.env, resolve=True)
+        return {"eval": functools.partial(make_vector_env, env_cfg, self.eval_env.num_envs, self.obs_stats)}
+
+    def _eval_workers(self) -> WorkerPool:
+        """The Ray workers evaluations run on: the collection workers while fine-tuning is online,
+        before that a pool of evaluation workers (closed when collection starts: both would hold the
+        same CPUs)."""
+        if isinstance(self.collector, RayTransitions):
+            return self.collector.workers()
+        if self._eval_only is None:
+            self._eval_only = eval_pool(self.rollout, self._eval_envs())
+        return self._eval_only
+
+    def _close_eval_only(self) -> None:
+        if self._eval_only is not None:
+            self._eval_only.close()
+            self._eval_only = None
+
+    def finish(self) -> None:
+        self._close_eval_only()
 
     # -------------------------------------------------------------- evaluate
     def evaluate_policy(self, phase: str) -> EvalResult:
-        return evaluate(
-            AgentActor(self.agent, self.device, deterministic=True), self.eval_env, self.trainer.eval_episodes,
-            self.trainer.eval_seed, *self.ref_scores,
-        )
+        """The agent's deterministic policy, here or on Ray workers; policy noise (a planner's
+        samples) from the evaluation's own seed, so evaluating never shifts training's stream."""
+        t = self.trainer
+        if self.rollout.backend == "ray":
+            if self._eval_agent is None:
+                with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: keep training's stream
+                    self._eval_agent = make_agent(self.cfg.agent.name, self.agent_settings, self.dataset.obs_dim,
+                                                  self.dataset.action_dim, "cpu")
+            self._eval_agent.load_acting_state(self.agent.acting_state())
+            act = AgentActor(self._eval_agent, torch.device("cpu"), deterministic=True)
+            return evaluate_on_workers(self._eval_workers(), act, "eval", t.eval_episodes, t.eval_seed,
+                                       *self.ref_scores, rng_seed=t.eval_seed, version=self.agent.num_updates)
+        return evaluate(AgentActor(self.agent, self.device, deterministic=True), self.eval_env, t.eval_episodes,
+                        t.eval_seed, *self.ref_scores, rng_seed=t.eval_seed)
 
     # ---------------------------------------------------------------- phases
     def _sample(self, offline_ratio: float | None = None) -> Batch:
@@ -279,6 +317,7 @@ class Experiment(DatasetRunner):
             self.agent.start_online()
             if t.offline_data_ratio == 0.0:
                 self.buffer.discard_offline()
+            self._close_eval_only()
             self.collector = self._make_collector()
         started, first = time.perf_counter(), self.phase_step
         next_checkpoint = (self.phase_step // t.checkpoint_every + 1) * t.checkpoint_every

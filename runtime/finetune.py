@@ -13,6 +13,7 @@ environment steps) come from :class:`rlft.runtime.runner.Runner`.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
-from rlft.agents.ppo import PPO, PPOConfig
+from rlft.agents.ppo import PPO, PPOConfig, RunningMeanStd, normalize_observations
 from rlft.runtime.typed_config import ConfigError, config_from_mapping
 from rlft.envs.factory import make_vector_env, resolve_task
 from rlft.offline.bc import BCConfig, chunk_windows, train_bc
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.progress import Progress
+from rlft.runtime.ray_evaluation import cpu_copy, evaluate_on_workers
 from rlft.runtime.rollout_workers import RayRollouts, RolloutConfig
 from rlft.runtime.runner import DatasetRunner, Phase
 
@@ -67,6 +69,22 @@ class RolloutEnvs:
         env = make_vector_env(self.env_cfg, num_envs, self.obs_stats, self.asynchronous,
                               chunk or self.family.env_chunk, self.family.obs_history)
         return env if chunk is not None else wrap_env(self.family, env, self.base, self.device)
+
+
+@dataclass
+class ArrayActor:
+    """A policy as the evaluator calls it: numpy observations in (standardised by PPO's running
+    statistics when it keeps them), deterministic numpy actions out. Picklable, for Ray workers."""
+
+    policy: torch.nn.Module  # has act(obs, deterministic)
+    obs_stats: RunningMeanStd | None
+    obs_clip: float
+    device: torch.device
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        obs = normalize_observations(obs, self.obs_stats, self.obs_clip)
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        return self.policy.act(obs_t, deterministic=True).cpu().numpy()
 
 
 class FinetuneExperiment(DatasetRunner):
@@ -133,6 +151,12 @@ class FinetuneExperiment(DatasetRunner):
                            self.base if same else copy.deepcopy(self.base).cpu(), self.obs_stats,
                            self.loop.asynchronous, str(device))
 
+    @property
+    def base_chunk(self) -> int | None:
+        """The cloned base's env chunk where its eval env differs from PPO's (the residual family's
+        PPO env hides the base); None: the same env."""
+        return self.family.act_steps if self.family.family == "residual" else None
+
     def finish(self) -> None:
         if self.rollouts is not None:
             self.rollouts.close()
@@ -144,8 +168,8 @@ class FinetuneExperiment(DatasetRunner):
         self.eval_env = envs(min(self.loop.eval_envs, self.loop.eval_episodes))
         # the cloned base alone acts in chunks; only the residual family's PPO env differs (it hides the base)
         self.base_eval_env = self.eval_env
-        if self.family.family == "residual":
-            self.base_eval_env = envs(self.eval_env.num_envs, chunk=self.family.act_steps)
+        if self.base_chunk is not None:
+            self.base_eval_env = envs(self.eval_env.num_envs, chunk=self.base_chunk)
         critic_encoder = build_critic_encoder(self.family, self.dataset.action_dim)
         obs_dim = self.eval_env.single_observation_space.shape[0]
         self.ppo = PPO(self.actor, obs_dim, self.ppo_cfg, self.num_envs, self.device, critic_encoder)
@@ -153,7 +177,9 @@ class FinetuneExperiment(DatasetRunner):
             self.env = None
             if self.rollouts is not None:
                 self.rollouts.close()
-            self.rollouts = RayRollouts(self.rollout, self._envs("cpu"), self.ppo, self.num_envs, int(self.cfg.seed))
+            cpu_envs, n = self._envs("cpu"), self.eval_env.num_envs
+            eval_envs = {"ppo": functools.partial(cpu_envs, n), "bc": functools.partial(cpu_envs, n, self.base_chunk)}
+            self.rollouts = RayRollouts(self.rollout, cpu_envs, self.ppo, self.num_envs, int(self.cfg.seed), eval_envs)
         else:
             self.env = envs(self.num_envs)
 
@@ -176,19 +202,19 @@ class FinetuneExperiment(DatasetRunner):
         self._build_learner()
 
     def evaluate_policy(self, phase: str) -> EvalResult:
-        act, env = (self.base.act, self.base_eval_env) if phase == "bc" else (self.actor.act, self.eval_env)
-        normalize = (lambda obs: obs) if phase == "bc" else self.ppo.normalize  # noqa: E731 (PPO's running stats)
-
-        def act_numpy(obs: np.ndarray) -> np.ndarray:
-            obs_t = torch.as_tensor(normalize(obs), dtype=torch.float32, device=self.device)
-            return act(obs_t, deterministic=True).cpu().numpy()
-
+        """The cloned base (phase ``bc``) or PPO's actor, deterministic, here or on the rollout workers."""
+        policy, env = (self.base, self.base_eval_env) if phase == "bc" else (self.actor, self.eval_env)
+        stats = None if phase == "bc" else self.ppo.obs_stats  # PPO's running statistics, if it keeps them
+        loop, refs = self.loop, (self.dataset.ref_min_score, self.dataset.ref_max_score)
         # sampling noise of stochastic samplers (DDPM) from its own seed: the same policy always scores the
         # same, and evaluating never shifts the training run's random stream
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.loop.eval_seed)
-            return evaluate(act_numpy, env, self.loop.eval_episodes, self.loop.eval_seed,
-                            self.dataset.ref_min_score, self.dataset.ref_max_score, self.show_progress)
+        if self.rollouts is not None:
+            act = ArrayActor(cpu_copy(policy), copy.deepcopy(stats), self.ppo_cfg.obs_clip, torch.device("cpu"))
+            return evaluate_on_workers(self.rollouts.pool, act, "bc" if phase == "bc" else "ppo", loop.eval_episodes,
+                                       loop.eval_seed, *refs, rng_seed=loop.eval_seed, version=self.phase_step)
+        act = ArrayActor(policy, stats, self.ppo_cfg.obs_clip, self.device)
+        return evaluate(act, env, loop.eval_episodes, loop.eval_seed, *refs, self.show_progress,
+                        rng_seed=loop.eval_seed)
 
     # ------------------------------------------------------------ checkpoints
     def pipeline_state(self) -> dict[str, Any]:

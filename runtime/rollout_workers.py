@@ -16,6 +16,7 @@ statistics, so:
 A worker that dies or does not answer within ``rollout.timeout_s`` is replaced by a new actor and
 its rollout redone from the same request (same weights, seeds and RNG state), so the batch is
 complete and the run's results are unchanged (:class:`rlft.runtime.ray_pool.WorkerPool`).
+The same workers run the app's evaluations (:mod:`rlft.runtime.ray_evaluation`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from rlft.agents.ppo import PPO, Rollout, RunningMeanStd, RunningReturnScaler
+from rlft.runtime.ray_evaluation import EnvBuilders, EvaluatingWorker
 from rlft.runtime.ray_pool import WorkerPool, WorkerSettings, worker_rng_state
 
 
@@ -89,11 +91,13 @@ def cpu_collector(ppo: PPO, num_envs: int) -> PPO:
     return clone
 
 
-class RolloutWorker:
-    """One rollout worker (a Ray actor): a vector env and a CPU copy of the collector."""
+class RolloutWorker(EvaluatingWorker):
+    """One rollout worker (a Ray actor): a vector env and a CPU copy of the collector; it also
+    runs blocks of evaluations on ``eval_envs`` (:mod:`rlft.runtime.ray_evaluation`)."""
 
-    def __init__(self, make_env: Callable[[int], gym.vector.VectorEnv], collector: PPO, num_envs: int):
-        torch.set_num_threads(1)  # one core per worker: no oversubscription
+    def __init__(self, make_env: Callable[[int], gym.vector.VectorEnv], collector: PPO, num_envs: int,
+                 eval_envs: EnvBuilders):
+        super().__init__(eval_envs)
         self.env, self.ppo = make_env(num_envs), collector
 
     def collect(self, weights: dict[str, dict[str, torch.Tensor]], request: CollectRequest) -> CollectResult:
@@ -113,20 +117,18 @@ class RolloutWorker:
                              ppo.reward_scaler.state_dict() if ppo.reward_scaler is not None else None,
                              torch.get_rng_state(), os.getpid())
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 class RayRollouts:
     """The Ray backend of rlft-finetune: ``collect`` has the local ``PPO.collect``'s contract."""
 
     def __init__(self, cfg: RolloutConfig, make_env: Callable[[int], gym.vector.VectorEnv], ppo: PPO,
-                 num_envs: int, seed: int):
+                 num_envs: int, seed: int, eval_envs: EnvBuilders | None = None):
         self.cfg, self.seed = cfg, seed
         self.envs_per_worker = num_envs // cfg.workers
         actor = WorkerPool.remote_class(RolloutWorker, cfg)
         collector = cpu_collector(ppo, self.envs_per_worker)
-        self.pool = WorkerPool(cfg, lambda rank: actor.remote(make_env, collector, self.envs_per_worker))
+        self.pool = WorkerPool(cfg, lambda rank: actor.remote(make_env, collector, self.envs_per_worker,
+                                                              eval_envs or {}))
 
     def _requests(self, ppo: PPO, seeds: Sequence[int], steps: int, version: int) -> list[CollectRequest]:
         m, requests = self.envs_per_worker, []

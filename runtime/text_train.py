@@ -16,6 +16,7 @@ and ``model/`` (``save_pretrained``: loadable by transformers and by ``LLMPolicy
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import tempfile
 import time
@@ -52,6 +53,8 @@ from rlft.policies.action_tokenizer import ActionTokenizer
 from rlft.policies.llm import ChatAgent, ChatFormat, Conversation, GenerationConfig, LLMPolicy, LoraSettings
 from rlft.policies.tiny_lm import TinyLMConfig, build_tiny_lm, build_tiny_vlm
 from rlft.runtime.evaluation import EvalResult, evaluate
+from rlft.runtime.ray_evaluation import eval_pool, evaluate_on_workers
+from rlft.runtime.ray_pool import WorkerPool, WorkerSettings
 from rlft.runtime.progress import Progress
 from rlft.runtime.runner import Phase, Runner
 
@@ -123,7 +126,8 @@ class TextExperiment(Runner):
                 "rollout": config_from_mapping(TextRolloutConfig, cfg.text_method.rollout, "text_method.rollout"),
                 "dynamic": config_from_mapping(DynamicSampling, cfg.text_method.get("dynamic_sampling") or {},
                                                "text_method.dynamic_sampling"),
-                "generation": config_from_mapping(GenerationConfig, cfg.generation, "generation")}
+                "generation": config_from_mapping(GenerationConfig, cfg.generation, "generation"),
+                "workers": config_from_mapping(WorkerSettings, cfg.get("rollout") or {}, "rollout")}
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir)
@@ -141,6 +145,8 @@ class TextExperiment(Runner):
         self.rollout_cfg: TextRolloutConfig = settings["rollout"]
         self.dynamic: DynamicSampling = settings["dynamic"]
         self.generation: GenerationConfig = settings["generation"]
+        self.workers: WorkerSettings = settings["workers"]
+        self._eval_pool: WorkerPool | None = None  # Ray evaluation workers (rollout.backend=ray)
         self.task = resolve_task(cfg.text_task.env_cfg.task)
         probe, self.action_tokenizer = text_env_probe(cfg.text_task.env_cfg)
         self.system_prompt = probe.system_prompt
@@ -260,11 +266,22 @@ class TextExperiment(Runner):
             raise ValueError(f"init_from {path}: the SFT policy does not fit this model ({wrong[:4]} ...)")
 
     def evaluate_policy(self, phase: str) -> EvalResult:
-        agent = ChatAgent(self.policy, self.chat, self.rollout_cfg.context, greedy=self.loop.eval_greedy,
-                          temperature=self.loop.eval_temperature,
-                          generator=torch.Generator().manual_seed(self.loop.eval_seed))
-        return evaluate(agent, self.eval_env, self.loop.eval_episodes, self.loop.eval_seed,
-                        self.task.ref_min_score, self.task.ref_max_score, self.show_progress)
+        """Greedy (or sampled, from the evaluation's own seed) replies, here or on Ray workers."""
+        loop, refs = self.loop, (self.task.ref_min_score, self.task.ref_max_score)
+        if self.workers.backend == "ray":
+            tokens = self.action_tokenizer.vocabulary if self.action_tokenizer is not None else 0
+            agent = ShippedChatAgent.of(self.policy, self.generation, tokens, self.system_prompt,
+                                        self.rollout_cfg.context, loop.eval_greedy, loop.eval_temperature)
+            if self._eval_pool is None:
+                builder = functools.partial(make_vector_env, OmegaConf.to_container(self.cfg.text_task.env_cfg,
+                                                                                  resolve=True), loop.eval_envs)
+                self._eval_pool = eval_pool(self.workers, {"eval": builder})
+            return evaluate_on_workers(self._eval_pool, agent, "eval", loop.eval_episodes, loop.eval_seed, *refs,
+                                       rng_seed=loop.eval_seed, version=self.phase_step)
+        agent = ChatAgent(self.policy, self.chat, self.rollout_cfg.context, greedy=loop.eval_greedy,
+                          temperature=loop.eval_temperature, generator=torch.Generator())
+        return evaluate(agent, self.eval_env, loop.eval_episodes, loop.eval_seed, *refs, self.show_progress,
+                        rng_seed=loop.eval_seed)
 
     # ------------------------------------------------------------ checkpoints
     def pipeline_state(self) -> dict[str, Any]:
@@ -280,6 +297,9 @@ class TextExperiment(Runner):
     # ------------------------------------------------------------------- run
     def finish(self) -> None:
         self.policy.save_pretrained(self.run_dir / "model")
+        if self._eval_pool is not None:
+            self._eval_pool.close()
+            self._eval_pool = None
 
     def _iterate(self) -> None:
         loop = self.loop
@@ -336,6 +356,53 @@ def load_saved_policy(model_dir: str | Path, env_cfg: Mapping[str, Any]) -> tupl
     policy = LLMPolicy.from_pretrained(model_dir, generation=reply_generation(GenerationConfig(), tokens),
                                        action_tokens=tokens.vocabulary if tokens is not None else 0)
     return policy, ChatFormat(policy.tokenizer, probe.system_prompt, policy.image_placeholder)
+
+
+@dataclass
+class ShippedChatAgent:
+    """A :class:`ChatAgent` that Ray workers can receive: the policy travels as the files of its
+    ``save_pretrained`` (LoRA merged into the weights, so equal up to float rounding; without
+    LoRA exactly) and is rebuilt on the worker at its first call."""
+
+    files: dict[str, bytes]  # path in the model folder -> content
+    generation: GenerationConfig
+    action_tokens: int
+    system_prompt: str
+    context: str
+    greedy: bool
+    temperature: float | None
+    _agent: ChatAgent | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, policy: LLMPolicy, generation: GenerationConfig, action_tokens: int, system_prompt: str,
+           context: str, greedy: bool, temperature: float | None) -> "ShippedChatAgent":
+        with tempfile.TemporaryDirectory() as folder:
+            policy.save_pretrained(folder)
+            files = {str(f.relative_to(folder)): f.read_bytes() for f in Path(folder).rglob("*") if f.is_file()}
+        return cls(files, generation, action_tokens, system_prompt, context, greedy, temperature)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_agent": None}  # the files travel, not the rebuilt policy
+
+    def agent(self) -> ChatAgent:
+        if self._agent is None:
+            with tempfile.TemporaryDirectory() as folder:
+                for name, content in self.files.items():
+                    (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+                    (Path(folder) / name).write_bytes(content)
+                policy = LLMPolicy.from_pretrained(folder, generation=self.generation, action_tokens=self.action_tokens)
+            chat = ChatFormat(policy.tokenizer, self.system_prompt, policy.image_placeholder)
+            self._agent = ChatAgent(policy, chat, self.context, self.greedy, torch.Generator(), self.temperature)
+        return self._agent
+
+    def __call__(self, observations: Any) -> tuple[str, ...]:
+        return self.agent()(observations)
+
+    def reset(self, num_envs: int) -> None:
+        self.agent().reset(num_envs)
+
+    def reseed(self, seed: int) -> None:
+        self.agent().reseed(seed)
 
 
 def evaluate_saved(model_dir: str | Path, env_cfg: Mapping[str, Any], episodes: int, seed: int = 1_000_000,

@@ -23,6 +23,9 @@ per worker, so Monte-Carlo returns are written when each worker's episode ends).
   state (:class:`rlft.runtime.ray_pool.WorkerPool`): the buffer gets exactly the transitions it
   would have got. Checkpoints hold the same states, so ``resume`` rebuilds every worker's env
   where it was.
+
+The same workers run the runner's evaluations while fine-tuning is online
+(:mod:`rlft.runtime.ray_evaluation`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 from rlft.agents.base import Learner
 from rlft.agents.online import AgentActor, EnvStepper, EpisodeEnd, EpisodeRecorder, Transitions
 from rlft.agents.replay_buffer import ReplayBuffer
+from rlft.runtime.ray_evaluation import EnvBuilders, EvaluatingWorker
 from rlft.runtime.ray_pool import WorkerPool, WorkerSettings, worker_rng_state
 
 
@@ -75,13 +79,13 @@ class TransitionResult:
     pid: int
 
 
-class TransitionWorker:
+class TransitionWorker(EvaluatingWorker):
     """One collection worker (a Ray actor): an env, rebuilt from ``env_state`` when given, and a
-    CPU copy of the agent."""
+    CPU copy of the agent; it also runs blocks of evaluations (:mod:`rlft.runtime.ray_evaluation`)."""
 
     def __init__(self, make_env: Callable[[], gym.Env], make_agent: Callable[[], Learner], seed: int,
-                 env_state: dict[str, Any] | None):
-        torch.set_num_threads(1)  # one core per worker: no oversubscription
+                 env_state: dict[str, Any] | None, eval_envs: EnvBuilders):
+        super().__init__(eval_envs)
         self.agent = make_agent()
         self.stepper = EnvStepper(make_env(), seed, torch.device("cpu"))
         if env_state is not None:
@@ -94,9 +98,6 @@ class TransitionWorker:
         transitions = self.stepper.run(explore, request.steps, request.version)
         return TransitionResult(transitions, self.stepper.state_dict(), torch.get_rng_state(), os.getpid())
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 class RayTransitions:
     """The Ray backend of the offline-to-online runner's collection; same contract as
@@ -105,7 +106,8 @@ class RayTransitions:
     can_checkpoint = True  # between rounds every worker's state is known
 
     def __init__(self, cfg: CollectionConfig, make_env: Callable[[], gym.Env], make_agent: Callable[[], Learner],
-                 buffer: ReplayBuffer, seed: int, mc_discount: float, sparse_fail_reward: float | None):
+                 buffer: ReplayBuffer, seed: int, mc_discount: float, sparse_fail_reward: float | None,
+                 eval_envs: EnvBuilders | None = None):
         self.cfg, self.seed = cfg, seed
         self.steps_per_round = cfg.workers * cfg.steps_per_call
         self.recorders = [EpisodeRecorder(buffer, mc_discount, sparse_fail_reward) for _ in range(cfg.workers)]
@@ -113,7 +115,7 @@ class RayTransitions:
         self.rounds = 0
         actor = WorkerPool.remote_class(TransitionWorker, cfg)
         self._new_worker = lambda rank: actor.remote(make_env, make_agent, seed + rank,  # noqa: E731
-                                                     self.env_states[rank])
+                                                     self.env_states[rank], eval_envs or {})
         self.pool: WorkerPool | None = None  # started at the first round (after a resume: from its states)
         self._round: tuple[dict[int, tuple], dict[int, Any], int] | None = None
 
@@ -124,8 +126,6 @@ class RayTransitions:
 
     def start(self, agent: Learner, steps: int, version: int) -> None:
         """Send a round of ``steps`` transitions in all, acted by ``agent`` (policy ``version``)."""
-        if self.pool is None:
-            self.pool = WorkerPool(self.cfg, self._new_worker, "collection")
         weights = WorkerPool.put(agent.acting_state())
         calls = {}
         for rank, count in enumerate(self._split(steps)):
@@ -133,7 +133,13 @@ class RayTransitions:
                 own = rank == 0 and not self.cfg.overlap
                 rng = torch.get_rng_state() if own else worker_rng_state(self.seed, self.rounds, rank)
                 calls[rank] = (weights, TransitionRequest(count, version, rng))
-        self._round = (calls, self.pool.submit("collect", calls), version)
+        self._round = (calls, self.workers().submit("collect", calls), version)
+
+    def workers(self) -> WorkerPool:
+        """The workers, started at first use (after a resume: from the checkpoint's env states)."""
+        if self.pool is None:
+            self.pool = WorkerPool(self.cfg, self._new_worker, "collection")
+        return self.pool
 
     def finish(self) -> list[EpisodeEnd]:
         """Wait for the round and write its transitions into the buffer (rank order); returns the

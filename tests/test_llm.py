@@ -137,7 +137,8 @@ def test_scoring_with_a_shared_prefix_equals_the_full_batch_in_values_and_gradie
     monkeypatch.setattr("rlft.policies.llm.MIN_SHARED_PREFIX", 10**9)  # every row through the whole model
     full_values, full_grads = scored()
     for got, expected in zip(shared_values + shared_grads, full_values + full_grads, strict=True):
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        # float32 sums in another order: within 1e-5 of each tensor's scale (the embedding's gradient reaches ~80)
+        torch.testing.assert_close(got, expected, atol=1e-5 * max(1.0, expected.abs().max().item()), rtol=1e-4)
 
 
 def test_temperature_defines_the_log_probs_and_greedy_is_deterministic(tiny_lm: Path) -> None:

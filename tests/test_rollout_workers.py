@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import os
 import time
 from pathlib import Path
@@ -177,3 +178,76 @@ def test_rollout_settings_are_checked():
     with pytest.raises(ValueError, match="loop.num_envs=3 does not split over rollout.workers=2"):
         RolloutConfig(backend="ray", workers=2).total_envs(3)
     assert RolloutConfig(backend="ray", workers=2, envs_per_worker=3).total_envs(8) == 6
+
+
+def noisy_actor(noise: float):
+    """A picklable evaluation policy (defined here, so Ray pickles it by value): elementwise (no
+    batch shape changes its rounding), plus torch noise (to check that blocks sample from the
+    evaluation's seeds)."""
+
+    class NoisyActor:
+        def __call__(self, obs: np.ndarray) -> np.ndarray:
+            action = np.tanh(0.5 * obs[:, :3]) + noise * torch.randn(obs.shape[0], 3).numpy()
+            return action.clip(-1, 1)
+
+    return NoisyActor()
+
+
+def _episodes(result) -> tuple:
+    return result.returns, result.lengths, result.successes
+
+
+def _eval_workers(workers: int, fault: str | None = None, marker: str | None = None):
+    from rlft.runtime.ray_evaluation import eval_pool
+    from rlft.runtime.ray_pool import WorkerSettings
+
+    settings = WorkerSettings(backend="ray", workers=workers)
+    return eval_pool(settings, {"eval": functools.partial(hopper_envs(fault, marker), 3)})
+
+
+def test_ray_evaluation_is_the_local_evaluation():
+    from rlft.runtime.evaluation import evaluate
+    from rlft.runtime.ray_evaluation import episode_blocks, evaluate_on_workers
+
+    assert episode_blocks(7, 3) == [(0, 3), (3, 2), (5, 2)] and episode_blocks(1, 2) == [(0, 1), (1, 0)]
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    local = evaluate(noisy_actor(0.3), hopper_envs()(3), 7, seed=40, rng_seed=9)
+    assert torch.equal(torch.get_rng_state(), before)  # evaluating leaves the caller's stream alone
+    pool = _eval_workers(1)
+    got = evaluate_on_workers(pool, noisy_actor(0.3), "eval", 7, seed=40, rng_seed=9)
+    assert _episodes(got) == _episodes(local)  # bit for bit
+    pool.close()
+    pool = _eval_workers(2)
+    assert len(set(pool.pids())) == 2
+    deterministic = evaluate(noisy_actor(0.0), hopper_envs()(3), 7, seed=40)
+    got = evaluate_on_workers(pool, noisy_actor(0.0), "eval", 7, seed=40)
+    assert _episodes(got) == _episodes(deterministic)  # the same seeds per episode
+    noisy = evaluate_on_workers(pool, noisy_actor(0.3), "eval", 7, seed=40, rng_seed=9)
+    assert noisy.returns[:4] == local.returns[:4] and noisy.returns[4:] != local.returns[4:]  # block 1: its own stream
+    pool.close()
+
+
+def test_a_worker_dying_in_an_evaluation_is_restarted_and_its_block_redone(tmp_path, capfd):
+    from rlft.runtime.evaluation import evaluate
+    from rlft.runtime.ray_evaluation import evaluate_on_workers
+
+    expected = evaluate(noisy_actor(0.0), hopper_envs()(3), 6, seed=3)
+    pool = _eval_workers(2, "die", str(tmp_path / "struck"))
+    got = evaluate_on_workers(pool, noisy_actor(0.0), "eval", 6, seed=3, version=7)
+    assert (tmp_path / "struck").exists() and pool.restarts == 1
+    assert _episodes(got) == _episodes(expected)  # every episode, as if nothing happened
+    assert "evaluation worker" in capfd.readouterr().err
+    pool.close()
+
+
+def test_a_language_policy_evaluates_on_ray_workers_as_it_does_locally(tmp_path):
+    from test_text_train import llm_config
+
+    from rlft.runtime.text_train import TextExperiment
+
+    common = ("loop.iterations=1", "loop.eval_greedy=false", "loop.eval_episodes=6", "loop.eval_envs=3")
+    local = TextExperiment(llm_config(*common), tmp_path / "local").run()
+    remote = TextExperiment(llm_config(*common, "rollout.backend=ray"), tmp_path / "ray").run()
+    assert [r["returns"] for r in remote["history"]] == [r["returns"] for r in local["history"]]
+    assert remote["after"] == local["after"]
