@@ -8,6 +8,8 @@ product. :class:`LlamaDecoder` takes the weights of a Llama model (``LlamaForCau
 Llama language model of a VLM such as LLaVA or SmolVLM's Idefics3) and runs the same arithmetic:
 
 * q, k and v in one product (their weights concatenated), gate and up in one;
+* float32 products computed as ``weight @ x.T`` (transposed back as a view): CPU BLAS picks faster
+  kernels with the large operand on the left at decode shapes (a few rows against thousands);
 * the key/value cache preallocated for the whole reply (prompt + ``max_new_tokens``), written in
   place; the prompt's cache comes from the transformers prefill, so images and the shared-prefix
   prefill stay as they are;
@@ -143,29 +145,39 @@ class LlamaDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
+    @staticmethod
+    def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``x [B, in]`` times ``weight [out, in]`` transposed. In float32 computed as
+        ``(weight @ x.T).T`` (a transposed view), which CPU BLAS runs faster than ``F.linear`` at
+        decode shapes; other dtypes keep ``F.linear`` (bfloat16 lost with the transposed form on a CPU
+        without bfloat16 instructions). The whole generate: ``benchmarks/generation/README.md``."""
+        if weight.dtype == torch.float32:
+            return (weight @ x.t()).t()
+        return F.linear(x, weight)
+
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, V]`` after ``tokens [B]`` at ``positions [B]``; their keys and values join the cache."""
         if self._length >= self._bias.shape[-1]:
             raise RuntimeError(f"LlamaDecoder: the cache holds {self._length} positions, start() made room for no more")
         batch, slot, groups = tokens.shape[0], self._length, self.heads // self.kv_heads
-        hidden = F.embedding(tokens, self.embed)[:, None, :]  # [B, 1, hidden]
+        hidden = F.embedding(tokens, self.embed)  # [B, hidden]
         cos, sin = self._rotary(positions, hidden.dtype)
         q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         bias = self._bias[..., : slot + 1]
         for layer, (k_cache, v_cache) in zip(self.layers, self._cache, strict=True):
-            qkv = F.linear(self._rms_norm(hidden, layer.norm_attn), layer.qkv)[:, 0]  # [B, (H + 2 KVH) d]
+            qkv = self._linear(self._rms_norm(hidden, layer.norm_attn), layer.qkv)  # [B, (H + 2 KVH) d]
             # a query head's group shares one key/value head: q as [B, KVH, groups, d]
-            q = self._rotate(qkv[:, :q_width].view(batch, self.kv_heads, groups, self.head_dim), cos, sin)
-            k = qkv[:, q_width:q_width + kv_width].view(batch, self.kv_heads, 1, self.head_dim)
+            q = self._rotate(qkv[:, :q_width].reshape(batch, self.kv_heads, groups, self.head_dim), cos, sin)
+            k = qkv[:, q_width:q_width + kv_width].reshape(batch, self.kv_heads, 1, self.head_dim)
             k_cache[:, :, slot: slot + 1] = self._rotate(k, cos, sin)
-            v_cache[:, :, slot: slot + 1] = qkv[:, q_width + kv_width:].view(batch, self.kv_heads, 1, self.head_dim)
+            v_cache[:, :, slot: slot + 1] = qkv[:, q_width + kv_width:].reshape(batch, self.kv_heads, 1, self.head_dim)
             # eager attention of one query position: scores in the model's dtype, softmax in float32
             scores = torch.matmul(q, k_cache[:, :, : slot + 1].transpose(2, 3)) * self.head_dim ** -0.5 + bias
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            attended = torch.matmul(weights, v_cache[:, :, : slot + 1]).reshape(batch, 1, q_width)
-            hidden = hidden + F.linear(attended, layer.out)
-            gate, up = F.linear(self._rms_norm(hidden, layer.norm_mlp), layer.gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
+            attended = torch.matmul(weights, v_cache[:, :, : slot + 1]).reshape(batch, q_width)
+            hidden = hidden + self._linear(attended, layer.out)
+            gate, up = self._linear(self._rms_norm(hidden, layer.norm_mlp), layer.gate_up).chunk(2, dim=-1)
+            hidden = hidden + self._linear(F.silu(gate) * up, layer.down)
         self._length += 1
-        return F.linear(self._rms_norm(hidden, self.final_norm), self.head)[:, 0]
+        return self._linear(self._rms_norm(hidden, self.final_norm), self.head).contiguous()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import matplotlib
@@ -67,7 +66,7 @@ def run_case(name: str, out: Path) -> dict:
 
 def write_results(results: dict[str, dict], out: Path, command: str) -> None:
     lines = ["# Export latency: PyTorch eager against ONNX Runtime", "", f"Command: `{command}`", "",
-             f"Batch 1, one thread each, p50 / p99 over 300 calls in ms; {platform.processor() or platform.machine()}, "
+             f"Batch 1, one thread each, p50 / p99 over 300 calls in ms; {bench_runs.cpu_description()}, "
              "run alone. Parity: the largest difference of ONNX Runtime from PyTorch over an episode's queries and "
              "64 random inputs, the action in units of half its range (the export refuses more than 1e-5); for the VLAs, "
              "over an episode's queries, whose action tokens must also be equal.", "",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["# Batched sampling: tokens/s against plain transformers generate", "",
              f"Command: `{command}`", "",
-             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} torch threads, "
+             f"{bench_runs.cpu_description()}, torch {torch.__version__}, {args.threads} torch threads, "
              f"{args.new_tokens} new tokens per row, NumberLine prompts (one reset seed per row), best of "
              f"{args.repeats} rotations. Speed-up: tokens/s over plain float32 `generate`.", "",
              "| model, batch | " + " | ".join(ARMS) + " | " + " | ".join(f"speed-up: {a}" for a in SPEED_UPS) + " |",

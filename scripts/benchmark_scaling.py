@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["# Rollouts in this process against Ray workers", "", f"Command: `{command}`", "",
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+             f"{bench_runs.cpu_description()}, torch {torch.__version__} "
              f"with one thread per process; {args.envs} sub-envs in all, {args.agent_steps} agent steps each. "
              "Overhead: a one-step Ray rollout call minus a one-step local collection.", "",
              "| task (policy) | backend | env steps/s | vs local | overhead per call |",

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import platform
 import time
 import types
 from pathlib import Path
@@ -169,7 +168,7 @@ def comparison_report(configs: dict, args: argparse.Namespace, batch: Batch, com
     Each arm is its own agent, built fresh."""
     variants, (first, second), what = COMPARISONS[args.compare]
     lines = [f"# Update speed: {first} and {second}", "",
-             f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"Produced by `{command}` on {bench_runs.cpu_description()}, torch {torch.__version__}, "
              f"batch {args.batch_size}, Hopper shapes. {what}; both are timed in alternating blocks of the same run.",
              "", f"| configuration | torch threads | {first} (updates/s) | {second} (updates/s) | {second} / {first} |",
              "| --- | ---: | ---: | ---: | ---: |"]
@@ -264,7 +263,7 @@ def check_seconds(metrics: dict, calls: int = 20_000) -> float:
 
 def divergence_check_report(configs: dict, args: argparse.Namespace, batch: Batch, command: str) -> list[str]:
     lines = ["# Cost of the divergence check", "",
-             f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"Produced by `{command}` on {bench_runs.cpu_description()}, torch {torch.__version__}, "
              f"batch {args.batch_size}, Hopper shapes. Every update's metrics go through "
              "`rlft.runtime.runner.first_non_finite` (what `Runner.check_update` does); plain and checked "
              "updates alternate in blocks of the same run.", "",
@@ -333,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Gradient updates per second (CPU)",
         "",
-        f"Produced by `{command}` on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"Produced by `{command}` on {bench_runs.cpu_description()}, torch {torch.__version__}, "
         f"batch {b}, Hopper shapes.",
         "",
         "GFLOP per update: the matmul FLOPs of one update, forward and backward, counted by "
