@@ -96,6 +96,16 @@ def best_rates(arms: dict[str, Callable[[], int]], repeats: int) -> dict[str, fl
     return best
 
 
+def print_profile(label: str, run: Callable[[], int]) -> None:
+    """Where one call of ``run`` spends its time: torch.profiler's operations by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tokens = run()
+    print(f"{label}: {tokens} tokens", prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), sep="\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"])
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/generation")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: print torch.profiler's top operations of one float32 rlft generate per batch")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_generation", argv)
     torch.set_num_threads(args.threads)
@@ -117,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
             low = copy.deepcopy(policy.model).to(torch.bfloat16)
             for batch in args.batches:
                 prompts = prompts_for(policy, batch)
+                if args.profile:
+                    print_profile(f"{name} batch {batch}", rlft_generate(policy, prompts, args.new_tokens, "float32", "rlft"))
+                    continue
                 arms = {ARMS[0]: plain_generate(policy.model, policy, prompts, args.new_tokens),
                         ARMS[1]: rlft_generate(policy, prompts, args.new_tokens, "float32", "transformers"),
                         ARMS[2]: rlft_generate(policy, prompts, args.new_tokens, "float32", "rlft"),
@@ -125,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                         ARMS[5]: rlft_generate(policy, prompts, args.new_tokens, "bfloat16", "rlft")}
                 results["rates"][f"{name} batch {batch}"] = rates = best_rates(arms, args.repeats)
                 print(name, batch, {k: round(v, 1) for k, v in rates.items()}, flush=True)
+    if args.profile:
+        return  # nothing timed: the results files stay as they are
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["# Batched sampling: tokens/s against plain transformers generate", "",
              f"Command: `{command}`", "",

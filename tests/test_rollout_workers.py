@@ -39,19 +39,25 @@ def hopper_envs(fault: str | None = None, marker: str | None = None):
     of a rollout ``die`` (the process exits) or ``hang``: once, recorded in the file ``marker``, or
     on every attempt without one."""
 
-    def make(num_envs: int):
+    def make(num_envs: int):  # everything it calls is defined inside: Ray workers cannot import this module
         import gymnasium
 
         from rlft.envs import make_vector_env
+
+        def first_to_claim(path: str) -> bool:
+            """Whether this process created ``path`` (atomically: of workers racing, exactly one wins)."""
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return False
+            return True
 
         class Fault(gymnasium.vector.VectorWrapper):
             steps = 0
 
             def step(self, actions):
                 Fault.steps += 1
-                if fault and Fault.steps == 5 and not (marker and os.path.exists(marker)):
-                    if marker:
-                        Path(marker).touch()
+                if fault and Fault.steps == 5 and (marker is None or first_to_claim(marker)):
                     if fault == "die":
                         os._exit(1)
                     time.sleep(60)
