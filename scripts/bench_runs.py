@@ -33,6 +33,8 @@ def cpu_description() -> str:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
+    if not flags:  # not Linux, or unreadable: the instruction sets are unknown, not absent
+        return f"{model}, {os.cpu_count()} CPUs"
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model}, {os.cpu_count()} CPUs, {'/'.join(wanted) or 'no avx2'}" + \
         ("" if {"avx512_bf16", "amx_bf16"} & flags else " (no bfloat16 instructions)")

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.model:
             policy = load_policy(name, Path(folder))
             policy.eos_id = -1  # full-length replies
-            low = copy.deepcopy(policy.model).to(torch.bfloat16)
+            low = None if args.profile else copy.deepcopy(policy.model).to(torch.bfloat16)  # plain bfloat16 generate
             for batch in args.batches:
                 prompts = prompts_for(policy, batch)
                 if args.profile:
