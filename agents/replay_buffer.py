@@ -48,6 +48,12 @@ class ReplayBuffer:
     _STORED = (*_FIELDS, "ends", "versions")
     _MAX_REJECTION_ROUNDS = 100  # rejection-sampling rounds before a sampler gives up
 
+    @staticmethod
+    def bytes_needed(obs_dim: int, action_dim: int, capacity: int) -> int:
+        """The memory the buffer's tensors take: float32 observations, next observations, actions,
+        reward, done and MC return, a bool end flag and an int64 version per row."""
+        return capacity * (4 * (2 * obs_dim + action_dim + 3) + 1 + 8)
+
     def __init__(
         self,
         obs_dim: int,

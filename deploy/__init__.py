@@ -12,19 +12,24 @@ queue of actions of a chunked policy (``control.chunk`` predicted, ``control.exe
 executed before the policy is asked again) and the graph's further ``inputs``: standard normal
 ``noise`` (diffusion policies) drawn from the runner's own seeded generator, and ``state`` the
 graph returns as ``<name>_next`` and gets back at the next call, zeros after ``reset()`` (the
-residual policy's base chunk).
+residual policy's base chunk). The folder is untrusted input: every value is checked, and only
+files inside the folder are opened (:mod:`rlft.deploy.metadata`).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-__all__ = ["DeployedPolicy", "DeployedVLA", "Session"]
+from rlft.deploy.metadata import (INPUT_DTYPES, MAX_CHUNK, MAX_OBS_HISTORY, Fields, InvalidExportError,
+                                  read_metadata)
+
+__all__ = ["DeployedPolicy", "DeployedVLA", "InvalidExportError", "Session"]
 
 
 class Session(Protocol):
@@ -33,19 +38,36 @@ class Session(Protocol):
     def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def read_metadata(folder: str | Path) -> dict[str, Any]:
-    """An export folder's ``metadata.json``."""
-    path = Path(folder) / "metadata.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not an rlft export: it has no metadata.json (run rlft-export first)")
-    return json.loads(path.read_text())
-
-
-def onnx_session(folder: str | Path, metadata: dict[str, Any]) -> Session:
-    """An ONNX Runtime session of the export's graph (CPU)."""
+def onnx_session(path: Path) -> Session:
+    """An ONNX Runtime session (CPU) of the export's graph, ``path`` as :meth:`Fields.file` checked it."""
     import onnxruntime
 
-    return onnxruntime.InferenceSession(str(Path(folder) / metadata["file"]), providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def action_chunk(action: np.ndarray, shape: tuple[int, ...], source: str, keys: str) -> np.ndarray:
+    """One query's flat ``action`` output as ``shape`` (chunk, *frame): a graph whose output holds
+    another number of values than the metadata's ``keys`` declare is refused by name."""
+    if action.size != math.prod(shape):
+        raise InvalidExportError(f"{source}: the graph returned {action.size} action values, {keys} declare {shape}")
+    return action.reshape(shape)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One of the graph's further inputs (an entry of ``metadata.json``'s ``inputs``)."""
+
+    name: str
+    kind: str  # "noise": standard normal at every call; "state": zeros after reset, then ``output``'s value
+    shape: tuple[int, ...]  # per sample
+    dtype: str
+    output: str | None  # state: the graph output that is fed back
+
+    @classmethod
+    def read(cls, spec: Fields) -> "InputSpec":
+        kind = spec.string("kind", INPUT_DTYPES)
+        return cls(spec.string("name"), kind, spec.shape("shape"), spec.string("dtype", INPUT_DTYPES[kind]),
+                   spec.string("output") if kind == "state" else None)
 
 
 class DeployedPolicy:
@@ -54,24 +76,38 @@ class DeployedPolicy:
     def __init__(self, folder: str | Path, seed: int = 0):
         """``seed`` seeds the sampling noise of policies that take one (diffusion policies)."""
         metadata = read_metadata(folder)
-        self._setup(metadata, onnx_session(folder, metadata), seed)
+        self._setup(metadata, seed)
+        self.session = onnx_session(metadata.file("file", Path(folder)))
 
     @classmethod
     def over(cls, metadata: dict[str, Any], session: Session, seed: int = 0) -> "DeployedPolicy":
         """The runner for ``metadata`` over another session (the exporter drives the PyTorch graph so)."""
         policy = cls.__new__(cls)
-        policy._setup(metadata, session, seed)
+        policy._setup(Fields(metadata, f"the metadata given to {cls.__name__}.over"), seed)
+        policy.session = session
         return policy
 
-    def _setup(self, metadata: dict[str, Any], session: Session, seed: int) -> None:
-        self.metadata, self.session = metadata, session
-        control = metadata["control"]
-        self.history, self.chunk, self.executed = control["obs_history"], control["chunk"], control["executed_steps"]
-        self.frame_shape = tuple(metadata["observation"]["frame_shape"])
-        self.layout = metadata["observation"].get("layout")
-        self.action_dim = metadata["action"]["frame_shape"][-1]
-        self.inputs = metadata.get("inputs", [])
-        self.outputs = [metadata["action"]["name"]] + [i["output"] for i in self.inputs if i["kind"] == "state"]
+    def _setup(self, metadata: Fields, seed: int) -> None:
+        """Read (and so check) every value the runner uses, before anything is allocated."""
+        if metadata.string("family") == "llm/vla":
+            metadata.refuse("family", "llm/vla", "a control policy's family (run a VLA with rlft.deploy.DeployedVLA)")
+        self.metadata, self.source = metadata.data, metadata.source
+        control, observation = metadata.object("control"), metadata.object("observation")
+        self.history = control.count("obs_history", MAX_OBS_HISTORY, "MAX_OBS_HISTORY")
+        self.chunk = control.count("chunk", MAX_CHUNK, "MAX_CHUNK")
+        self.executed = control.count("executed_steps", self.chunk, "control.chunk")
+        self.observation_name = observation.string("name")
+        self.frame_shape = observation.shape("frame_shape", copies=self.history)
+        layout = observation.objects("layout", optional=True)
+        self.layout = None if layout is None else [(part.string("key"), part.shape("shape")) for part in layout]
+        if self.layout is not None and sum(math.prod(shape) for _, shape in self.layout) != math.prod(self.frame_shape):
+            observation.refuse("layout", observation.data["layout"],
+                               f"entries of {math.prod(self.frame_shape)} values in all (observation.frame_shape)")
+        action = metadata.object("action")
+        self.action_shape = (self.chunk, *action.shape("frame_shape", copies=self.chunk))
+        self.inputs = [InputSpec.read(spec) for spec in metadata.objects("inputs", optional=True) or []]
+        self.states = [spec for spec in self.inputs if spec.kind == "state"]
+        self.outputs = [action.string("name")] + [spec.output for spec in self.states]
         self.rng = np.random.default_rng(seed)
         self._observations: deque[np.ndarray] = deque(maxlen=self.history)
         self._actions: deque[np.ndarray] = deque()
@@ -82,23 +118,22 @@ class DeployedPolicy:
         """Forget the observation history, queued actions and carried state (a new episode)."""
         self._observations.clear()
         self._actions.clear()
-        self._state = {i["name"]: np.zeros((1, *i["shape"]), dtype=i["dtype"])
-                       for i in self.inputs if i["kind"] == "state"}
+        self._state = {spec.name: np.zeros((1, *spec.shape), dtype=spec.dtype) for spec in self.states}
 
     def flatten(self, observation: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """One raw observation as the graph's flat float32 frame (a dict's entries in layout order)."""
         if self.layout is None:
             return np.asarray(observation, dtype=np.float32)
         if not isinstance(observation, Mapping):
-            raise TypeError(f"expected a dict observation with keys {[p['key'] for p in self.layout]}, "
+            raise TypeError(f"expected a dict observation with keys {[key for key, _ in self.layout]}, "
                             f"got {type(observation).__name__}")
         parts = []
-        for part in self.layout:
-            if part["key"] not in observation:
-                raise KeyError(f"observation has no {part['key']!r} (it has {sorted(observation)})")
-            value = np.asarray(observation[part["key"]])
-            if value.shape != tuple(part["shape"]):
-                raise ValueError(f"observation[{part['key']!r}] has shape {value.shape}, expected {tuple(part['shape'])}")
+        for key, shape in self.layout:
+            if key not in observation:
+                raise KeyError(f"observation has no {key!r} (it has {sorted(observation)})")
+            value = np.asarray(observation[key])
+            if value.shape != shape:
+                raise ValueError(f"observation[{key!r}] has shape {value.shape}, expected {shape}")
             parts.append(value.reshape(-1).astype(np.float32))
         return np.concatenate(parts)
 
@@ -113,16 +148,16 @@ class DeployedPolicy:
             self._observations.append(observation)
         if not self._actions:
             stacked = np.concatenate([o.reshape(-1) for o in self._observations])[None]
-            feed = {self.metadata["observation"]["name"]: stacked}
+            feed = {self.observation_name: stacked}
             for spec in self.inputs:
-                if spec["kind"] == "noise":
-                    feed[spec["name"]] = self.rng.standard_normal((1, *spec["shape"])).astype(spec["dtype"])
+                if spec.kind == "noise":
+                    feed[spec.name] = self.rng.standard_normal((1, *spec.shape)).astype(spec.dtype)
                 else:
-                    feed[spec["name"]] = self._state[spec["name"]]
+                    feed[spec.name] = self._state[spec.name]
             action, *state = self.session.run(self.outputs, feed)
-            self._state = {spec["name"]: value for spec, value in
-                           zip([i for i in self.inputs if i["kind"] == "state"], state)}
-            self._actions.extend(action.reshape(self.chunk, self.action_dim)[: self.executed])
+            self._state = {spec.name: value for spec, value in zip(self.states, state)}
+            chunk = action_chunk(action, self.action_shape, self.source, "control.chunk and action.frame_shape")
+            self._actions.extend(chunk[: self.executed])
         return self._actions.popleft()
 
 

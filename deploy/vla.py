@@ -7,7 +7,9 @@
 Each query builds the prompt as the metadata says (``prompt.before`` + the image placeholder +
 the instruction + ``prompt.after``, tokenised by ``model/tokenizer.json``), runs the greedy
 action decode and queues the reply's ``chunk`` actions; :meth:`query` returns the reply's
-action-token indices and actions, :meth:`reply` its text (what a VLA task env steps on).
+action-token indices and actions, :meth:`reply` its text (what a VLA task env steps on). As for
+control policies, every value of the metadata is checked and only files inside the folder are
+opened (:mod:`rlft.deploy.metadata`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rlft.deploy import Session, onnx_session, read_metadata
+from rlft.deploy import Session, action_chunk, onnx_session
+from rlft.deploy.metadata import MAX_CHUNK, Fields, InvalidExportError, read_metadata
 
 
 class DeployedVLA:
@@ -29,22 +32,31 @@ class DeployedVLA:
 
         folder = Path(folder)
         metadata = read_metadata(folder)
-        if metadata.get("family") != "llm/vla":
-            raise ValueError(f"{folder} holds a {metadata.get('family')!r} policy: run it with rlft.deploy.DeployedPolicy")
-        tokenizer = Tokenizer.from_file(str(folder / metadata["prompt"]["tokenizer"]))
-        self._setup(metadata, onnx_session(folder, metadata), tokenizer)
+        self._setup(metadata)
+        graph, tokenizer = metadata.file("file", folder), metadata.object("prompt").file("tokenizer", folder)
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.session = onnx_session(graph)
 
     @classmethod
     def over(cls, metadata: dict[str, Any], session: Session, tokenizer: Any) -> "DeployedVLA":
         """The runner for ``metadata`` over another session and a loaded ``tokenizers.Tokenizer``."""
         policy = cls.__new__(cls)
-        policy._setup(metadata, session, tokenizer)
+        policy._setup(Fields(metadata, f"the metadata given to {cls.__name__}.over"))
+        policy.session, policy.tokenizer = session, tokenizer
         return policy
 
-    def _setup(self, metadata: dict[str, Any], session: Session, tokenizer: Any) -> None:
-        self.metadata, self.session, self.tokenizer = metadata, session, tokenizer
-        self.prompt, self.action = metadata["prompt"], metadata["action"]
-        self.image_shape = tuple(metadata["observation"]["image"]["shape"])
+    def _setup(self, metadata: Fields) -> None:
+        """Read (and so check) every value the runner uses, before anything is opened."""
+        family = metadata.string("family")
+        if family != "llm/vla":
+            metadata.refuse("family", family, "'llm/vla' (a control policy: run it with rlft.deploy.DeployedPolicy)")
+        self.metadata, self.source = metadata.data, metadata.source
+        prompt, action = metadata.object("prompt"), metadata.object("action")
+        self.before, self.placeholder, self.after = (prompt.string(k) for k in ("before", "image_placeholder", "after"))
+        self.image_shape = metadata.object("observation").object("image").shape("shape")
+        self.chunk = action.count("chunk", MAX_CHUNK, "MAX_CHUNK")
+        self.action_shape = (self.chunk, *action.shape("frame_shape", copies=self.chunk))
+        self.tokens = action.strings("tokens")
         self._actions: deque[np.ndarray] = deque()
 
     def reset(self) -> None:
@@ -53,7 +65,7 @@ class DeployedVLA:
 
     def prompt_ids(self, instruction: str) -> np.ndarray:
         """``[1, T]`` int64 prompt ids for one instruction."""
-        text = self.prompt["before"] + self.prompt["image_placeholder"] + str(instruction) + self.prompt["after"]
+        text = self.before + self.placeholder + str(instruction) + self.after
         return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64)
 
     def query(self, observation: Mapping[str, Any]) -> tuple[list[int], np.ndarray]:
@@ -66,12 +78,15 @@ class DeployedVLA:
             raise ValueError(f"expected an image of shape {self.image_shape}, got {image.shape}")
         feed = {"input_ids": self.prompt_ids(observation["text"]), "image": image[None]}
         indices, actions = self.session.run(["action_tokens", "action"], feed)
-        chunk = self.action["chunk"]
-        return indices[0].tolist(), actions[0].reshape(chunk, *self.action["frame_shape"])
+        return indices[0].tolist(), action_chunk(actions[0], self.action_shape, self.source,
+                                                 "action.chunk and action.frame_shape")
 
     def reply(self, indices: list[int]) -> str:
-        """The reply text of action-token indices."""
-        return "".join(self.action["tokens"][i] for i in indices)
+        """The reply text of action-token indices (the graph's choice among ``action.tokens``)."""
+        if not all(0 <= i < len(self.tokens) for i in indices):
+            raise InvalidExportError(f"{self.source}: the graph chose action tokens {indices}, action.tokens has "
+                                     f"{len(self.tokens)}")
+        return "".join(self.tokens[i] for i in indices)
 
     def act(self, observation: Mapping[str, Any]) -> np.ndarray:
         """One action (a new reply whenever the last one's chunk is used up)."""

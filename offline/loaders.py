@@ -8,8 +8,11 @@
 * **rlft native** -- an HDF5 file with the six D4RL keys plus attributes
   (``rlft_format``, ``env_id``, reference scores), written by :func:`save_native`.
 
-Every loader reads all arrays, validates them (:class:`TransitionDataset`) and only then
-returns: a bad file raises before anything half-loaded escapes.
+Before reading anything every loader checks the files with :mod:`rlft.offline.safety`: no array
+is read that declares more than the file stores or memory holds, or that is not numbers, and
+Minari sees no folder whose metadata names code. Every loader then reads all arrays, validates
+them (:class:`TransitionDataset`) and only then returns: a bad file raises before anything
+half-loaded escapes.
 
 :func:`load_task_dataset` loads a dataset *for a task*: it refuses data collected in another
 environment (id and ``gymnasium.make`` kwargs, defaults included), warns when the file records
@@ -34,6 +37,7 @@ import numpy as np
 from rlft.envs.factory import make_task_env, register_task_module
 from rlft.envs.registry import TaskSpec
 from rlft.offline.dataset import REQUIRED_KEYS, DatasetError, DatasetWarning, TransitionDataset
+from rlft.offline.safety import check_minari_folder, checked_arrays, open_hdf5
 
 NATIVE_FORMAT = "rlft-transitions-v1"
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
@@ -180,27 +184,17 @@ def to_unit_actions(dataset: TransitionDataset, native: gym.spaces.Box, env_id: 
     np.clip(dataset.actions, -1.0, 1.0, out=dataset.actions)
 
 
-def _open_hdf5(path: Path):
-    import h5py
-
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({err})") from err
-
-
 def _is_native(path: Path) -> bool:
-    with _open_hdf5(path) as f:
+    with open_hdf5(path) as f:
         return f.attrs.get("rlft_format") == NATIVE_FORMAT
 
 
 def _read_keys(f, path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of ``f``, read once all of them pass :func:`rlft.offline.safety.checked_arrays`."""
     missing = [k for k in keys if k not in f]
     if missing:
         raise DatasetError(f"{path}: missing key(s) {missing}; the file has {sorted(f.keys())}")
-    return {k: np.asarray(f[k][()]) for k in keys}
+    return {k: np.asarray(dset[()]) for k, dset in checked_arrays(f, path, keys).items()}
 
 
 def load_d4rl_hdf5(
@@ -213,12 +207,10 @@ def load_d4rl_hdf5(
     ``ref_min_score``/``ref_max_score`` attributes, else stay unset.
     """
     path = Path(path)
-    with _open_hdf5(path) as f:
-        data = _read_keys(f, path, D4RL_REQUIRED)
-        data["timeouts"] = np.asarray(f["timeouts"][()]) if "timeouts" in f else np.zeros_like(data["terminals"])
-        if "next_observations" in f:
-            data["next_observations"] = np.asarray(f["next_observations"][()])
+    with open_hdf5(path) as f:
+        data = _read_keys(f, path, D4RL_REQUIRED + tuple(k for k in ("timeouts", "next_observations") if k in f))
         attrs = dict(f.attrs)
+    data.setdefault("timeouts", np.zeros_like(data["terminals"]))
     for key in ("rewards", "terminals", "timeouts"):
         if data[key].ndim == 2 and data[key].shape[1] == 1:
             data[key] = data[key][:, 0]
@@ -234,8 +226,8 @@ def load_d4rl_hdf5(
         **{k: data[k] for k in REQUIRED_KEYS},
         source=str(path),
         env_id=_attr_str(attrs.get("env_id")),
-        ref_min_score=ref_min_score if ref_min_score is not None else _attr_float(attrs.get("ref_min_score")),
-        ref_max_score=ref_max_score if ref_max_score is not None else _attr_float(attrs.get("ref_max_score")),
+        ref_min_score=ref_min_score if ref_min_score is not None else _attr_float(attrs, "ref_min_score", path),
+        ref_max_score=ref_max_score if ref_max_score is not None else _attr_float(attrs, "ref_max_score", path),
         metadata=_action_bounds_metadata(attrs, path),
     )
 
@@ -247,8 +239,7 @@ def _action_bounds_metadata(attrs: Mapping[str, Any], path: Path) -> dict[str, A
         raise DatasetError(f"{path}: give both HDF5 attributes action_low and action_high, or neither")
     if "action_low" not in attrs:
         return {}
-    return {"action_bounds": (np.asarray(attrs["action_low"], np.float64).tolist(),
-                              np.asarray(attrs["action_high"], np.float64).tolist())}
+    return {"action_bounds": tuple(_attr_floats(attrs, key, path).tolist() for key in ("action_low", "action_high"))}
 
 
 def _derive_next_observations(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -271,8 +262,23 @@ def _derive_next_observations(data: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return out
 
 
-def _attr_float(value) -> float | None:
-    return None if value is None else float(value)
+def _attr_floats(attrs: Mapping[str, Any], key: str, source: str | os.PathLike) -> np.ndarray:
+    """The number(s) ``attrs[key]`` (an HDF5 attribute or a Minari metadata key) as float64; one that is not
+    numbers (a string, say) is a :class:`DatasetError` naming ``source`` and ``key``."""
+    try:
+        return np.asarray(attrs[key], np.float64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{source}: {key} is {_attr_str(attrs[key])!r}, not a number") from None
+
+
+def _attr_float(attrs: Mapping[str, Any], key: str, source: str | os.PathLike) -> float | None:
+    """The one number ``attrs[key]``, or None when it is absent."""
+    if attrs.get(key) is None:
+        return None
+    value = _attr_floats(attrs, key, source)
+    if value.size != 1:
+        raise DatasetError(f"{source}: {key} is {value.tolist()}, not one number")
+    return value.item()
 
 
 def _attr_str(value) -> str | None:
@@ -311,7 +317,7 @@ def save_native(dataset: TransitionDataset, path: str | os.PathLike) -> Path:
 def load_native(path: str | os.PathLike) -> TransitionDataset:
     """Read a file written by :func:`save_native`."""
     path = Path(path)
-    with _open_hdf5(path) as f:
+    with open_hdf5(path) as f:
         if f.attrs.get("rlft_format") != NATIVE_FORMAT:
             raise DatasetError(f"{path}: not an rlft native dataset (attribute rlft_format != {NATIVE_FORMAT!r})")
         data = _read_keys(f, path, REQUIRED_KEYS)
@@ -320,16 +326,18 @@ def load_native(path: str | os.PathLike) -> TransitionDataset:
         **data,
         source=str(path),
         env_id=_attr_str(attrs.get("env_id")),
-        ref_min_score=_attr_float(attrs.get("ref_min_score")),
-        ref_max_score=_attr_float(attrs.get("ref_max_score")),
+        ref_min_score=_attr_float(attrs, "ref_min_score", path),
+        ref_max_score=_attr_float(attrs, "ref_max_score", path),
         metadata=_action_bounds_metadata(attrs, path),
     )
 
 
 # -------------------------------------------------------------------- Minari
 def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> TransitionDataset:
-    """Read a Minari dataset by id (``minari.load_dataset``) or by its folder path.
+    """Read a Minari dataset by id (in the local root ``MINARI_DATASETS_PATH``; with ``download``,
+    fetched first when missing) or by its folder path.
 
+    The folder passes :func:`rlft.offline.safety.check_minari_folder` before Minari opens it.
     Dict observations (goal-conditioned tasks) are flattened in the space's key order,
     matching ``gymnasium.wrappers.FlattenObservation`` on the environment side.
     """
@@ -337,25 +345,18 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
 
     path = Path(id_or_path).expanduser()
     if path.is_dir():
-        if not (path / "data").is_dir():
-            raise DatasetError(f"{path}: not a Minari dataset folder (no 'data/' inside)")
-        try:
-            dataset = minari.MinariDataset(path / "data")
-        except Exception as err:  # minari raises several types for broken folders
-            raise DatasetError(f"{path}: cannot open Minari dataset ({type(err).__name__}: {err})") from err
-        source = str(path)
+        folder, source = path, str(path)
+    elif path.is_absolute() or str(id_or_path).startswith("."):
+        raise FileNotFoundError(f"dataset folder not found: {path}")
     else:
-        if path.is_absolute() or str(id_or_path).startswith("."):
-            raise FileNotFoundError(f"dataset folder not found: {path}")
-        try:
-            dataset = minari.load_dataset(str(id_or_path), download=download)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f"Minari dataset {id_or_path!r} is not in the local root "
-                f"({os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}); download it with "
-                f"`minari download {id_or_path}` or pass download=True ({err})"
-            ) from err
-        source = str(id_or_path)
+        folder, source = _minari_id_folder(str(id_or_path), download), str(id_or_path)
+    if not (folder / "data").is_dir():
+        raise DatasetError(f"{folder}: not a Minari dataset folder (no 'data/' inside)")
+    check_minari_folder(folder)
+    try:
+        dataset = minari.MinariDataset(folder / "data")
+    except Exception as err:  # minari raises several types for broken folders
+        raise DatasetError(f"{source}: cannot open Minari dataset ({type(err).__name__}: {err})") from err
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in REQUIRED_KEYS}
     for episode in _episodes(dataset, source):
@@ -376,15 +377,15 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
         columns["timeouts"].append(timeouts)
     if not columns["rewards"]:
         raise DatasetError(f"{source}: Minari dataset has no episodes")
-    metadata = dataset.storage.metadata
+    metadata, meta_path = dataset.storage.metadata, folder / "data" / "metadata.json"
     env_spec = dataset.env_spec
     space = dataset.action_space
     return TransitionDataset(
         **{k: np.concatenate(v) for k, v in columns.items()},
         source=source,
         env_id=env_spec.id if env_spec is not None else None,
-        ref_min_score=_attr_float(metadata.get("ref_min_score")),
-        ref_max_score=_attr_float(metadata.get("ref_max_score")),
+        ref_min_score=_attr_float(metadata, "ref_min_score", meta_path),
+        ref_max_score=_attr_float(metadata, "ref_max_score", meta_path),
         metadata={
             "minari_id": metadata.get("dataset_id"),
             "minari_version": metadata.get("minari_version"),
@@ -395,19 +396,41 @@ def load_minari(id_or_path: str | os.PathLike, download: bool = False) -> Transi
     )
 
 
+def _minari_id_folder(dataset_id: str, download: bool) -> Path:
+    """The folder ``minari.load_dataset(dataset_id)`` would read (``get_dataset_path``, as in
+    minari/storage/local.py), downloaded first when asked (Minari's download reads no more than
+    the metadata's JSON): rlft checks the folder before Minari opens it, instead of letting
+    ``minari.load_dataset`` open it straight after a download."""
+    from minari.storage import hosting
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    folder = get_dataset_path(dataset_id)
+    if not (folder / "data").exists():
+        if not download:
+            raise FileNotFoundError(f"Minari dataset {dataset_id!r} is not in the local root ({get_dataset_path()}; "
+                                    f"no {folder / 'data'}); download it with `minari download {dataset_id}` or pass "
+                                    "download=True")
+        hosting.download_dataset(dataset_id)
+    return folder
+
+
 def _episodes(dataset, source: str):
-    """The episodes of a Minari dataset, in order; one its metadata lists but its data file lacks
-    is a :class:`DatasetError` naming the file and the episode (instead of h5py's ``KeyError``)."""
+    """The episodes of a Minari dataset, in order. An episode the data file holds otherwise than
+    Minari wrote it is a :class:`DatasetError` naming the file and the episode, instead of h5py's
+    ``KeyError`` (a missing member) or the bare ``AssertionError`` of ``HDF5Storage.get_episodes``
+    (minari/dataset/_storages/hdf5_storage.py asserts each member is a group or an array as the
+    dataset's space says). Missing episodes were refused before (:mod:`rlft.offline.safety`)."""
     episodes = dataset.iterate_episodes()  # episode ids 0 .. total_episodes - 1
     for index in itertools.count():
         try:
             episode = next(episodes)
         except StopIteration:
             return
-        except (KeyError, OSError) as err:
+        except (KeyError, OSError, AssertionError) as err:
             data = Path(dataset.storage.data_path) / "main_data.hdf5"
-            raise DatasetError(f"{source}: its metadata lists {dataset.total_episodes} episodes but "
-                               f"episode_{index} cannot be read from {data} ({type(err).__name__}: {err})") from None
+            raise DatasetError(f"{source}: episode_{index} cannot be read from {data}: it lacks a member or holds one "
+                               "otherwise than Minari writes it for the dataset's spaces (observations, actions, "
+                               f"rewards, terminations, truncations) ({type(err).__name__}: {err})") from None
         yield episode
 
 

@@ -2,7 +2,9 @@
 
 - Loads with ``from_pretrained`` (a folder or hub id; ``gguf_file=`` for GGUF checkpoints, which
   transformers de-quantises into a trainable float model), optionally adds LoRA adapters (peft)
-  and a value head.
+  and a value head. Hub ids come from the local Hugging Face cache unless downloads are asked for;
+  weights only from safetensors (or GGUF), never from a pickle, each file's header checked first
+  (:mod:`rlft.policies.model_files`).
 - Samples a batch of replies with a KV cache and records the log-probability of every sampled
   token *at generation time*, under the sampling distribution ``softmax(logits / temperature)``.
   Training recomputes the same quantity with :meth:`LLMPolicy.token_log_probs`; the two agree
@@ -29,6 +31,7 @@ from torch import nn
 
 from rlft.policies.action_tokenizer import add_action_tokens
 from rlft.policies.llama_decode import LlamaDecoder
+from rlft.policies.model_files import UnsafeModelFileError, check_model_folder, check_safetensors, resolve_model
 
 
 SAMPLING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -273,25 +276,6 @@ class SequenceScores:
     hidden: torch.Tensor  # [B, L, H] last hidden states (state at t is read at t)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
-
-
-def _check_model_folder(folder: Path, gguf_file: str | None) -> None:
-    """Refuse a local folder ``from_pretrained`` cannot load, saying what is missing (transformers'
-    own error for an empty folder is a misleading hint to install sentencepiece)."""
-    if gguf_file:
-        if not (folder / gguf_file).is_file():
-            raise FileNotFoundError(f"no GGUF file {gguf_file} in {folder}")
-        return  # the GGUF file holds the config and the tokenizer
-    found = sorted(p.name for p in folder.iterdir())[:8]
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a from_pretrained model folder: it has no config.json "
-                                f"(it holds {found or 'nothing'}); give a saved model folder, or model.gguf_file")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
-                                "tokenizer with the model (tokenizer.save_pretrained)")
-
-
 class LLMPolicy(nn.Module):
     """A causal LM that samples replies with log-probs, scores sequences, and (optionally) values states."""
 
@@ -355,37 +339,45 @@ class LLMPolicy(nn.Module):
     def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, lora: LoraSettings | None = None,
                         value_head: bool = False, generation: GenerationConfig | None = None,
                         dtype: torch.dtype = torch.float32, action_tokens: int = 0,
-                        value_hidden: Sequence[int] = ()) -> "LLMPolicy":
+                        value_hidden: Sequence[int] = (), download: bool = False) -> "LLMPolicy":
         """Load a causal LM and its tokenizer (``gguf_file``: a GGUF file inside ``path``).
+
+        ``path`` is a local folder, or a hub id found in the local Hugging Face cache; ``download``
+        lets the hub be asked for a hub id missing there. Either way transformers is only handed the
+        local folder, after :func:`~rlft.policies.model_files.check_model_folder` (no pickles, every
+        header checked), with no network and no remote code.
 
         ``action_tokens > 0`` makes a token-action VLA: ``<act_0>`` .. ``<act_{n-1}>`` are added
         to the vocabulary where missing (before LoRA, so their rows exist in the base model) and
         decoding is restricted to them (:mod:`rlft.policies.action_tokenizer`)."""
+        from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
-        path = str(path)
-        if path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
-            raise FileNotFoundError(f"no model folder at {path} (give a from_pretrained folder or a hub id)")
-        if Path(path).expanduser().is_dir():
-            _check_model_folder(Path(path).expanduser(), gguf_file)
-        extra = {"gguf_file": gguf_file} if gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
-        vision = hasattr(AutoConfig.from_pretrained(path, **extra), "vision_config")
+        folder = resolve_model(str(path), gguf_file, download)
+        check_model_folder(folder, gguf_file)
+        head = _value_head_file(folder) if value_head else None
+        # no network; and a config.json asking for remote code is refused, not a prompt whose "y" runs it
+        hub: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        source = {"gguf_file": gguf_file} if gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(folder, **hub, **source)
+        vision = hasattr(AutoConfig.from_pretrained(folder, **hub, **source), "vision_config")
         auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-        model = auto.from_pretrained(path, dtype=dtype, **extra)
+        # use_safetensors: never fall back to a pickle beside them (check_model_folder found them)
+        model = auto.from_pretrained(folder, dtype=dtype, **hub, **(source or {"use_safetensors": True}))
         action_ids = add_action_tokens(tokenizer, model, action_tokens) if action_tokens else None
         if lora is not None:
             model = add_lora(model, lora)
         policy = cls(model, tokenizer, generation, value_head, value_hidden)
         if action_ids is not None:
             policy.restrict_tokens(action_ids)
-        head = Path(path) / VALUE_HEAD_FILE
-        if value_head and head.exists():
-            policy.value_head.load_state_dict(torch.load(head, weights_only=True))
+        if head is not None:
+            policy.value_head.load_state_dict(load_file(head))
         return policy
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write the model (merged LoRA weights too), tokenizer and value head to ``path``."""
+        """Write the model (merged LoRA weights too), tokenizer and value head to ``path``, all as safetensors."""
+        from safetensors.torch import save_file
+
         path = Path(path)
         is_peft = hasattr(self.model, "merge_and_unload")
         model = copy.deepcopy(self.model).merge_and_unload() if is_peft else self.model  # keep adapters live
@@ -396,7 +388,7 @@ class LLMPolicy(nn.Module):
         model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         if self.value_head is not None:
-            torch.save(self.value_head.state_dict(), path / VALUE_HEAD_FILE)
+            save_file(self.value_head.state_dict(), path / VALUE_HEAD_FILE)
 
     # --- images ---------------------------------------------------------------------------
     @property
@@ -639,8 +631,26 @@ class LLMPolicy(nn.Module):
         return next(self.model.parameters()).device
 
 
-VALUE_HEAD_FILE = "value_head.pt"
+VALUE_HEAD_FILE = "value_head.safetensors"
+PICKLED_VALUE_HEAD_FILE = "value_head.pt"  # what rlft wrote with torch.save before: refused, never unpickled
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a separate forward pass
+
+
+def _value_head_file(folder: Path) -> Path | None:
+    """The value head saved in ``folder``, its header checked, or ``None`` (a fresh head). One that
+    rlft saved with torch.save before is refused, not read even with weights_only=True: that guard
+    has been bypassed before (CVE-2025-32434, torch < 2.6) and rlft unpickles no model file."""
+    head = folder / VALUE_HEAD_FILE
+    if head.is_file():
+        check_safetensors(head)
+        return head
+    pickled = folder / PICKLED_VALUE_HEAD_FILE
+    if pickled.is_file():
+        raise UnsafeModelFileError(
+            f"{pickled} is a pickle (a value head saved by an older rlft) and rlft never unpickles model files; "
+            f"convert it where you trust it: safetensors.torch.save_file(torch.load('{pickled}', weights_only=True), "
+            f"'{head}')")
+    return None
 
 
 def sample_categorical(log_probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

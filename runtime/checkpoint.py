@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -37,11 +37,40 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+class _RecordingFile:
+    """A file object that remembers why a write failed: ``torch.save`` turns a full disk into an
+    opaque ``RuntimeError`` ("unexpected pos ..."), and the run must say "no space left"."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def _write_synced(file: Path, write: Any) -> None:
-    with open(file, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``file`` with ``write(f)`` and ``fsync`` it; an ``OSError`` (a full disk, a read-only
+    file system) is raised as itself, with the file's name, whatever the writer made of it."""
+    sink = None
+    try:
+        with open(file, "wb") as f:
+            sink = _RecordingFile(f)
+            write(sink)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(file)) from None
+    except RuntimeError:
+        if sink is not None and sink.error is not None:
+            raise OSError(sink.error.errno, sink.error.strerror, str(file)) from None
+        raise
 
 
 def save_checkpoint(checkpoint_dir: str | Path, step: int, state: dict[str, Any], keep: int | None = None) -> Path:

@@ -25,6 +25,7 @@ from rlft.runtime.typed_config import ConfigError, config_from_mapping
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
+from rlft.offline.safety import available_memory, format_bytes
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator
@@ -99,10 +100,12 @@ class Experiment(DatasetRunner):
         if self.rollout.backend == "ray" and hasattr(self.agent, "reset"):
             raise ConfigError(f"rollout.backend=ray: agent '{cfg.agent.name}' plans from a warm start that does not "
                               "travel to Ray workers; use rollout.backend=local")
+        capacity = len(self.dataset) + max(1, self.trainer.online_steps)
+        self._check_buffer_memory(capacity)
         self.buffer = ReplayBuffer(
             self.dataset.obs_dim,
             self.dataset.action_dim,
-            len(self.dataset) + max(1, self.trainer.online_steps),
+            capacity,
             self.device,
             self._reward_scale(),
             self.trainer.reward_bias,
@@ -131,6 +134,17 @@ class Experiment(DatasetRunner):
         self._eval_only: WorkerPool | None = None  # Ray evaluation workers while nothing is collected
         self._eval_agent: Learner | None = None  # a CPU copy of the agent that Ray evaluations send
         self.owed_updates = 0  # updates the online data collected so far call for, not yet made
+
+    def _check_buffer_memory(self, capacity: int) -> None:
+        """Refuse a budget whose replay buffer (the dataset's rows plus one per online step) does not
+        fit the memory this machine has free, before allocating it (``ConfigError`` saying how much
+        it needs), instead of an allocator error or the kernel's OOM killer mid-run."""
+        needed = ReplayBuffer.bytes_needed(self.dataset.obs_dim, self.dataset.action_dim, capacity)
+        free = available_memory() if self.device.type == "cpu" else None
+        if free is not None and needed > free:
+            raise ConfigError(f"trainer.online_steps={self.trainer.online_steps}: the replay buffer (the dataset's "
+                              f"{len(self.dataset)} rows + one per online step) needs {format_bytes(needed)} and this "
+                              f"machine has {format_bytes(free)} available; lower trainer.online_steps")
 
     def _reward_scale(self) -> float:
         """``trainer.reward_scale``, or the scale that makes the dataset's episode returns span

@@ -2,34 +2,81 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+import rlft.configs
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.run_folder import CONFIG_FILE
 from rlft.runtime.runner import Runner
+from rlft.runtime.typed_config import ConfigError
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config a run folder was started with."""
+    """The resolved config a run folder was started with; a missing, empty, cut-short or
+    unparsable ``config.yaml`` is a ``ValueError`` naming it."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} does not exist (is {run_dir} an rlft run folder?)")
-    return OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001  YAML and OmegaConf raise many types for a broken file
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot resume: {path} is not readable YAML ({first}); the run's config was damaged, "
+                         "so start a new run (its checkpoints cannot be trusted to match another config)") from None
+    if not isinstance(cfg, DictConfig) or "pipeline" not in cfg or "seed" not in cfg:
+        raise ValueError(f"cannot resume: {path} is empty or cut short (it names no pipeline or seed); the run's "
+                         "config was damaged, so start a new run")
+    return cfg
 
 
 def runner_class(cfg: DictConfig) -> type[Runner]:
-    """The :class:`Runner` subclass the config's pipeline names."""
+    """The :class:`Runner` subclass the config's pipeline names (only rlft's own: a config file is
+    data, and importing a module it names would run that module's code)."""
     if "pipeline" not in cfg or "runner" not in cfg.pipeline:
         raise ValueError("the config names no pipeline (pipeline.runner); choose an experiment (rlft --list)")
-    cls = get_class(cfg.pipeline.runner)
-    if not issubclass(cls, Runner):
-        raise TypeError(f"pipeline.runner {cfg.pipeline.runner} is not an rlft Runner")
+    name = str(cfg.pipeline.runner)
+    if not name.startswith("rlft.runtime."):
+        raise ValueError(f"pipeline.runner={name!r}: not one of rlft's runners (rlft.runtime.*)")
+    try:
+        cls = get_class(name)
+    except Exception:  # noqa: BLE001  Hydra wraps import failures in several types
+        raise ValueError(f"pipeline.runner={name!r}: no such runner in rlft.runtime") from None
+    if not isinstance(cls, type) or not issubclass(cls, Runner):
+        raise TypeError(f"pipeline.runner {name} is not an rlft Runner")
     return cls
+
+
+ROOT_KEYS = frozenset({"seed", "device", "threads", "progress", "resume", "init_from", "name", "pipeline", "hydra"})
+
+
+@functools.cache
+def known_top_level_keys() -> frozenset[str]:
+    """The top-level keys a shipped config can set: the config groups (folders of ``configs/``),
+    :data:`ROOT_KEYS` and every key a ``# @package _global_`` file (pipelines, experiments) writes."""
+    root = Path(rlft.configs.__file__).resolve().parent
+    keys = set(ROOT_KEYS) | {path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith("_")}
+    for path in root.rglob("*.yaml"):
+        text = path.read_text()
+        if "@package _global_" in text and isinstance(content := yaml.safe_load(text), dict):
+            keys.update(content)
+    return frozenset(keys - {"defaults"})
+
+
+def check_top_level_keys(cfg: DictConfig) -> None:
+    """Refuse a top-level key no part of rlft reads (``+bogus=1``: Hydra's ``+`` adds any key),
+    naming the keys there are; keys inside a section are checked by that section's dataclass."""
+    unknown = sorted(set(cfg.keys()) - known_top_level_keys())
+    if unknown:
+        shown = sorted(ROOT_KEYS - {"hydra", "pipeline", "name"})
+        raise ConfigError(f"unknown top-level key(s) {unknown}: no part of rlft reads them; the keys of every run are "
+                          f"{shown}, and each pipeline's sections are listed by `rlft experiment=<name> --cfg job`")
 
 
 def build(cfg: DictConfig, run_dir: str | Path) -> tuple[Runner, Path]:
@@ -41,9 +88,13 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[Runner, Path]:
         run_dir = Path(resume)
         cfg = load_run_config(run_dir)
         print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
+    else:
+        check_top_level_keys(cfg)
     runner = runner_class(cfg)(cfg, run_dir)
     if resume and not runner.resume():
         raise FileNotFoundError(f"cannot resume: no checkpoint in {run_dir / 'checkpoints'}")
+    if not resume and cfg.get("init_from"):
+        runner.prepare_init_from()
     return runner, run_dir
 
 

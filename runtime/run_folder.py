@@ -1,15 +1,19 @@
-"""What every runner does to its run folder: claim it (a fresh start takes a folder no other run
-holds, atomically), write the resolved config, and write ``eval.json`` atomically as strict JSON."""
+"""What every runner does to its run folder: hold it (one process at a time, fresh start or
+resume, by a lock the kernel releases when the process dies), write the resolved config, and
+write ``eval.json`` atomically as strict JSON."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import re
+import shlex
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,38 +22,83 @@ from rlft.runtime.logger import MetricLogger
 
 CONFIG_FILE = "config.yaml"
 EVAL_FILE = "eval.json"
-CLAIM_FILE = ".rlft-run"  # created with O_EXCL by the run that starts in the folder
+CLAIM_FILE = ".rlft-run"  # locked (flock) by the process that runs in the folder; says which process that is
 RUN_FILES = (CONFIG_FILE, EVAL_FILE, "metrics.csv", "checkpoints")  # a folder holding any of them is taken
+_SAFE_IN_OVERRIDE = re.compile(r"[A-Za-z0-9_\-./:]+")  # Hydra reads these unquoted
+_SAFE_IN_DOUBLE_QUOTES = re.compile(r'[^"$`\\!]*')  # a shell leaves these alone inside "..."
 
 
-def claim_run_folder(run_dir: Path) -> None:
-    """Take ``run_dir`` for a fresh run, or raise ``FileExistsError`` naming what holds it. The claim
-    file is created with ``O_EXCL``, so of two runs started in one folder at once exactly one starts."""
+class RunFolderBusy(FileExistsError):
+    """Another live process holds the run folder's lock."""
+
+
+def resume_command(run_dir: Path) -> str:
+    """The ``rlft resume=...`` command for ``run_dir``, pasteable into a POSIX shell: the path is
+    quoted as Hydra's override grammar needs (spaces, non-ASCII letters) and the override as the
+    shell needs."""
+    text = str(run_dir)
+    if _SAFE_IN_OVERRIDE.fullmatch(text):
+        return f"rlft resume={text}"
+    # inside Hydra's quotes a backslash is literal except before a quote or at the end, where it is doubled
+    quoted = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    override = f"resume='{quoted}'"
+    if _SAFE_IN_DOUBLE_QUOTES.fullmatch(override):
+        return f'rlft "{override}"'
+    return f"rlft {shlex.quote(override)}"
+
+
+class RunLock:
+    """An exclusive hold on a run folder for the life of one run (fresh start or resume): an
+    ``flock`` on :data:`CLAIM_FILE`. The kernel releases it when the process ends, however it ends
+    (``kill -9`` included), so a crashed run never leaves a stale claim, and a second process that
+    asks for a folder another one holds is refused by name instead of interleaving its saves and
+    ``metrics.csv`` rows with the first one's."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / CLAIM_FILE
+        self._file: IO[str] | None = open(self.path, "a+")  # never truncated before the lock is held
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self.release()
+            raise RunFolderBusy(f"{run_dir} is in use by another rlft run ({holder}): wait for it to end or stop "
+                                "it (two processes in one folder would interleave their checkpoints and metrics), "
+                                "or choose a new run folder") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        """Give the folder up (closing the file drops the lock); called when the run ends."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def claim_run_folder(run_dir: Path) -> RunLock:
+    """Take ``run_dir`` for a fresh run, or raise ``FileExistsError`` naming what holds it: another
+    live run (:class:`RunFolderBusy`), or the files of a finished or crashed one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
     taken = [name for name in RUN_FILES if (run_dir / name).exists()]
     if taken:
-        action = (f"resume it (resume={run_dir})" if latest_checkpoint(run_dir / "checkpoints") is not None
+        lock.release()
+        action = (f"resume it ({resume_command(run_dir)})" if latest_checkpoint(run_dir / "checkpoints") is not None
                   else "it saved no checkpoint to resume from: delete it")
         raise FileExistsError(f"{run_dir} already holds another run ({', '.join(taken)}): {action}, "
                               "or choose a new run folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(run_dir / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        holder = (run_dir / CLAIM_FILE).read_text().strip() or "another run"
-        raise FileExistsError(f"{run_dir} is claimed by {holder}: resume it (resume={run_dir}) "
-                              "or choose a new run folder") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    return lock
 
 
 def open_run_folder(run_dir: Path, cfg: DictConfig, resume_step: int | None) -> MetricLogger:
-    """Claim the folder (fresh start, ``resume_step=None``), write the resolved ``config.yaml`` and
-    open the metric logger; a resume continues a folder that holds its checkpoints."""
-    if resume_step is None:
-        claim_run_folder(run_dir)
-    elif latest_checkpoint(run_dir / "checkpoints") is None:
+    """Write the resolved ``config.yaml`` and open the metric logger in a folder this process holds
+    (:func:`claim_run_folder` for a fresh start, a :class:`RunLock` taken before a resume loads)."""
+    if resume_step is not None and latest_checkpoint(run_dir / "checkpoints") is None:
         raise FileNotFoundError(f"cannot resume {run_dir}: it holds no checkpoint")
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomically(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     return MetricLogger(run_dir, resume_step=resume_step)
 
 
@@ -66,6 +115,16 @@ def strict_json(value: Any) -> Any:
 
 def write_eval_json(run_dir: Path, content: dict[str, Any]) -> None:
     """``eval.json`` as strict JSON (NaN: ``null``) through a temporary file, so readers never see half of it."""
-    tmp = run_dir / f"{EVAL_FILE}.tmp"
-    tmp.write_text(json.dumps(strict_json(content), indent=2, allow_nan=False))
-    os.replace(tmp, run_dir / EVAL_FILE)
+    write_atomically(run_dir / EVAL_FILE, json.dumps(strict_json(content), indent=2, allow_nan=False))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a full disk or a kill
+    leaves the old file whole (and the temporary one is removed when the write fails)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

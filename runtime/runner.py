@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from abc import ABC, abstractmethod
@@ -36,12 +37,12 @@ from rlft.envs.factory import make_env
 from rlft.envs.wrappers import native_action_space
 from rlft.offline.dataset import TransitionDataset
 from rlft.offline.loaders import load_task_dataset
-from rlft.runtime.checkpoint import (CorruptCheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                     quarantine, save_checkpoint)
+from rlft.runtime.checkpoint import (STATE_FILE, CorruptCheckpointError, latest_checkpoint, list_checkpoints,
+                                     load_checkpoint, quarantine, save_checkpoint)
 from rlft.runtime.evaluation import EvalResult
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
-from rlft.runtime.run_folder import EVAL_FILE, open_run_folder, write_eval_json
+from rlft.runtime.run_folder import EVAL_FILE, RunLock, claim_run_folder, open_run_folder, write_eval_json
 from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
 from rlft.runtime.typed_config import ConfigError, check_value, resolve_device
 
@@ -56,6 +57,25 @@ class RunError(RuntimeError):
 
 
 UNCHECKED_UPDATES = 1000  # updates whose metrics wait at most for the divergence check
+CHECKPOINT_KEYS = ("pipeline", "counters", "rng", "eval_history", "config", "state")  # what Runner.checkpoint writes
+COUNTER_KEYS = ("phase_index", "phase_step", "step", "work", "log_step")
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^]]*\])\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\((\[[^]]*\])\)")
+
+
+def state_mismatch(error: Exception) -> str | None:
+    """What ``load_state_dict``'s error says in one line (each tensor whose shape differs, with both
+    shapes, or the keys missing / unexpected), or ``None`` for an error of another kind."""
+    text = str(error)
+    sizes = _SIZE_MISMATCH.findall(text)
+    if sizes:
+        module = re.search(r"loading state_dict for (\w+)", text)
+        shown = "; ".join(f"{name} is {theirs} there and {ours} here" for name, theirs, ours in sizes[:3])
+        return ((f"in its {module.group(1)}: " if module else "") + shown
+                + (f"; and {len(sizes) - 3} more" if len(sizes) > 3 else ""))
+    if "Missing key(s)" in text or "Unexpected key(s)" in text:
+        return " ".join(line.strip() for line in text.splitlines()[1:])[:300]
+    return None
 
 
 def first_non_finite(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
@@ -124,7 +144,9 @@ class Runner(ABC):
         self.phase_index = self.phase_step = self.step = self.work = 0
         self.eval_history: list[dict[str, Any]] = []
         self.logger: MetricLogger | None = None
+        self.lock: RunLock | None = None  # this process's hold on the run folder (resume, run)
         self._resume_log_step: int | None = None
+        self._initialised_from: Path | None = None  # the checkpoint init_from loaded (prepare_init_from)
         self._unchecked: list[tuple[str, int, int, Mapping[str, Any]]] = []  # (phase, phase_step, step, metrics)
 
     # ----------------------------------------------------------- pipeline hooks
@@ -291,12 +313,19 @@ class Runner(ABC):
         return save_checkpoint(self.run_dir / "checkpoints", self.work, state, self.keep_checkpoints)
 
     def resume(self) -> bool:
-        """Load the newest checkpoint in the run folder; ``False`` when there is none."""
-        path, state = self._newest_good_checkpoint()
-        if path is None:
+        """Hold the run folder (:class:`RunLock`: another live process in it is refused) and load
+        its newest good checkpoint; ``False`` when there is none."""
+        if not self.run_dir.is_dir():
             return False
-        self._check_pipeline(state, path, "cannot resume")
-        self.load_pipeline_state(state["state"])
+        self.lock = self.lock or RunLock(self.run_dir)
+        try:
+            path, state = self._newest_good_checkpoint()
+        except BaseException:
+            self._release()
+            raise
+        if path is None:
+            self._release()
+            return False
         counters = state["counters"]
         self.phase_index, self.phase_step = counters["phase_index"], counters["phase_step"]
         self.step, self.work = counters["step"], counters["work"]
@@ -312,13 +341,25 @@ class Runner(ABC):
             print(f"  wrote the missing {PRETRAINED_CHECKPOINT}/ from it")
         return True
 
+    def _release(self) -> None:
+        """Give up the run folder (the run ended, or a resume found nothing to continue)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def _newest_good_checkpoint(self) -> tuple[Path | None, dict[str, Any] | None]:
-        """The newest checkpoint that passes its checksum, and its state. A bad one is said by name,
-        renamed to ``corrupt-step_*`` (kept, but out of the way of later saves) and skipped."""
+        """The newest checkpoint that passes its checksum and loads into this run, and its state
+        (loaded into the pipeline). A bad one (damaged, or whole but not a checkpoint of this
+        pipeline's structure) is said by name, renamed to ``corrupt-step_*`` (kept, but out of the
+        way of later saves) and skipped; one of another pipeline stops the resume."""
         bad = []
         for path in reversed(list_checkpoints(self.run_dir / "checkpoints")):
             try:
-                return path, load_checkpoint(path, self.device)
+                state = load_checkpoint(path, self.device)
+                self._check_pipeline(state, path, "cannot resume")
+                self._check_structure(state, path)
+                self._load_state(state["state"], path)
+                return path, state
             except CorruptCheckpointError as error:
                 bad.append(quarantine(path).name)
                 print(f"rlft: warning: skipping a corrupt checkpoint: {error}; renamed it to {bad[-1]}, "
@@ -327,6 +368,28 @@ class Runner(ABC):
             raise CorruptCheckpointError(f"cannot resume {self.run_dir}: every checkpoint failed its check "
                                          f"({', '.join(bad)}); start a new run")
         return None, None
+
+    @staticmethod
+    def _check_structure(state: Mapping[str, Any], path: Path) -> None:
+        """:class:`CorruptCheckpointError` unless ``state`` has what :meth:`checkpoint` writes."""
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        counters = state.get("counters")
+        if not missing and isinstance(counters, Mapping):
+            missing = [f"counters.{key}" for key in COUNTER_KEYS if not isinstance(counters.get(key), int)]
+        elif not missing:
+            missing = ["counters"]
+        if missing:
+            raise CorruptCheckpointError(f"{path}: its manifest matches but it lacks {', '.join(missing)}, so it is "
+                                         "not a checkpoint rlft wrote")
+
+    def _load_state(self, state: Mapping[str, Any], path: Path) -> None:
+        """:meth:`load_pipeline_state`, with a state that does not fit this run (missing entries,
+        other tensor shapes) raised as :class:`CorruptCheckpointError` naming the checkpoint."""
+        try:
+            self.load_pipeline_state(state)
+        except (KeyError, IndexError, TypeError, AttributeError, RuntimeError) as error:
+            why = state_mismatch(error) or f"{type(error).__name__}: {error}"
+            raise CorruptCheckpointError(f"{path}: its state does not fit this run ({why})") from None
 
     def _check_pipeline(self, state: Mapping[str, Any], path: Path, action: str) -> None:
         theirs = state.get("pipeline")
@@ -351,31 +414,69 @@ class Runner(ABC):
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 
-    def _init_from(self, source: str | Path) -> None:
-        """Start from another run's pretrained state and go straight to fine-tuning. ``source``
-        is a run folder (its ``pretrained_checkpoint/``) or a checkpoint folder. The loaded
-        policy is evaluated once, as the last pretraining phase."""
-        source = Path(source)
+    def prepare_init_from(self) -> None:
+        """Load another run's pretrained state (``init_from``: a run folder's
+        ``pretrained_checkpoint/``, or a checkpoint folder) and go straight to fine-tuning.
+        Everything that can refuse it (a missing or damaged checkpoint, another pipeline, policy
+        family or network size) is checked here, before the run folder is claimed, so a refused
+        start leaves nothing behind (``rlft`` calls this from :func:`rlft.runtime.launch.build`)."""
+        source = Path(self.cfg.init_from)
         path = source / PRETRAINED_CHECKPOINT if (source / PRETRAINED_CHECKPOINT).is_dir() else source
-        state = load_checkpoint(path, self.device)
+        if not path.exists():
+            raise FileNotFoundError(f"init_from={source}: no such run folder or checkpoint")
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"init_from={source}: neither a run folder with a {PRETRAINED_CHECKPOINT}/ nor a "
+                                    "checkpoint folder (give the folder of a run that finished pretraining)")
+        try:
+            state = load_checkpoint(path, self.device)
+        except CorruptCheckpointError as error:
+            raise CorruptCheckpointError(f"init_from={source}: {error}") from None
         self._check_pipeline(state, path, "init_from")
+        self._check_structure(state, path)
         counters, n = state["counters"], self.pretraining_phases
         if counters["phase_index"] < n:
             raise ValueError(f"init_from {path}: that checkpoint is from before the end of pretraining")
-        self.load_pretrained(state["state"], OmegaConf.create(state["config"]), path)
+        try:
+            self.load_pretrained(state["state"], OmegaConf.create(state["config"]), path)
+        except KeyError as error:
+            raise ValueError(f"init_from {path}: its state lacks {error}, so it cannot start this run") from None
+        except RuntimeError as error:
+            why = state_mismatch(error)
+            if why is None:
+                raise
+            raise ValueError(f"init_from {path}: its networks do not fit this run's ({why}); start from a run "
+                             "with the same network sizes, or give this run that run's sizes") from None
         self.phase_index, self.phase_step = n, 0
         self.step, self.work = counters["step"], counters["work"]
-        print(f"initialised from {path} (pretrained to step {self.step})")
-        self.evaluate(self.phases[n - 1].name)
+        self._initialised_from = path
+
+    def _start_from_pretrained(self) -> None:
+        """Evaluate the policy :meth:`prepare_init_from` loaded once, as the last pretraining phase."""
+        if self._initialised_from is None:
+            self.prepare_init_from()
+        print(f"initialised from {self._initialised_from} (pretrained to step {self.step})")
+        self.evaluate(self.phases[self.pretraining_phases - 1].name)
         self.checkpoint()
 
     # ---------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
-        """Run every remaining phase; returns the content of ``eval.json``."""
+        """Run every remaining phase, holding the run folder throughout; returns the content of ``eval.json``."""
+        fresh = self._resume_log_step is None
+        if fresh and self.cfg.get("init_from") and self._initialised_from is None:
+            self.prepare_init_from()  # refused before the folder is claimed
+        if fresh:
+            self.lock = claim_run_folder(self.run_dir)
+        try:
+            self._run_phases(fresh)
+        finally:
+            self._release()
+        return json.loads((self.run_dir / EVAL_FILE).read_text())
+
+    def _run_phases(self, fresh: bool) -> None:
         self.logger = open_run_folder(self.run_dir, self.cfg, self._resume_log_step)
         try:
-            if self._resume_log_step is None and self.cfg.get("init_from"):
-                self._init_from(self.cfg.init_from)
+            if fresh and self.cfg.get("init_from"):
+                self._start_from_pretrained()
             while self.phase is not None:
                 phase = self.phase
                 phase.run()
@@ -399,7 +500,6 @@ class Runner(ABC):
             phase_boundaries={"fine-tuning": boundary} if boundary and results["after"] else None,
             reference=self.reference_score(), limits=self.metric_limits(),
         )
-        return json.loads((self.run_dir / EVAL_FILE).read_text())
 
 
 class DatasetRunner(Runner):

@@ -74,6 +74,7 @@ class ModelConfig:
     tiny: dict[str, int] = field(default_factory=dict)  # TinyLMConfig fields
     vision: dict[str, int] = field(default_factory=dict)  # the tiny VLM's tower: build_tiny_vlm's patch_size, vision_width
     lora: dict[str, Any] | None = None  # LoraSettings fields; None: full fine-tuning
+    download: bool = False  # fetch a hub id missing from the local Hugging Face cache (else: refused at once)
 
 
 @dataclass
@@ -189,7 +190,7 @@ class TextExperiment(Runner):
         action_tokens = self.action_tokenizer.vocabulary if self.action_tokenizer is not None else 0
         critic = self.learner_cfg.rl_config() if isinstance(self.learner_cfg, IReVLAConfig) else self.learner_cfg
         load = lambda p: LLMPolicy.from_pretrained(p, gguf_file=m.gguf_file, lora=lora,  # noqa: E731
-                                                   value_head=self.algorithm in ("ppo", "ire"), generation=self.generation,
+                                                   download=m.download, value_head=self.algorithm in ("ppo", "ire"), generation=self.generation,
                                                    action_tokens=action_tokens,
                                                    value_hidden=getattr(critic, "value_hidden", ()))
         if path is not None:

@@ -10,7 +10,8 @@ Ranges go by field name, the same in every config (a name says what a number cou
 ``*_every``, ``keep_checkpoints``, ``*batch_size``,     an integer >= 1
 ``minibatch_*``, ``num_envs``, ``eval_envs``,
 ``eval_episodes``, ``*epochs``, ``waves``, ``utd``,
-``group_size``, ``max_new_tokens``
+``group_size``, ``max_new_tokens``, ``threads``
+``hidden``, ``*_hidden`` (each layer's width)            integers >= 1
 ``*steps``, ``iterations``, ``episodes``                an integer >= 0 (a budget)
 ``*lr``                                                 a number > 0
 ``gamma``, ``discount``, ``gae_lambda``, ``tau``,       a number in [0, 1]
@@ -23,6 +24,7 @@ Whether a run's budgets add up to any training at all is the runner's check
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import types
@@ -41,6 +43,9 @@ class ConfigError(ValueError):
 _RANGES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (("*_every", "keep_checkpoints", "*batch_size", "minibatch_*", "num_envs", "eval_envs", "eval_episodes",
       "*epochs", "waves", "utd", "group_size", "max_new_tokens"), lambda v: v >= 1, ">= 1"),
+    (("threads",), lambda v: v >= 1, ">= 1 (threads=null leaves torch's own default, which slows a run many times "
+                                      "over as soon as another process shares the CPU)"),
+    (("hidden", "*_hidden"), lambda v: v >= 1, "widths >= 1 (one per hidden layer)"),
     (("*steps", "iterations", "episodes"), lambda v: v >= 0, ">= 0"),
     (("*lr",), lambda v: v > 0, "> 0"),
     (("gamma", "discount", "gae_lambda", "tau", "expectile", "top_fraction", "epsilon"),
@@ -104,6 +109,8 @@ def _coerce(value: Any, hint: Any) -> Any:
             if option is not type(None) and (converted := _coerce(value, option)) is not _WRONG:
                 return converted
         return _WRONG
+    if origin is collections.abc.Sequence and args:  # a list of one type, e.g. hidden: Sequence[int]
+        return _coerce(value, tuple[args[0], ...])
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return _WRONG
@@ -133,8 +140,9 @@ def check_value(key: str, value: Any, hint: Any) -> Any:
     if converted is _WRONG:
         raise ConfigError(f"{key}={value!r}: expected {_describe(hint)}")
     rule = _range_rule(key.rsplit(".", 1)[-1])
-    numbers = [converted] if isinstance(converted, (int, float)) and not isinstance(converted, bool) else (
-        [v for v in converted.values() if isinstance(v, (int, float))] if isinstance(converted, dict) else [])
+    values = (converted.values() if isinstance(converted, dict) else converted if isinstance(converted, tuple)
+              else [converted])
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if rule is not None:
         ok, text = rule
         for number in numbers:

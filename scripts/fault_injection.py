@@ -16,6 +16,19 @@ that it struck mid-write), then resumes with ``rlft resume=<folder>``; a run kil
 first checkpoint is started afresh in a new folder, as the refusal to resume it says to do. When
 a run finishes with kills still to make, a new one starts. Every finished run is compared with
 the reference; the results go to ``<out>/results.md`` and ``results.json``.
+
+Then two more kinds of fault, each compared with the same reference:
+
+* **two processes for one folder**: a run killed after its first checkpoint is resumed by two
+  ``rlft resume=`` processes started at the same moment (``--concurrent`` rounds), and two fresh
+  runs are started in one new folder at once. Exactly one of each pair may run (the other is
+  refused by name), and the folder it finishes must equal the reference: no duplicated
+  ``metrics.csv`` rows, no checkpoint save lost to the other's.
+* **a full disk**: the run starts in a small tmpfs (half the reference folder's size) and must stop
+  with one line saying so, its newest checkpoint intact and no ``.tmp-*`` left; after the tmpfs
+  is grown (space freed) ``resume`` must finish it equal to the reference. The tmpfs is then
+  remounted read-only: a resume and a fresh start there must each stop with one line. Mounting
+  needs root (or a user namespace); where the platform refuses, the report says why it skipped.
 """
 
 from __future__ import annotations
@@ -99,6 +112,94 @@ def _differences(run: Path, reference: Path) -> list[str]:
     return problems
 
 
+def _error_line(log: Path) -> str:
+    """The ``rlft: error:`` line a process wrote to its log (``""`` when none)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("rlft: error:")]
+    return lines[-1] if lines else ""
+
+
+def _kill_after_first_checkpoint(folder: Path, overrides: list[str], log: Path) -> None:
+    proc = _start(folder, False, overrides, log)
+    while proc.poll() is None and not any((folder / "checkpoints").glob("step_*")):
+        time.sleep(0.01)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _one_of_two(folder: Path, resume: bool, overrides: list[str], work: Path, reference: Path) -> dict:
+    """Start two processes on ``folder`` at once; which ran, what the other was told, and whether
+    the finished folder equals the reference."""
+    logs = [work / f"{folder.name}.{side}.log" for side in "ab"]
+    procs = [_start(folder, resume, overrides, log) for log in logs]
+    codes = [proc.wait() for proc in procs]
+    refused = [_error_line(log) for log, code in zip(logs, codes) if code != 0]
+    problems = _differences(folder, reference) if 0 in codes else ["neither process finished the run"]
+    return {"folder": folder.name, "exit_codes": codes, "refusals": refused,
+            "one_ran": sorted(codes) in ([0, 2], [0, 0]), "overlapped": sorted(codes) == [0, 2],
+            "equal": not problems, "differences": problems}
+
+
+def concurrent(rounds: int, work: Path, overrides: list[str], reference: Path) -> list[dict]:
+    """Two simultaneous resumes of a killed run, ``rounds`` times, and two simultaneous fresh starts."""
+    results = []
+    for index in range(rounds):
+        folder = work / f"concurrent_{index}"
+        _kill_after_first_checkpoint(folder, overrides, work / f"{folder.name}.log")
+        results.append({"kind": "two resumes", **_one_of_two(folder, True, overrides, work, reference)})
+        print(f"{folder.name}: {results[-1]}", flush=True)
+    results.append({"kind": "two fresh starts", **_one_of_two(work / "concurrent_fresh", False, overrides, work,
+                                                              reference)})
+    print(f"concurrent_fresh: {results[-1]}", flush=True)
+    return results
+
+
+def _mount(point: Path, options: str) -> str | None:
+    """Mount (or remount) a tmpfs at ``point``; the reason it cannot be done, or ``None``."""
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"mount exited with {proc.returncode}")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def full_disk(work: Path, overrides: list[str], reference: Path) -> dict:
+    """A run on a tmpfs of half the reference folder's size, resumed once the tmpfs is grown;
+    then a resume and a fresh start on it remounted read-only."""
+    from rlft.runtime.checkpoint import latest_checkpoint, verify_checkpoint
+
+    point = work / "small-disk"
+    point.mkdir()
+    size = _folder_bytes(reference) // 2
+    why = _mount(point, f"size={size}")
+    if why is not None:
+        return {"skipped": f"cannot mount a tmpfs here ({why})"}
+    try:
+        folder, log = point / "run", work / "full-disk.log"
+        code = _start(folder, False, overrides, log).wait()
+        newest = latest_checkpoint(folder / "checkpoints")
+        intact = newest is not None and verify_checkpoint(newest) is not None
+        result = {"tmpfs_bytes": size, "exit_code": code, "message": _error_line(log),
+                  "newest_checkpoint": newest.name if newest else None, "newest_intact": intact,
+                  "temporary_left": [str(p.relative_to(folder)) for p in _temporary(folder)]}
+        _mount(point, f"remount,size={4 * size}")
+        result["resume_exit_code"] = _start(folder, True, overrides, log).wait()
+        problems = _differences(folder, reference) if result["resume_exit_code"] == 0 else ["the resume failed"]
+        result.update(equal=not problems, differences=problems)
+        why = _mount(point, "remount,ro")
+        if why is None:
+            ro_log = work / "read-only.log"
+            result["read_only_resume"] = (_start(folder, True, overrides, ro_log).wait(), _error_line(ro_log))
+            result["read_only_start"] = (_start(point / "fresh", False, overrides, ro_log).wait(),
+                                         _error_line(ro_log))
+        else:
+            result["read_only_skipped"] = why
+        return result
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
 def inject(kills: int, work: Path, seed: int, overrides: list[str]) -> dict:
     rng = random.Random(seed)
     shutil.rmtree(work, ignore_errors=True)
@@ -130,7 +231,7 @@ def inject(kills: int, work: Path, seed: int, overrides: list[str]) -> dict:
                 if resumable:
                     resume = True
                 else:  # nothing to resume: start afresh, as the refusal says
-                    shutil.rmtree(folder)
+                    shutil.rmtree(folder, ignore_errors=True)  # a kill before Hydra made it leaves none
                     resume = False
                 continue
         else:
@@ -160,7 +261,39 @@ def report(result: dict, command: str) -> str:
               "| --- | ---: | --- |"]
     lines += [f"| {Path(r['folder']).name} | {r['kills']} | {'yes' if r['equal'] else 'NO: ' + '; '.join(r['differences'])} |"
               for r in result["runs"]]
+    lines += ["", "## Two processes for one folder", "",
+              "| folder | started | exit codes | the other was told | finished folder equal to the reference |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['folder']} | {r['kind']} at once | {r['exit_codes']} | "
+              f"{'; '.join(r['refusals']) or '(both ran, one after the other)'} | "
+              f"{'yes' if r['equal'] else 'NO: ' + '; '.join(r['differences'])} |" for r in result["concurrent"]]
+    disk = result["full_disk"]
+    lines += ["", "## A full disk, then a read-only one", ""]
+    if "skipped" in disk:
+        lines.append(f"Skipped: {disk['skipped']}.")
+    else:
+        lines += [f"- The run on a {disk['tmpfs_bytes'] / 2**20:.1f} MiB tmpfs exited {disk['exit_code']} with "
+                  f"`` {disk['message']} ``",
+                  f"- newest checkpoint afterwards: {disk['newest_checkpoint']} "
+                  f"({'passes its checksum' if disk['newest_intact'] else 'DAMAGED'}); temporary folders left: "
+                  f"{disk['temporary_left'] or 'none'}",
+                  f"- after growing the tmpfs, `rlft resume=` exited {disk['resume_exit_code']}; the finished run "
+                  f"equals the reference: {'yes' if disk['equal'] else 'NO: ' + '; '.join(disk['differences'])}"]
+        if "read_only_skipped" in disk:
+            lines.append(f"- read-only remount skipped: {disk['read_only_skipped']}")
+        else:
+            for what in ("resume", "start"):
+                code, message = disk[f"read_only_{what}"]
+                lines.append(f"- on the tmpfs remounted read-only, a {what} exited {code} with `` {message} ``")
     return "\n".join(lines) + "\n"
+
+
+def _all_good(result: dict) -> bool:
+    disk = result["full_disk"]
+    disk_good = "skipped" in disk or (disk["exit_code"] == 1 and disk["newest_intact"] and not disk["temporary_left"]
+                                      and disk["equal"])
+    return (all(r["equal"] for r in result["runs"]) and all(r["equal"] and r["one_ran"] for r in result["concurrent"])
+            and disk_good)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,15 +303,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/rlft-fault-injection"),
                         help="where the runs go (emptied first)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("--concurrent", type=int, default=3, help="rounds of two simultaneous resumes")
     parser.add_argument("overrides", nargs="*", default=RUN, help=f"the run's overrides (default: {' '.join(RUN)})")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.fault_injection", argv)
     result = inject(args.kills, args.work, args.seed, args.overrides)
+    result["concurrent"] = concurrent(args.concurrent, args.work, args.overrides, args.work / "reference")
+    result["full_disk"] = full_disk(args.work, args.overrides, args.work / "reference")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"command": command, **result}, indent=2))
     (args.out / "results.md").write_text(report(result, command))
     print(report(result, command))
-    if not all(r["equal"] for r in result["runs"]):
+    if not _all_good(result):
         sys.exit(1)
 
 

@@ -10,6 +10,7 @@ pipeline (``configs/pipeline/``), and the pipeline's runner does the rest.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,10 @@ from rlft.scripts import catalog
 
 # bad input that ends a run before it starts with one line (DatasetError is a ValueError)
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError)
+# the machine's storage refusing a write: one line naming the folder and what to do, never a traceback
+DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
 
 
 def _error(message: str) -> None:
@@ -34,12 +39,35 @@ def _error(message: str) -> None:
 
 def _remove_if_unused(run_dir: Path) -> None:
     """Remove the empty folder Hydra created for a run that never started (and ``runs/<name>/``
-    when that is left empty)."""
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-        parent = run_dir.parent
-        if parent.parent.name == "runs" and not any(parent.iterdir()):
-            parent.rmdir()
+    and ``runs/`` when they are left empty)."""
+    if not run_dir.is_dir() or any(run_dir.iterdir()):
+        return
+    run_dir.rmdir()
+    parents = run_dir.resolve().parents
+    runs = next((i for i, parent in enumerate(parents) if parent.name == "runs"), -1)
+    for parent in parents[: runs + 1]:  # up to and including runs/, while they are left empty
+        if any(parent.iterdir()):
+            return
+        parent.rmdir()
+
+
+def _disk_error(error: OSError, run_dir: Path, started: bool, resuming: bool) -> str:
+    """One line for a write the storage refused: what, where, and what to do (a run that saved a
+    checkpoint continues from it; the save that failed left the newest one as it was)."""
+    from rlft.runtime.checkpoint import latest_checkpoint
+    from rlft.runtime.run_folder import resume_command
+
+    where = error.filename or run_dir
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free space on that file system" if full else f"make {run_dir} writable"
+    newest = latest_checkpoint(run_dir / "checkpoints") if started or resuming else None
+    if newest is not None:
+        then = f"then continue with `{resume_command(run_dir)}` (the newest checkpoint, {newest.name}, is intact)"
+    elif started:
+        then = "then start again (the run saved no checkpoint yet)"
+    else:
+        fix, then = ("free space there" if full else "choose a writable folder"), "e.g. with hydra.run.dir=<folder>"
+    return f"{DISK_ERRORS[error.errno]} writing {where}: {fix}, {then}"
 
 
 def _shown(path: Path) -> Path:
@@ -53,17 +81,25 @@ def _shown(path: Path) -> Path:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Build the experiment's runner (or resume one), run it and print its before/after scores.
     Bad input ends with one line naming what is wrong; Ctrl-C with the command that resumes."""
-    from rlft.runtime.checkpoint import latest_checkpoint  # torch and the envs load here, not for --help
-    from rlft.runtime.launch import build, summary
-    from rlft.runtime.runner import RunError
-
     run_dir = _shown(Path(run_dir))
     try:
+        # torch and the envs load here, not for --help; an interrupt while they load is still "before the run"
+        from rlft.runtime.checkpoint import latest_checkpoint
+        from rlft.runtime.launch import build, summary
+        from rlft.runtime.run_folder import resume_command
+        from rlft.runtime.runner import RunError
+
         runner, run_dir = build(cfg, run_dir)
     except USER_ERRORS as err:
         _remove_if_unused(run_dir)
         _error(str(err))
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        _remove_if_unused(run_dir)
+        _error(_disk_error(err, run_dir, started=False, resuming=bool(cfg.get("resume"))))
+        sys.exit(1)
     except KeyboardInterrupt:
         _remove_if_unused(run_dir)
         print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
@@ -71,14 +107,21 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     try:
         results = runner.run()
     except USER_ERRORS as err:
+        _remove_if_unused(run_dir)
         _error(str(err))
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        _error(_disk_error(err, run_dir, started=True, resuming=bool(cfg.get("resume"))))
+        sys.exit(1)
     except RunError as err:
         _error(str(err))
         sys.exit(1)
     except KeyboardInterrupt:
         if latest_checkpoint(run_dir / "checkpoints") is not None:
-            print(f"\ninterrupted: continue from the last checkpoint with `rlft resume={run_dir}`", file=sys.stderr)
+            print(f"\ninterrupted: continue from the last checkpoint with `{resume_command(run_dir)}`",
+                  file=sys.stderr)
         else:
             print(f"\ninterrupted before the first checkpoint: nothing to resume in {run_dir}", file=sys.stderr)
         sys.exit(130)
@@ -100,11 +143,45 @@ def main() -> None:
     if "--help" in args or "-h" in args:
         print(catalog.help_text([a for a in args if a not in ("--help", "-h")]), end="")
         return
-    problem = catalog.check_overrides(args)
+    problem = catalog.check_overrides(args) or check_run_dir(args)
     if problem:
         print(f"rlft: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(hydra_main())
+    try:
+        sys.exit(hydra_main())
+    except KeyboardInterrupt:  # while Hydra composes the config, before rlft's run() is called
+        print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
+        sys.exit(130)
+
+
+def check_run_dir(args: list[str]) -> str | None:
+    """A message when the run folder cannot be made (``hydra.run.dir`` names a file, or a folder
+    on a read-only or unwritable file system), said before Hydra tries and fails with a traceback."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith("resume=") for a in args) or "-m" in args or "--multirun" in args:
+        return None  # a resumed folder exists already (and is checked when it is held); sweeps make their own
+    given = [a for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
+    try:
+        value = OverridesParser.create().parse_override(given[-1]).value() if given else "runs"
+    except Exception:  # noqa: BLE001  a malformed override: Hydra says what is wrong with it
+        return None
+    if not isinstance(value, str) or "${" in value:
+        return None
+    target = Path(value)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    key = f"hydra.run.dir={value}" if given else "the run folder"
+    if existing.exists() and not existing.is_dir():
+        return (f"{key}: {existing} is a file, not a folder; give a folder for the run (one that does not exist "
+                "yet, or an empty one)")
+    if not os.access(existing, os.W_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        return (f"{key}: cannot create {target}: {existing} is on a read-only file system" if read_only
+                else f"{key}: cannot create {target}: {existing} is not writable") + \
+            "; choose a writable folder with hydra.run.dir=<folder>"
+    return None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from rlft.runtime.checkpoint import (CorruptCheckpointError, latest_checkpoint, 
                                      save_checkpoint)
 from rlft.runtime.experiment import Experiment
 from rlft.runtime.logger import MetricLogger
-from rlft.runtime.run_folder import CLAIM_FILE, claim_run_folder
+from rlft.runtime.run_folder import CLAIM_FILE, RunFolderBusy, claim_run_folder
 from rlft.runtime.runner import PRETRAINED_CHECKPOINT, Runner, RunError
 from rlft.runtime.typed_config import ConfigError
 
@@ -34,11 +34,13 @@ def test_a_second_run_in_the_same_folder_is_refused_and_the_first_keeps_its_file
     assert {name: (run_dir / name).read_bytes() for name in before} == before
 
 
-def test_the_claim_is_exclusive_even_before_any_file_is_written(tmp_path):
-    claim_run_folder(tmp_path / "run")
+def test_the_claim_is_exclusive_even_before_any_file_is_written_and_released_with_its_holder(tmp_path):
+    held = claim_run_folder(tmp_path / "run")
     assert (tmp_path / "run" / CLAIM_FILE).read_text().startswith("pid ")
-    with pytest.raises(FileExistsError, match="is claimed by pid"):
+    with pytest.raises(RunFolderBusy, match=f"{tmp_path / 'run'} is in use by another rlft run \\(pid "):
         claim_run_folder(tmp_path / "run")
+    held.release()  # what the kernel does when the holder dies, kill -9 included: the claim file left is no obstacle
+    claim_run_folder(tmp_path / "run").release()
 
 
 def test_a_fresh_logger_never_deletes_metrics(tmp_path):
