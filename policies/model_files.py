@@ -151,8 +151,8 @@ def _json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object (a config, an index)."""
     try:
         value = json.loads(path.read_bytes())
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both
-        raise CorruptModelFileError(f"{path} is not valid JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; nested too deep
+        raise CorruptModelFileError(f"{path} is not valid JSON: {type(error).__name__}: {error}") from None
     if not isinstance(value, dict):
         raise CorruptModelFileError(f"{path} holds a JSON {type(value).__name__}, not an object")
     return value
@@ -175,7 +175,7 @@ def check_safetensors(path: Path) -> None:
         text = file.read(length)
     try:
         header = json.loads(text) if text.startswith(b"{") else None
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; nested too deep
         header = None
     if not isinstance(header, dict):
         raise CorruptModelFileError(f"{path}'s {length}-byte header is not a JSON object (it starts {text[:20]!r})")

@@ -203,7 +203,7 @@ class Experiment(DatasetRunner):
         theirs = state.get("obs_stats")
         same = (ours is None and theirs is None) or (
             ours is not None and theirs is not None
-            and all(torch.allclose(o.float(), t.float()) for o, t in zip(ours, theirs))
+            and all(o.shape == t.shape and torch.allclose(o.float(), t.float()) for o, t in zip(ours, theirs))
         )
         if not same:
             raise ValueError(

@@ -66,6 +66,10 @@ class RunLock:
             raise RunFolderBusy(f"{run_dir} is in use by another rlft run ({holder}): wait for it to end or stop "
                                 "it (two processes in one folder would interleave their checkpoints and metrics), "
                                 "or choose a new run folder") from None
+
+    def announce(self) -> None:
+        """Write which process holds the folder into the claim file (what a refused process is told);
+        called once the run is sure to go on, so a refused start leaves the previous holder's line."""
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -90,6 +94,7 @@ def claim_run_folder(run_dir: Path) -> RunLock:
                   else "it saved no checkpoint to resume from: delete it")
         raise FileExistsError(f"{run_dir} already holds another run ({', '.join(taken)}): {action}, "
                               "or choose a new run folder")
+    lock.announce()
     return lock
 
 

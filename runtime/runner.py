@@ -57,7 +57,9 @@ class RunError(RuntimeError):
 
 
 UNCHECKED_UPDATES = 1000  # updates whose metrics wait at most for the divergence check
-CHECKPOINT_KEYS = ("pipeline", "counters", "rng", "eval_history", "config", "state")  # what Runner.checkpoint writes
+# what Runner.checkpoint writes, and of which type
+CHECKPOINT_KEYS = {"pipeline": str, "counters": Mapping, "rng": Mapping, "eval_history": list, "config": str,
+                   "state": Mapping}
 COUNTER_KEYS = ("phase_index", "phase_step", "step", "work", "log_step")
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^]]*\])\) from "
                             r"checkpoint, the shape in current model is torch\.Size\((\[[^]]*\])\)")
@@ -145,6 +147,7 @@ class Runner(ABC):
         self.eval_history: list[dict[str, Any]] = []
         self.logger: MetricLogger | None = None
         self.lock: RunLock | None = None  # this process's hold on the run folder (resume, run)
+        self.claimed = False  # this process started the run folder afresh (what rlft may remove if it is refused)
         self._resume_log_step: int | None = None
         self._initialised_from: Path | None = None  # the checkpoint init_from loaded (prepare_init_from)
         self._unchecked: list[tuple[str, int, int, Mapping[str, Any]]] = []  # (phase, phase_step, step, metrics)
@@ -326,11 +329,11 @@ class Runner(ABC):
         if path is None:
             self._release()
             return False
+        self.lock.announce()
         counters = state["counters"]
         self.phase_index, self.phase_step = counters["phase_index"], counters["phase_step"]
         self.step, self.work = counters["step"], counters["work"]
         self.eval_history = list(state["eval_history"])
-        set_rng_state(state["rng"])
         self._resume_log_step = int(counters["log_step"])
         where = f"phase {self.phase.name}, {self.phase_step} steps into it" if self.phase else "finished"
         print(f"resumed from {path} ({where}; step {self.step})")
@@ -358,7 +361,7 @@ class Runner(ABC):
                 state = load_checkpoint(path, self.device)
                 self._check_pipeline(state, path, "cannot resume")
                 self._check_structure(state, path)
-                self._load_state(state["state"], path)
+                self._load_state(state, path)
                 return path, state
             except CorruptCheckpointError as error:
                 bad.append(quarantine(path).name)
@@ -372,23 +375,30 @@ class Runner(ABC):
     @staticmethod
     def _check_structure(state: Mapping[str, Any], path: Path) -> None:
         """:class:`CorruptCheckpointError` unless ``state`` has what :meth:`checkpoint` writes."""
-        missing = [key for key in CHECKPOINT_KEYS if key not in state]
-        counters = state.get("counters")
-        if not missing and isinstance(counters, Mapping):
-            missing = [f"counters.{key}" for key in COUNTER_KEYS if not isinstance(counters.get(key), int)]
-        elif not missing:
-            missing = ["counters"]
+        missing = [key for key, kind in CHECKPOINT_KEYS.items() if not isinstance(state.get(key), kind)]
+        if not missing:
+            missing = [f"counters.{key}" for key in COUNTER_KEYS if not isinstance(state["counters"].get(key), int)]
         if missing:
-            raise CorruptCheckpointError(f"{path}: its manifest matches but it lacks {', '.join(missing)}, so it is "
-                                         "not a checkpoint rlft wrote")
+            raise CorruptCheckpointError(f"{path}: its manifest matches but {', '.join(missing)} is missing or of "
+                                         "another type, so it is not a checkpoint rlft wrote")
 
     def _load_state(self, state: Mapping[str, Any], path: Path) -> None:
-        """:meth:`load_pipeline_state`, with a state that does not fit this run (missing entries,
-        other tensor shapes) raised as :class:`CorruptCheckpointError` naming the checkpoint."""
+        """:meth:`load_pipeline_state` and the RNG states, with a state that does not fit this run
+        (missing entries, values of another type, other tensor shapes) raised as
+        :class:`CorruptCheckpointError` naming the checkpoint. Other failures (out of memory, a Ray
+        worker that does not start) say nothing about the file and are raised as they are, so a
+        good checkpoint is never quarantined for them. A checkpoint that fails halfway is
+        overwritten by the whole load of the one before it."""
         try:
-            self.load_pipeline_state(state)
-        except (KeyError, IndexError, TypeError, AttributeError, RuntimeError) as error:
-            why = state_mismatch(error) or f"{type(error).__name__}: {error}"
+            self.load_pipeline_state(state["state"])
+            set_rng_state(state["rng"])
+        except (KeyError, IndexError, TypeError) as error:
+            raise CorruptCheckpointError(f"{path}: its state does not fit this run ({type(error).__name__}: "
+                                         f"{error})") from None
+        except RuntimeError as error:
+            why = state_mismatch(error)
+            if why is None:
+                raise
             raise CorruptCheckpointError(f"{path}: its state does not fit this run ({why})") from None
 
     def _check_pipeline(self, state: Mapping[str, Any], path: Path, action: str) -> None:
@@ -422,6 +432,7 @@ class Runner(ABC):
         start leaves nothing behind (``rlft`` calls this from :func:`rlft.runtime.launch.build`)."""
         source = Path(self.cfg.init_from)
         path = source / PRETRAINED_CHECKPOINT if (source / PRETRAINED_CHECKPOINT).is_dir() else source
+        path = path.parent if path.name == STATE_FILE and path.is_file() else path  # the state file itself named
         if not path.exists():
             raise FileNotFoundError(f"init_from={source}: no such run folder or checkpoint")
         if not (path / STATE_FILE).is_file():
@@ -466,6 +477,7 @@ class Runner(ABC):
             self.prepare_init_from()  # refused before the folder is claimed
         if fresh:
             self.lock = claim_run_folder(self.run_dir)
+            self.claimed = True
         try:
             self._run_phases(fresh)
         finally:

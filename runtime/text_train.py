@@ -77,6 +77,11 @@ class ModelConfig:
     download: bool = False  # fetch a hub id missing from the local Hugging Face cache (else: refused at once)
 
 
+def _model_identity(model: DictConfig) -> dict[str, Any]:
+    """The ``model:`` settings that decide which network a run trains (not how it was fetched)."""
+    return {k: v for k, v in OmegaConf.to_container(model).items() if k != "download"}
+
+
 @dataclass
 class SFTConfig:
     """The offline stage (``sft:``)."""
@@ -254,9 +259,9 @@ class TextExperiment(Runner):
     def load_pretrained(self, state: Mapping[str, Any], config: DictConfig, path: Path) -> None:
         """Another run's SFT policy; it must be the same model. The value head is this run's own
         (SFT never trains one): a PPO run's is dropped, and this run's starts fresh, whatever its shape."""
-        if OmegaConf.to_container(config.model) != OmegaConf.to_container(self.cfg.model):
-            raise ValueError(f"init_from {path}: trained model {OmegaConf.to_container(config.model)}, "
-                             f"this run's is {OmegaConf.to_container(self.cfg.model)}")
+        theirs, ours = (_model_identity(c.model) for c in (config, self.cfg))
+        if theirs != ours:
+            raise ValueError(f"init_from {path}: trained model {theirs}, this run's is {ours}")
         if isinstance(self.rl, IReVLA):  # its supervised stage needs the demonstrations that run cloned
             data = self._sft_data()
             self.rl.demonstrations = data[2] if data is not None else []

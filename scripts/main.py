@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from rlft.scripts import catalog
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError)
 # the machine's storage refusing a write: one line naming the folder and what to do, never a traceback
 DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted"}
+               errno.EROFS: "read-only file system"}
+ACCESS_ERRORS = (errno.EACCES, errno.EPERM)  # a file or folder this user may not read or write
+# what a fresh start writes before its first metric row: a run refused then leaves nothing worth keeping
+STARTED_FILES = {"config.yaml", ".rlft-run", "tb", "metrics.csv"}
 
 
 def _error(message: str) -> None:
@@ -37,12 +40,18 @@ def _error(message: str) -> None:
     print("  (RLFT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
 
 
-def _remove_if_unused(run_dir: Path) -> None:
-    """Remove the empty folder Hydra created for a run that never started (and ``runs/<name>/``
-    and ``runs/`` when they are left empty)."""
-    if not run_dir.is_dir() or any(run_dir.iterdir()):
+def _remove_if_unused(run_dir: Path, claimed: bool = False) -> None:
+    """Remove the folder of a fresh run that never started (and ``runs/<name>/`` and ``runs/`` when
+    they are left empty): empty, as Hydra created it, or, when this process ``claimed`` it, holding
+    only what a start writes before its first metric row (a refusal raised after the claim)."""
+    if not run_dir.is_dir():
         return
-    run_dir.rmdir()
+    metrics = run_dir / "metrics.csv"
+    rows = len(metrics.read_text().splitlines()) - 1 if metrics.is_file() else 0
+    names = {path.name for path in run_dir.iterdir()}
+    if names and not (claimed and names <= STARTED_FILES and rows <= 0):
+        return
+    shutil.rmtree(run_dir)
     parents = run_dir.resolve().parents
     runs = next((i for i, parent in enumerate(parents) if parent.name == "runs"), -1)
     for parent in parents[: runs + 1]:  # up to and including runs/, while they are left empty
@@ -70,6 +79,17 @@ def _disk_error(error: OSError, run_dir: Path, started: bool, resuming: bool) ->
     return f"{DISK_ERRORS[error.errno]} writing {where}: {fix}, {then}"
 
 
+def _os_error(error: OSError, run_dir: Path, started: bool, resuming: bool) -> tuple[str, int] | None:
+    """The one line and exit status for an ``OSError`` the machine raised (storage full or
+    read-only: 1; a path this user may not use: 2), or ``None`` for one of another kind."""
+    if error.errno in DISK_ERRORS:
+        return _disk_error(error, run_dir, started, resuming), 1
+    if error.errno in ACCESS_ERRORS:
+        return (f"permission denied: {error.filename or run_dir}: give this user access to it, or choose another "
+                "path"), 2
+    return None
+
+
 def _shown(path: Path) -> Path:
     """``path`` relative to the working directory when it lies inside it (shorter to read and paste)."""
     try:
@@ -91,30 +111,36 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
 
         runner, run_dir = build(cfg, run_dir)
     except USER_ERRORS as err:
-        _remove_if_unused(run_dir)
+        if not cfg.get("resume"):
+            _remove_if_unused(run_dir)
         _error(str(err))
         sys.exit(2)
     except OSError as err:
-        if err.errno not in DISK_ERRORS:
+        said = _os_error(err, run_dir, started=False, resuming=bool(cfg.get("resume")))
+        if said is None:
             raise
-        _remove_if_unused(run_dir)
-        _error(_disk_error(err, run_dir, started=False, resuming=bool(cfg.get("resume"))))
-        sys.exit(1)
+        if not cfg.get("resume"):
+            _remove_if_unused(run_dir)
+        _error(said[0])
+        sys.exit(said[1])
     except KeyboardInterrupt:
-        _remove_if_unused(run_dir)
+        if not cfg.get("resume"):
+            _remove_if_unused(run_dir)
         print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
         sys.exit(130)
     try:
         results = runner.run()
     except USER_ERRORS as err:
-        _remove_if_unused(run_dir)
+        if not cfg.get("resume"):
+            _remove_if_unused(run_dir, claimed=runner.claimed)
         _error(str(err))
         sys.exit(2)
     except OSError as err:
-        if err.errno not in DISK_ERRORS:
+        said = _os_error(err, run_dir, started=True, resuming=bool(cfg.get("resume")))
+        if said is None:
             raise
-        _error(_disk_error(err, run_dir, started=True, resuming=bool(cfg.get("resume"))))
-        sys.exit(1)
+        _error(said[0])
+        sys.exit(said[1])
     except RunError as err:
         _error(str(err))
         sys.exit(1)
@@ -159,13 +185,18 @@ def check_run_dir(args: list[str]) -> str | None:
     on a read-only or unwritable file system), said before Hydra tries and fails with a traceback."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if any(a.startswith("resume=") for a in args) or "-m" in args or "--multirun" in args:
-        return None  # a resumed folder exists already (and is checked when it is held); sweeps make their own
-    given = [a for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
+    if "-m" in args or "--multirun" in args:
+        return None  # sweeps make their own folders
+    resume = [a for a in args if a.startswith("resume=")]
+    given = resume or [a for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
     try:
         value = OverridesParser.create().parse_override(given[-1]).value() if given else "runs"
     except Exception:  # noqa: BLE001  a malformed override: Hydra says what is wrong with it
         return None
+    if resume:  # a folder to continue: it must exist (else Hydra would create it), and is checked when it is held
+        exists = isinstance(value, str) and Path(value).is_dir()
+        return None if exists or not isinstance(value, str) else \
+            f"cannot resume: {value} is no folder (is it an rlft run folder? `rlft resume=<run dir>`)"
     if not isinstance(value, str) or "${" in value:
         return None
     target = Path(value)

@@ -69,13 +69,15 @@ def test_a_resume_of_a_folder_another_process_runs_is_refused_and_taken_over_onc
     before = snapshot(run_dir)
     holder = subprocess.Popen(  # another live process holds the folder, as a running rlft would
         [sys.executable, "-c", "import sys; from pathlib import Path; from rlft.runtime.run_folder import RunLock; "
-                               f"lock = RunLock(Path({str(run_dir)!r})); print('held', flush=True); sys.stdin.read()"],
+                               f"lock = RunLock(Path({str(run_dir)!r})); lock.announce(); print('held', flush=True); "
+                               "sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         code, err = rlft(monkeypatch, capsys, f"resume={run_dir}")
         assert code == 2
-        assert one_error_line(err).startswith(f"rlft: error: {run_dir} is in use by another rlft run (pid {holder.pid} ")
+        busy = f"rlft: error: {run_dir} is in use by another rlft run (pid {holder.pid} "
+        assert one_error_line(err).startswith(busy)
         assert snapshot(run_dir) == before  # nothing quarantined, rewritten or appended
     finally:
         holder.kill()  # kill -9: the kernel drops its lock, no stale claim is left to clear by hand
@@ -154,7 +156,8 @@ def test_refused_init_from_sources_leave_no_run_folder(tmp_path, native_hopper, 
         tmp_path / "not-a-run": "neither a run folder with a pretrained_checkpoint/ nor a checkpoint folder",
         other: "it holds a 'llm' run, not a 'o2o' one",
         damaged: f"{damaged / PRETRAINED_CHECKPOINT / 'state.pt'} has ",
-        source: "its networks do not fit this run's (in its DeterministicActor: net.0.weight is [32, 11] there and [48, 11] here",
+        source: ("its networks do not fit this run's (in its DeterministicActor: net.0.weight is [32, 11] there "
+                 "and [48, 11] here"),
     }
     monkeypatch.chdir(tmp_path)
     for init_from, message in cases.items():
@@ -219,8 +222,10 @@ def _failing_writes(monkeypatch, code: int, after: int) -> None:
     monkeypatch.setattr("rlft.runtime.runner.save_checkpoint", save)
 
 
-@pytest.mark.parametrize("code, what, fix", [(errno.ENOSPC, "no space left on device", "free space on that file system"),
-                                             (errno.EROFS, "read-only file system", "make {run_dir} writable")])
+@pytest.mark.parametrize("code, what, fix", [
+    (errno.ENOSPC, "no space left on device", "free space on that file system"),
+    (errno.EROFS, "read-only file system", "make {run_dir} writable"),
+])
 def test_a_full_or_read_only_disk_mid_run_is_one_line_and_the_newest_checkpoint_stays_good(
         tmp_path, native_hopper, monkeypatch, capsys, code, what, fix):
     run_dir = tmp_path / "run"
@@ -304,3 +309,13 @@ def test_a_budget_whose_buffer_does_not_fit_memory_says_how_much_it_needs(tmp_pa
                                    "400 rows + one per online step) needs 112.7 GiB and this machine has 8.0 GiB "
                                    "available; lower trainer.online_steps")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refusal_raised_after_the_claim_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the transcript file is read in the SFT phase, after the folder was claimed
+    code, err = rlft(monkeypatch, capsys, "experiment=llm/ppo/numberline", "loop.iterations=1",
+                     "model.tiny={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1}",
+                     f"sft.transcripts={tmp_path / 'none.jsonl'}")
+    assert code == 2
+    assert one_error_line(err) == f"rlft: error: no transcript file at {tmp_path / 'none.jsonl'}"
+    assert not (tmp_path / "runs").exists()

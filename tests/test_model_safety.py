@@ -206,11 +206,13 @@ def _overlap(header: dict) -> dict:
                                                         "follow the header length"),
     (lambda data: struct.pack("<Q", 16) + b"\xff\x00garbage-garbage" + data[24:], "header is not a JSON object"),
     (lambda data: _rewritten_header(data, lambda header: list(header)), "header is not a JSON object"),
+    (lambda data: (lambda deep: struct.pack("<Q", len(deep)) + deep)(b"{\"a\":" + b"[" * 100_000 + b"]" * 100_000
+                                                                      + b"}"), "header is not a JSON object"),
     (lambda data: _rewritten_header(data, _wrong_shape), "spans [0-9]+ bytes, but F32 x \\[[0-9]+, [0-9]+\\] is "
                                                          "[0-9]+ bytes"),
     (lambda data: _rewritten_header(data, _overlap), "starts at byte [0-9]+ of the data section, not at [0-9]+"),
 ], ids=["shorter-than-8-bytes", "truncated", "oversized-header", "garbage-header", "header-not-an-object",
-        "offsets-not-dtype-x-shape", "overlapping-tensors"])
+        "header-nested-too-deep", "offsets-not-dtype-x-shape", "overlapping-tensors"])
 def test_a_damaged_safetensors_file_is_refused_naming_it(folder: Path, damage, message: str) -> None:
     weights = folder / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
