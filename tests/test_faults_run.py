@@ -319,3 +319,40 @@ def test_a_refusal_raised_after_the_claim_leaves_no_run_folder(tmp_path, monkeyp
     assert code == 2
     assert one_error_line(err) == f"rlft: error: no transcript file at {tmp_path / 'none.jsonl'}"
     assert not (tmp_path / "runs").exists()
+
+
+def test_bad_datasets_and_model_folders_are_one_line_through_the_command(tmp_path, monkeypatch, capsys):
+    """The loaders' named errors (tests/test_dataset_safety.py, tests/test_model_safety.py) reach the
+    user as one line, exit 2, with no run folder left behind."""
+    import h5py
+    import numpy as np
+    from huggingface_hub import constants
+
+    from rlft.policies.tiny_lm import build_tiny_lm
+
+    monkeypatch.chdir(tmp_path)
+    strings = tmp_path / "strings.hdf5"
+    with h5py.File(strings, "w") as f:
+        f.create_dataset("observations", data=np.full((5, 11), b"a"))
+        for key, shape in (("actions", (5, 3)), ("rewards", (5,)), ("terminals", (5,))):
+            f.create_dataset(key, data=np.zeros(shape, "f4"))
+    bomb = tmp_path / "bomb.hdf5"
+    with h5py.File(bomb, "w") as f:  # declares 88 TB in a few kilobytes
+        f.create_dataset("observations", shape=(10 ** 12, 11), dtype="f8", chunks=(1024, 11), compression="gzip")
+        for key, shape in (("actions", (5, 3)), ("rewards", (5,)), ("terminals", (5,))):
+            f.create_dataset(key, data=np.zeros(shape, "f4"))
+    pickled = build_tiny_lm(tmp_path / "pickled", seed=0)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    llm = ["experiment=llm/ppo/numberline", "loop.iterations=1"]
+    cases = [
+        ([*SMOKE, f"dataset.source={strings}"], f"{strings}: 'observations' "),
+        ([*SMOKE, f"dataset.source={bomb}"], f"{bomb}: 'observations' declares shape (1000000000000, 11)"),
+        ([*llm, f"model.path={pickled}"], f"no model.safetensors nor model.safetensors.index.json in {pickled}"),
+        ([*llm, "model.path=rlft-test/absent"], "rlft-test/absent is no local folder and not in the Hugging Face cache"),
+    ]
+    for args, message in cases:
+        code, err = rlft(monkeypatch, capsys, *args)
+        assert code == 2, err
+        assert one_error_line(err).startswith(f"rlft: error: {message}"), (message, err)
+        assert not (tmp_path / "runs").exists(), args
