@@ -31,7 +31,17 @@ QUICK = [*SMOKE, "trainer.offline_steps=40", "trainer.online_steps=60", "trainer
 
 
 def rlft(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    """``rlft <args>`` in this process: (exit status, stderr)."""
+    """``rlft <args>`` in this process: (exit status, stderr).
+
+    Hydra configures logging with ``logging.config.dictConfig``, which closes every handler that
+    exists; in a test process that includes absl's (imported by dm_control in earlier tests),
+    whose ``close`` closes the stream it was given: pytest's own capture stream, which then fails
+    the whole session. The command is therefore run with a handler list of its own."""
+    import logging
+    import weakref
+
+    monkeypatch.setattr(logging, "_handlerList", [])
+    monkeypatch.setattr(logging, "_handlers", weakref.WeakValueDictionary())
     monkeypatch.setattr(sys, "argv", ["rlft", *args])
     capsys.readouterr()
     try:
