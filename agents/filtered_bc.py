@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rlft.agents.text_rollout import TextBatch
-from rlft.offline.transcripts import sft_step
+from rlft.agents.sft import sft_step
 from rlft.policies.llm import Conversation, LLMPolicy
 
 

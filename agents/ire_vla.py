@@ -27,9 +27,9 @@ import torch
 
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
 from rlft.agents.text_rollout import TextBatch
-from rlft.offline.transcripts import sft_step
+from rlft.agents.sft import sft_step
 from rlft.policies.llm import Conversation, LLMPolicy
-from rlft.runtime.typed_config import config_from_mapping
+from rlft.common.typed_config import config_from_mapping
 
 
 @dataclass

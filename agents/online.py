@@ -26,7 +26,7 @@ import torch
 from rlft.agents.base import Learner
 from rlft.agents.replay_buffer import ReplayBuffer
 from rlft.offline.returns import episode_returns_to_go
-from rlft.runtime.seeding import generator_state, set_generator_state
+from rlft.common.seeding import generator_state, set_generator_state
 
 ActFn = Callable[[torch.Tensor], torch.Tensor]
 

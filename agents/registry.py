@@ -10,10 +10,10 @@ from rlft.agents.base import Learner
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
 from rlft.agents.tdmpc2 import TDMPC2, TDMPC2Config
-from rlft.offline.cql import CQL, CQLConfig
-from rlft.offline.iql import IQL, IQLConfig
-from rlft.offline.spot import SPOT, SPOTConfig
-from rlft.runtime.typed_config import ConfigError, config_from_mapping
+from rlft.agents.cql import CQL, CQLConfig
+from rlft.agents.iql import IQL, IQLConfig
+from rlft.agents.spot import SPOT, SPOTConfig
+from rlft.common.typed_config import ConfigError, config_from_mapping
 
 # Cal-QL, E2O and WSRL are configurations of CQL (configs/agent/{calql,e2o,wsrl}.yaml).
 AGENTS: dict[str, tuple[type, type]] = {

@@ -49,7 +49,7 @@ from torch import nn
 
 from rlft.agents.base import Learner, Metrics, OnlineOverridable, soft_update
 from rlft.agents.replay_buffer import Batch
-from rlft.offline.iql import expectile_weight
+from rlft.agents.iql import expectile_weight
 from rlft.policies.planner import MPPIConfig, MPPIPlanner
 from rlft.policies.world_model import WorldModel, WorldModelConfig
 

@@ -29,7 +29,7 @@ from typing import Any, Literal, Mapping
 import gymnasium as gym
 from gymnasium import spaces
 
-from rlft.runtime.typed_config import ConfigError, config_from_mapping
+from rlft.common.typed_config import ConfigError, config_from_mapping
 
 CHARSET = string.printable
 MAX_TEXT = 4096

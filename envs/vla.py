@@ -3,7 +3,7 @@
 A :class:`VLAEnv` is a :class:`rlft.envs.text.TextEnv` (so the SFT -> language RL pipeline, its
 rollouts, GRPO groups, evaluator and transcripts serve VLAs unchanged) whose observation is
 ``{"text": instruction, "image": uint8 [H, W, 3]}`` and whose action is a reply of action tokens
-(:class:`rlft.policies.action_tokenizer.ActionTokenizer`): the reply is decoded to ``chunk``
+(:class:`rlft.envs.action_tokenizer.ActionTokenizer`): the reply is decoded to ``chunk``
 actions of the scene's own action space, executed in order. The reward is binary task success
 (1 when the task is solved, which ends the episode), as RL4VLA (arXiv 2505.19789) and
 SimpleVLA-RL (arXiv 2509.09674) train.
@@ -39,7 +39,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rlft.envs.text import InvalidActionPolicy, Outcome, TextEnv, text_space
-from rlft.policies.action_tokenizer import ActionTokenizer
+from rlft.envs.action_tokenizer import ActionTokenizer
 
 SPLITS = ("train", "semantic", "visual", "execution")
 VIEWS = ("agent", "full")  # the agent's egocentric 7x7 view (BabyAI's own observation), or the room from above
@@ -196,7 +196,7 @@ class BabyAIScene:
 
 class PushTScene:
     """gym-pusht's Push-T (Chi et al. 2023) as a VLA scene: the rendered scene, one instruction, the
-    scripted pusher's demonstrations (:mod:`rlft.offline.pusht_controller`); the action is the
+    scripted pusher's demonstrations (:mod:`rlft.envs.pusht_controller`); the action is the
     agent's target position in pixels, ``Box(0, 512, (2,))``, tokenised per coordinate."""
 
     level = "gym_pusht/PushT-v0"
@@ -205,7 +205,7 @@ class PushTScene:
     def __init__(self, image_size: int = 64):
         import gym_pusht  # noqa: F401  registers gym_pusht/PushT-v0
 
-        from rlft.offline.pusht_controller import PushTController
+        from rlft.envs.pusht_controller import PushTController
 
         self.env = gym.make(self.level, obs_type="pixels_agent_pos", observation_width=image_size,
                             observation_height=image_size).unwrapped

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlft.export.artifact import (OPSET, TOLERANCE, ExportError, TorchSession, latency, latency_table, provenance,
-                                  torch_export)
-from rlft.policies.action_tokenizer import ActionTokenizer
+from rlft.export.onnx_io import (OPSET, TOLERANCE, ExportError, TorchSession, latency, latency_table, provenance,
+                                 torch_export)
+from rlft.envs.action_tokenizer import ActionTokenizer
 from rlft.policies.llm import LLMPolicy
 
 INPUTS, OUTPUTS = ["input_ids", "image"], ["action_tokens", "action"]

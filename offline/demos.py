@@ -1,12 +1,15 @@
 """Demonstration datasets for manipulation tasks, written by scripted experts.
 
 Meta-World ships a hand-written policy for every task (:func:`rlft.envs.metaworld.scripted_expert`);
-Push-T has rlft's pusher (:class:`rlft.offline.pusht_controller.PushTController`).
+Push-T has rlft's pusher (:class:`rlft.envs.pusht_controller.PushTController`).
 :func:`collect_demos` runs the expert with Gaussian action noise (so demonstrations cover some
 recoveries, and behaviour cloning from few of them is imperfect, which leaves fine-tuning
 something to fix), keeps the successful episodes and writes them as a Minari dataset, the
 same format as every other rlft dataset (images stay uint8 inside it). Training pairs with
-action chunks are cut from it at load time (:func:`rlft.offline.bc.chunk_windows`).
+action chunks are cut from it at load time (:func:`chunk_windows`, the way Diffusion Policy does:
+Chi et al. 2023, Sec. 3.1: at every step ``t`` the condition is the observation history
+``o_{t-To+1..t}`` and the target the action chunk ``a_{t..t+H-1}``; windows that reach past an
+episode's start or end repeat its first observation or last action).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from tqdm.auto import tqdm
 from rlft.envs.factory import make_env
 from rlft.envs.metaworld import scripted_expert
 from rlft.envs.registry import get_task
-from rlft.offline.pusht_controller import PushTController
+from rlft.offline.dataset import TransitionDataset
+from rlft.envs.pusht_controller import PushTController
 from rlft.offline.recording import EpisodeRecorder, prepare_output, write_minari_dataset
 
 Expert = Callable[[gym.Env, Any], np.ndarray]  # (env, observation) -> action in [-1, 1]
@@ -105,3 +109,30 @@ def collect_demos(cfg: DemoConfig, out_dir: str | Path, version: int = 0) -> dic
     )
     probe.close()
     return dict(stats, attempts=attempts, success_rate_of_attempts=len(episodes) / attempts)
+
+
+def chunk_windows(
+    dataset: TransitionDataset,
+    horizon: int,
+    obs_history: int = 1,
+    obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(cond [N, obs_history * obs_dim], chunks [N, horizon * action_dim])``, one per dataset step.
+
+    ``obs_stats`` normalises observations first (the policy then sees env observations
+    normalised with the same statistics)."""
+    if horizon < 1 or obs_history < 1:
+        raise ValueError(f"horizon and obs_history must be >= 1, got {horizon}, {obs_history}")
+    obs = dataset.observations
+    if obs_stats is not None:
+        obs = (obs - obs_stats[0]) / obs_stats[1]
+    conds, chunks = [], []
+    for sl in dataset.episode_slices():
+        o, a = obs[sl], dataset.actions[sl]
+        n = len(a)
+        steps = np.arange(n)
+        hist = np.clip(steps[:, None] + np.arange(-obs_history + 1, 1)[None], 0, n - 1)
+        fut = np.clip(steps[:, None] + np.arange(horizon)[None], 0, n - 1)
+        conds.append(o[hist].reshape(n, -1))
+        chunks.append(a[fut].reshape(n, -1))
+    return np.concatenate(conds).astype(np.float32), np.concatenate(chunks).astype(np.float32)

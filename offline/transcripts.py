@@ -1,4 +1,5 @@
-"""Transcripts: recorded text episodes, and supervised fine-tuning (SFT / filtered BC) on them.
+"""Transcripts: recorded text episodes, filtered and turned into the token samples that supervised
+fine-tuning (SFT / filtered BC, :mod:`rlft.agents.sft`) trains on.
 
 The offline stage of language agents. A transcript file is JSON Lines, one episode per line::
 
@@ -7,7 +8,7 @@ The offline stage of language agents. A transcript file is JSON Lines, one episo
 
 ``messages`` is the env's own chat view (``info["messages"]``). Filtered BC (the "filtered
 behaviour cloning" baseline of offline RL for LLM agents, e.g. ArCHer Sec. 6) keeps the
-successful or highest-return episodes and fine-tunes on their assistant turns only.
+successful or highest-return episodes; SFT fine-tunes on their assistant turns only.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from rlft.envs.text import TextEnv
-from rlft.policies.llm import ChatFormat, Conversation, Generation, LLMPolicy
-from rlft.runtime.progress import Progress
+from rlft.policies.llm import ChatFormat, Conversation, Generation
 
 REQUIRED_KEYS = ("task", "seed", "messages", "return", "success")
 
@@ -140,7 +139,7 @@ def sft_samples(transcripts: Sequence[Transcript], chat: ChatFormat, context: st
 
     Prompts are the transcript's user messages, or, with ``env``, the env's own observations
     replayed from the transcript's seed (needed for image observations). ``ends_turns=False``
-    (a policy restricted to action tokens, :attr:`LLMPolicy.ends_turns`): the end-of-turn token
+    (a policy restricted to action tokens, :attr:`rlft.policies.llm.LLMPolicy.ends_turns`): the end-of-turn token
     closes each reply as a prompt token, as in that policy's rollouts.
     """
     samples: list[Conversation] = []
@@ -161,44 +160,3 @@ def sft_samples(transcripts: Sequence[Transcript], chat: ChatFormat, context: st
                 chat.extend(conversation, observation)
             conversation.extend_reply(Generation(tokens, [0.0] * len(tokens), text, ends_turns), chat.end_of_turn)
     return samples
-
-
-def sft_loss(policy: LLMPolicy, samples: Sequence[Conversation]) -> torch.Tensor:
-    """Mean negative log-likelihood of the model tokens of ``samples``."""
-    scores = policy.score_conversations(samples)
-    width = scores.log_probs.shape[1]
-    mask = torch.tensor([s.model_mask + [False] * (width - len(s.tokens)) for s in samples])
-    return -(scores.log_probs * mask).sum() / mask.sum()
-
-
-def sft_step(policy: LLMPolicy, optimizer: torch.optim.Optimizer, samples: Sequence[Conversation], batch_size: int,
-             generator: torch.Generator, max_grad_norm: float = 1.0) -> float:
-    """One gradient step of :func:`sft_loss` on ``batch_size`` samples drawn with replacement; its loss."""
-    index = torch.randint(len(samples), (batch_size,), generator=generator)
-    loss = sft_loss(policy, [samples[i] for i in index.tolist()])
-    optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
-    optimizer.step()
-    return loss.item()
-
-
-def train_sft(policy: LLMPolicy, samples: Sequence[Conversation], steps: int, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0, log: Callable[[int, float], None] | None = None,
-              progress: bool = False) -> list[float]:
-    """Supervised fine-tuning on model tokens; returns the loss of every step. ``log(step, loss)``
-    is called about 50 times over the run; ``progress`` shows a bar (or periodic lines)."""
-    if not samples:
-        raise ValueError("no SFT samples")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=lr)
-    losses = []
-    log_every = max(1, steps // 50)
-    bar = Progress(steps, "sft", enabled=progress)
-    for step in range(1, steps + 1):
-        losses.append(sft_step(policy, optimizer, samples, min(batch_size, len(samples)), generator))
-        bar.update(1)
-        if log is not None and (step % log_every == 0 or step == steps):
-            log(step, losses[-1])
-    bar.close()
-    return losses

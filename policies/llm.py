@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlft.policies.action_tokenizer import add_action_tokens
+from rlft.envs.action_tokenizer import add_action_tokens
 from rlft.policies.llama_decode import LlamaDecoder
 from rlft.policies.model_files import UnsafeModelFileError, check_model_folder, check_safetensors, resolve_model
 
@@ -349,7 +349,7 @@ class LLMPolicy(nn.Module):
 
         ``action_tokens > 0`` makes a token-action VLA: ``<act_0>`` .. ``<act_{n-1}>`` are added
         to the vocabulary where missing (before LoRA, so their rows exist in the base model) and
-        decoding is restricted to them (:mod:`rlft.policies.action_tokenizer`)."""
+        decoding is restricted to them (:mod:`rlft.envs.action_tokenizer`)."""
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 

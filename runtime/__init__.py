@@ -1,1 +1,3 @@
-"""Cross-cutting run machinery: experiment runner, checkpoints, seeding, logging, evaluation, plots."""
+"""The runners' floor: the runner skeleton and the three pipelines' runners, launch, run folders,
+checkpoints, logging, evaluation, plots and Ray workers (utilities every floor uses are in
+:mod:`rlft.common`)."""

@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlft.runtime.progress import Progress
+from rlft.common.progress import Progress
 
 ActFn = Callable[[Any], Any]
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlft.agents.base import Learner
 from rlft.agents.online import AgentActor, LocalCollector
 from rlft.agents.registry import agent_config, make_agent
-from rlft.runtime.typed_config import ConfigError, config_from_mapping
+from rlft.common.typed_config import ConfigError, config_from_mapping
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
@@ -29,7 +29,7 @@ from rlft.offline.safety import available_memory, format_bytes
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator
-from rlft.runtime.progress import Progress
+from rlft.common.progress import Progress
 from rlft.runtime.ray_evaluation import EnvBuilders, eval_pool, evaluate_on_workers
 from rlft.runtime.ray_pool import WorkerPool
 from rlft.runtime.runner import DatasetRunner, Phase

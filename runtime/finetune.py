@@ -25,11 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig, RunningMeanStd, normalize_observations
-from rlft.runtime.typed_config import ConfigError, config_from_mapping
+from rlft.common.typed_config import ConfigError, config_from_mapping
 from rlft.envs.factory import make_vector_env, resolve_task
-from rlft.offline.bc import BCConfig, chunk_windows, train_bc
+from rlft.agents.bc import BCConfig, train_bc
+from rlft.offline.demos import chunk_windows
 from rlft.runtime.evaluation import EvalResult, evaluate
-from rlft.runtime.progress import Progress
+from rlft.common.progress import Progress
 from rlft.runtime.ray_evaluation import cpu_copy, evaluate_on_workers
 from rlft.runtime.rollout_workers import RayRollouts, RolloutConfig
 from rlft.runtime.runner import DatasetRunner, Phase

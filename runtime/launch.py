@@ -15,7 +15,7 @@ import rlft.configs
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.run_folder import CONFIG_FILE
 from rlft.runtime.runner import Runner
-from rlft.runtime.typed_config import ConfigError
+from rlft.common.typed_config import ConfigError
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

@@ -43,8 +43,8 @@ from rlft.runtime.evaluation import EvalResult
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.run_folder import EVAL_FILE, RunLock, claim_run_folder, open_run_folder, write_eval_json
-from rlft.runtime.seeding import get_rng_state, seed_everything, set_rng_state
-from rlft.runtime.typed_config import ConfigError, check_value, resolve_device
+from rlft.common.seeding import get_rng_state, seed_everything, set_rng_state
+from rlft.common.typed_config import ConfigError, check_value, resolve_device
 
 PRETRAINED_CHECKPOINT = "pretrained_checkpoint"  # the state at the end of pretraining, for init_from
 EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "metric", "axis", "step", "done", "before", "after",
@@ -178,7 +178,7 @@ class Runner(ABC):
     @classmethod
     def settings(cls, cfg: DictConfig) -> dict[str, Any]:
         """The pipeline's typed settings (budgets, method, ...) built from ``cfg`` with every value's
-        type and range checked (:func:`rlft.runtime.typed_config.config_from_mapping`); nothing is
+        type and range checked (:func:`rlft.common.typed_config.config_from_mapping`); nothing is
         built or loaded, so a bad value stops a run before it starts."""
         return {}
 

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from rlft.agents.archer import ArCHer, ArcherConfig
 from rlft.agents.filtered_bc import FilteredBCConfig, OnlineFilteredBC
 from rlft.agents.ire_vla import IReVLA, IReVLAConfig
-from rlft.runtime.typed_config import config_from_mapping
+from rlft.common.typed_config import config_from_mapping
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
 from rlft.agents.text_rollout import DynamicSampling, TextBatch, TextRolloutConfig, collect_informative, collect_text
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
@@ -47,15 +47,15 @@ from rlft.offline.transcripts import (
     record_transcripts,
     save_transcripts,
     sft_samples,
-    train_sft,
 )
-from rlft.policies.action_tokenizer import ActionTokenizer
+from rlft.agents.sft import train_sft
+from rlft.envs.action_tokenizer import ActionTokenizer
 from rlft.policies.llm import ChatAgent, ChatFormat, Conversation, GenerationConfig, LLMPolicy, LoraSettings
 from rlft.policies.tiny_lm import TinyLMConfig, build_tiny_lm, build_tiny_vlm
 from rlft.runtime.evaluation import EvalResult, evaluate
 from rlft.runtime.ray_evaluation import eval_pool, evaluate_on_workers
 from rlft.runtime.ray_pool import WorkerPool, WorkerSettings
-from rlft.runtime.progress import Progress
+from rlft.common.progress import Progress
 from rlft.runtime.runner import Phase, Runner
 
 TRANSCRIPTS_FILE = "transcripts.jsonl"

@@ -40,9 +40,9 @@ from rlft.agents.base import OffPolicyAgent
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
-from rlft.offline.cql import CQL, CQLConfig, conservative_gap
-from rlft.offline.iql import IQL, IQLConfig
-from rlft.offline.spot import SPOT, SPOTConfig
+from rlft.agents.cql import CQL, CQLConfig, conservative_gap
+from rlft.agents.iql import IQL, IQLConfig
+from rlft.agents.spot import SPOT, SPOTConfig
 from rlft.policies.ensemble import CriticEnsemble, EnsembleMLP, reduce_ensemble
 from rlft.policies.mlp import mlp
 from rlft.runtime.runner import first_non_finite

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlft.offline.bc import BCConfig, chunk_windows, ema_decay, train_bc
+from rlft.agents.bc import BCConfig, ema_decay, train_bc
+from rlft.offline.demos import chunk_windows
 from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy, NoiseSchedule
 from conftest import episodes_to_dataset
 

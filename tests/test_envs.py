@@ -9,7 +9,7 @@ import pytest
 from rlft.envs import get_task, make_env, make_vector_env
 from rlft.envs.wrappers import FixedNormalizeObservation
 from rlft.runtime.evaluation import evaluate
-from rlft.runtime.seeding import generator_state, set_generator_state
+from rlft.common.seeding import generator_state, set_generator_state
 
 
 def test_registry_has_d4rl_reference_scores():

@@ -19,7 +19,7 @@ from rlft.runtime.experiment import Experiment
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.run_folder import CLAIM_FILE, RunFolderBusy, claim_run_folder
 from rlft.runtime.runner import PRETRAINED_CHECKPOINT, Runner, RunError
-from rlft.runtime.typed_config import ConfigError
+from rlft.common.typed_config import ConfigError
 
 from test_experiment import smoke_config
 
@@ -77,7 +77,7 @@ def test_a_kill_before_the_pretrained_checkpoint_is_kept_is_repaired_on_resume(t
 
 
 def test_divergence_stops_the_run_naming_phase_step_and_metric(tmp_path, native_hopper, monkeypatch):
-    from rlft.offline.spot import SPOT
+    from rlft.agents.spot import SPOT
 
     cfg = smoke_config(native_hopper, "trainer.checkpoint_every=50")
     run_dir = tmp_path / "run"

@@ -17,7 +17,7 @@ from rlft.offline.demos import DemoConfig, collect_demos
 from rlft.offline.loaders import load_dataset
 from rlft.runtime.checkpoint import list_checkpoints, load_checkpoint
 from rlft.runtime.finetune import FinetuneExperiment
-from rlft.runtime.typed_config import ConfigError
+from rlft.common.typed_config import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import torch
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
-from rlft.offline.cql import CQL, CQLConfig
-from rlft.offline.iql import IQL, IQLConfig
-from rlft.offline.spot import SPOT, SPOTConfig
+from rlft.agents.cql import CQL, CQLConfig
+from rlft.agents.iql import IQL, IQLConfig
+from rlft.agents.spot import SPOT, SPOTConfig
 from rlft.runtime.logger import MeanAccumulator
 
 from test_world_model import sequence_batch, tiny_agent

@@ -8,7 +8,7 @@ import torch
 
 from rlft.agents.replay_buffer import ReplayBuffer
 from rlft.envs.factory import make_vector_env
-from rlft.offline.iql import IQL, IQLConfig, expectile_loss
+from rlft.agents.iql import IQL, IQLConfig, expectile_loss
 from rlft.offline.loaders import load_dataset
 from rlft.runtime.evaluation import evaluate
 

@@ -28,10 +28,9 @@ from rlft.offline.transcripts import (
     load_transcripts,
     record_transcripts,
     save_transcripts,
-    sft_loss,
     sft_samples,
-    train_sft,
 )
+from rlft.agents.sft import sft_loss, train_sft
 from rlft.policies.llm import (
     MIN_SHARED_PREFIX, ChatAgent, ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora,
     shared_prefix_length,

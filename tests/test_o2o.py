@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from rlft.agents.replay_buffer import ReplayBuffer
-from rlft.offline.cql import CQL, CQLConfig, conservative_gap
+from rlft.agents.cql import CQL, CQLConfig, conservative_gap
 from rlft.offline.returns import episode_returns_to_go, returns_to_go
 from rlft.runtime.experiment import Experiment
 
@@ -266,7 +266,7 @@ def test_init_from_refuses_an_agent_trained_with_other_observation_statistics(tm
 
 def test_reward_return_range_scales_rewards_by_the_dataset_s_return_spread(tmp_path, native_hopper, capsys):
     from rlft.offline.loaders import load_dataset
-    from rlft.runtime.typed_config import ConfigError
+    from rlft.common.typed_config import ConfigError
 
     returns = load_dataset(native_hopper).episode_returns()
     exp = Experiment(o2o_config(native_hopper, "iql", "trainer.reward_return_range=1000"), tmp_path / "run")

@@ -10,7 +10,7 @@ import torch
 
 from rlft.agents.replay_buffer import Batch, ReplayBuffer
 from rlft.envs import make_vector_env
-from rlft.offline.spot import SPOT, SPOTConfig
+from rlft.agents.spot import SPOT, SPOTConfig
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.vae import BehaviorVAE
 from rlft.runtime.evaluation import evaluate

@@ -22,7 +22,7 @@ from rlft.agents.td3 import TD3Config  # noqa: E402
 from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from rlft.runtime.experiment import Experiment  # noqa: E402
 from rlft.runtime.transition_workers import CollectionConfig, RayTransitions  # noqa: E402
-from rlft.runtime.typed_config import ConfigError  # noqa: E402
+from rlft.common.typed_config import ConfigError  # noqa: E402
 
 from conftest import run_interrupted  # noqa: E402
 from test_o2o import o2o_config  # noqa: E402

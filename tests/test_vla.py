@@ -23,7 +23,7 @@ from rlft.agents.text_rollout import (
 from rlft.envs import make_env, make_vector_env
 from rlft.envs.vla import PARAPHRASES, held_out
 from rlft.offline.transcripts import expert_actor, record_transcripts, sft_samples
-from rlft.policies.action_tokenizer import ActionTokenizer, add_action_tokens
+from rlft.envs.action_tokenizer import ActionTokenizer, add_action_tokens
 from rlft.policies.llm import ChatFormat, Conversation, GenerationConfig, LLMPolicy
 from rlft.policies.tiny_lm import build_tiny_vlm
 from conftest import assert_log_probs_recomputed
@@ -390,7 +390,7 @@ def test_chunked_babyai_replies_execute_the_bots_plan() -> None:
 
 
 def test_a_tiny_vla_cloned_from_the_bot_beats_random_actions(tmp_path: Path) -> None:
-    from rlft.offline.transcripts import train_sft
+    from rlft.agents.sft import train_sft
     from rlft.policies.llm import ChatAgent
     from rlft.runtime.evaluation import evaluate
     from rlft.policies.tiny_lm import TinyLMConfig

@@ -1,10 +1,5 @@
-"""Behaviour cloning of chunked policies (diffusion or Gaussian) from a transition dataset.
-
-:func:`chunk_windows` turns episodes into training pairs the way Diffusion Policy does
-(Chi et al. 2023, Sec. 3.1): at every step ``t`` the condition is the observation history
-``o_{t-To+1..t}`` and the target the action chunk ``a_{t..t+H-1}``; windows that reach past
-an episode's start or end repeat its first observation or last action, so every step of
-every episode is a training sample.
+"""Behaviour cloning of chunked policies (diffusion or Gaussian) on the (observation history,
+action chunk) pairs :func:`rlft.offline.demos.chunk_windows` cuts from a dataset.
 
 :func:`train_bc` leaves an exponential moving average of the weights in the policy: DPPO
 fine-tunes the average of its pretraining (``agent/pretrain/train_agent.py``, loaded by
@@ -22,8 +17,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from rlft.offline.dataset import TransitionDataset
-from rlft.runtime.progress import Progress
+from rlft.common.progress import Progress
 
 
 class ChunkCloner(Protocol):
@@ -32,33 +26,6 @@ class ChunkCloner(Protocol):
     def bc_loss(self, obs: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor: ...
 
     def parameters(self): ...
-
-
-def chunk_windows(
-    dataset: TransitionDataset,
-    horizon: int,
-    obs_history: int = 1,
-    obs_stats: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(cond [N, obs_history * obs_dim], chunks [N, horizon * action_dim])``, one per dataset step.
-
-    ``obs_stats`` normalises observations first (the policy then sees env observations
-    normalised with the same statistics)."""
-    if horizon < 1 or obs_history < 1:
-        raise ValueError(f"horizon and obs_history must be >= 1, got {horizon}, {obs_history}")
-    obs = dataset.observations
-    if obs_stats is not None:
-        obs = (obs - obs_stats[0]) / obs_stats[1]
-    conds, chunks = [], []
-    for sl in dataset.episode_slices():
-        o, a = obs[sl], dataset.actions[sl]
-        n = len(a)
-        steps = np.arange(n)
-        hist = np.clip(steps[:, None] + np.arange(-obs_history + 1, 1)[None], 0, n - 1)
-        fut = np.clip(steps[:, None] + np.arange(horizon)[None], 0, n - 1)
-        conds.append(o[hist].reshape(n, -1))
-        chunks.append(a[fut].reshape(n, -1))
-    return np.concatenate(conds).astype(np.float32), np.concatenate(chunks).astype(np.float32)
 
 
 @dataclass
