@@ -185,8 +185,8 @@ def check_run_dir(args: list[str]) -> str | None:
     on a read-only or unwritable file system), said before Hydra tries and fails with a traceback."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if "-m" in args or "--multirun" in args:
-        return None  # sweeps make their own folders
+    if set(args) & {"-m", "--multirun", "-c", "--cfg", "-i", "--info", "--hydra-help", "--shell-completion"}:
+        return None  # sweeps make their own folders; printing the config or Hydra's information makes none
     resume = [a for a in args if a.startswith("resume=")]
     given = resume or [a for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
     try:

@@ -267,6 +267,8 @@ def test_a_read_only_place_for_the_run_folder_is_said_before_hydra_tries(tmp_pat
                                    f"{tmp_path} is on a read-only file system; choose a writable folder with "
                                    "hydra.run.dir=<folder>")
     assert not (tmp_path / "run").exists()
+    code, _ = rlft(monkeypatch, capsys, *SMOKE, f"hydra.run.dir={tmp_path / 'run'}", "--cfg", "job")
+    assert code == 0  # printing the config makes no folder, so it is not refused
 
 
 # ------------------------------------------------------------------------------ interrupts
