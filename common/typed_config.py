@@ -74,6 +74,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is collections.abc.Sequence and args:  # described as the tuple it is read as
+        return _describe(tuple[args[0], ...])
     if origin is tuple:
         return f"a list of {_describe(args[0])}s" if args else "a list"
     if origin is dict:

@@ -55,8 +55,7 @@ class RunLock:
     ``metrics.csv`` rows with the first one's."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / CLAIM_FILE
-        self._file: IO[str] | None = open(self.path, "a+")  # never truncated before the lock is held
+        self._file: IO[str] | None = open(run_dir / CLAIM_FILE, "a+")  # never truncated before the lock is held
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -320,7 +320,7 @@ class Runner(ABC):
         its newest good checkpoint; ``False`` when there is none."""
         if not self.run_dir.is_dir():
             return False
-        self.lock = self.lock or RunLock(self.run_dir)
+        self.lock = RunLock(self.run_dir)
         try:
             path, state = self._newest_good_checkpoint()
         except BaseException:
@@ -463,8 +463,6 @@ class Runner(ABC):
 
     def _start_from_pretrained(self) -> None:
         """Evaluate the policy :meth:`prepare_init_from` loaded once, as the last pretraining phase."""
-        if self._initialised_from is None:
-            self.prepare_init_from()
         print(f"initialised from {self._initialised_from} (pretrained to step {self.step})")
         self.evaluate(self.phases[self.pretraining_phases - 1].name)
         self.checkpoint()

@@ -40,11 +40,12 @@ def _error(message: str) -> None:
     print("  (RLFT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
 
 
-def _remove_if_unused(run_dir: Path, claimed: bool = False) -> None:
+def _remove_if_unused(run_dir: Path, resuming: bool, claimed: bool = False) -> None:
     """Remove the folder of a fresh run that never started (and ``runs/<name>/`` and ``runs/`` when
     they are left empty): empty, as Hydra created it, or, when this process ``claimed`` it, holding
-    only what a start writes before its first metric row (a refusal raised after the claim)."""
-    if not run_dir.is_dir():
+    only what a start writes before its first metric row (a refusal raised after the claim). A
+    resumed folder is the user's and always stays."""
+    if resuming or not run_dir.is_dir():
         return
     metrics = run_dir / "metrics.csv"
     rows = len(metrics.read_text().splitlines()) - 1 if metrics.is_file() else 0
@@ -102,6 +103,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     """Build the experiment's runner (or resume one), run it and print its before/after scores.
     Bad input ends with one line naming what is wrong; Ctrl-C with the command that resumes."""
     run_dir = _shown(Path(run_dir))
+    resuming = bool(cfg.get("resume"))
     try:
         # torch and the envs load here, not for --help; an interrupt while they load is still "before the run"
         from rlft.runtime.checkpoint import latest_checkpoint
@@ -111,32 +113,28 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
 
         runner, run_dir = build(cfg, run_dir)
     except USER_ERRORS as err:
-        if not cfg.get("resume"):
-            _remove_if_unused(run_dir)
+        _remove_if_unused(run_dir, resuming)
         _error(str(err))
         sys.exit(2)
     except OSError as err:
-        said = _os_error(err, run_dir, started=False, resuming=bool(cfg.get("resume")))
+        said = _os_error(err, run_dir, started=False, resuming=resuming)
         if said is None:
             raise
-        if not cfg.get("resume"):
-            _remove_if_unused(run_dir)
+        _remove_if_unused(run_dir, resuming)
         _error(said[0])
         sys.exit(said[1])
     except KeyboardInterrupt:
-        if not cfg.get("resume"):
-            _remove_if_unused(run_dir)
+        _remove_if_unused(run_dir, resuming)
         print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
         sys.exit(130)
     try:
         results = runner.run()
     except USER_ERRORS as err:
-        if not cfg.get("resume"):
-            _remove_if_unused(run_dir, claimed=runner.claimed)
+        _remove_if_unused(run_dir, resuming, claimed=runner.claimed)
         _error(str(err))
         sys.exit(2)
     except OSError as err:
-        said = _os_error(err, run_dir, started=True, resuming=bool(cfg.get("resume")))
+        said = _os_error(err, run_dir, started=True, resuming=resuming)
         if said is None:
             raise
         _error(said[0])
@@ -194,9 +192,9 @@ def check_run_dir(args: list[str]) -> str | None:
     except Exception:  # noqa: BLE001  a malformed override: Hydra says what is wrong with it
         return None
     if resume:  # a folder to continue: it must exist (else Hydra would create it), and is checked when it is held
-        exists = isinstance(value, str) and Path(value).is_dir()
-        return None if exists or not isinstance(value, str) else \
-            f"cannot resume: {value} is no folder (is it an rlft run folder? `rlft resume=<run dir>`)"
+        if isinstance(value, str) and not Path(value).is_dir():
+            return f"cannot resume: {value} is no folder (is it an rlft run folder? `rlft resume=<run dir>`)"
+        return None
     if not isinstance(value, str) or "${" in value:
         return None
     target = Path(value)
