@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlft.agents.optim import adam
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.llm import ChatFormat, LLMPolicy
@@ -104,8 +105,8 @@ class ArCHer:
         self.generator = generator or torch.Generator().manual_seed(0)
         self.critic = TurnCritic(config.obs_width, config.action_width, config.hidden)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.actor_optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = adam(policy.trainable_parameters(), lr=config.actor_lr)
         self.buffer: list[Transition] = []
         self.updates = 0
 

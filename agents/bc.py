@@ -17,6 +17,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+
+from rlft.agents.optim import adamw
 from rlft.common.progress import Progress
 
 
@@ -71,7 +73,7 @@ def train_bc(
         raise ValueError(f"{len(cond)} conditions but {len(chunks)} chunks")
     cond_t = torch.as_tensor(cond, device=device)
     chunks_t = torch.as_tensor(chunks, device=device)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.steps, 1), eta_min=cfg.lr / 10)
     params = [p for p in policy.parameters() if p.requires_grad]
     average = [p.detach().clone() for p in params] if cfg.ema_power is not None else None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.text_rollout import TextBatch
 from rlft.agents.sft import sft_step
 from rlft.policies.llm import Conversation, LLMPolicy
@@ -47,7 +48,7 @@ class OnlineFilteredBC:
     def __init__(self, policy: LLMPolicy, config: FilteredBCConfig, generator: torch.Generator | None = None):
         self.policy, self.config = policy, config
         self.generator = generator or torch.Generator().manual_seed(0)
-        self.optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=config.lr)
+        self.optimizer = adam(policy.trainable_parameters(), lr=config.lr)
         self.returns: list[float] = []  # every episode's return, in collection order
         self.sequences: list[list[Conversation]] = []  # the token sequences of each episode
         self.updates = 0

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.base import AgentConfig, Metrics, OffPolicyAgent, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.policies.ensemble import CriticEnsemble
@@ -67,21 +68,32 @@ class IQL(OffPolicyAgent):
         self.critic = CriticEnsemble(obs_dim, action_dim, cfg.num_critics, cfg.hidden).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = mlp(obs_dim, 1, cfg.hidden).to(self.device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(
+        self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optimizer = adam(
             [{"params": self.critic.parameters()}, {"params": self.value.parameters(), "lr": cfg.value_lr}],
             lr=cfg.critic_lr,
         )
+        self._target_q_of: tuple[Batch, torch.Tensor] | None = None
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic)
 
+    def target_q(self, batch: Batch) -> torch.Tensor:
+        """``min_i Q'_i(s, a)`` of ``batch``, which the value and the actor losses of one update both
+        read: the target critic moves only after both steps (:meth:`update_targets`), so it runs
+        once per update, not twice (the reference's ``update_v`` and ``awr_update_actor`` each
+        evaluate it)."""
+        if self._target_q_of is None or self._target_q_of[0] is not batch:
+            with torch.no_grad():
+                self._target_q_of = (batch, self.critic_target(batch.observations, batch.actions).min(0).values)
+        return self._target_q_of[1]
+
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         """Value and critic losses together: their gradients touch disjoint parameters
         (the value's target is the frozen target critic, the critic's target a detached V)."""
+        q_target = self.target_q(batch)
         with torch.no_grad():
-            q_target = self.critic_target(batch.observations, batch.actions).min(0).values
             next_v = self.value(batch.next_observations).squeeze(-1)
             td_target = batch.rewards.squeeze(-1) + self.cfg.discount * (1.0 - batch.dones.squeeze(-1)) * next_v
         v = self.value(batch.observations).squeeze(-1)
@@ -93,8 +105,7 @@ class IQL(OffPolicyAgent):
 
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         with torch.no_grad():
-            q = self.critic_target(batch.observations, batch.actions).min(0).values
-            advantage = q - self.value(batch.observations).squeeze(-1)
+            advantage = self.target_q(batch) - self.value(batch.observations).squeeze(-1)
             weight = torch.exp(self.cfg.beta * advantage).clamp(max=self.cfg.max_weight)
         log_prob = self.actor.log_prob(batch.observations, batch.actions)
         metrics = {"adv_weight": weight.mean().detach(), "bc_log_prob": log_prob.mean().detach()}
@@ -102,6 +113,7 @@ class IQL(OffPolicyAgent):
 
     def update_targets(self, actor_updated: bool) -> None:
         soft_update(self.critic_target, self.critic, self.cfg.tau)
+        self._target_q_of = None
 
     def _modules(self) -> dict[str, Any]:
         return {**super()._modules(), "value": self.value}

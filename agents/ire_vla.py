@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.text_pg import TextPGConfig, TextPolicyGradient
 from rlft.agents.text_rollout import TextBatch
 from rlft.agents.sft import sft_step
@@ -71,7 +72,7 @@ class IReVLA:
         self._rows = rows
         self._rl_stage = False
         self.output.register_hook(self._mask_rows)
-        self.sft_optimizer = torch.optim.Adam(self.whole, lr=config.sft_lr)
+        self.sft_optimizer = adam(self.whole, lr=config.sft_lr)
         with self._frozen_backbone():
             self.rl = TextPolicyGradient(policy, config.rl_config(), self.generator)
         self.demonstrations: list[Conversation] = []

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlft.agents.optim import adam
 from rlft.policies.base import PPOActor
 from rlft.policies.encoders import encoded
 from rlft.policies.mlp import ACTIVATIONS, mlp
@@ -198,7 +199,7 @@ class PPO:
         in_dim = critic_encoder.out_dim if critic_encoder is not None else obs_dim
         activation = ACTIVATIONS[cfg.critic_activation]
         self.critic = encoded(critic_encoder, mlp(in_dim, 1, cfg.critic_hidden, activation=activation)).to(self.device)
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [
                 {"params": actor.trainable_parameters(), "lr": cfg.actor_lr},
                 {"params": self.critic.parameters(), "lr": cfg.critic_lr},

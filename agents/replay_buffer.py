@@ -142,21 +142,33 @@ class ReplayBuffer:
         version: int = -1,
     ) -> torch.Tensor:
         """Append a batch of online transitions (leading dim: transitions) collected by policy
-        ``version``; returns their rows."""
+        ``version``; returns their rows.
+
+        Online steps add one transition at a time, so the common case (free rows after the newest
+        one) writes slices and reads nothing back; only a ring that wraps onto stored rows checks
+        which of them held finished episodes."""
         obs = np.atleast_2d(obs)
         n = obs.shape[0]
         if self.capacity - self.num_offline < n:
             raise ValueError("no online capacity left: increase the buffer capacity")
-        idx = self._online_indices(n)
-        self.observations[idx] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        self.actions[idx] = torch.as_tensor(np.atleast_2d(action), dtype=torch.float32, device=self.device)
-        self.rewards[idx, 0] = torch.as_tensor(self.transform_rewards(np.atleast_1d(reward)), device=self.device)
-        self.next_observations[idx] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32, device=self.device)
-        self.dones[idx, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
-        self._finished_online -= int(torch.isfinite(self.mc_returns[idx, 0]).sum())  # a wrapped ring overwrites
-        self.mc_returns[idx, 0] = -float("inf")
-        self.ends[idx] = False
-        self.versions[idx] = version
+        start = self._cursor
+        if self.size < self.capacity and start + n <= self.capacity:  # free rows: cursor == size here
+            rows: slice | torch.Tensor = slice(start, start + n)
+            idx = torch.arange(start, start + n, device=self.device)
+            self._cursor = start + n
+        else:
+            rows = idx = self._online_indices(n)
+            overwritten = idx[idx < self.size]
+            self._finished_online -= int(torch.isfinite(self.mc_returns[overwritten, 0]).sum())
+        self.observations[rows] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        self.actions[rows] = torch.as_tensor(np.atleast_2d(action), dtype=torch.float32, device=self.device)
+        self.rewards[rows, 0] = torch.as_tensor(self.transform_rewards(np.atleast_1d(reward)), device=self.device)
+        self.next_observations[rows] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32,
+                                                       device=self.device)
+        self.dones[rows, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
+        self.mc_returns[rows, 0] = -float("inf")
+        self.ends[rows] = False
+        self.versions[rows] = version
         self.size = min(self.size + n, self.capacity)
         return idx
 

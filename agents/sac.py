@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.base import AgentConfig, Metrics, OffPolicyAgent, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.policies.ensemble import TARGET_REDUCTIONS, CriticEnsemble
@@ -68,9 +69,9 @@ class SAC(OffPolicyAgent):
         self.critic = self.critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(float(cfg.init_alpha), device=self.device).log().requires_grad_(True)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr=cfg.alpha_lr)
         self._actor_log_prob: torch.Tensor | None = None
 
     @property

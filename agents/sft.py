@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from rlft.agents.optim import adam
 from rlft.common.progress import Progress
 from rlft.policies.llm import Conversation, LLMPolicy
 
@@ -40,7 +41,7 @@ def train_sft(policy: LLMPolicy, samples: Sequence[Conversation], steps: int, ba
     if not samples:
         raise ValueError("no SFT samples")
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=lr)
+    optimizer = adam(policy.trainable_parameters(), lr=lr)
     losses = []
     log_every = max(1, steps // 50)
     bar = Progress(steps, "sft", enabled=progress)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.base import Metrics
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.td3 import Q1, TD3, TD3Config, UpdateFn
@@ -63,7 +64,7 @@ class SPOT(TD3):
     def __init__(self, obs_dim: int, action_dim: int, cfg: SPOTConfig, device: str | torch.device = "cpu"):
         super().__init__(obs_dim, action_dim, cfg, device)
         self.vae = BehaviorVAE(obs_dim, action_dim, cfg.vae_latent_dim, cfg.vae_hidden).to(self.device)
-        self.vae_optimizer = torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr)
+        self.vae_optimizer = adam(self.vae.parameters(), lr=cfg.vae_lr)
         self.online_updates = 0
 
     @property

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.base import AgentConfig, Metrics, OffPolicyAgent, UpdateFn, ensemble_td_loss, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.policies.ensemble import CriticEnsemble
@@ -47,8 +48,8 @@ class TD3(OffPolicyAgent):
         self.critic_target = copy.deepcopy(self.critic)
         for net in (self.actor_target, self.critic_target):
             net.requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr=cfg.critic_lr)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

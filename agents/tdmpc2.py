@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlft.agents.optim import adam
 from rlft.agents.base import Learner, Metrics, OnlineOverridable, soft_update
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.iql import expectile_weight
@@ -127,10 +128,10 @@ class TDMPC2(Learner):
         m = self.model
         rest = [p for name, p in m.named_parameters() if p.requires_grad and not name.startswith(("encoder.", "prior."))]
         self._model_parameters = [*m.encoder.parameters(), *rest]  # everything but the prior
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [{"params": m.encoder.parameters(), "lr": cfg.lr * cfg.enc_lr_scale}, {"params": rest}], lr=cfg.lr
         )
-        self.prior_optimizer = torch.optim.Adam(m.prior.parameters(), lr=cfg.lr, eps=1e-5)
+        self.prior_optimizer = adam(m.prior.parameters(), lr=cfg.lr, eps=1e-5)
         self.q_scale = RunningScale(cfg.tau).to(self.device)
         self.planner = MPPIPlanner(m, action_dim, cfg.planner, cfg.discount)
         self._warm_means: dict[bool, torch.Tensor | None] = {True: None, False: None}

@@ -29,6 +29,7 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.ppo import compute_gae
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.llm import Conversation, LLMPolicy, SequenceScores
@@ -170,7 +171,7 @@ class TextPolicyGradient:
         groups = [{"params": [p for p in policy.trainable_parameters() if id(p) not in head_ids], "lr": config.lr}]
         if head:
             groups.append({"params": head, "lr": config.value_lr if config.value_lr is not None else config.lr})
-        self.optimizer = torch.optim.Adam(groups, lr=config.lr)
+        self.optimizer = adam(groups, lr=config.lr)
         # GRPO's pi_ref: the LM's trained weights (LoRA: the adapters) as they were at the first update
         self.reference: dict[str, torch.Tensor] | None = None
 

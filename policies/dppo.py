@@ -113,7 +113,8 @@ class DPPOPolicy(nn.Module):
         chunk = x.clamp(-1.0, 1.0)
         chain[-1] = chunk
         chain_t = torch.stack(chain, dim=1)
-        log_probs = Normal(torch.stack(means, dim=1), torch.stack(stds, dim=1)).log_prob(chain_t[:, 1:])
+        steps = Normal(torch.stack(means, dim=1), torch.stack(stds, dim=1), validate_args=False)
+        log_probs = steps.log_prob(chain_t[:, 1:])
         return chunk, chain_t, log_probs
 
     def step_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,8 @@ class DPPOPolicy(nn.Module):
         cond = self._ft_condition(obs).repeat_interleave(self.ft_steps, dim=0)
         mean, logvar = self.base.reverse_step(x_prev, ks, cond, self.ft_network)
         std = (0.5 * logvar).exp().clamp(min=self.min_logprob_std)
-        return Normal(mean, std).log_prob(chain[:, 1:].reshape(-1, dim)).reshape(B, self.ft_steps, dim)
+        step = Normal(mean, std, validate_args=False)
+        return step.log_prob(chain[:, 1:].reshape(-1, dim)).reshape(B, self.ft_steps, dim)
 
     def chain_log_prob(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """Exact log-likelihood of the fine-tuned part of a chain, ``[B]``."""

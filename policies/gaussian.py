@@ -53,7 +53,7 @@ class GaussianActor(nn.Module):
         if not self.squash:
             mean = torch.tanh(mean)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        return Normal(mean, log_std.exp())
+        return Normal(mean, log_std.exp(), validate_args=False)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised action and its log-density ``log pi(a|s)`` (summed over dims)."""
@@ -68,16 +68,19 @@ class GaussianActor(nn.Module):
         """
         dist = self.distribution(obs)
         shape = (obs.shape[0], n, dist.loc.shape[-1])
-        return self._sample(Normal(dist.loc.unsqueeze(1).expand(shape), dist.scale.unsqueeze(1).expand(shape)))
+        return self._sample(Normal(dist.loc.unsqueeze(1).expand(shape), dist.scale.unsqueeze(1).expand(shape),
+                                   validate_args=False))
 
     def _sample(self, dist: Normal) -> tuple[torch.Tensor, torch.Tensor]:
         u = dist.rsample()
         log_prob = dist.log_prob(u).sum(-1)
-        if not self.squash:
-            return u.clamp(-1.0, 1.0), log_prob
-        # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable.
-        log_prob = log_prob - (2.0 * (_LOG_2 - u - nn.functional.softplus(-2.0 * u))).sum(-1)
-        return torch.tanh(u), log_prob
+        if self.squash:  # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable.
+            log_prob = log_prob - (2.0 * (_LOG_2 - u - nn.functional.softplus(-2.0 * u))).sum(-1)
+        return self._to_box(u), log_prob
+
+    def _to_box(self, u: torch.Tensor) -> torch.Tensor:
+        """A draw (or the mean) of the Gaussian as an action: squashed by tanh (SAC) or clipped (IQL)."""
+        return torch.tanh(u) if self.squash else u.clamp(-1.0, 1.0)
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         """``log pi(a|s)`` of given actions (dataset actions at the box edge are pulled in by ``eps``)."""
@@ -90,11 +93,10 @@ class GaussianActor(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        """The mode (squashed mean) or a sample, in ``[-1, 1]``."""
-        if not deterministic:
-            return self.sample(obs)[0]
-        mean = self.distribution(obs).mean
-        return torch.tanh(mean) if self.squash else mean.clamp(-1.0, 1.0)
+        """The mode (squashed mean) or a sample, in ``[-1, 1]``: the draw :meth:`sample` makes, without
+        its log-density (acting runs once per environment step)."""
+        dist = self.distribution(obs)
+        return self._to_box(dist.mean if deterministic else dist.rsample())
 
 
 class GaussianPPOPolicy(nn.Module):
@@ -141,7 +143,8 @@ class GaussianPPOPolicy(nn.Module):
 
     def distribution(self, obs: torch.Tensor) -> Normal:
         mean = self.mean(obs)
-        return Normal(mean, self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mean))
+        std = self.log_std.clamp(self.log_std_min, self.log_std_max).exp().expand_as(mean)
+        return Normal(mean, std, validate_args=False)
 
     def _to_env(self, action: torch.Tensor) -> torch.Tensor:
         return action.clamp(-1.0, 1.0) if self.clip_actions else action

@@ -62,5 +62,8 @@ class TextMLPPolicy(nn.Module):
     def act(self, observations: Sequence[str], deterministic: bool = True) -> tuple[str, ...]:
         """Action names for a batch of observations (the evaluator's ``act``)."""
         logits = self(observations)
-        choice = logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
+        if deterministic:
+            choice = logits.argmax(-1)
+        else:
+            choice = torch.distributions.Categorical(logits=logits, validate_args=False).sample()
         return tuple(self.action_names[int(i)] for i in choice)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from rlft.agents.optim import adam
 from rlft.envs import make_env
 from rlft.policies.llm import ChatFormat, GenerationConfig, LLMPolicy, LoraSettings, add_lora
 from rlft.runtime.plotting import plot_learning_curve
@@ -56,7 +58,7 @@ def generation_speed(policy: LLMPolicy, prompt: list[int], batch: int, new_token
 
 
 def training_speed(policy: LLMPolicy, sequences: list[list[int]], steps: int = 3) -> float:
-    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-6)
+    optimizer = adam(policy.trainable_parameters(), lr=1e-6)
     timings = []
     for _ in range(steps + 1):
         started = time.perf_counter()

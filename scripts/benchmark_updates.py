@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from rlft.agents.optim import adam
 from rlft.agents.base import OffPolicyAgent
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
@@ -129,7 +130,7 @@ def looped_sac(num_critics: int) -> SAC:
     agent = SAC(11, 3, SACConfig(num_critics=num_critics, **WSRL_ENSEMBLE))
     agent.critic = LoopedCriticEnsemble(11, 3, num_critics, agent.cfg.hidden)
     agent.critic_target = copy.deepcopy(agent.critic).requires_grad_(False)
-    agent.critic_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=agent.cfg.critic_lr)
+    agent.critic_optimizer = adam(agent.critic.parameters(), lr=agent.cfg.critic_lr)
     return agent
 
 

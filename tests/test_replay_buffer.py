@@ -87,3 +87,22 @@ def test_finished_only_sampling_skips_the_running_episode(hopper_dataset):
     restored.load_dataset(hopper_dataset)
     restored.load_online_state_dict(state)
     assert restored.num_finished_online == 5
+
+
+def test_finished_count_over_a_discarded_dataset_and_a_wrapping_ring(hopper_dataset):
+    """Rows freed by ``discard_offline`` still hold the dataset's returns-to-go: writing over them
+    must not count as losing finished online rows; a ring that wraps onto a finished episode must."""
+    n = len(hopper_dataset)
+    buffer = ReplayBuffer(11, 3, n + 8)
+    buffer.load_dataset(hopper_dataset, mc_returns=np.ones(n, np.float32))
+    buffer.discard_offline()
+    first = buffer.add(np.zeros((3, 11)), np.zeros((3, 3)), np.ones(3), np.zeros((3, 11)), np.zeros(3))
+    torch.testing.assert_close(first, torch.arange(3))
+    buffer.end_episode(first, np.arange(3.0))
+    assert buffer.num_finished_online == 3
+    small = ReplayBuffer(11, 3, 4)
+    episode = small.add(np.zeros((3, 11)), np.zeros((3, 3)), np.ones(3), np.zeros((3, 11)), np.zeros(3))
+    small.end_episode(episode, np.arange(3.0))
+    rows = small.add(np.zeros((2, 11)), np.zeros((2, 3)), np.ones(2), np.zeros((2, 11)), np.zeros(2))
+    torch.testing.assert_close(rows, torch.tensor([3, 0]))  # the second row wraps onto the episode's first
+    assert small.num_finished_online == 2 and len(small) == 4

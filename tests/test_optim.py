@@ -1,0 +1,126 @@
+"""Optimizers: one place picks torch's fastest implementation (fused, else foreach) for every learner;
+state dicts written by the single-tensor path still load; a fused run resumes bit for bit."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlft.agents.iql import IQL, IQLConfig
+from rlft.agents.optim import adam, implementation, make_optimizer
+from rlft.agents.ppo import PPO, PPOConfig
+from rlft.agents.registry import build_agent
+from rlft.agents.replay_buffer import Batch
+from rlft.policies.gaussian import GaussianPPOPolicy
+
+from test_world_model import tiny_agent
+
+PACKAGE = Path(__file__).resolve().parents[1]
+OPTIMIZERS = {name for name in dir(torch.optim) if isinstance(getattr(torch.optim, name), type)
+              and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)}
+
+
+def optimizers_of(learner) -> list[torch.optim.Optimizer]:
+    return [v for v in vars(learner).values() if isinstance(v, torch.optim.Optimizer)]
+
+
+def batch(seed: int = 0, size: int = 32) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(size, 5, generator=g), torch.rand(size, 2, generator=g) * 2 - 1,
+                 torch.randn(size, 1, generator=g), torch.randn(size, 5, generator=g), torch.zeros(size, 1),
+                 torch.randn(size, 1, generator=g))
+
+
+def test_no_module_builds_a_torch_optimizer_itself():
+    """Every optimizer comes from ``agents/optim.py``: a direct ``torch.optim.Adam(...)`` elsewhere would
+    silently run the slow single-tensor path."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if ".venv" in path.parts or "tests" in path.parts or path == PACKAGE / "agents" / "optim.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in OPTIMIZERS:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.func.attr}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("name", ["td3", "spot", "sac", "cql", "iql"])
+def test_off_policy_learners_step_fused_on_cpu(name):
+    agent = build_agent(name, {"hidden": [16, 16]} | ({"vae_hidden": 16} if name == "spot" else {}), 5, 2)
+    groups = [g for opt in optimizers_of(agent) for g in opt.param_groups]
+    assert len(groups) >= 2 and all(g["fused"] and not g["foreach"] for g in groups)
+
+
+def test_ppo_and_world_model_learners_step_fused_on_cpu():
+    ppo = PPO(GaussianPPOPolicy(5, 2, hidden=(8,)), 5, PPOConfig(critic_hidden=(8,)), 2)
+    world_model = tiny_agent()
+    for opt in optimizers_of(ppo) + optimizers_of(world_model):
+        assert all(g["fused"] for g in opt.param_groups)
+
+
+def test_an_optimizer_without_a_fused_kernel_runs_foreach():
+    param = torch.nn.Parameter(torch.zeros(3))
+    assert implementation(torch.optim.RMSprop, [param]) == {"foreach": True}
+    assert make_optimizer(torch.optim.RMSprop, [param], lr=0.1).param_groups[0]["foreach"]
+    assert implementation(torch.optim.Adam, [param]) == {"fused": True, "foreach": False}
+
+
+def test_a_single_tensor_state_dict_loads_and_steps_fused():
+    """A checkpoint written before optimizers were fused (``foreach``/``fused`` None) keeps its moments
+    and step counts; this process's implementation is re-applied, and the next steps agree with the
+    single-tensor path to rounding."""
+    torch.manual_seed(0)
+    old = IQL(5, 2, IQLConfig(hidden=(16, 16)))
+    old.actor_optimizer = torch.optim.Adam(old.actor.parameters(), lr=old.cfg.actor_lr)
+    old.critic_optimizer = torch.optim.Adam(
+        [{"params": old.critic.parameters()}, {"params": old.value.parameters(), "lr": old.cfg.value_lr}],
+        lr=old.cfg.critic_lr)
+    for i in range(3):
+        old.update(batch(i))
+    state = copy.deepcopy(old.state_dict())  # as a checkpoint holds it: not the live moments
+    assert state["critic_optimizer"]["param_groups"][0]["fused"] is None
+    new = IQL(5, 2, IQLConfig(hidden=(16, 16)))
+    new.load_state_dict(state)
+    for opt in optimizers_of(new):
+        assert all(g["fused"] and not g["foreach"] for g in opt.param_groups)
+        assert all(s["step"].item() == 3.0 for s in opt.state.values())
+    for i in range(3, 6):
+        old.update(batch(i))
+        new.update(batch(i))
+    for a, b in zip(old.critic.parameters(), new.critic.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fused_learner_resumes_bit_for_bit():
+    torch.manual_seed(0)
+    agent = IQL(5, 2, IQLConfig(hidden=(16, 16)))
+    for i in range(4):
+        agent.update(batch(i))
+    saved = io.BytesIO()
+    torch.save({"agent": agent.state_dict(), "rng": torch.get_rng_state()}, saved)
+    saved.seek(0)
+    loaded = torch.load(saved, weights_only=True)
+    resumed = IQL(5, 2, IQLConfig(hidden=(16, 16)))
+    resumed.load_state_dict(loaded["agent"])
+    for i in range(4, 8):
+        agent.update(batch(i))
+    torch.set_rng_state(loaded["rng"])
+    for i in range(4, 8):
+        resumed.update(batch(i))
+    for a, b in zip(agent.state_dict()["critic_optimizer"]["state"].values(),
+                    resumed.state_dict()["critic_optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    for a, b in zip([*agent.actor.parameters(), *agent.critic.parameters(), *agent.value.parameters()],
+                    [*resumed.actor.parameters(), *resumed.critic.parameters(), *resumed.value.parameters()]):
+        assert torch.equal(a, b)
+
+
+def test_param_groups_given_as_generators_are_kept():
+    net = torch.nn.Linear(3, 1)
+    opt = adam([{"params": iter([net.weight])}, {"params": iter([net.bias])}])
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
