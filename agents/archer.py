@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rlft.agents.base import soft_update
 from rlft.agents.optim import adam
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.ensemble import CriticEnsemble
@@ -150,9 +151,7 @@ class ArCHer:
         loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.max_grad_norm)
         self.critic_optimizer.step()
-        with torch.no_grad():
-            for target, online in zip(self.target_critic.parameters(), self.critic.parameters()):
-                target.lerp_(online, self.config.tau)
+        soft_update(self.target_critic, self.critic, self.config.tau)
         return {"critic_loss": loss.item(), "q_mean": q.mean().item()}
 
     def _actor_step(self) -> dict[str, float]:

@@ -123,10 +123,10 @@ class Learner:
 
 
 def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
-    """``target <- (1 - tau) * target + tau * source``, parameter by parameter."""
+    """``target <- (1 - tau) * target + tau * source`` for every parameter, in one multi-tensor ``lerp``
+    (the same values as a per-parameter ``lerp_``, without a Python call per tensor)."""
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 def ensemble_td_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

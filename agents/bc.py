@@ -89,8 +89,7 @@ def train_bc(
         if average is not None:
             with torch.no_grad():
                 weight = 1.0 - ema_decay(step, cfg.ema_power, cfg.ema_max_decay)
-                for a, p in zip(average, params):
-                    a.lerp_(p, weight)
+                torch._foreach_lerp_(average, params, weight)
         running += loss.item()
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -96,22 +96,29 @@ class EnvStepper:
     def run(self, act: ActFn, steps: int, version: int) -> Transitions:
         """``steps`` steps with ``act``. A stateful ``act`` (a planner's warm start) exposes
         ``reset(num_envs)``, called at each episode's first step."""
-        rows: list[tuple] = []
+        columns: tuple[list, ...] = ([], [], [], [], [], [])
+        observations, actions, rewards, next_observations, terminations, truncations = columns
         for _ in range(steps):
-            if self.at_episode_start and hasattr(act, "reset"):
+            if not self._episode_actions and hasattr(act, "reset"):
                 act.reset(1)
             obs_t = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device).unsqueeze(0)
-            action = act(obs_t).squeeze(0).cpu().numpy()
+            action = act(obs_t)[0].cpu().numpy()
             next_obs, reward, terminated, truncated, _ = self.env.step(action)
-            rows.append((self.obs, action, float(reward), next_obs, bool(terminated), bool(truncated)))
+            observations.append(self.obs)
+            actions.append(action)
+            rewards.append(reward)
+            next_observations.append(next_obs)
+            terminations.append(terminated)
+            truncations.append(truncated)
             self._episode_actions.append(action)
             self.obs = next_obs
             if terminated or truncated:
                 self._last_reset = {"rng": generator_state(self.env.unwrapped.np_random)}
                 self._episode_actions = []
                 self.obs, _ = self.env.reset()
-        columns = [np.stack(c) for c in zip(*rows)]
-        return Transitions(*columns, version=version)
+        return Transitions(np.stack(observations), np.stack(actions), np.asarray(rewards, dtype=np.float64),
+                           np.stack(next_observations), np.asarray(terminations, dtype=bool),
+                           np.asarray(truncations, dtype=bool), version=version)
 
     def state_dict(self) -> dict[str, Any]:
         """How the current episode was reset and the actions taken since."""
@@ -148,15 +155,16 @@ class EpisodeRecorder:
     def record(self, t: Transitions) -> list[EpisodeEnd]:
         """Store ``t`` (one env's steps in order); returns the episodes that ended in it."""
         ends, start = [], 0
-        cuts = np.flatnonzero(t.terminated | t.truncated)
-        for stop in sorted({*(cuts + 1).tolist(), len(t)}):
-            if stop > start:
-                self._rows.append(self.buffer.add(t.observations[start:stop], t.actions[start:stop],
-                                                  t.rewards[start:stop], t.next_observations[start:stop],
-                                                  t.terminated[start:stop].astype(np.float32), t.version))
-                self.episode_return += float(t.rewards[start:stop].astype(np.float64).sum())
-                self.episode_length += stop - start
-            if stop - 1 in cuts:
+        stops = (np.flatnonzero(t.terminated | t.truncated) + 1).tolist()
+        for stop in stops if stops and stops[-1] == len(t) else [*stops, len(t)]:
+            if stop == start:  # an empty round
+                break
+            self._rows.append(self.buffer.add(t.observations[start:stop], t.actions[start:stop],
+                                              t.rewards[start:stop], t.next_observations[start:stop],
+                                              t.terminated[start:stop], t.version))
+            self.episode_return += float(t.rewards[start:stop].astype(np.float64).sum())
+            self.episode_length += stop - start
+            if t.terminated[stop - 1] or t.truncated[stop - 1]:
                 ends.append(self._end_episode(bool(t.terminated[stop - 1])))
             start = stop
         return ends
@@ -193,6 +201,7 @@ class LocalCollector:
         self.stepper = EnvStepper(env, seed, device)
         self.recorder = EpisodeRecorder(buffer, mc_discount, sparse_fail_reward)
         self._round: tuple[Learner, int, int] | None = None
+        self._explore: AgentActor | None = None
 
     @property
     def can_checkpoint(self) -> bool:
@@ -207,8 +216,9 @@ class LocalCollector:
         """Run the round; its transitions are in the buffer. Returns the episodes that ended."""
         agent, steps, version = self._round
         self._round = None
-        explore = AgentActor(agent, self.stepper.device, deterministic=False)
-        return self.recorder.record(self.stepper.run(explore, steps, version))
+        if self._explore is None or self._explore.agent is not agent:
+            self._explore = AgentActor(agent, self.stepper.device, deterministic=False)
+        return self.recorder.record(self.stepper.run(self._explore, steps, version))
 
     def state_dict(self) -> dict[str, Any]:
         return {"stepper": self.stepper.state_dict(), "recorder": self.recorder.state_dict()}

@@ -76,6 +76,9 @@ class ReplayBuffer:
         self.mc_returns = torch.full((capacity, 1), -float("inf"), dtype=torch.float32, device=self.device)
         self.ends = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.versions = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
+        # A CPU buffer is also written through numpy views of the same memory: an online step stores
+        # one row, and numpy's slice assignment costs a fraction of torch's indexing.
+        self._host_views = {f: getattr(self, f).numpy() for f in self._STORED} if self.device.type == "cpu" else None
         self.num_offline = 0
         self.size = 0
         self._cursor = 0  # next online write position (>= num_offline)
@@ -160,17 +163,24 @@ class ReplayBuffer:
             rows = idx = self._online_indices(n)
             overwritten = idx[idx < self.size]
             self._finished_online -= int(torch.isfinite(self.mc_returns[overwritten, 0]).sum())
-        self.observations[rows] = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        self.actions[rows] = torch.as_tensor(np.atleast_2d(action), dtype=torch.float32, device=self.device)
-        self.rewards[rows, 0] = torch.as_tensor(self.transform_rewards(np.atleast_1d(reward)), device=self.device)
-        self.next_observations[rows] = torch.as_tensor(np.atleast_2d(next_obs), dtype=torch.float32,
-                                                       device=self.device)
-        self.dones[rows, 0] = torch.as_tensor(np.atleast_1d(terminated), dtype=torch.float32, device=self.device)
-        self.mc_returns[rows, 0] = -float("inf")
-        self.ends[rows] = False
-        self.versions[rows] = version
+        self._write(rows, {
+            "observations": obs, "actions": np.atleast_2d(action), "next_observations": np.atleast_2d(next_obs),
+            "rewards": self.transform_rewards(np.atleast_1d(reward))[:, None],
+            "dones": np.atleast_1d(terminated)[:, None], "mc_returns": -np.inf, "ends": False, "versions": version,
+        })
         self.size = min(self.size + n, self.capacity)
         return idx
+
+    def _write(self, rows: slice | torch.Tensor, columns: dict[str, Any]) -> None:
+        """``field[rows] = value`` for every column (arrays or scalars, cast to the field's dtype)."""
+        if self._host_views is not None:
+            at = rows if isinstance(rows, slice) else rows.numpy()
+            for name, value in columns.items():
+                self._host_views[name][at] = value
+            return
+        for name, value in columns.items():
+            field = getattr(self, name)
+            field[rows] = torch.as_tensor(value, dtype=field.dtype, device=self.device)
 
     def end_episode(self, rows: torch.Tensor, returns: np.ndarray) -> None:
         """An online episode stored in ``rows`` (in order) just ended: fill in its returns-to-go

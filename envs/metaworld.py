@@ -12,6 +12,7 @@ to write demonstration datasets (:mod:`rlft.offline.demos`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -41,13 +42,21 @@ class TaskVariationOnReset(gym.Wrapper):
 
 def make_metaworld_env(env_name: str, render_mode: str | None = None) -> gym.Env:
     """One Meta-World v3 task (e.g. ``"push-v3"``) with seeded task variations."""
+    env_class, tasks = _training_variations(env_name)
+    return TaskVariationOnReset(env_class(render_mode=render_mode), list(tasks))
+
+
+@functools.cache
+def _training_variations(env_name: str) -> tuple[type, tuple[Any, ...]]:
+    """The env class and the 50 training variations of MT1 ``env_name`` (seed ``TASK_SEED``): built
+    once per process, since building them takes about half a second and a vector env makes several
+    (Meta-World restores numpy's global RNG afterwards, so the cache changes no random stream)."""
     import metaworld
 
     if env_name not in metaworld.ALL_V3_ENVIRONMENTS:
         raise KeyError(f"unknown Meta-World task {env_name!r}; known: {sorted(metaworld.ALL_V3_ENVIRONMENTS)}")
     benchmark = metaworld.MT1(env_name, seed=TASK_SEED)
-    env = benchmark.train_classes[env_name](render_mode=render_mode)
-    return TaskVariationOnReset(env, list(benchmark.train_tasks))
+    return benchmark.train_classes[env_name], tuple(benchmark.train_tasks)
 
 
 def scripted_expert(env_name: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -14,12 +14,15 @@ of updates so that both see the same machine, and writes the cost to
 
     python -m rlft.scripts.benchmark_updates --divergence-check --threads 1 --out benchmarks/divergence_check.md
 
-``--compare before-after`` times each learner as it is and as it was before issue 18's speed
-changes (:func:`as_before_issue_18`), ``--compare kernel`` the ensembles' two kernels, ``--compare
+``--compare before-after`` times each learner as it is and as it was before issue 35's speed
+changes (:func:`as_before_issue_35`), ``--compare issue-18`` as it is and with issue 18's changes
+undone (:func:`as_before_issue_18`), ``--compare kernel`` the ensembles' two kernels, ``--compare
 compile`` eager against ``compile=true``, in alternating blocks of one run:
 
-    python -m rlft.scripts.benchmark_updates --compare before-after --threads 1 2 \
+    python -m rlft.scripts.benchmark_updates --compare before-after --threads 1 2 --updates 40 \
         --out benchmarks/update_speed_before_after.md
+    python -m rlft.scripts.benchmark_updates --compare issue-18 --threads 1 2 --updates 40 \
+        --out benchmarks/update_speed_issue18.md
     python -m rlft.scripts.benchmark_updates --compare kernel --threads 1 2 --out benchmarks/ensemble_kernel.md
     python -m rlft.scripts.benchmark_updates --compare compile --threads 1 --out benchmarks/compile.md
 """
@@ -126,6 +129,24 @@ def as_before_issue_18(agent: OffPolicyAgent) -> OffPolicyAgent:
     return agent
 
 
+def as_before_issue_35(agent: OffPolicyAgent) -> OffPolicyAgent:
+    """``agent`` as rlft ran it before issue 35: every optimizer on torch's single-tensor path (its CPU
+    default, which rlft did not override) and IQL evaluating its target critic in both losses."""
+    for optimizer in vars(agent).values():
+        if isinstance(optimizer, torch.optim.Optimizer):
+            for group in optimizer.param_groups:
+                group.update(fused=False, foreach=False)
+    if isinstance(agent, IQL):
+        agent.target_q = types.MethodType(uncached_target_q, agent)
+    return agent
+
+
+def uncached_target_q(agent: IQL, batch: Batch) -> torch.Tensor:
+    """``IQL.target_q`` computed anew on every call, as both of IQL's losses did before issue 35."""
+    with torch.no_grad():
+        return agent.critic_target(batch.observations, batch.actions).min(0).values
+
+
 def looped_sac(num_critics: int) -> SAC:
     agent = SAC(11, 3, SACConfig(num_critics=num_critics, **WSRL_ENSEMBLE))
     agent.critic = LoopedCriticEnsemble(11, 3, num_critics, agent.cfg.hidden)
@@ -150,10 +171,14 @@ def compiled(agent: OffPolicyAgent) -> OffPolicyAgent:
 
 
 COMPARISONS = {  # --compare: (the two variants of each learner, their column names, what the report says about them)
-    "before-after": ((as_before_issue_18, as_is), ("before", "after"),
-                     "'before' is the same learner with issue 18's changes undone "
-                     "(`scripts/benchmark_updates.as_before_issue_18`: batched ensemble kernels on CPU, every critic "
-                     "member run where REDQ's target or TD3's actor reads fewer, CQL's penalty one source at a time)"),
+    "before-after": ((as_before_issue_35, as_is), ("before", "after"),
+                     "'before' is the same learner with issue 35's changes undone "
+                     "(`scripts/benchmark_updates.as_before_issue_35`: optimizers on torch's single-tensor path, "
+                     "IQL's target critic evaluated in both losses); 'after' steps fused (`agents/optim.py`)"),
+    "issue-18": ((as_before_issue_18, as_is), ("before", "after"),
+                 "'before' is the same learner with issue 18's changes undone "
+                 "(`scripts/benchmark_updates.as_before_issue_18`: batched ensemble kernels on CPU, every critic "
+                 "member run where REDQ's target or TD3's actor reads fewer, CQL's penalty one source at a time)"),
     "kernel": ((with_kernel("batched"), with_kernel("per_member")), ("batched", "per_member"),
                "'batched' runs every critic ensemble through one `baddbmm` per layer, 'per_member' through one "
                "`addmm` and one fused `layer_norm` per member and layer (`policies/ensemble.EnsembleMLP`); nothing "
@@ -291,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--divergence-check", action="store_true",
                         help="time the runners' NaN/inf check of each update's metrics instead")
     parser.add_argument("--compare", choices=sorted(COMPARISONS),
-                        help="time each learner against a variant in one run: with issue 18's changes undone, "
-                             "or compiled")
+                        help="time each learner against a variant in one run: with issue 35's (before-after) "
+                             "or issue 18's changes undone, another ensemble kernel, or compiled")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_updates", argv)
     torch.manual_seed(0)

@@ -143,7 +143,7 @@ def test_plot_runs_draws_a_metrics_column_per_run_and_names_a_bad_run(tmp_path):
         bench_runs.metrics_curve(csv, "entropy")
 
 
-@pytest.mark.parametrize("compare", ["kernel", "before-after"])
+@pytest.mark.parametrize("compare", ["kernel", "before-after", "issue-18"])
 def test_the_update_comparisons_time_two_variants_of_each_learner_and_write_a_row(tmp_path, compare):
     from rlft.scripts import benchmark_updates
 
@@ -154,6 +154,23 @@ def test_the_update_comparisons_time_two_variants_of_each_learner_and_write_a_ro
     assert len(rows) == 1
     first, second, ratio = (float(cell.strip().rstrip("x")) for cell in rows[0].split("|")[3:6])
     assert first > 0 and second > 0 and ratio == pytest.approx(second / first, abs=0.01)
+
+
+def test_before_issue_35_steps_single_tensor_and_evaluates_iqls_target_in_each_loss():
+    import torch
+
+    from rlft.agents.iql import IQL, IQLConfig
+    from rlft.agents.replay_buffer import Batch
+    from rlft.scripts import benchmark_updates
+
+    agent = benchmark_updates.as_before_issue_35(IQL(5, 2, IQLConfig(hidden=(8, 8))))
+    groups = [g for opt in (agent.actor_optimizer, agent.critic_optimizer) for g in opt.param_groups]
+    assert not any(g["fused"] or g["foreach"] for g in groups)
+    batch = Batch(*(torch.randn(4, d) for d in (5, 2, 1, 5, 1)))
+    first, second = agent.target_q(batch), agent.target_q(batch)
+    assert first is not second and torch.equal(first, second)
+    cached = IQL(5, 2, IQLConfig(hidden=(8, 8)))
+    assert cached.target_q(batch) is cached.target_q(batch)  # one evaluation per update
 
 
 def test_update_flops_count_the_actor_steps_that_every_second_update_takes():

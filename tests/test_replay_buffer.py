@@ -106,3 +106,18 @@ def test_finished_count_over_a_discarded_dataset_and_a_wrapping_ring(hopper_data
     rows = small.add(np.zeros((2, 11)), np.zeros((2, 3)), np.ones(2), np.zeros((2, 11)), np.zeros(2))
     torch.testing.assert_close(rows, torch.tensor([3, 0]))  # the second row wraps onto the episode's first
     assert small.num_finished_online == 2 and len(small) == 4
+
+
+def test_numpy_and_torch_writes_store_the_same_rows():
+    """A CPU buffer writes through numpy views; other devices through torch indexing (forced here):
+    both store the same values, also where the ring wraps."""
+    views, indexed = ReplayBuffer(3, 2, 6, reward_scale=2.0), ReplayBuffer(3, 2, 6, reward_scale=2.0)
+    indexed._host_views = None
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 1, 2):
+        step = (rng.standard_normal((n, 3)), rng.standard_normal((n, 2)), rng.standard_normal(n),
+                rng.standard_normal((n, 3)), rng.random(n) < 0.5)
+        assert torch.equal(views.add(*step, version=7), indexed.add(*step, version=7))
+    assert len(views) == 6
+    for field in ReplayBuffer._STORED:
+        assert torch.equal(getattr(views, field), getattr(indexed, field)), field
