@@ -79,6 +79,7 @@ class IQL(OffPolicyAgent):
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic)
 
+    @torch.compiler.disable  # compiled losses (compile=true) call it eagerly: its cache is Python state
     def target_q(self, batch: Batch) -> torch.Tensor:
         """``min_i Q'_i(s, a)`` of ``batch``, which the value and the actor losses of one update both
         read: the target critic moves only after both steps (:meth:`update_targets`), so it runs

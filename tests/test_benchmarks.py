@@ -182,3 +182,42 @@ def test_update_flops_count_the_actor_steps_that_every_second_update_takes():
     agent, batch = TD3(11, 3, TD3Config(hidden=(32, 32))), hopper_batch()
     critic_only = update_flops(agent.update, batch, updates=1)  # TD3's first update trains the critics alone
     assert update_flops(agent.update, batch, updates=2) > critic_only
+
+
+def test_the_update_loop_report_pairs_the_two_arms_of_each_seed(tmp_path):
+    from rlft.scripts import benchmark_update_loop as loop
+
+    out = tmp_path / "out"
+    for arm, wall_s, rate in (("before", 120.0, 80.0), ("after", 100.0, 96.0)):
+        folder = tmp_path / arm
+        folder.mkdir()
+        (folder / "metrics.csv").write_text("step,phase,phase_step,steps_per_sec\n"
+                                            f"1000,offline,1000,{rate}\n2000,online,1000,{0.9 * rate}\n2000,online,,\n")
+        history = [{"step": 1000, "phase": "offline", "normalized_score": 10.0},
+                   {"step": 2000, "phase": "online", "normalized_score": 20.0}]
+        (folder / "eval.json").write_text(json.dumps({"metric": "normalized_score", "history": history}))
+        summary = loop.summarise_run(folder, wall_s, arm=arm, experiment="x", seed=0, overrides="", python="py")
+        path = loop.summary_path(out, arm, "x", 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary))
+    loop.main(["--arm", "before=py", "--arm", "after=py", "--experiment", "x=experiment=smoke", "--seeds", "0", "1",
+               "--out", str(out), "--report-only"])
+    text = (out / "results.md").read_text()
+    assert "| 0 | 2.00 | 1.67 | 1.20x | 80.0 → 96.0 | 72.0 → 86.4 | 20.0 | 20.0 |" in text
+    assert "mean 1.20x over 1 seed(s)" in text and "- after: online steps/s are 90% of offline updates/s." in text
+    assert (out / "x.png").is_file()
+    with pytest.raises(SystemExit):
+        loop.main(["--arm", "before=py", "--experiment", "x=", "--out", str(out), "--report-only"])
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+        loop.named("no-equals-sign")
+
+
+def test_the_online_step_breakdown_times_every_piece(tmp_path):
+    from rlft.scripts import benchmark_online_step
+
+    out = tmp_path / "online_step.md"
+    benchmark_online_step.main(["--experiment", "o2o/iql/hopper-medium", "--steps", "40", "--out", str(out)])
+    rows = [line.split("|") for line in out.read_text().splitlines()
+            if line.startswith("| ") and "µs" not in line and "---" not in line]
+    assert len(rows) == 6 and all(float(row[2]) > 0 for row in rows)
+    assert "An online step runs at" in out.read_text()
