@@ -15,6 +15,7 @@ that rlft had before issue 35, so the 'before' install can run it too:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+import rlft
 from rlft.agents.online import LocalCollector
 from rlft.agents.registry import build_agent
 from rlft.agents.replay_buffer import ReplayBuffer
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     pieces[f"online step: collection round + {utd} update(s)"] = steps / blocks
     ratio = utd * pieces[f"update alone (batch {batch_size})"] / steps * blocks
     lines = [f"# One online step of `rlft experiment={args.experiment}`: {args.label}", "",
-             f"Produced by `{bench_runs.command_line('rlft.scripts.benchmark_online_step', argv)}` on "
+             f"Produced by `{bench_runs.command_line('rlft.scripts.benchmark_online_step', argv)}` run by "
+             f"`{sys.executable}` with rlft from `{Path(rlft.__file__).resolve().parent}`, on "
              f"{bench_runs.cpu_description()}, torch {torch.__version__}, one thread.", "",
              "| piece | µs |", "| --- | ---: |", *[f"| {name} | {us:.0f} |" for name, us in pieces.items()], "",
              f"An online step runs at {100 * ratio:.0f}% of the rate of the updates it makes.", ""]

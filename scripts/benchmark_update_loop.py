@@ -40,6 +40,8 @@ import numpy as np
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
+LAST_EVALUATIONS = 3
+
 
 def named(text: str) -> tuple[str, str]:
     """``NAME=VALUE`` -> ``(name, value)`` (the value may be empty or hold further ``=``)."""
@@ -106,6 +108,11 @@ def run_seed(args: argparse.Namespace, experiment: str, overrides: str, seed: in
         print(f"{experiment} seed {seed} {arm}: {summary['wall_s'] / 60:.1f} min", flush=True)
 
 
+def score(summary: dict[str, Any]) -> float:
+    """A run's score: the mean of its last :data:`LAST_EVALUATIONS` evaluations (one snapshot is noisy)."""
+    return float(np.mean([r["value"] for r in summary["history"][-LAST_EVALUATIONS:]]))
+
+
 def curve_of(summary: dict[str, Any], grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     steps = [r["step"] for r in summary["history"]]
     values = [r["value"] if r["value"] is not None else np.nan for r in summary["history"]]
@@ -139,15 +146,18 @@ def experiment_section(args: argparse.Namespace, experiment: str) -> list[str]:
     metric = pairs[0][0]["metric"]
     lines = [f"| seed | {first} min | {second} min | {first} / {second} wall | "
              + "".join(f"{phase} steps/s {first} → {second} | " for phase in phases)
-             + f"final {metric} {first} | final {metric} {second} |",
+             + f"{metric} {first} | {metric} {second} |",
              "| ---: | ---: | ---: | ---: | " + "---: | " * len(phases) + "---: | ---: |"]
     for seed, (a, b) in zip(seeds, pairs):
         rates = "".join(f"{a['rates'].get(p, np.nan):.1f} → {b['rates'].get(p, np.nan):.1f} | " for p in phases)
         lines.append(f"| {seed} | {a['wall_s'] / 60:.2f} | {b['wall_s'] / 60:.2f} | {a['wall_s'] / b['wall_s']:.2f}x | "
-                     f"{rates}{a['history'][-1]['value']:.1f} | {b['history'][-1]['value']:.1f} |")
+                     f"{rates}{score(a):.1f} | {score(b):.1f} |")
     speedups = [a["wall_s"] / b["wall_s"] for a, b in pairs]
+    scores = [bench_runs.mean_std([score(pair[index]) for pair in pairs]) for index in (0, 1)]
     lines += ["", f"Wall-time speed-up, {second} over {first}: mean {np.mean(speedups):.2f}x over {len(seeds)} "
-              f"seed(s) (each {', '.join(f'{x:.2f}x' for x in speedups)}).", ""]
+              f"seed(s) (each {', '.join(f'{x:.2f}x' for x in speedups)}). A run's {metric} is the mean of its "
+              f"last {LAST_EVALUATIONS} evaluations; over seeds (mean ± std), {first} {scores[0]}, "
+              f"{second} {scores[1]}.", ""]
     for arm, index in ((first, 0), (second, 1)):
         ratios = [pair[index]["rates"].get("online", 0) / pair[index]["rates"]["offline"]
                   for pair in pairs if "offline" in pair[index]["rates"]]

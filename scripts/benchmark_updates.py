@@ -40,18 +40,21 @@ from typing import Callable, Iterator
 import torch
 
 from rlft.agents.optim import adam
-from rlft.agents.base import OffPolicyAgent
+from rlft.agents.base import Learner, OffPolicyAgent
 from rlft.agents.replay_buffer import Batch
 from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
 from rlft.agents.cql import CQL, CQLConfig, conservative_gap
 from rlft.agents.iql import IQL, IQLConfig
+from rlft.agents.registry import build_agent
 from rlft.agents.spot import SPOT, SPOTConfig
 from rlft.policies.ensemble import CriticEnsemble, EnsembleMLP, reduce_ensemble
 from rlft.policies.mlp import mlp
 from rlft.runtime.runner import first_non_finite
 from rlft.scripts import bench_runs
 
+WORLD_MODEL = "TD-MPC2, cpu world model (horizon 3)"
+CPU_WORLD_MODEL = {"latent_dim": 128, "mlp_dim": 256, "activation": "silu"}  # configs/wm_size/cpu.yaml
 WSRL_ENSEMBLE = dict(critic_layer_norm=True, target_reduction="redq", actor_reduction="mean")
 PAIRS = {  # configuration -> the one it is compared with, for the cost ratio
     "SAC, 10 LN critics, batched (WSRL online)": "SAC, 2 LN critics",
@@ -129,7 +132,7 @@ def as_before_issue_18(agent: OffPolicyAgent) -> OffPolicyAgent:
     return agent
 
 
-def as_before_issue_35(agent: OffPolicyAgent) -> OffPolicyAgent:
+def as_before_issue_35(agent: Learner) -> Learner:
     """``agent`` as rlft ran it before issue 35: every optimizer on torch's single-tensor path (its CPU
     default, which rlft did not override) and IQL evaluating its target critic in both losses."""
     for optimizer in vars(agent).values():
@@ -199,6 +202,8 @@ def comparison_report(configs: dict, args: argparse.Namespace, batch: Batch, com
              "", f"| configuration | torch threads | {first} (updates/s) | {second} (updates/s) | {second} / {first} |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, threads in selected_configs(configs, args):
+        if name == WORLD_MODEL and args.compare != "before-after":
+            continue  # the other comparisons change critic ensembles, CQL or compiled losses: none of its parts
         arms = {arm: update_of(configs, name, variant) for arm, variant in zip((False, True), variants)}
         try:
             a, b = paired_rates(arms, batch, args.updates)
@@ -267,10 +272,21 @@ def selected_configs(configs: dict, args: argparse.Namespace) -> Iterator[tuple[
 
 def update_of(configs: dict, name: str, variant: Callable[[OffPolicyAgent], OffPolicyAgent] = as_is
               ) -> Callable[[Batch], dict]:
-    """The update function of a fresh agent of configuration ``name``, as ``variant`` makes it."""
-    make, vae_only = configs[name]
+    """The update function of a fresh agent of configuration ``name``, as ``variant`` makes it. A world
+    model ignores the transition batch it is given and trains on Hopper-shaped sequences of its horizon."""
+    make, which = configs[name]
     agent = variant(make())
-    return agent.update_vae if vae_only else agent.update
+    if which == "sequences":
+        sequences = hopper_sequences(agent.sequence_length, 256)
+        return lambda _batch: agent.update(sequences)
+    return getattr(agent, which)
+
+
+def hopper_sequences(length: int, batch_size: int) -> Batch:
+    """Random time-major sequences ``[length, batch_size, ...]`` with Hopper's shapes."""
+    shape = (length, batch_size)
+    return Batch(torch.randn(*shape, 11), torch.rand(*shape, 3) * 2 - 1, torch.randn(*shape, 1),
+                 torch.randn(*shape, 11), torch.zeros(*shape, 1))
 
 
 def selected_updates(configs: dict, args: argparse.Namespace) -> Iterator[tuple[str, int, Callable[[Batch], dict]]]:
@@ -324,19 +340,21 @@ def main(argv: list[str] | None = None) -> None:
     b = args.batch_size
     obs, next_obs = torch.randn(b, 11), torch.randn(b, 11)
     batch = Batch(obs, torch.rand(b, 3) * 2 - 1, torch.randn(b, 1), next_obs, torch.zeros(b, 1), torch.randn(b, 1))
-    configs = {  # name -> (agent factory, time VAE pretraining instead of actor-critic updates)
-        "TD3 (256-256)": (lambda: TD3(11, 3, TD3Config()), False),
-        "SPOT, VAE 256-256 (demo)": (lambda: SPOT(11, 3, SPOTConfig(vae_hidden=256)), False),
-        "SPOT, VAE 750-750 (paper)": (lambda: SPOT(11, 3, SPOTConfig()), False),
-        "SPOT VAE pretraining, 750-750": (lambda: SPOT(11, 3, SPOTConfig()), True),
-        "SAC, 2 LN critics": (lambda: SAC(11, 3, SACConfig(num_critics=2, **WSRL_ENSEMBLE)), False),
+    configs = {  # name -> (agent factory, the update timed: "update", SPOT's "update_vae", or "sequences")
+        "TD3 (256-256)": (lambda: TD3(11, 3, TD3Config()), "update"),
+        "SPOT, VAE 256-256 (demo)": (lambda: SPOT(11, 3, SPOTConfig(vae_hidden=256)), "update"),
+        "SPOT, VAE 750-750 (paper)": (lambda: SPOT(11, 3, SPOTConfig()), "update"),
+        "SPOT VAE pretraining, 750-750": (lambda: SPOT(11, 3, SPOTConfig()), "update_vae"),
+        "SAC, 2 LN critics": (lambda: SAC(11, 3, SACConfig(num_critics=2, **WSRL_ENSEMBLE)), "update"),
         "SAC, 10 LN critics, batched (WSRL online)": (
-            lambda: SAC(11, 3, SACConfig(num_critics=10, **WSRL_ENSEMBLE)), False),
-        "SAC, 10 LN critics, Python loop": (lambda: looped_sac(10), False),
-        "Cal-QL, 2 LN critics": (lambda: CQL(11, 3, CQLConfig(calibrated=True, num_critics=2, **WSRL_ENSEMBLE)), False),
+            lambda: SAC(11, 3, SACConfig(num_critics=10, **WSRL_ENSEMBLE)), "update"),
+        "SAC, 10 LN critics, Python loop": (lambda: looped_sac(10), "update"),
+        "Cal-QL, 2 LN critics": (
+            lambda: CQL(11, 3, CQLConfig(calibrated=True, num_critics=2, **WSRL_ENSEMBLE)), "update"),
         "Cal-QL, 10 LN critics (WSRL offline)": (
-            lambda: CQL(11, 3, CQLConfig(calibrated=True, num_critics=10, **WSRL_ENSEMBLE)), False),
-        "IQL": (lambda: IQL(11, 3, IQLConfig()), False),
+            lambda: CQL(11, 3, CQLConfig(calibrated=True, num_critics=10, **WSRL_ENSEMBLE)), "update"),
+        "IQL": (lambda: IQL(11, 3, IQLConfig()), "update"),
+        WORLD_MODEL: (lambda: build_agent("tdmpc2", {"model": CPU_WORLD_MODEL}, 11, 3), "sequences"),
     }
     if args.compare:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -203,8 +203,8 @@ def test_the_update_loop_report_pairs_the_two_arms_of_each_seed(tmp_path):
     loop.main(["--arm", "before=py", "--arm", "after=py", "--experiment", "x=experiment=smoke", "--seeds", "0", "1",
                "--out", str(out), "--report-only"])
     text = (out / "results.md").read_text()
-    assert "| 0 | 2.00 | 1.67 | 1.20x | 80.0 → 96.0 | 72.0 → 86.4 | 20.0 | 20.0 |" in text
-    assert "mean 1.20x over 1 seed(s)" in text and "- after: online steps/s are 90% of offline updates/s." in text
+    assert "| 0 | 2.00 | 1.67 | 1.20x | 80.0 → 96.0 | 72.0 → 86.4 | 15.0 | 15.0 |" in text
+    assert "mean 1.20x over 1 seed(s)" in text and "before 15.0 ± 0.0, after 15.0 ± 0.0" in text and "- after: online steps/s are 90% of offline updates/s." in text
     assert (out / "x.png").is_file()
     with pytest.raises(SystemExit):
         loop.main(["--arm", "before=py", "--experiment", "x=", "--out", str(out), "--report-only"])

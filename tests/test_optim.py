@@ -124,3 +124,44 @@ def test_param_groups_given_as_generators_are_kept():
     net = torch.nn.Linear(3, 1)
     opt = adam([{"params": iter([net.weight])}, {"params": iter([net.bias])}])
     assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
+
+
+def test_evaluating_iqls_target_once_per_update_changes_no_number():
+    """Issue 35's IQL change against the learner as it was (the benchmark's 'before' arm, optimizers
+    aside): the same updates to the bit."""
+    from rlft.scripts.benchmark_updates import uncached_target_q
+
+    torch.manual_seed(0)
+    cached = IQL(5, 2, IQLConfig(hidden=(16, 16)))
+    uncached = copy.deepcopy(cached)
+    uncached.target_q = uncached_target_q.__get__(uncached)
+    for i in range(4):
+        cached.update(batch(i))
+        uncached.update(batch(i))
+    for a, b in zip(cached.state_dict()["actor"].values(), uncached.state_dict()["actor"].values()):
+        assert torch.equal(a, b)
+    for a, b in zip(cached.value.parameters(), uncached.value.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_multi_tensor_soft_update_equals_a_per_parameter_lerp():
+    from rlft.agents.base import soft_update
+
+    torch.manual_seed(0)
+    source, target = torch.nn.Linear(7, 5), torch.nn.Linear(7, 5)
+    expected = [t.detach().clone().lerp_(s.detach(), 0.005) for t, s in zip(target.parameters(), source.parameters())]
+    soft_update(target, source, 0.005)
+    assert all(torch.equal(t, e) for t, e in zip(target.parameters(), expected))
+
+
+@pytest.mark.parametrize("squash", [True, False], ids=["sac", "iql"])
+def test_the_exploration_action_is_the_draw_sample_makes(squash):
+    """Acting skips the log-density but draws the same noise: runs act exactly as before."""
+    from rlft.policies.gaussian import GaussianActor
+
+    actor = GaussianActor(5, 2, (8,), squash=squash, state_dependent_std=squash)
+    obs = torch.randn(3, 5)
+    torch.manual_seed(1)
+    sampled = actor.sample(obs)[0]
+    torch.manual_seed(1)
+    assert torch.equal(actor.act(obs, deterministic=False), sampled.detach())
