@@ -86,7 +86,18 @@ def make_optimizer(optimizer_class: type[torch.optim.Optimizer], params: Params,
     choice = implementation(optimizer_class, _parameters(params))
     optimizer = optimizer_class(params, **hyperparameters, **choice)
     optimizer.register_load_state_dict_post_hook(functools.partial(_reapply, choice))
+    if choice.get("fused"):
+        optimizer.register_step_post_hook(_count_in_place_writes)
     return optimizer
+
+
+def _count_in_place_writes(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Bump the version counter of every parameter a fused step wrote. torch's CPU fused kernels write
+    parameters without it (torch 2.13), and the single-tensor and ``foreach`` paths do bump it; caches of
+    weights derived from parameters (``policies/llm.py``: the bfloat16 sampling copy, the decoder's
+    fused projections) read the counters to know a parameter changed in place."""
+    torch.autograd.graph.increment_version(
+        [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
 
 
 def adam(params: Params, lr: float = 1e-3, **hyperparameters: Any) -> torch.optim.Adam:

@@ -165,3 +165,15 @@ def test_the_exploration_action_is_the_draw_sample_makes(squash):
     sampled = actor.sample(obs)[0]
     torch.manual_seed(1)
     assert torch.equal(actor.act(obs, deterministic=False), sampled.detach())
+
+
+def test_a_fused_step_counts_as_an_in_place_write_of_every_stepped_parameter():
+    """Caches of derived weights (the LLM policy's sampling copy and decoder) watch version counters,
+    which torch's CPU fused kernels leave alone: a stale cache would sample with old weights."""
+    stepped, untouched = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    optimizer = adam([stepped, untouched], lr=0.1)
+    assert optimizer.param_groups[0]["fused"]
+    stepped.grad = torch.ones(3)
+    before = (stepped._version, untouched._version)
+    optimizer.step()
+    assert stepped._version > before[0] and untouched._version == before[1]
