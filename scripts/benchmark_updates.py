@@ -384,6 +384,13 @@ def main(argv: list[str] | None = None) -> None:
         "fp32 matmul rate at the same thread count, measured on a 2048 x 2048 product: "
         + ", ".join(f"{peak:.0f} GFLOP/s with {t} thread{'s' if t > 1 else ''}" for t, peak in peaks.items()) + ".",
         "",
+        "Absolute rates on a shared machine move between runs of the same code (TD3 at 2 threads: 111 "
+        "updates/s at 07:09 and 48 at 08:38 on 2026-12-02, nothing else running here), so compare rows of "
+        "one run, and the paired files (`update_speed_before_after.md`, `update_speed_issue18.md`, "
+        "`ensemble_kernel.md`, `compile.md`) for changes. FLOPs are averaged over two updates, since TD3 "
+        "and SPOT update their actor every second one. The TD-MPC2 row trains on Hopper-shaped sequences "
+        "of its horizon.",
+        "",
         "| configuration | torch threads | updates/s | GFLOP per update | GFLOP/s | of the matmul peak |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *[f"| {n} | {t} | {r:.0f} | {g:.3f} | {g * r:.1f} | {100 * g * r / peaks[t]:.0f}% |" for n, t, r, g in rows],
