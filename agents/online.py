@@ -96,8 +96,7 @@ class EnvStepper:
     def run(self, act: ActFn, steps: int, version: int) -> Transitions:
         """``steps`` steps with ``act``. A stateful ``act`` (a planner's warm start) exposes
         ``reset(num_envs)``, called at each episode's first step."""
-        columns: tuple[list, ...] = ([], [], [], [], [], [])
-        observations, actions, rewards, next_observations, terminations, truncations = columns
+        observations, actions, rewards, next_observations, terminations, truncations = ([] for _ in range(6))
         for _ in range(steps):
             if not self._episode_actions and hasattr(act, "reset"):
                 act.reset(1)

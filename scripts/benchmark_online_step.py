@@ -23,13 +23,13 @@ from typing import Callable
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 import rlft
 from rlft.agents.online import LocalCollector
-from rlft.agents.registry import build_agent
+from rlft.agents.registry import make_agent
 from rlft.agents.replay_buffer import ReplayBuffer
 from rlft.envs.factory import make_env
+from rlft.runtime.experiment import Experiment
 from rlft.scripts import bench_runs
 
 
@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     with initialize_config_module("rlft.configs", version_base=None):
         cfg = compose("config", [f"experiment={args.experiment}"])
-    options = {k: v for k, v in OmegaConf.to_container(cfg.agent, resolve=True).items() if k != "name"}
+    settings = Experiment.settings(cfg)  # the typed trainer and agent configs, as the runner reads them
     env = make_env(cfg.env)
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    agent = build_agent(cfg.agent.name, options, obs_dim, action_dim)
+    agent = make_agent(cfg.agent.name, settings["agent"], obs_dim, action_dim)
     agent.start_online()
     buffer = ReplayBuffer(obs_dim, action_dim, 20 * args.steps)
     collector = LocalCollector(env, buffer, 0, torch.device("cpu"))
-    batch_size, utd = int(cfg.trainer.batch_size), int(cfg.trainer.utd)
+    batch_size, utd = settings["trainer"].batch_size, settings["trainer"].utd
 
     def collect() -> None:
         collector.start(agent, 1, agent.num_updates)
