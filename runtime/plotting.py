@@ -86,6 +86,53 @@ def plot_seed_curves(
     return _save(fig, path)
 
 
+def plot_band_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "normalised score",
+    hlines: Mapping[str, float] | None = None,
+) -> Path:
+    """Plot a centre line (e.g. the IQM over seeds) with a shaded interval per named method;
+    ``curves[name] = (steps, centre, low, high, runs)``; ``hlines`` mark reference levels."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, (steps, centre, low, high, runs) in curves.items():
+        line, = ax.plot(steps, centre, label=f"{name} (n={runs})")
+        ax.fill_between(steps, low, high, alpha=0.2, color=line.get_color(), linewidth=0)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="black", linestyle=":", linewidth=1, label=label)
+    _finish(ax, title, xlabel, ylabel)
+    return _save(fig, path)
+
+
+def plot_interval_bars(
+    rows: Sequence[tuple[str, float, float | None, float | None]],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    limits: tuple[float, float] | None = None,
+    marker: float | None = None,
+) -> Path:
+    """One horizontal bar per ``(label, value, low, high)`` row: the value as a dot, the interval as
+    a line (none when ``low`` is ``None``); ``marker`` draws a dashed vertical reference."""
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.2))
+    for i, (label, value, low, high) in enumerate(rows):
+        if low is not None and high is not None:
+            ax.plot([low, high], [i, i], color="tab:blue", linewidth=4, alpha=0.5)
+        ax.plot([value], [i], "o", color="tab:blue")
+    ax.set_yticks(range(len(rows)), [row[0] for row in rows])
+    ax.invert_yaxis()
+    if marker is not None:
+        ax.axvline(marker, color="grey", linestyle="--", linewidth=1)
+    if limits:
+        ax.set_xlim(*limits)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
 def _finish(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel(xlabel)

@@ -19,12 +19,14 @@ end at 0, so ``metrics.csv`` and TensorBoard stay monotone and the evaluated cur
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import shutil
 import sys
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +45,16 @@ from rlft.runtime.evaluation import EvalResult
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.run_folder import EVAL_FILE, RunLock, claim_run_folder, open_run_folder, write_eval_json
+from rlft.common.machine import device_description
 from rlft.common.seeding import get_rng_state, seed_everything, set_rng_state
 from rlft.common.typed_config import ConfigError, check_value, resolve_device
 
 PRETRAINED_CHECKPOINT = "pretrained_checkpoint"  # the state at the end of pretraining, for init_from
 EVAL_KEYS = ("pipeline", "task", "method", "seed", "source", "metric", "axis", "step", "done", "before", "after",
-             "history", "details")  # eval.json's top-level keys, the same for every pipeline
+             "history", "details", "compute")  # eval.json's top-level keys, the same for every pipeline
+
+
+_device_name = functools.cache(device_description)  # read /proc/cpuinfo once per process, not per evaluation
 
 
 class RunError(RuntimeError):
@@ -151,6 +157,9 @@ class Runner(ABC):
         self._resume_log_step: int | None = None
         self._initialised_from: Path | None = None  # the checkpoint init_from loaded (prepare_init_from)
         self._unchecked: list[tuple[str, int, int, Mapping[str, Any]]] = []  # (phase, phase_step, step, metrics)
+        self._seconds_saved = 0.0  # wall-clock seconds of the work the loaded checkpoint holds (resume)
+        self._started: float | None = None  # when this process began running phases
+        self._reference: dict[str, Any] | None = None  # reference_score as eval.json records it ({}: none)
 
     # ----------------------------------------------------------- pipeline hooks
     @abstractmethod
@@ -288,11 +297,32 @@ class Runner(ABC):
             "before": before[-1] if before else None,
             "after": after[-1] if (done and after) else None,
             "history": self.eval_history,
-            "details": info.get("details", {}),
+            "details": {**info.get("details", {}), "reference_score": self._reference_record()},
+            "compute": self.compute(),
         }
 
     def write_eval_json(self) -> None:
         write_eval_json(self.run_dir, self.results())
+
+    def _reference_record(self) -> dict[str, Any] | None:
+        """:meth:`reference_score` as ``{"label", "value"}`` for ``eval.json`` (computed once)."""
+        if self._reference is None:
+            reference = self.reference_score()
+            self._reference = ({"label": reference[0], "value": reference[1] if math.isfinite(reference[1]) else None}
+                               if reference else {})
+        return self._reference or None
+
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds spent on this run's work: the sessions before the checkpoint it resumed
+        from, plus this one (time lost to a kill after the last checkpoint is not counted: that work
+        is done again)."""
+        return self._seconds_saved + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    def compute(self) -> dict[str, Any]:
+        """``eval.json``'s ``compute``: wall-clock seconds, the device (CPU model or GPU name), torch
+        threads and version: what a benchmark report states beside every number."""
+        return {"wall_seconds": round(self.wall_seconds(), 2), "device": _device_name(str(self.device)),
+                "threads": torch.get_num_threads(), "torch": torch.__version__}
 
     # -------------------------------------------------------------- checkpoints
     def checkpoint(self) -> Path:
@@ -311,6 +341,7 @@ class Runner(ABC):
             "rng": get_rng_state(),
             "eval_history": self.eval_history,
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+            "wall_seconds": self.wall_seconds(),
             "state": pipeline_state,
         }
         return save_checkpoint(self.run_dir / "checkpoints", self.work, state, self.keep_checkpoints)
@@ -334,6 +365,7 @@ class Runner(ABC):
         self.phase_index, self.phase_step = counters["phase_index"], counters["phase_step"]
         self.step, self.work = counters["step"], counters["work"]
         self.eval_history = list(state["eval_history"])
+        self._seconds_saved = float(state.get("wall_seconds", 0.0))  # checkpoints before 2026-12-07 have none
         self._resume_log_step = int(counters["log_step"])
         where = f"phase {self.phase.name}, {self.phase_step} steps into it" if self.phase else "finished"
         print(f"resumed from {path} ({where}; step {self.step})")
@@ -476,6 +508,7 @@ class Runner(ABC):
         if fresh:
             self.lock = claim_run_folder(self.run_dir)
             self.claimed = True
+        self._started = time.perf_counter()
         try:
             self._run_phases(fresh)
         finally:

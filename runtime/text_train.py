@@ -110,6 +110,7 @@ class TextLoopConfig:
     eval_seed: int = 1_000_000
     eval_greedy: bool = True
     eval_temperature: float | None = None  # sampled evaluation's temperature (None: the policy's; RL4VLA: 0.6)
+    splits: list[str] = field(default_factory=list)  # tasks the final policy is also evaluated on (details.splits)
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
 
@@ -153,6 +154,7 @@ class TextExperiment(Runner):
         self.generation: GenerationConfig = settings["generation"]
         self.workers: WorkerSettings = settings["workers"]
         self._eval_pool: WorkerPool | None = None  # Ray evaluation workers (rollout.backend=ray)
+        self.split_results: dict[str, dict[str, Any]] = {}  # loop.splits: the final policy on other tasks
         self.task = resolve_task(cfg.text_task.env_cfg.task)
         probe, self.action_tokenizer = text_env_probe(cfg.text_task.env_cfg)
         self.system_prompt = probe.system_prompt
@@ -213,8 +215,10 @@ class TextExperiment(Runner):
 
     def describe(self) -> dict[str, Any]:
         model = self.model_cfg.path or "tiny"
-        return {"task": self.task.name, "method": self.cfg.text_method.name, "source": model,
-                "details": {"env_id": self.task.env_id, "model": model}}
+        details = {"env_id": self.task.env_id, "model": model}
+        if self.split_results:
+            details["splits"] = self.split_results
+        return {"task": self.task.name, "method": self.cfg.text_method.name, "source": model, "details": details}
 
     def reference_score(self) -> tuple[str, float] | None:
         return ("SFT transcripts", self.transcript_success) if np.isfinite(self.transcript_success) else None
@@ -306,6 +310,28 @@ class TextExperiment(Runner):
         if self._eval_pool is not None:
             self._eval_pool.close()
             self._eval_pool = None
+        if self.loop.splits:
+            self.evaluate_splits()
+            self.write_eval_json()
+
+    def evaluate_splits(self) -> None:
+        """Evaluate the final policy on each of ``loop.splits`` (other tasks, e.g. RL4VLA's semantic,
+        visual and execution generalisation splits) as the run evaluates its own task, into
+        ``details.splits`` keyed by the split's name (``<task>-semantic`` -> ``semantic``)."""
+        loop, env_cfg = self.loop, OmegaConf.to_container(self.cfg.text_task.env_cfg, resolve=True)
+        for split in loop.splits:
+            task = resolve_task(split)
+            agent = ChatAgent(self.policy, self.chat, self.rollout_cfg.context, greedy=loop.eval_greedy,
+                              temperature=loop.eval_temperature, generator=torch.Generator())
+            env = make_vector_env({**env_cfg, "task": split}, min(loop.eval_envs, loop.eval_episodes))
+            try:
+                result = evaluate(agent, env, loop.eval_episodes, loop.eval_seed, task.ref_min_score, task.ref_max_score,
+                                  self.show_progress, rng_seed=loop.eval_seed)
+            finally:
+                env.close()
+            name = split.removeprefix(f"{self.task.name}-")
+            self.split_results[name] = {"task": split, "success_rate": result.success_rate,
+                                        "return_mean": result.return_mean, "episodes": len(result.returns)}
 
     def _iterate(self) -> None:
         loop = self.loop

@@ -4,11 +4,9 @@ whether a run folder is finished, learning curves on a common grid, and table fo
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -19,25 +17,8 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
+
 Job = TypeVar("Job")
-
-
-def cpu_description() -> str:
-    """This machine's CPU as a results file names it: model, cores, and the wide-vector and
-    bfloat16 instruction sets that decide float32 and bfloat16 matmul speed (Linux ``/proc/cpuinfo``)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    if not flags:  # not Linux, or unreadable: the instruction sets are unknown, not absent
-        return f"{model}, {os.cpu_count()} CPUs"
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} CPUs, {'/'.join(wanted) or 'no avx2'}" + \
-        ("" if {"avx512_bf16", "amx_bf16"} & flags else " (no bfloat16 instructions)")
 
 
 def command_line(module: str, argv: list[str] | None) -> str:

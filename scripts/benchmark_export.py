@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rlft.common.machine import cpu_description
 from rlft.scripts import bench_runs  # noqa: E402
 
 O2O = ["trainer.eval_every=1000000", "trainer.eval_episodes=1", "progress=false", "threads=1"]
@@ -66,7 +67,7 @@ def run_case(name: str, out: Path) -> dict:
 
 def write_results(results: dict[str, dict], out: Path, command: str) -> None:
     lines = ["# Export latency: PyTorch eager against ONNX Runtime", "", f"Command: `{command}`", "",
-             f"Batch 1, one thread each, p50 / p99 over 300 calls in ms; {bench_runs.cpu_description()}, "
+             f"Batch 1, one thread each, p50 / p99 over 300 calls in ms; {cpu_description()}, "
              "run alone. Parity: the largest difference of ONNX Runtime from PyTorch over an episode's queries and "
              "64 random inputs, the action in units of half its range (the export refuses more than 1e-5); for the VLAs, "
              "over an episode's queries, whose action tokens must also be equal.", "",

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from rlft.common.machine import cpu_description
 from rlft.envs import make_env
 from rlft.policies.llm import ChatFormat, GenerationConfig, LLMPolicy
 from rlft.policies.tiny_lm import build_tiny_lm
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["# Batched sampling: tokens/s against plain transformers generate", "",
              f"Command: `{command}`", "",
-             f"{bench_runs.cpu_description()}, torch {torch.__version__}, {args.threads} torch threads, "
+             f"{cpu_description()}, torch {torch.__version__}, {args.threads} torch threads, "
              f"{args.new_tokens} new tokens per row, NumberLine prompts (one reset seed per row), best of "
              f"{args.repeats} rotations. Speed-up: tokens/s over plain float32 `generate`.", "",
              "| model, batch | " + " | ".join(ARMS) + " | " + " | ".join(f"speed-up: {a}" for a in SPEED_UPS) + " |",

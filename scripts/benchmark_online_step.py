@@ -25,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import rlft
+from rlft.common.machine import cpu_description
 from rlft.agents.online import LocalCollector
 from rlft.agents.registry import make_agent
 from rlft.agents.replay_buffer import ReplayBuffer
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"# One online step of `rlft experiment={args.experiment}`: {args.label}", "",
              f"Produced by `{bench_runs.command_line('rlft.scripts.benchmark_online_step', argv)}` run by "
              f"`{sys.executable}` with rlft from `{Path(rlft.__file__).resolve().parent}`, on "
-             f"{bench_runs.cpu_description()}, torch {torch.__version__}, one thread.", "",
+             f"{cpu_description()}, torch {torch.__version__}, one thread.", "",
              "| piece | µs |", "| --- | ---: |", *[f"| {name} | {us:.0f} |" for name, us in pieces.items()], "",
              f"An online step runs at {100 * ratio:.0f}% of the rate of the updates it makes.", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

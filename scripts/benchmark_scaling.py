@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from rlft.common.machine import cpu_description
 from rlft.agents.families import FamilyConfig, build_actor, build_base
 from rlft.agents.ppo import PPO, PPOConfig
 from rlft.runtime.finetune import RolloutEnvs
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["# Rollouts in this process against Ray workers", "", f"Command: `{command}`", "",
-             f"{bench_runs.cpu_description()}, torch {torch.__version__} "
+             f"{cpu_description()}, torch {torch.__version__} "
              f"with one thread per process; {args.envs} sub-envs in all, {args.agent_steps} agent steps each. "
              "Overhead: a one-step Ray rollout call minus a one-step local collection.", "",
              "| task (policy) | backend | env steps/s | vs local | overhead per call |",

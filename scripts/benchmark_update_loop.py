@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from rlft.common.machine import cpu_description
 from rlft.runtime.plotting import plot_seed_curves
 from rlft.scripts import bench_runs
 
@@ -122,7 +123,7 @@ def curve_of(summary: dict[str, Any], grid: np.ndarray) -> tuple[np.ndarray, np.
 def report(args: argparse.Namespace, command: str) -> str:
     """``results.md`` (and one curve plot per experiment) from every summary in ``<out>/summaries``."""
     lines = ["# Update loop: end to end", "",
-             f"Produced by `{command}` on {bench_runs.cpu_description()}. Both arms of a seed ran at the same "
+             f"Produced by `{command}` on {cpu_description()}. Both arms of a seed ran at the same "
              "time, one torch thread each (one per core); ratios pair the two arms of a seed. Steps/s are the "
              "runners' logged `steps_per_sec` (updates/s offline, environment steps/s online, PPO iterations' "
              "agent steps/s), averaged over each phase's log rows.", ""]

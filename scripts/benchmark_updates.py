@@ -39,6 +39,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from rlft.common.machine import cpu_description
 from rlft.agents.optim import adam
 from rlft.agents.base import Learner, OffPolicyAgent
 from rlft.agents.replay_buffer import Batch
@@ -197,7 +198,7 @@ def comparison_report(configs: dict, args: argparse.Namespace, batch: Batch, com
     Each arm is its own agent, built fresh."""
     variants, (first, second), what = COMPARISONS[args.compare]
     lines = [f"# Update speed: {first} and {second}", "",
-             f"Produced by `{command}` on {bench_runs.cpu_description()}, torch {torch.__version__}, "
+             f"Produced by `{command}` on {cpu_description()}, torch {torch.__version__}, "
              f"batch {args.batch_size}, Hopper shapes. {what}; both are timed in alternating blocks of the same run.",
              "", f"| configuration | torch threads | {first} (updates/s) | {second} (updates/s) | {second} / {first} |",
              "| --- | ---: | ---: | ---: | ---: |"]
@@ -305,7 +306,7 @@ def check_seconds(metrics: dict, calls: int = 20_000) -> float:
 
 def divergence_check_report(configs: dict, args: argparse.Namespace, batch: Batch, command: str) -> list[str]:
     lines = ["# Cost of the divergence check", "",
-             f"Produced by `{command}` on {bench_runs.cpu_description()}, torch {torch.__version__}, "
+             f"Produced by `{command}` on {cpu_description()}, torch {torch.__version__}, "
              f"batch {args.batch_size}, Hopper shapes. Every update's metrics go through "
              "`rlft.runtime.runner.first_non_finite` (what `Runner.check_update` does); plain and checked "
              "updates alternate in blocks of the same run.", "",
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Gradient updates per second (CPU)",
         "",
-        f"Produced by `{command}` on {bench_runs.cpu_description()}, torch {torch.__version__}, "
+        f"Produced by `{command}` on {cpu_description()}, torch {torch.__version__}, "
         f"batch {b}, Hopper shapes.",
         "",
         "GFLOP per update: the matmul FLOPs of one update, forward and backward, counted by "

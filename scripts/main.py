@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_or:} and ${rlft_data:} for Hydra
@@ -153,9 +154,22 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     return results
 
 
+class RunFailed(RuntimeError):
+    """A run of a sweep ended with an error (already printed); the sweep goes on with its other runs."""
+
+
 @hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        run(cfg, hydra_cfg.runtime.output_dir)
+        return
+    try:  # one run of a sweep: its failure is the launcher's to record, not the end of every other run
+        run(cfg, hydra_cfg.runtime.output_dir)
+    except SystemExit as exit_:
+        if exit_.code:
+            raise RunFailed(f"the run in {hydra_cfg.runtime.output_dir} stopped with status {exit_.code} (its error "
+                            "is printed above)") from None
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = ["common", "envs", "policies", "offline", "agents", "runtime", "export", "scripts"]  # bottom to top
+FLOORS = ["common", "envs", "policies", "offline", "agents", "runtime", "export", "suites", "scripts"]  # bottom to top
 ALONE = {"deploy", "configs"}  # import no other folder
 
 

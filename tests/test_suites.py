@@ -1,0 +1,254 @@
+"""Benchmark suites (``rlft-bench``): the statistics against known values, suite files refused by
+name when wrong, the grid a tier expands to, skip/resume (a suite killed mid-way and run again
+reports what an uninterrupted one does), the launcher path (submitit's local launcher reports what
+Hydra's in-process one does), every shipped suite at its smoke tier, and the README's tables
+against their reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlft.scripts import bench
+from rlft.suites import report, stats, store
+from rlft.suites.spec import RUN_OVERRIDES, SuiteError, load_suite, suite_names
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+description: a tiny suite for the tests
+metric: normalized_score
+score_last: 2
+seeds: [0, 1]
+tasks: [hopper-medium]
+methods:
+  iql: {experiment: "o2o/iql/{task}", label: IQL}
+  iql-again: {experiment: "o2o/iql/{task}", init_from: iql, overrides: [trainer.utd=2]}
+tiers:
+  smoke:
+    overrides: [trainer.offline_steps=20, trainer.online_steps=STEPS, trainer.eval_every=10, trainer.eval_episodes=1,
+                trainer.eval_envs=1, trainer.log_every=10, trainer.checkpoint_every=10, trainer.batch_size=32,
+                "agent.hidden=[16,16]"]
+protocol:
+  offline updates: trainer.offline_steps
+  hidden widths: agent.hidden
+references:
+  - {method: iql, task: hopper-medium, value: 66.3, source: a test,
+     protocol: {offline updates: 20, hidden widths: 16-16}}
+  - {method: iql-again, task: hopper-medium, value: 1.0, source: a test, protocol: {offline updates: 1000000}}
+"""
+
+
+def tiny_suite(folder: Path, online_steps: int = 20) -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(TINY.replace("STEPS", str(online_steps)))
+    return path
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from rlft.scripts.bench import main; main()", *args]
+
+
+def run_bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(bench_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def scores_of(results_json: Path) -> dict:
+    """A report without what differs between two identical runs (their compute)."""
+    results = json.loads(results_json.read_text())
+    for cells in results["tasks"].values():
+        for method, cell in cells.items():
+            if method != "_task":
+                cell.pop("compute")
+    return results
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert stats.iqm([1, 2, 3, 4, 5, 6, 7, 8]) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert stats.iqm([100, 0, 1, 2, 3, -50, 4, 5]) == pytest.approx(2.5)  # outliers cut: mean of 1, 2, 3, 4
+
+
+def test_the_bootstrap_interval_covers_the_true_iqm_at_about_its_nominal_rate():
+    rng = np.random.default_rng(0)
+    trials, covered = 200, 0
+    for trial in range(trials):  # a symmetric distribution: its IQM is its mean, 10
+        sample = rng.normal(10.0, 2.0, size=20)
+        low, high = stats.bootstrap_ci([sample], resamples=1000, seed=trial)
+        covered += low <= 10.0 <= high
+    assert 0.88 <= covered / trials <= 0.99, covered / trials
+
+
+def test_the_bootstrap_resamples_seeds_within_each_task():
+    # every resample keeps 3 runs of each task, so exactly 3 pooled values are >= 50: a pooled resampling would vary
+    def high_runs(*samples, axis=-1):
+        return (np.concatenate(samples, axis=axis) >= 50).sum(axis=axis).astype(float)
+
+    assert stats.bootstrap_ci([[0.0, 1.0, 2.0], [100.0, 100.0, 100.0]], statistic=high_runs) == (3.0, 3.0)
+    assert stats.bootstrap_ci([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]]) == (50.0, 50.0)  # IQM of 0,0,0,100,100,100
+    low, high = stats.bootstrap_ci([[0.0, 0.0, 0.0, 100.0], [100.0, 100.0, 100.0, 100.0]], resamples=500)
+    assert 50.0 <= low <= high <= 100.0 and low < high
+    assert np.isnan(stats.bootstrap_ci([[3.0]])[0])  # one run: no interval
+
+
+def test_probability_of_improvement():
+    assert stats.probability_of_improvement([[1, 2, 3]], [[0, 0, 0]]) == 1.0
+    assert stats.probability_of_improvement([[1, 1]], [[1, 1]]) == 0.5  # ties count half
+    # per task, then averaged: task 1 always better, task 2 never
+    assert stats.probability_of_improvement([[5, 6], [0, 0]], [[1, 2], [3, 4]]) == 0.5
+    low, high = stats.probability_of_improvement_ci([[5, 6, 7]], [[1, 2, 3]])
+    assert low == high == 1.0
+
+
+def test_a_runs_score_is_the_mean_of_its_last_evaluations_of_its_final_phase():
+    summary = {"history": [{"phase": "offline", "step": 0, "normalized_score": 50.0},
+                           {"phase": "online", "step": 10, "normalized_score": 1.0},
+                           {"phase": "online", "step": 20, "normalized_score": 2.0},
+                           {"phase": "online", "step": 30, "normalized_score": 6.0}],
+               "before": {"normalized_score": 50.0}}
+    assert report.run_score(summary, "normalized_score", 2) == 4.0
+    assert report.run_score(summary, "normalized_score", 10) == 3.0  # never reaches into the offline phase
+    assert report.start_score(summary, "normalized_score") == 50.0
+
+
+# -------------------------------------------------------------------------------------------- the files
+def test_a_tier_expands_to_its_grid_with_prerequisites_first(tmp_path):
+    suite = load_suite(tiny_suite(tmp_path))
+    jobs = suite.jobs("smoke")
+    assert [j.key for j in jobs] == ["hopper-medium/iql/seed0", "hopper-medium/iql/seed1",
+                                     "hopper-medium/iql-again/seed0", "hopper-medium/iql-again/seed1"]
+    again = jobs[2]
+    assert again.prerequisite == "hopper-medium/iql/seed0"
+    assert again.overrides[0] == "experiment=o2o/iql/hopper-medium"
+    assert again.overrides[-3:] == ("seed=0", *RUN_OVERRIDES)
+    assert "trainer.utd=2" in again.overrides
+    assert [j.seed for j in suite.jobs("smoke", (7,))] == [7, 7]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("metric: normalized_score", "metric: normalized_score\nmetrik: x"), "unknown key(s) ['metrik']"),
+    (("init_from: iql,", "init_from: nope,"), "init_from='nope' is no method"),
+    (("overrides: [trainer.utd=2]", "overrides: [seed=3]"), "a suite sets experiment (the method's), seed"),
+    (("  smoke:", "  smok:"), "tier 'smok' is not one of"),
+    (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds are a non-empty list of distinct"),
+    (("method: iql, task: hopper-medium, value: 66.3", "method: iql, task: walker, value: 66.3"),
+     "references[0] is for iql on walker, which is no cell"),
+])
+def test_a_bad_suite_file_is_refused_naming_the_file_and_key(tmp_path, edit, message):
+    path = tiny_suite(tmp_path)
+    path.write_text(path.read_text().replace(*edit, 1))
+    with pytest.raises(SuiteError) as error:
+        load_suite(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_rlft_bench_refuses_run_overrides_and_unknown_suites(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["run", "o2o", "tier=smoke", "trainer.online_steps=5"])
+    assert exit_.value.code == 2
+    assert "does not take 'trainer.online_steps=5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["run", "nope"])
+    assert "no suite named 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["run", "o2o", "tier=gpu"])
+    assert "has no tier 'gpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_every_shipped_suite_parses_and_names_real_experiments(name):
+    from rlft.scripts.catalog import experiments
+
+    suite = load_suite(name)
+    known = {name for group in experiments().values() for name, _ in group}
+    for tier in suite.tiers:
+        for job in suite.jobs(tier):
+            experiment = job.overrides[0].removeprefix("experiment=")
+            assert experiment in known, f"{suite.path}: {job.key} names no experiment {experiment}"
+
+
+# ------------------------------------------------------------------------------------- running suites
+def test_a_killed_suite_run_again_reports_what_an_uninterrupted_one_does(tmp_path):
+    suite = tiny_suite(tmp_path, online_steps=200)
+    whole = run_bench("run", str(suite), "out=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "tiny [smoke]: 4/4 runs done" in whole.stdout
+
+    # kill the sweep (and its runs) once the second run has saved a checkpoint and before it finished
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen(bench_command("run", str(suite), "out=killed"), cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    second = tmp_path / "killed/tiny/smoke/runs/hopper-medium/iql/seed1"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((second / "checkpoints").glob("step_*")):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    folder = tmp_path / "killed/tiny/smoke"
+    assert (folder / "summaries/hopper-medium/iql/seed0.json").is_file()
+    assert not (folder / "summaries/hopper-medium/iql/seed1.json").is_file()
+    assert not (folder / "results.json").is_file()
+
+    again = run_bench("run", str(suite), "out=killed", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming" in again.stdout and "1/4 runs done (1 started)" in again.stdout
+    assert again.stdout.count("before fine-tuning") == 3  # the finished run was skipped
+    assert scores_of(folder / "results.json") == scores_of(tmp_path / "whole/tiny/smoke/results.json")
+    # a third time: nothing left to do, the same report
+    third = run_bench("run", str(suite), "out=killed", cwd=tmp_path)
+    assert third.returncode == 0 and "before fine-tuning" not in third.stdout
+    assert scores_of(folder / "results.json") == scores_of(tmp_path / "whole/tiny/smoke/results.json")
+
+
+def test_submitits_local_launcher_reports_what_hydras_in_process_one_does(tmp_path):
+    suite = tiny_suite(tmp_path)
+    local = run_bench("run", str(suite), "out=local", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+    submitit = run_bench("run", str(suite), "out=submitit", "hydra/launcher=submitit_local", cwd=tmp_path)
+    assert submitit.returncode == 0, submitit.stderr[-3000:]
+    ours = scores_of(tmp_path / "local/tiny/smoke/results.json")
+    assert ours == scores_of(tmp_path / "submitit/tiny/smoke/results.json")
+    cell = ours["tasks"]["hopper-medium"]["iql"]
+    assert cell["runs"] == "2/2" and len(cell["score"]["per_seed"]) == 2
+    references = {m: c["references"][0] for m, c in ours["tasks"]["hopper-medium"].items() if m != "_task"}
+    assert references["iql"]["protocol_matches"] is True
+    assert references["iql-again"]["protocol_matches"] is False
+    assert "offline updates: 1000000 vs 20" in references["iql-again"]["differences"]
+    markdown = (tmp_path / "local/tiny/smoke/results.md").read_text()
+    assert "| IQL | 2/2 |" in markdown and "![hopper-medium](hopper-medium_curves.png)" in markdown
+    assert (tmp_path / "local/tiny/smoke/hopper-medium_curves.png").stat().st_size > 10_000
+
+
+def test_a_summary_made_with_other_overrides_is_refused_by_name(tmp_path):
+    suite = load_suite(tiny_suite(tmp_path))
+    job = suite.jobs("smoke")[0]
+    path = store.summary_path(tmp_path, job)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"overrides": [*job.overrides[:-1], "threads=2"]}))
+    with pytest.raises(SuiteError, match="was run with other overrides.*only in the summary: \\['threads=2'\\]"):
+        store.job_state(tmp_path, job)
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_every_shipped_suite_runs_its_smoke_tier(tmp_path, name):
+    done = run_bench("run", name, "tier=smoke", f"out={tmp_path}", cwd=ROOT)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    suite = load_suite(name)
+    results = json.loads((tmp_path / name / "smoke" / "results.json").read_text())
+    jobs = suite.jobs("smoke")
+    assert results["runs_done"] == f"{len(jobs)}/{len(jobs)}"
+    for job in jobs:
+        cell = results["tasks"][job.task][job.method]
+        assert cell["score"]["iqm"] is not None, f"{name}: {job.key} has no score"
+
+
+def test_the_readme_tables_are_their_reports():
+    assert bench.update_readme(check=True, path=ROOT / "README.md", benchmarks=ROOT / "benchmarks") == 0
