@@ -13,7 +13,6 @@ latency (p50/p99 over 300 calls after 20 warm-up calls, one thread each) is tabl
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -112,9 +111,8 @@ def plot_latency(results: dict[str, dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/export")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/export"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}

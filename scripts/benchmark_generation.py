@@ -23,7 +23,6 @@ full ``--new-tokens`` (end-of-sequence disabled). The arms of one batch size run
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import tempfile
@@ -108,13 +107,12 @@ def print_profile(label: str, run: Callable[[], int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/generation")
     parser.add_argument("--model", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/generation")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: print torch.profiler's top operations of one float32 rlft generate per batch")
     args = parser.parse_args(argv)

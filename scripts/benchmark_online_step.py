@@ -14,7 +14,6 @@ that rlft had before issue 35, so the 'before' install can run it too:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -45,11 +44,10 @@ def microseconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/update_loop/online_step.md")
     parser.add_argument("--experiment", default="o2o/iql/hopper-medium")
     parser.add_argument("--steps", type=int, default=2000, help="repetitions of each timed piece")
     parser.add_argument("--label", default="rlft as installed")
-    parser.add_argument("--out", default="benchmarks/update_loop/online_step.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)

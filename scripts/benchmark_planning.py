@@ -14,7 +14,6 @@ paper's 5M preset, and times:
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -70,11 +69,10 @@ def updates_per_second(agent: TDMPC2, seconds: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/world_model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0, help="timing window per measurement")
     parser.add_argument("--samples", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
-    parser.add_argument("--out", default="benchmarks/world_model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

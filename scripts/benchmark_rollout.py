@@ -10,7 +10,6 @@ at the configured sizes (untrained weights cost the same as trained ones).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -49,13 +48,12 @@ def measure(task: str, family: str, num_envs: int, asynchronous: bool, agent_ste
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/rollout_speed.md")
     parser.add_argument("--tasks", nargs="+", default=["mw-push", "hopper"])
     parser.add_argument("--families", nargs="+", default=["dppo", "residual", "gaussian"])
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--env-steps", type=int, default=4000, help="simulator steps per measurement (about)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/rollout_speed.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = bench_runs.command_line("rlft.scripts.benchmark_rollout", argv)

@@ -14,7 +14,6 @@ Writes ``<out>/results.md`` and ``results.json`` (default ``benchmarks/scaling``
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -76,12 +75,11 @@ def ray_rate(ppo: PPO, make_env: RolloutEnvs, envs: int, workers: int, steps: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/scaling")
     parser.add_argument("--tasks", nargs="+", default=["hopper", "mw-push"])
     parser.add_argument("--envs", type=int, default=8, help="sub-envs in all (split over the workers)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--agent-steps", type=int, default=200, help="agent steps per sub-env per measurement")
-    parser.add_argument("--out", default="benchmarks/scaling")
     args = parser.parse_args(argv)
     import ray
 

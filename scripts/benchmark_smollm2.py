@@ -17,7 +17,6 @@ torch model: no hub access needed. Writes ``<out>/results.md`` and ``results.jso
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -71,13 +70,12 @@ def training_speed(policy: LLMPolicy, sequences: list[list[int]], steps: int = 3
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/smollm2")
     parser.add_argument("--task", default="numberline")
     parser.add_argument("--method", default="ppo", choices=["ppo", "grpo"])
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--sft-steps", type=int, default=40, help="format SFT before RL (0: start zero-shot)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/smollm2")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra rlft overrides for the RL run")
     args = parser.parse_args(argv)
     command = bench_runs.command_line("rlft.scripts.benchmark_smollm2", argv)

@@ -120,7 +120,7 @@ def write_results(rows: list[dict], out: Path, argv_line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/threads")
     parser.add_argument("--threads", nargs="+", default=["1", "2", "null", "2+passive"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--vae-steps", type=int, default=500)
@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--online-steps", type=int, default=1000)
     parser.add_argument("--warmup-s", type=float, default=20.0, help="seconds the competitor runs before measuring")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="a collapsed run is stopped after this long")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/threads"))
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -172,14 +172,13 @@ def experiment_section(args: argparse.Namespace, experiment: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/update_loop", out_help="summaries, results.md and plots")
     parser.add_argument("--arm", type=named, action="append", required=True,
                         help="NAME=PYTHON: an interpreter whose rlft is one side of the comparison (give two)")
     parser.add_argument("--experiment", type=named, action="append", required=True,
                         help="NAME=OVERRIDES: an rlft command line, e.g. 'demo=' for the default experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", default="runs/update_loop", help="where the run folders go")
-    parser.add_argument("--out", default="benchmarks/update_loop", help="summaries, results.md and plots")
     parser.add_argument("--report-only", action="store_true", help="write the report from the summaries so far")
     args = parser.parse_args(argv)
     if len(args.arm) != 2:

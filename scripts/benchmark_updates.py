@@ -324,11 +324,10 @@ def divergence_check_report(configs: dict, args: argparse.Namespace, batch: Batc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/update_speed.md")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", default="benchmarks/update_speed.md")
     parser.add_argument("--only", nargs="*", help="substrings of configuration names to run (default: all)")
     parser.add_argument("--divergence-check", action="store_true",
                         help="time the runners' NaN/inf check of each update's metrics instead")

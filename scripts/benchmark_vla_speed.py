@@ -19,7 +19,6 @@ Each measurement plays ``--waves`` waves of ``num_envs`` BabyAI GoToObj episodes
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -84,13 +83,12 @@ def measure(policy: LLMPolicy, num_envs: int, waves: int, turns: int) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/vla_speed")
     parser.add_argument("--models", nargs="+", default=["tiny", "smolvlm-256m"], choices=["tiny", "smolvlm-256m"])
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--waves", type=int, default=1)
     parser.add_argument("--turns", type=int, default=5, help="step limit of each episode")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/vla_speed")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = bench_runs.command_line("rlft.scripts.benchmark_vla_speed", argv)

@@ -16,6 +16,7 @@ PIPELINES = {
     "o2o": "offline-to-online: pretraining on a dataset, then online fine-tuning (world models too)",
     "finetune": "behaviour cloning on demonstrations, then PPO fine-tuning",
     "llm": "SFT of a language or vision-language(-action) policy, then RL (PPO over turns, GRPO, ArCHer, iRe-VLA)",
+    "peer": "a peer library's learner (stable-baselines3) evaluated as rlft evaluates, for peer comparisons",
 }
 ROOT_KEYS = "seed, device, threads, progress, resume=<run dir>, init_from=<run dir>"
 

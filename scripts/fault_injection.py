@@ -33,7 +33,6 @@ Then two more kinds of fault, each compared with the same reference:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -302,9 +301,8 @@ def _all_good(result: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_runs.argument_parser(__doc__, out="benchmarks/faults", out_help="where the results go")
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/faults"), help="where the results go")
     parser.add_argument("--work", type=Path, default=Path("/tmp/rlft-fault-injection"),
                         help="where the runs go (emptied first)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")

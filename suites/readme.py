@@ -8,7 +8,8 @@ A table in the README is a block between two markers naming its suite::
 
 Its rows are the suite's methods, its columns the tasks of the tier its ``readme:`` key names,
 and each cell the IQM at the end of pretraining and at the end (with the 95 % interval when the
-suite asks for it), read from ``benchmarks/<suite>/<tier>/results.json``. ``--check`` says which
+suite asks for it), read from ``benchmarks/<suite>/<tier>/results.json``; below the table, each
+task's protocol and every published reference with its source and whether its protocol matches. ``--check`` says which
 blocks differ from their reports (a test runs it), so a table never drifts from its numbers.
 """
 
@@ -62,13 +63,24 @@ def table(suite: Suite, benchmarks: Path) -> str:
     if "splits" in columns and results["splits"]:
         shown += f"then {' / '.join(results['splits'])}, "
     header = (f"| {suite.readme['title']} ({results['unit']}, {shown}IQM over seeds"
-              f"{', [95 % CI]' if 'ci' in columns else ''}; `{path.parent.as_posix()}/{RESULTS_MD}`) | "
+              f"{', [95 % CI]' if 'ci' in columns else ''}; `benchmarks/{suite.name}/{tier}/{RESULTS_MD}`) | "
               + " | ".join(tasks) + " |")
     lines = [header, "| --- |" + " ---: |" * len(tasks)]
     for method in methods:
         label = suite.methods[method].title
         cells = (_cell(results["tasks"][t].get(method), columns) for t in tasks)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for task in tasks:
+        protocol = "; ".join(f"{k} {v}" for k, v in results["tasks"][task]["_task"]["protocol"].items())
+        lines.append(f"* {task}: {protocol}.")
+    for task in tasks:
+        for method in methods:
+            for ref in (results["tasks"][task].get(method) or {}).get("references", []):
+                flag = "protocol matches" if ref["protocol_matches"] else f"protocol differs: {ref['differences']}"
+                spread = f" {ref['spread']}" if ref["spread"] else ""
+                lines.append(f"* published, {suite.methods[method].title} on {task}: {ref['value']:g}{spread} "
+                             f"({ref['source']}; {flag})")
     return "\n".join(lines) + "\n"
 
 

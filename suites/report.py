@@ -89,8 +89,9 @@ def protocol_values(suite: Suite, summaries: Sequence[dict[str, Any]]) -> dict[s
             out[name] = _text(key["value"])
             continue
         seen: list[str] = []
+        keys = [key] if isinstance(key, str) else key
         for summary in summaries:
-            text = _text(store.config_value(summary, key))
+            text = _text(next((v for k in keys if (v := store.config_value(summary, k)) is not None), None))
             if text not in seen:
                 seen.append(text)
         out[name] = " | ".join(seen) if seen else "-"
@@ -284,7 +285,8 @@ def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     if across["iqm"]:
         versus = _label(results, across["versus"])
         lines += ["## Across tasks", "",
-                  f"| method | IQM over every run [95 % CI] | P(better than {versus}) [95 % CI] |", "| --- | ---: | ---: |"]
+                  f"| method | IQM over every run [95 % CI] | P(better than {versus}) [95 % CI] |",
+                  "| --- | ---: | ---: |"]
         for method, stat in across["iqm"].items():
             poi = across["probability_of_improvement"].get(method)
             poi_text = _interval({"iqm": poi["p"], "ci": poi["ci"]}, 2) if poi else "-"

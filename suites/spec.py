@@ -28,6 +28,7 @@ the key and what it takes)::
     protocol:                         # what the report states per tier, read from each run's config
       offline updates: trainer.offline_steps
       evaluation: {value: deterministic}   # a fact of every run, not a config key
+      env steps: [trainer.online_steps, loop.steps]   # runs of different pipelines: the first key a run has
     references:                       # published numbers, each with provenance and protocol
       - {method: iql, task: hopper-medium, value: 66.3, source: "arXiv 2110.06169, Table 1", protocol: {...}}
     compare_to: iql-offline-only      # optional: P(improvement) of every method over this one (default: the first)
@@ -152,7 +153,8 @@ class Suite:
     tasks: tuple[str, ...]
     methods: dict[str, Method]
     tiers: dict[str, Tier]
-    protocol: dict[str, str | dict[str, Any]]  # name -> config key, or {value: what every run does}
+    protocol: dict[str, str | list[str] | dict[str, Any]]  # name -> config key (or keys: the first a run has),
+    # or {value: what every run does}
     references: tuple[Reference, ...] = ()
     readme: dict[str, Any] | None = None
     compare_to: str = ""  # the method every other one's probability of improvement is measured against
@@ -366,7 +368,8 @@ def _parse(path: Path, data: Any) -> Suite:
     if "smoke" not in tiers:
         raise SuiteError(f"{path}: every suite has a smoke tier (CI runs it)")
     protocol = top.get("protocol", dict)
-    if not all(isinstance(k, str) and (isinstance(v, str) or isinstance(v, dict) and set(v) == {"value"})
+    if not all(isinstance(k, str) and (isinstance(v, str) or isinstance(v, dict) and set(v) == {"value"}
+                                       or isinstance(v, list) and v and all(isinstance(x, str) for x in v))
                for k, v in protocol.items()):
         raise SuiteError(f"{path}: protocol maps a name to the config key it reads (e.g. 'offline updates: "
                          "trainer.offline_steps') or to a fixed {value: ...} (e.g. 'evaluation: {value: "

@@ -132,6 +132,9 @@ class SuiteSweep:
             elif states[parent] is JobState.DONE and parent not in failed:
                 if store.has_pretrained(self.folder, by_key[parent]):
                     ready.append(job)
+                elif store.run_dir(self.folder, by_key[parent]).is_dir():
+                    failed[job.key] = (f"{parent} finished without a pretrained_checkpoint/ to start from (its "
+                                       "experiment has no pretraining phase): choose another init_from")
                 elif by_key[parent] not in ready:
                     print(f"running {parent} again: {job.key} starts from its pretrained checkpoint, which this "
                           "machine does not have")

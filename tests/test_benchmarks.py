@@ -1,4 +1,5 @@
-"""The benchmark drivers build the runs their docstrings describe (composed, not run)."""
+"""The micro-benchmarks build the runs and rows their docstrings describe (composed, not run); the
+suites' grids are tested in test_suites.py."""
 
 from __future__ import annotations
 
@@ -8,111 +9,12 @@ import json
 import pytest
 from hydra import compose, initialize_config_module
 
-from rlft.scripts import bench_runs, benchmark_finetune, benchmark_llm, benchmark_o2o, benchmark_o2o_claims, benchmark_sb3
+from rlft.scripts import bench_runs
 
 
 def _composed(overrides: list[str]):
     with initialize_config_module("rlft.configs", version_base="1.3"):
         return compose("config", [o for o in overrides if not o.startswith("init_from=")])
-
-
-def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
-    args = argparse.Namespace(
-        task="hopper-medium", claims=list(benchmark_o2o_claims.CLAIMS), seeds=[0], offline_steps=100,
-        online_steps=200, warmup_steps=50, eval_every=50, eval_episodes=2, width=32, cql_actions=2,
-        online_eval_every=10, online_overrides=["trainer.utd=10"])
-    chains = {c.method: c for c in benchmark_o2o_claims.build_chains(args)}
-    assert set(chains) == {"wsrl", "cql", "calql", "iql", "iql-raw"}
-    wsrl = {label: _composed(o) for label, o in chains["wsrl"].online.items()}
-    assert {(c.trainer.warmup_steps, c.trainer.offline_data_ratio) for c in wsrl.values()} == {
-        (0, 0.0), (50, 0.0), (0, 0.5)}  # the same CQL checkpoint, three ways
-    assert {c.trainer.utd for c in wsrl.values()} == {10}  # --online-overrides reach every online run
-    assert {c.trainer.eval_every for c in wsrl.values()} == {10}  # a finer grid online only
-    cql, calql = (_composed(chains[m].offline) for m in ("cql", "calql"))
-    assert not cql.agent.calibrated and calql.agent.calibrated and cql.trainer == calql.trainer
-    raw, normalised = (_composed(chains[m].offline) for m in ("iql-raw", "iql"))
-    assert raw.trainer.reward_return_range is None and normalised.trainer.reward_return_range == 1000.0
-    assert all(_composed(c.offline).trainer.online_steps == 0 for c in chains.values())
-    assert all(_composed(c.offline).trainer.eval_every == 50 for c in chains.values())
-
-
-def test_the_sac_peer_comparison_runs_sac_from_scratch():
-    args = argparse.Namespace(algo="sac", steps=1000, learning_starts=100, eval_every=500)
-    cfg = _composed(benchmark_sb3.rlft_overrides(3, args))
-    assert cfg.agent.name == "sac" and cfg.agent.backup_entropy and cfg.agent.hidden == [256, 256]
-    assert (cfg.trainer.offline_steps, cfg.trainer.online_steps, cfg.trainer.warmup_steps) == (0, 1000, 100)
-    assert cfg.trainer.offline_data_ratio == 0.0 and not cfg.trainer.normalize_obs and cfg.seed == 3
-
-
-def test_the_ppo_peer_comparison_runs_rl_zoo_settings_from_scratch():
-    args = argparse.Namespace(algo="ppo", steps=1_000_000, eval_every=10_240)
-    cfg = _composed(benchmark_sb3.rlft_overrides(1, args))
-    policy, ppo = cfg.method.policy, cfg.method.ppo
-    assert cfg.pipeline.name == "finetune" and policy.family == "gaussian" and not policy.bc_init
-    assert (policy.init_log_std, policy.activation, policy.tanh_mean) == (-2.0, "relu", False)
-    assert (ppo.minibatch_size, ppo.update_epochs, ppo.gamma, ppo.gae_lambda, ppo.adam_eps) == (32, 5, 0.999, 0.99, 1e-5)
-    assert ppo.obs_norm_running and ppo.reward_scale_running and not cfg.loop.normalize_obs
-    assert cfg.loop.num_envs * cfg.loop.rollout_env_steps * cfg.loop.iterations == 1953 * 512  # ~1M steps
-    assert cfg.loop.eval_every == 20
-
-
-def test_llm_benchmark_variants_are_one_row_per_method_and_variant():
-    args = argparse.Namespace(methods=["ppo", "grpo"], variants=["l0.3=text_method.algorithm.cot_lambda=0.3",
-                                                                 "l1=text_method.algorithm.cot_lambda=1.0,sft.steps=7"])
-    labels = benchmark_llm.run_labels(args)
-    assert list(labels) == ["ppo l0.3", "ppo l1", "grpo l0.3", "grpo l1"]
-    method, extra = labels["ppo l1"]
-    cfg = _composed(["experiment=llm/ppo/numberline", f"text_method={method}", *extra])
-    assert cfg.text_method.algorithm.cot_lambda == 1.0 and cfg.sft.steps == 7 and cfg.text_method.name == "ppo"
-    assert list(benchmark_llm.run_labels(argparse.Namespace(methods=["ppo"], variants=[]))) == ["ppo"]
-
-
-def test_the_llm_table_lists_every_method_with_its_seeds(tmp_path):
-    results = {"command": "python -m rlft.scripts.benchmark_llm", "sft": {"numberline": "SFT 3 steps"}, "tasks": {
-        "numberline": {"archer": {"before": [50.0, 40.0], "final": [90.0, 100.0], "best": [95.0, 100.0],
-                                  "episodes": [64, 64], "minutes": [2.0, 4.0]}}}}
-    args = argparse.Namespace(iterations=2, seeds=[0, 1], workers=2, train_metrics=["kl_ref"])
-    benchmark_llm.write_markdown(results, args, tmp_path)
-    text = (tmp_path / "results.md").read_text()
-    assert "| archer | 45.0 ± 5.0 | 95.0 ± 5.0 | 97.5 ± 2.5 | 3.0 | 50 -> 90, 40 -> 100 |" in text
-    assert "![kl_ref](numberline-kl_ref.png)" in text
-
-
-def test_the_o2o_table_lists_every_method_with_its_seeds(tmp_path):
-    results = {"command": "python -m rlft.scripts.benchmark_o2o", "wall_seconds": 600.0, "tasks": {
-        "hopper-medium": {"iql": {"offline_end": [16.0, 14.0], "online_end": [18.0, 20.0]}}}}
-    args = argparse.Namespace(offline_steps=100, online_steps=200, warmup_steps=50, width=32, cql_actions=2, seeds=[0, 1])
-    benchmark_o2o.write_markdown(results, args, tmp_path)
-    text = (tmp_path / "results.md").read_text()
-    assert "| iql | 15.0 ± 1.0 | 19.0 ± 1.0 | 16 -> 18, 14 -> 20 |" in text and "wall clock 10 min" in text
-
-
-def test_the_finetune_table_lists_every_method_with_its_seeds(tmp_path):
-    results = {"command": "python -m rlft.scripts.benchmark_finetune", "wall_seconds": 1200.0, "tasks": {
-        "mw-push": {"residual": {"bc": [60.0, 70.0], "final": [80.0, 70.0], "env_steps": [7200, 7200],
-                                 "minutes": [3.0, 4.0]}}}}
-    args = argparse.Namespace(bc_steps=100, iterations=3, num_envs=8, eval_episodes=10, seeds=[0, 1], workers=2)
-    benchmark_finetune.write_markdown(results, args, tmp_path)
-    text = (tmp_path / "results.md").read_text()
-    assert "| residual | 65.0 ± 5.0 | 75.0 ± 5.0 | 7200 | 3.5 | 60 -> 80, 70 -> 70 |" in text
-
-
-def test_the_vla_benchmark_runs_its_chain_and_tables_every_split(tmp_path):
-    from rlft.scripts import benchmark_vla
-
-    tiny = ["model.tiny={hidden_size: 16, intermediate_size: 32, num_hidden_layers: 1}", "sft.episodes=3",
-            "sft.steps=2", "loop.num_envs=4", "loop.waves=1", "loop.eval_episodes=4", "loop.eval_envs=4",
-            "text_method.rollout.group_size=2", "++text_method.dynamic_sampling.max_rounds=1"]
-    benchmark_vla.main(["--tasks", "vla-babyai-gotoobj", "--seeds", "0", "--workers", "1", "--iterations", "1", "--eval-every", "1",
-                        "--eval-episodes", "2", "--one-demo", "--out", str(tmp_path), "--overrides", *tiny])
-    results = json.loads((tmp_path / "results.json").read_text())
-    rows = results["tasks"]["vla-babyai-gotoobj"]["rows"]
-    assert list(rows) == ["sft", "sft -> ppo", "sft -> grpo", "one demo -> grpo"]
-    assert all(set(benchmark_vla.SPLITS) <= set(row) for row in rows.values())
-    sft_eval = json.loads((benchmark_vla.run_dir(tmp_path, "vla-babyai-gotoobj", "sft", 0) / "eval.json").read_text())
-    ppo_eval = json.loads((benchmark_vla.run_dir(tmp_path, "vla-babyai-gotoobj", "sft -> ppo", 0) / "eval.json").read_text())
-    assert ppo_eval["before"]["returns"] == sft_eval["before"]["returns"]  # RL starts from that SFT policy
-    assert (tmp_path / "vla-babyai-gotoobj.png").is_file() and "| sft -> grpo |" in (tmp_path / "results.md").read_text()
 
 
 def test_the_export_benchmark_covers_every_exportable_family():

@@ -43,6 +43,7 @@ references:
   - {method: iql, task: hopper-medium, value: 66.3, source: a test,
      protocol: {offline updates: 20, hidden widths: 16-16}}
   - {method: iql-again, task: hopper-medium, value: 1.0, source: a test, protocol: {offline updates: 1000000}}
+readme: {title: the tiny suite, tier: smoke, columns: [start, score, ci]}
 """
 
 
@@ -226,6 +227,22 @@ def test_submitits_local_launcher_reports_what_hydras_in_process_one_does(tmp_pa
     assert "| IQL | 2/2 |" in markdown and "![hopper-medium](hopper-medium_curves.png)" in markdown
     assert (tmp_path / "local/tiny/smoke/hopper-medium_curves.png").stat().st_size > 10_000
 
+    # the README block made from this report, and a hand edit of it caught
+    cell = ours["tasks"]["hopper-medium"]["iql"]
+    low, high = cell["score"]["ci"]
+    readme_file = tmp_path / "README.md"
+    readme_file.write_text("intro\n<!-- rlft-bench table: " + str(suite) + " -->\nold\n<!-- end rlft-bench table -->\nend\n")
+    assert bench.update_readme(check=True, path=readme_file, benchmarks=tmp_path / "local") == 1
+    assert bench.update_readme(check=False, path=readme_file, benchmarks=tmp_path / "local") == 0
+    text = readme_file.read_text()
+    row = f"| IQL | {cell['start']['iqm']:.1f} → {cell['score']['iqm']:.1f} [{low:.1f}, {high:.1f}] |"
+    assert row in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "* hopper-medium: offline updates 20; hidden widths 16-16." in text
+    assert "* published, IQL on hopper-medium: 66.3 (a test; protocol matches)" in text
+    assert bench.update_readme(check=True, path=readme_file, benchmarks=tmp_path / "local") == 0
+    readme_file.write_text(text.replace(row, "| IQL | 99.0 |"))
+    assert bench.update_readme(check=True, path=readme_file, benchmarks=tmp_path / "local") == 1
+
 
 def test_a_summary_made_with_other_overrides_is_refused_by_name(tmp_path):
     suite = load_suite(tiny_suite(tmp_path))
@@ -252,3 +269,73 @@ def test_every_shipped_suite_runs_its_smoke_tier(tmp_path, name):
 
 def test_the_readme_tables_are_their_reports():
     assert bench.update_readme(check=True, path=ROOT / "README.md", benchmarks=ROOT / "benchmarks") == 0
+
+
+# ------------------------------------------------------------------------- what the shipped grids run
+def composed(job):
+    """The config ``rlft`` composes for a suite job (``init_from`` is the sweeper's, not composed)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        return compose("config", list(job.overrides))
+
+
+def cpu_jobs(name: str) -> dict[str, object]:
+    return {job.method: job for job in load_suite(name).jobs("cpu") if job.seed == 0}
+
+
+def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
+    jobs = cpu_jobs("o2o-claims")
+    wsrl = {m: composed(jobs[m]) for m in ("wsrl", "no-warmup", "no-warmup-data50")}
+    assert {jobs[m].init_from for m in wsrl} == {"wsrl-offline"}  # one CQL checkpoint, three ways
+    assert {(c.trainer.warmup_steps, c.trainer.offline_data_ratio) for c in wsrl.values()} == {
+        (0, 0.0), (2500, 0.0), (0, 0.5)}
+    cql, calql = composed(jobs["cql-offline"]), composed(jobs["calql-offline"])
+    assert not cql.agent.calibrated and calql.agent.calibrated and cql.trainer == calql.trainer
+    assert (jobs["cql"].init_from, jobs["calql"].init_from) == ("cql-offline", "calql-offline")
+    raw, normalised = composed(jobs["iql-raw-offline"]), composed(jobs["iql-offline"])
+    assert raw.trainer.reward_return_range is None and normalised.trainer.reward_return_range == 1000.0
+    assert all(composed(jobs[m]).trainer.online_steps == 0 for m in jobs if m.endswith("-offline"))
+
+
+def test_the_o2o_baselines_match_their_methods_budgets():
+    suite = load_suite("o2o")
+    for task in suite.tasks:
+        jobs = {j.method: composed(j) for j in suite.jobs("cpu") if j.seed == 0 and j.task == task}
+        iql, control, scratch = jobs["iql"], jobs["iql-offline-only"], jobs["sac-scratch"]
+        assert control.trainer.online_steps == 0
+        assert control.trainer.offline_steps == iql.trainer.offline_steps + iql.trainer.online_steps * iql.trainer.utd
+        assert scratch.agent.name == "sac" and scratch.trainer.offline_steps == 0
+        assert scratch.trainer.online_steps == iql.trainer.online_steps and scratch.dataset.name == task
+        assert {tuple(c.agent.hidden) for c in jobs.values()} == {(64, 64)}
+
+
+def test_the_sac_peers_share_sacs_settings():
+    jobs = cpu_jobs("sb3-sac")
+    ours, peer = composed(jobs["rlft"]), composed(jobs["sb3"])
+    assert ours.agent.name == "sac" and ours.agent.backup_entropy and list(ours.agent.hidden) == [256, 256]
+    assert ours.trainer.offline_steps == 0 and ours.trainer.offline_data_ratio == 0.0 and not ours.trainer.normalize_obs
+    kwargs = peer.peer.kwargs
+    assert (ours.trainer.online_steps, ours.trainer.warmup_steps) == (peer.loop.steps, kwargs.learning_starts)
+    assert (ours.agent.actor_lr, ours.agent.critic_lr) == (kwargs.learning_rate, kwargs.learning_rate)
+    assert (ours.trainer.batch_size, ours.agent.tau) == (kwargs.batch_size, kwargs.tau)
+    assert ours.agent.discount == kwargs.gamma
+    assert ours.agent.init_alpha == 1.0 and kwargs.ent_coef == "auto_1.0"
+    assert list(peer.peer.policy_kwargs.net_arch) == list(ours.agent.hidden)
+    assert (ours.trainer.eval_every, ours.trainer.eval_episodes) == (peer.loop.eval_every, peer.loop.eval_episodes)
+
+
+def test_the_ppo_peers_share_rl_zoos_settings():
+    jobs = cpu_jobs("sb3-ppo")
+    ours, peer = composed(jobs["rlft"]), composed(jobs["sb3"])
+    policy, ppo, kwargs = ours.method.policy, ours.method.ppo, peer.peer.kwargs
+    assert ours.pipeline.name == "finetune" and policy.family == "gaussian" and not policy.bc_init
+    assert (policy.init_log_std, policy.activation) == (peer.peer.policy_kwargs.log_std_init, "relu")
+    assert (ppo.actor_lr, ppo.minibatch_size, ppo.update_epochs) == (kwargs.learning_rate, kwargs.batch_size,
+                                                                      kwargs.n_epochs)
+    assert (ppo.gamma, ppo.gae_lambda, ppo.ent_coef, ppo.vf_coef, ppo.max_grad_norm) == (
+        kwargs.gamma, kwargs.gae_lambda, kwargs.ent_coef, kwargs.vf_coef, kwargs.max_grad_norm)
+    assert ppo.obs_norm_running and ppo.reward_scale_running and peer.peer.vec_normalize.gamma == ppo.gamma
+    assert ours.loop.num_envs * ours.loop.rollout_env_steps == kwargs.n_steps
+    assert ours.loop.iterations * kwargs.n_steps == 1953 * 512 and peer.loop.steps == 1_000_000
+    assert ours.loop.eval_every * kwargs.n_steps == peer.loop.eval_every
