@@ -73,8 +73,7 @@ def job_state(folder: Path, job: Job) -> JobState:
     run = run_dir(folder, job)
     if _held(run):
         return JobState.BUSY
-    results = run / "eval.json"
-    if results.is_file() and json.loads(results.read_text()).get("done"):
+    if run_finished(folder, job):
         write_summary(folder, job)
         return JobState.DONE
     if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step_*")):
@@ -82,6 +81,12 @@ def job_state(folder: Path, job: Job) -> JobState:
     if run.exists():
         shutil.rmtree(run)
     return JobState.START
+
+
+def run_finished(folder: Path, job: Job) -> bool:
+    """Whether the job's run folder holds the ``eval.json`` of a finished run."""
+    path = run_dir(folder, job) / "eval.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("done"))
 
 
 def _held(run: Path) -> bool:

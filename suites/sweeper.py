@@ -13,6 +13,7 @@ is written at the end, failures or not; failed runs are named with their folders
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -96,10 +97,10 @@ class SuiteSweep:
                 index += len(batch)
                 returns.append(results)
                 for job, result in zip(batch, results):
-                    if result.status.name == "COMPLETED" and (store.run_dir(self.folder, job) / "eval.json").is_file():
+                    if result.status.name == "COMPLETED" and store.run_finished(self.folder, job):
                         store.write_summary(self.folder, job)
                     else:
-                        why = result._return_value if result.status.name == "FAILED" else "it wrote no eval.json"
+                        why = result._return_value if result.status.name == "FAILED" else "it did not finish"
                         failed[job.key] = str(why)
         finally:
             watcher.stop()
@@ -190,8 +191,6 @@ class SuiteSweep:
 
 
 def _wall_seconds(path: Path) -> float:
-    import json
-
     return float((json.loads(path.read_text()).get("compute") or {}).get("wall_seconds") or 0.0)
 
 
@@ -224,9 +223,8 @@ class _Watcher:
 
     def say(self, force: bool = False) -> None:
         for job in self.sweep.jobs:  # runs the launcher finished since the last look get their summary
-            finished = store.run_dir(self.sweep.folder, job) / "eval.json"
-            if not store.summary_path(self.sweep.folder, job).is_file() and finished.is_file():
-                _summarise_if_done(self.sweep.folder, job)
+            if not store.summary_path(self.sweep.folder, job).is_file() and store.run_finished(self.sweep.folder, job):
+                store.write_summary(self.sweep.folder, job)
         line = self.sweep.progress_line()
         counted = line.split(" runs done")[0]
         if force or counted != self._last[0].split(" runs done")[0] or time.time() - self._last[1] > PROGRESS_EVERY:
@@ -239,11 +237,3 @@ class _Watcher:
                 self.say()
             except (OSError, ValueError):  # a file caught mid-write: the next look reads it whole
                 continue
-
-
-def _summarise_if_done(folder: Path, job: Job) -> None:
-    import json
-
-    results = json.loads((store.run_dir(folder, job) / "eval.json").read_text())
-    if results.get("done"):
-        store.write_summary(folder, job)
