@@ -55,8 +55,8 @@ class PeerConfig:
 
 
 def build_sb3(peer: PeerConfig, seed: int) -> tuple[Any, Callable[[np.ndarray], np.ndarray]]:
-    """The SB3 learner and the observation transform its policy expects (VecNormalize's frozen
-    statistics at the time of the call, or nothing)."""
+    """The SB3 learner and the observation transform its policy expects (VecNormalize's running
+    statistics as they are when it is called, without updating them; or nothing)."""
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
     from torch import nn

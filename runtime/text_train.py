@@ -296,13 +296,14 @@ class TextExperiment(Runner):
     # ------------------------------------------------------------ checkpoints
     def pipeline_state(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict(), "rl": self.rl.state_dict(), "sampler": self.sampler.get_state(),
-                "transcript_success": self.transcript_success}
+                "transcript_success": self.transcript_success, "split_results": self.split_results}
 
     def load_pipeline_state(self, state: Mapping[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.rl.load_state_dict(state["rl"])
         self.sampler.set_state(state["sampler"])
         self.transcript_success = float(state["transcript_success"])
+        self.split_results = dict(state.get("split_results", {}))  # checkpoints before 2026-12-07 have none
 
     # ------------------------------------------------------------------- run
     def finish(self) -> None:
@@ -310,9 +311,6 @@ class TextExperiment(Runner):
         if self._eval_pool is not None:
             self._eval_pool.close()
             self._eval_pool = None
-        if self.loop.splits:
-            self.evaluate_splits()
-            self.write_eval_json()
 
     def evaluate_splits(self) -> None:
         """Evaluate the final policy on each of ``loop.splits`` (other tasks, e.g. RL4VLA's semantic,
@@ -325,8 +323,8 @@ class TextExperiment(Runner):
                               temperature=loop.eval_temperature, generator=torch.Generator())
             env = make_vector_env({**env_cfg, "task": split}, min(loop.eval_envs, loop.eval_episodes))
             try:
-                result = evaluate(agent, env, loop.eval_episodes, loop.eval_seed, task.ref_min_score, task.ref_max_score,
-                                  self.show_progress, rng_seed=loop.eval_seed)
+                result = evaluate(agent, env, loop.eval_episodes, loop.eval_seed, task.ref_min_score,
+                                  task.ref_max_score, self.show_progress, rng_seed=loop.eval_seed)
             finally:
                 env.close()
             name = split.removeprefix(f"{self.task.name}-")
@@ -366,6 +364,8 @@ class TextExperiment(Runner):
             if self.phase_step % loop.checkpoint_every == 0 and self.phase_step < loop.iterations:
                 self.checkpoint()
         bar.close()
+        if loop.splits and not self.split_results:  # in the phase: eval.json says done only once they are in
+            self.evaluate_splits()
 
 
 def text_env_probe(env_cfg: Mapping[str, Any]) -> tuple[TextEnv, ActionTokenizer | None]:

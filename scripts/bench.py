@@ -68,20 +68,16 @@ def run(name: str, args: list[str]) -> None:
     out = ours.get("out", "benchmarks")
     folder = store.tier_dir(out, suite, tier).absolute()
     given = name if name in suite_names() else str(suite.path)  # a suite file outside configs/suite/ by its path
-    sweeper = ["hydra/sweeper=rlft_suite", f"hydra.sweeper.suite={_value(Path(given)) if '/' in given else given}",
-               f"hydra.sweeper.tier={tier}",
-               f"hydra.sweeper.out={_value(Path(out).absolute())}", f"hydra.sweep.dir={_value(folder / 'runs')}"]
+    sweeper = ["hydra/sweeper=rlft_suite",
+               f"hydra.sweeper.suite={store.override_path(Path(given)) if '/' in given else given}",
+               f"hydra.sweeper.tier={tier}", f"hydra.sweeper.out={store.override_path(Path(out).absolute())}",
+               f"hydra.sweep.dir={store.override_path(folder / 'runs')}"]
     if seeds is not None:
         sweeper.append(f"hydra.sweeper.seeds=[{','.join(map(str, seeds))}]")
     print(f"{suite.name} [{tier}]: {len(jobs)} runs ({len({j.task for j in jobs})} tasks, "
           f"{len({j.method for j in jobs})} methods, {len({j.seed for j in jobs})} seeds) in {folder}")
     sys.argv = ["rlft", "-m", *sweeper, *hydra_args]
     rlft_main.main()
-
-
-def _value(path: Path) -> str:
-    text = str(path)
-    return text if all(c.isalnum() or c in "_-./:" for c in text) else "'" + text.replace("'", "\\'") + "'"
 
 
 def make_report(name: str, args: list[str]) -> Path:

@@ -30,6 +30,7 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError)
 DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                errno.EROFS: "read-only file system"}
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM)  # a file or folder this user may not read or write
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT)
 # what a fresh start writes before its first metric row: a run refused then leaves nothing worth keeping
 STARTED_FILES = {"config.yaml", ".rlft-run", "tb", "metrics.csv"}
 
@@ -127,7 +128,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
     except KeyboardInterrupt:
         _remove_if_unused(run_dir, resuming)
         print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     try:
         results = runner.run()
     except USER_ERRORS as err:
@@ -149,7 +150,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
                   file=sys.stderr)
         else:
             print(f"\ninterrupted before the first checkpoint: nothing to resume in {run_dir}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     print(summary(results, run_dir))
     return results
 
@@ -167,6 +168,8 @@ def hydra_main(cfg: DictConfig) -> None:
     try:  # one run of a sweep: its failure is the launcher's to record, not the end of every other run
         run(cfg, hydra_cfg.runtime.output_dir)
     except SystemExit as exit_:
+        if exit_.code == INTERRUPTED:  # Ctrl-C stops the whole sweep, not just this run
+            raise KeyboardInterrupt from None
         if exit_.code:
             raise RunFailed(f"the run in {hydra_cfg.runtime.output_dir} stopped with status {exit_.code} (its error "
                             "is printed above)") from None
@@ -187,9 +190,12 @@ def main() -> None:
         sys.exit(2)
     try:
         sys.exit(hydra_main())
-    except KeyboardInterrupt:  # while Hydra composes the config, before rlft's run() is called
-        print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt:
+        if set(args) & {"-m", "--multirun"}:  # a sweep: finished runs keep their folders
+            print("\ninterrupted: the sweep stopped (each run's folder says how far it got)", file=sys.stderr)
+        else:  # while Hydra composes the config, before rlft's run() is called
+            print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 def check_run_dir(args: list[str]) -> str | None:

@@ -5,7 +5,7 @@ Per cell (task x method): each seed's score (the mean of its last ``score_last``
 its final phase), their IQM with a 95 % stratified-bootstrap interval, the mean, the score at the
 end of pretraining, the published reference with its provenance and whether its protocol matches
 this tier's, and the compute (wall-clock per run, steps per second, the device). Across tasks: the
-IQM per method and the probability that each method beats the suite's first row. Plots: learning
+IQM per method and the probability that each method beats the suite's ``compare_to`` method. Plots: learning
 curves (IQM over seeds with its interval as a band) per task, and the probabilities of improvement.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from rlft.runtime.plotting import plot_band_curves, plot_interval_bars
 from rlft.suites import stats, store
-from rlft.suites.spec import Job, Reference, Suite
+from rlft.suites.spec import Job, Reference, Suite, suites_dir
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -51,6 +51,13 @@ def dip(summary: dict[str, Any], metric: str, window: int) -> float:
     early = [r[metric] for r in summary["history"]
              if start_step < r["step"] <= start_step + window and r.get(metric) is not None]
     return max(0.0, start - min(early)) if early else float("nan")
+
+
+def _own_steps(summary: dict[str, Any]) -> int:
+    """Steps the run itself took: a run started from another's checkpoint (init_from) counts from
+    that checkpoint's step (its wall-clock excludes the pretraining it loaded)."""
+    start = summary["before"]["step"] if summary.get("init_from") and summary.get("before") else 0
+    return summary["history"][-1]["step"] - start
 
 
 def _split_score(summary: dict[str, Any], name: str, metric: str) -> float:
@@ -144,7 +151,7 @@ def build_results(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) ->
             starts = [factor * start_score(s, suite.metric) for s in done]
             compute = [s.get("compute") or {} for s in done]
             walls = [c.get("wall_seconds") or 0.0 for c in compute]
-            steps = [s["history"][-1]["step"] for s in done]
+            steps = [_own_steps(s) for s in done]
             rates = [n / w for n, w in zip(steps, walls) if w > 0 and n > 0]
             references = [_reference_record(r, protocol_values(suite, done))
                           for r in suite.references if r.task == task and r.method == method]
@@ -173,22 +180,27 @@ def build_results(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) ->
         "splits": list(suite.splits),
         "dip_window": suite.dip_window,
         "tier_note": suite.tier(tier).note,
-        "commands": {"run": command(suite, tier, jobs), "report": command(suite, tier, jobs, "report")},
+        "commands": {"run": command(suite, tier, jobs, folder), "report": command(suite, tier, jobs, folder, "report")},
         "runs_done": f"{len(summaries)}/{len(jobs)}",
         "tasks": cells,
         "across_tasks": _across_tasks(suite, tasks, methods, cells),
         "statistics": f"IQM (25 % trimmed mean) over seeds; {int(stats.CONFIDENCE * 100)} % percentile bootstrap "
                       f"interval, {stats.RESAMPLES} resamples, seeds resampled within each task "
-                      "(scipy.stats.bootstrap)",
+                      f"(scipy.stats.bootstrap); {stats.SMALL_SAMPLE_NOTE}",
     }
 
 
-def command(suite: Suite, tier: str, jobs: Sequence[Job], verb: str = "run") -> str:
-    """The ``rlft-bench`` command for this tier and these jobs' seeds."""
+def command(suite: Suite, tier: str, jobs: Sequence[Job], folder: Path, verb: str = "run") -> str:
+    """The ``rlft-bench`` command for this tier, these jobs' seeds and this output folder
+    (``<out>/<suite>/<tier>``: ``out=`` is named unless it is ``benchmarks`` here)."""
     seeds = sorted({job.seed for job in jobs})
     chosen = suite.tier(tier).seeds or suite.seeds
     extra = "" if tuple(seeds) == tuple(chosen) else f" seeds=[{','.join(map(str, seeds))}]"
-    return f"rlft-bench {verb} {shlex.quote(suite.name)} tier={tier}{extra}"
+    out = folder.parent.parent
+    if out.resolve() != Path("benchmarks").resolve():
+        extra += f" out={shlex.quote(str(out))}"
+    name = suite.name if suite.path.parent == suites_dir() else str(suite.path)
+    return f"rlft-bench {verb} {shlex.quote(name)} tier={tier}{extra}"
 
 
 def _reference_record(reference: Reference, protocol: dict[str, str]) -> dict[str, Any]:
@@ -202,7 +214,7 @@ def _across_tasks(suite: Suite, tasks: list[str], methods: list[str], cells: dic
     """Per method, the IQM over every (task, seed) run with a stratified interval; and each
     method's probability of improvement over ``suite.compare_to`` (every task must have runs)."""
     versus = suite.compare_to if suite.compare_to in methods else (methods[0] if methods else None)
-    out: dict[str, Any] = {"iqm": {}, "probability_of_improvement": {}, "versus": versus}
+    out: dict[str, Any] = {"iqm": {}, "probability_of_improvement": {}, "versus": versus, "omitted": []}
 
     def runs(method: str) -> list[list[float]] | None:
         samples = [_finite(cells[t][method]["score"]["per_seed"]) if method in cells[t] else [] for t in tasks]
@@ -210,7 +222,9 @@ def _across_tasks(suite: Suite, tasks: list[str], methods: list[str], cells: dic
 
     for method in methods:
         samples = runs(method)
-        if samples:
+        if not samples:
+            out["omitted"].append(method)  # not run (or not finished) on every task
+        else:
             low, high = stats.bootstrap_ci(samples)
             out["iqm"][method] = {"iqm": float(stats.iqm(np.concatenate(samples))),
                                   "ci": [None if math.isnan(low) else low, None if math.isnan(high) else high]}
@@ -291,6 +305,9 @@ def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             poi = across["probability_of_improvement"].get(method)
             poi_text = _interval({"iqm": poi["p"], "ci": poi["ci"]}, 2) if poi else "-"
             lines.append(f"| {_label(results, method)} | {_interval(stat)} | {poi_text} |")
+        if across["omitted"]:
+            lines.append(f"\nNot in this table (no finished runs on every task): "
+                         f"{', '.join(_label(results, m) for m in across['omitted'])}.")
         lines.append("")
         if "_improvement" in plots:
             lines += [f"![probability of improvement]({plots['_improvement']})", ""]
@@ -340,15 +357,20 @@ def write_report(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) -> 
         plot_interval_bars(rows, folder / "improvement.png", f"P(method beats {versus}) across tasks, 95 % CI",
                            xlabel=f"probability of improvement over {versus}", limits=(0.0, 1.0), marker=0.5)
         plots["_improvement"] = "improvement.png"
-    (folder / RESULTS_JSON).write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
+    (folder / RESULTS_JSON).write_text(json.dumps(_finite_json(results), indent=1, allow_nan=False) + "\n")
     (folder / RESULTS_MD).write_text(_markdown(results, plots) + "\n")
     return folder / RESULTS_MD
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"{type(value).__name__} is not JSON")
+def _finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity as ``None``: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(item) for item in value]
+    return value
 
 
 def per_task_summaries(folder: Path, jobs: Sequence[Job]) -> dict[str, list[dict[str, Any]]]:

@@ -36,10 +36,11 @@ the key and what it takes)::
     dip_window: 5000                  # optional: each run's drop below its start in its first 5000 fine-tuning steps
     readme: {title: ..., tier: cpu, columns: [start, score, ci]}   # optional: the README table made from the report
 
-A job's overrides are, in order (a later value of a key replaces an earlier one): the method's
-experiment, the suite's overrides, the tier's overrides, its task and method overrides, the method's own overrides
-(``{task}`` names the column), the tier's cell overrides, ``seed``, and ``progress=false threads=1``
-(one torch thread per run: the CPU facts in the README).
+A job's overrides are, in order (a later value of a key replaces an earlier one): ``progress=false
+threads=1`` (periodic progress lines, one torch thread per run: the CPU facts in the README), the
+method's experiment, the suite's overrides, the tier's overrides, the tier's task overrides, the
+method's own overrides, the tier's overrides for that method and for that cell, and ``seed``;
+``{task}`` in any of them names the column.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import rlft.configs
 
 TIERS = ("smoke", "cpu", "paper")
 RUN_OVERRIDES = ("progress=false", "threads=1")  # every suite run: periodic progress lines, one torch thread
+RESERVED = frozenset({"runs", "summaries", "model", "base_model", "tb", "checkpoints"})  # folder names taken
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")  # suite, method and task names: folder names, no spaces
 
 
@@ -128,6 +130,7 @@ class Job:
     seed: int
     overrides: tuple[str, ...]
     init_from: str | None = None  # the method whose run of the same task and seed it starts from
+    parent_overrides: tuple[str, ...] = ()  # that run's overrides: part of this job's identity
 
     @property
     def key(self) -> str:
@@ -179,19 +182,23 @@ class Suite:
         if missing:
             raise SuiteError(f"{self.path}: tier {tier} runs methods that start from {missing}, which it does not run; "
                              f"add them to tiers.{tier}.methods")
-        jobs = []
+        jobs: list[Job] = []
+        by_key: dict[str, Job] = {}
         for task in tasks:
             for name in _dependency_order(self.methods, methods):
                 method = self.methods[name]
                 if method.tasks is not None and task not in method.tasks:
                     continue
+                levels = (self.overrides, chosen.overrides, chosen.task_overrides.get(task, ()), method.overrides,
+                          chosen.method_overrides.get(name, ()), chosen.cell_overrides.get(f"{task}/{name}", ()))
+                given = [override.replace("{task}", task) for level in levels for override in level]
                 for seed in seeds:
-                    overrides = [f"experiment={method.experiment.format(task=task)}",
-                                 *(o.format(task=task) for o in self.overrides), *chosen.overrides,
-                                 *chosen.task_overrides.get(task, ()), *chosen.method_overrides.get(name, ()),
-                                 *(o.format(task=task) for o in method.overrides),
-                                 *chosen.cell_overrides.get(f"{task}/{name}", ()), f"seed={seed}", *RUN_OVERRIDES]
-                    jobs.append(Job(task, name, seed, merge_overrides(overrides), method.init_from))
+                    overrides = [*RUN_OVERRIDES, f"experiment={method.experiment.replace('{task}', task)}", *given,
+                                 f"seed={seed}"]
+                    parent = by_key[f"{task}/{method.init_from}/seed{seed}"].overrides if method.init_from else ()
+                    job = Job(task, name, seed, merge_overrides(overrides), method.init_from, parent)
+                    by_key[job.key] = job
+                    jobs.append(job)
         return jobs
 
 
@@ -236,6 +243,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
         path = suites_dir() / f"{name_or_path}.yaml"
         if not path.is_file():
             raise SuiteError(f"no suite named {name_or_path!r}; the suites are {suite_names()} (configs/suite/)")
+    elif not path.is_file():
+        raise SuiteError(f"{path} does not exist: give a suite's name ({', '.join(suite_names())}) or a suite file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -266,7 +275,7 @@ class _Reader:
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         value = self.data.get(key, default)
-        if value is not default and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+        if value is not default and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
             raise SuiteError(f"{self.path}: {self.name(key)}={value!r} must be {_kind_name(kind)}")
         return value
 
@@ -287,6 +296,8 @@ class _Reader:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "a number"
     return " or ".join({str: "a string", int: "an integer", float: "a number", dict: "a mapping",
                         list: "a list"}.get(k, k.__name__) for k in kinds)
 
@@ -305,6 +316,9 @@ def _check_name(path: Path, where: str, name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SuiteError(f"{path}: {where} name {name!r} must be lower-case letters, digits, '-', '_' or '.' "
                          "(it names folders)")
+    if name in RESERVED:
+        raise SuiteError(f"{path}: {where} name {name!r} names folders git ignores or a tier uses ({sorted(RESERVED)}):"
+                         " choose another")
     return name
 
 
@@ -342,6 +356,14 @@ def _parse(path: Path, data: Any) -> Suite:
         if method.init_from and method.init_from not in methods:
             raise SuiteError(f"{path}: methods.{method.name}.init_from={method.init_from!r} is no method of the suite "
                              f"({sorted(methods)})")
+        parent = methods.get(method.init_from) if method.init_from else None
+        if parent is not None and parent.tasks is not None and not set(method.tasks or tasks) <= set(parent.tasks):
+            raise SuiteError(f"{path}: methods.{method.name} starts from {parent.name}, which runs only on "
+                             f"{list(parent.tasks)}: give methods.{method.name}.tasks a subset of them")
+    try:
+        _dependency_order(methods, tuple(methods))
+    except SuiteError as error:
+        raise SuiteError(f"{path}: {error}") from None
     tiers: dict[str, Tier] = {}
     for name, spec in top.get("tiers", dict).items():
         if name not in TIERS:
@@ -354,7 +376,7 @@ def _parse(path: Path, data: Any) -> Suite:
             if chosen is not None and (not chosen or set(chosen) - set(known)):
                 raise SuiteError(f"{path}: tiers.{name}.{kind}={list(chosen)} must name some of {list(known)}")
         per: dict[str, dict[str, tuple[str, ...]]] = {}
-        cells = tuple(f"{t}/{m}" for t in tasks for m in methods)
+        cells = tuple(f"{t}/{m}" for t in tasks for m, spec in methods.items() if spec.tasks is None or t in spec.tasks)
         for kind, known in (("task_overrides", tasks), ("method_overrides", tuple(methods)), ("cell_overrides", cells)):
             table = reader.get(kind, dict, {})
             unknown = sorted(set(table) - set(known))
@@ -384,16 +406,22 @@ def _parse(path: Path, data: Any) -> Suite:
         reader = _Reader(path, "readme", readme, {"title", "tier", "tasks", "columns"}, {"title", "tier"})
         if reader.get("tier", str) not in tiers:
             raise SuiteError(f"{path}: readme.tier={readme['tier']!r} is not a tier of the suite ({sorted(tiers)})")
+        readme_tasks = reader.strings("tasks", None)
+        if readme_tasks is not None and (not readme_tasks or set(readme_tasks) - set(tasks)):
+            raise SuiteError(f"{path}: readme.tasks={list(readme_tasks)} must name some of {list(tasks)}")
         columns = reader.strings("columns", ("start", "score"))
         if set(columns) - {"start", "score", "ci", "splits"}:
             raise SuiteError(f"{path}: readme.columns={list(columns)} may hold start, score, ci and splits")
+    dip_window = top.get("dip_window", int)
+    if dip_window is not None and dip_window < 1:
+        raise SuiteError(f"{path}: dip_window={dip_window} must be a positive number of steps")
     compare_to = top.get("compare_to", str, next(iter(methods), ""))
     if compare_to not in methods:
         raise SuiteError(f"{path}: compare_to={compare_to!r} is no method of the suite ({sorted(methods)})")
     return Suite(path.stem, path, top.get("description", str).strip(), top.get("metric", str), score_last,
                  top.seeds("seeds"), tasks, methods, tiers, dict(protocol), references, readme, compare_to,
                  top.strings("splits"), _check_overrides(path, "overrides", top.strings("overrides")),
-                 top.get("dip_window", int))
+                 dip_window)
 
 
 def _reference(path: Path, index: int, spec: Any, methods: dict[str, Method], tasks: tuple[str, ...]) -> Reference:

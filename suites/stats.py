@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
+SMALL_SAMPLE_NOTE = ("with 3 seeds the IQM is the mean, and a percentile interval covers the truth about 74 % "
+                     "of the time (about 92 % with 5 seeds): read it as the seeds' spread, not as 95 % confidence")
 CONFIDENCE = 0.95
 RESAMPLES = 2000  # rliable's default is 50,000 for papers; 2,000 keeps a report's interval stable to ~1 % of its width
 SEED = 0
@@ -37,12 +39,16 @@ def bootstrap_ci(samples: Sequence[Sequence[float]], statistic: Callable[..., np
                  seed: int = SEED) -> tuple[float, float]:
     """A ``confidence`` percentile-bootstrap interval of ``statistic`` (default: IQM of all runs),
     resampling the runs of each sample (task) independently: a stratified bootstrap. ``statistic``
-    takes one array per sample and ``axis``. Intervals need two runs in some task; with one run
-    everywhere they are ``(nan, nan)`` (one seed says nothing about spread)."""
+    takes one array per sample and ``axis``. An interval needs two runs in every task; with one run
+    in some task it is ``(nan, nan)`` (one seed says nothing about spread).
+
+    With few runs a percentile interval is too narrow: on normal data it covered the true value
+    about 74 % of the time with 3 runs and 92 % with 5 (nominal 95 %), so a 3-seed interval shows
+    the seeds' spread rather than 95 % confidence (:data:`SMALL_SAMPLE_NOTE`)."""
     arrays = [np.asarray(s, dtype=float) for s in samples]
     if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
         raise ValueError("bootstrap_ci takes one non-empty 1-D sample of run scores per task")
-    if all(a.size < 2 for a in arrays):
+    if any(a.size < 2 for a in arrays):
         return float("nan"), float("nan")
     if all(np.all(a == a[0]) for a in arrays):  # every resample gives the same value
         value = float(statistic(*[a[None] for a in arrays], axis=-1)[0])

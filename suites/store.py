@@ -25,6 +25,7 @@ from rlft.runtime.run_folder import CLAIM_FILE
 from rlft.suites.spec import Job, Suite, SuiteError
 
 SUMMARY_VERSION = 1
+LAUNCH_RECORD = "suite-job.json"  # in a run folder: the overrides the sweeper first launched it with
 HISTORY_KEYS = ("step", "phase", "return_mean", "normalized_score", "success_rate")
 
 
@@ -48,19 +49,39 @@ def summary_path(folder: Path, job: Job) -> Path:
     return folder / "summaries" / f"{job.key}.json"
 
 
+def _check_identity(what: Path, recorded: dict[str, Any], job: Job, fix: str) -> None:
+    """:class:`SuiteError` unless ``recorded`` (a summary or a run folder's record) was made for
+    ``job`` as the suite defines it today: the same overrides and, for a job that starts from
+    another's checkpoint, the same overrides of that run."""
+    for key, ours, whose in (("overrides", job.overrides, ""), ("parent_overrides", job.parent_overrides,
+                                                                  f" of the run it starts from ({job.prerequisite})")):
+        theirs = recorded.get(key, ())
+        if set(theirs) != set(ours):
+            raise SuiteError(f"{what} was run with other overrides{whose} than the suite now asks for (only there: "
+                             f"{sorted(set(theirs) - set(ours))}; only in the suite: {sorted(set(ours) - set(theirs))})"
+                             f"; {fix}")
+
+
 def read_summary(folder: Path, job: Job) -> dict[str, Any] | None:
-    """The job's summary, or ``None`` when it has none; one made with other overrides than the
-    job's is a :class:`SuiteError` saying which differ and how to re-run."""
+    """The job's summary, or ``None`` when it has none; one made for other overrides than the
+    job's (or, for a job that starts from another's run, that run's) is a :class:`SuiteError`
+    saying which differ and how to re-run."""
     path = summary_path(folder, job)
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    if tuple(summary.get("overrides", ())) != job.overrides:
-        theirs, ours = set(summary.get("overrides", ())), set(job.overrides)
-        raise SuiteError(f"{path} was run with other overrides than the suite now asks for (only in the summary: "
-                         f"{sorted(theirs - ours)}; only in the suite: {sorted(ours - theirs)}); delete it and its "
-                         f"run folder {run_dir(folder, job)} to run it again, or write the results to another out=")
+    _check_identity(path, summary, job, f"delete it and its run folder {run_dir(folder, job)} to run it again, or "
+                                        "write the results to another out=")
     return summary
+
+
+def record_launch(folder: Path, job: Job) -> None:
+    """Write into the job's run folder, before its first launch, what it is launched as (read by
+    :func:`write_summary`, so a run folder never passes for a job it was not run as)."""
+    run = run_dir(folder, job)
+    run.mkdir(parents=True, exist_ok=True)
+    record = {"overrides": list(job.overrides), "parent_overrides": list(job.parent_overrides)}
+    (run / LAUNCH_RECORD).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def job_state(folder: Path, job: Job) -> JobState:
@@ -109,8 +130,12 @@ def has_pretrained(folder: Path, job: Job) -> bool:
 
 
 def write_summary(folder: Path, job: Job) -> dict[str, Any]:
-    """Summarise the job's finished run folder into ``summaries/`` (atomically) and return it."""
+    """Summarise the job's finished run folder into ``summaries/`` (atomically) and return it; a
+    run folder launched as another job (its :data:`LAUNCH_RECORD`) is refused."""
     run = run_dir(folder, job)
+    if (run / LAUNCH_RECORD).is_file():
+        _check_identity(run, json.loads((run / LAUNCH_RECORD).read_text()), job,
+                        f"delete {run} to run it again as the suite now defines it")
     results = json.loads((run / "eval.json").read_text())
     config = OmegaConf.load(run / "config.yaml")
     summary = {
@@ -118,6 +143,7 @@ def write_summary(folder: Path, job: Job) -> dict[str, Any]:
         "task": job.task, "method": job.method, "seed": job.seed,
         "overrides": list(job.overrides),
         "init_from": job.prerequisite,
+        "parent_overrides": list(job.parent_overrides),
         "pipeline": results["pipeline"], "env_task": results["task"], "source": results["source"],
         "metric": results["metric"], "axis": results["axis"],
         "history": [{key: record.get(key) for key in HISTORY_KEYS} for record in results["history"]],
@@ -134,6 +160,15 @@ def write_summary(folder: Path, job: Job) -> dict[str, Any]:
         tmp.write("\n")
     os.replace(tmp.name, path)
     return summary
+
+
+def override_path(path: Path) -> str:
+    """``path`` as a Hydra override value: single-quoted when it holds characters the override
+    grammar reads (a quoted value still resolves ``${...}``, so a path holding ``$`` is refused)."""
+    text = str(path)
+    if "$" in text:
+        raise SuiteError(f"{text}: a path with '$' cannot be passed to Hydra; choose another out=")
+    return text if all(c.isalnum() or c in "_-./:" for c in text) else "'" + text.replace("'", "\\'") + "'"
 
 
 def config_value(summary: dict[str, Any], key: str) -> Any:

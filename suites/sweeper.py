@@ -8,7 +8,7 @@ it). Jobs whose prerequisite (``init_from``) is not finished wait for a later ba
 goes to the launcher whole (``max_batch_size`` caps it), and a watcher thread prints the progress
 line whenever a run of the tier finishes, so the line comes on every launcher that shares the
 file system. Finished runs are summarised into ``summaries/`` (what is committed) and the report
-is written at the end, failures or not; failed runs are named with their folders.
+is written at the end, failures or not; failed jobs are named.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class SuiteSweep:
                 if not batch:
                     break
                 watcher.say(force=True)
-                batch = batch[: self.max_batch_size or len(batch)]
+                # Hydra's own launcher runs one job after another here: hand it one, so each summary lands at once
+                batch = batch[: self.max_batch_size or (1 if self.parallel_runs() == 1 else len(batch))]
                 results = self.launcher.launch([self.job_overrides(job) for job in batch], initial_job_idx=index)
                 index += len(batch)
                 returns.append(results)
@@ -107,6 +108,12 @@ class SuiteSweep:
         watcher.say(force=True)
         made = report.write_report(self.suite, self.tier, self.folder, self.jobs)
         print(f"report: {made}")
+        held = [job.key for job in self.jobs if store.job_state(self.folder, job) is JobState.BUSY]
+        waiting = [job.key for job in self.jobs if job.prerequisite in held]
+        if held:
+            print(f"rlft-bench: {len(held)} run(s) are held by another process ({', '.join(held)})"
+                  + (f" and {len(waiting)} wait on them" if waiting else "") + ": run this command again when it ends",
+                  file=sys.stderr)
         if failed:  # said as one message, not a traceback: Hydra prints the traceback of an exception
             lines = [f"  {job.key}: {(failed[job.key] or 'failed').splitlines()[0]}" for job in self.jobs
                      if failed.get(job.key)]
@@ -114,6 +121,8 @@ class SuiteSweep:
             print(f"rlft-bench: error: {len(failed) - len(blocked)} run(s) of {self.suite.name} [{self.tier}] failed:\n"
                   + "\n".join(lines) + (f"\n  waiting on them: {', '.join(blocked)}" if blocked else "")
                   + "\n  the same command continues after a fix (finished runs are kept)", file=sys.stderr)
+            raise SystemExit(1)
+        if held:
             raise SystemExit(1)
         return returns
 
@@ -136,10 +145,9 @@ class SuiteSweep:
                 elif store.run_dir(self.folder, by_key[parent]).is_dir():
                     failed[job.key] = (f"{parent} finished without a pretrained_checkpoint/ to start from (its "
                                        "experiment has no pretraining phase): choose another init_from")
-                elif by_key[parent] not in ready:
+                elif by_key[parent] not in ready:  # its summary stays until the new run replaces it
                     print(f"running {parent} again: {job.key} starts from its pretrained checkpoint, which this "
-                          "machine does not have")
-                    store.summary_path(self.folder, by_key[parent]).unlink()
+                          "machine does not have; its summary will be replaced by the new run's")
                     ready.append(by_key[parent])
             elif parent in failed:
                 failed.setdefault(job.key, None)  # blocked, said with its prerequisite
@@ -150,10 +158,12 @@ class SuiteSweep:
         folder = store.run_dir(self.folder, job)
         extra = [f"hydra.sweep.subdir={job.key}"]
         if store.job_state(self.folder, job) is JobState.RESUME:
-            extra.append(f"resume={_quoted(folder)}")
-        elif job.prerequisite:
-            parent = next(j for j in self.jobs if j.key == job.prerequisite)
-            extra.append(f"init_from={_quoted(store.run_dir(self.folder, parent))}")
+            extra.append(f"resume={store.override_path(folder)}")
+        else:
+            store.record_launch(self.folder, job)
+            if job.prerequisite:
+                parent = next(j for j in self.jobs if j.key == job.prerequisite)
+                extra.append(f"init_from={store.override_path(store.run_dir(self.folder, parent))}")
         return [*job.overrides, *self.launcher_choice, *extra]
 
     # ------------------------------------------------------------------------------------- progress
@@ -167,7 +177,7 @@ class SuiteSweep:
         return n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else self.max_batch_size
 
     def progress_line(self) -> str:
-        """``<suite> [<tier>]: d/N runs done (r to resume), ~T left (m min per run, p at a time)``."""
+        """``<suite> [<tier>]: d/N runs done (r started), ~T left (m min per run, p at a time)``."""
         done, seconds, resumable = [], {}, 0
         for job in self.jobs:
             summary_file = store.summary_path(self.folder, job)
@@ -196,12 +206,6 @@ def _wall_seconds(path: Path) -> float:
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(seconds / 60, 1):.0f} min"
-
-
-def _quoted(path: Path) -> str:
-    """A path as a Hydra override value (quoted when it holds characters the grammar reads)."""
-    text = str(path)
-    return text if all(c.isalnum() or c in "_-./:" for c in text) else "'" + text.replace("'", "\\'") + "'"
 
 
 class _Watcher:
