@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from rlft.runtime.plotting import plot_band_curves, plot_interval_bars
+from rlft.runtime.run_folder import strict_json
 from rlft.suites import stats, store
 from rlft.suites.spec import Job, Reference, Suite, suites_dir
 
@@ -357,27 +357,6 @@ def write_report(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) -> 
         plot_interval_bars(rows, folder / "improvement.png", f"P(method beats {versus}) across tasks, 95 % CI",
                            xlabel=f"probability of improvement over {versus}", limits=(0.0, 1.0), marker=0.5)
         plots["_improvement"] = "improvement.png"
-    (folder / RESULTS_JSON).write_text(json.dumps(_finite_json(results), indent=1, allow_nan=False) + "\n")
+    (folder / RESULTS_JSON).write_text(json.dumps(strict_json(results), indent=1, allow_nan=False) + "\n")
     (folder / RESULTS_MD).write_text(_markdown(results, plots) + "\n")
     return folder / RESULTS_MD
-
-
-def _finite_json(value: Any) -> Any:
-    """``value`` with every NaN or infinity as ``None``: strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(item) for item in value]
-    return value
-
-
-def per_task_summaries(folder: Path, jobs: Sequence[Job]) -> dict[str, list[dict[str, Any]]]:
-    """The finished summaries of ``jobs`` grouped by task (for scripts that read a tier)."""
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for job in jobs:
-        summary = store.read_summary(folder, job)
-        if summary is not None:
-            grouped[job.task].append(summary)
-    return dict(grouped)
