@@ -110,6 +110,8 @@ def _text(value: Any) -> str:
         return "null"
     if isinstance(value, list):
         return "-".join(str(v) for v in value)
+    if isinstance(value, dict):  # e.g. a tiny model's shape
+        return "{" + ", ".join(f"{key}: {_text(item)}" for key, item in value.items()) + "}"
     return str(value)
 
 
