@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,16 @@ class Batch:
     next_observations: torch.Tensor  # [B, obs_dim]
     dones: torch.Tensor  # [B, 1]
     mc_returns: torch.Tensor | None = None  # [B, 1] Monte-Carlo return-to-go (-inf where unknown)
+
+    def split(self, parts: int) -> list[Batch]:
+        """``parts`` strided slices of the rows (slice ``i`` holds rows ``i, i + parts, ...``), so each
+        slice of a batch drawn as dataset rows then online rows keeps the batch's mix, as rlpd's
+        ``combine`` interleaves its two halves before slicing. ``parts`` must divide the batch."""
+        rows = self.observations.shape[0]
+        if rows % parts:
+            raise ValueError(f"a batch of {rows} rows does not split into {parts} equal slices")
+        values = [getattr(self, f.name) for f in fields(self)]
+        return [Batch(*(None if value is None else value[i::parts] for value in values)) for i in range(parts)]
 
 
 class ReplayBuffer:

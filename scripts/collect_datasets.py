@@ -5,6 +5,8 @@ demonstrations for Meta-World tasks (``mw-*``) and Push-T (``pusht``, from pixel
 Examples (what produced the datasets shipped in ``data/minari``)::
 
     python -m rlft.scripts.collect_datasets --tasks hopper --kinds medium medium-replay
+    python -m rlft.scripts.collect_datasets --tasks hopper --kinds medium medium-replay \
+        --medium-target reference --kind-suffix=-local --sac-steps 1000000   # the D4RL-protocol medium
     python -m rlft.scripts.collect_datasets --tasks pointmaze_umaze --transitions 50000
     python -m rlft.scripts.collect_datasets --tasks mw-push mw-pick-place --episodes 10 --noise 0.3
     python -m rlft.scripts.collect_datasets --tasks pusht --episodes 20 --noise 0.0
@@ -35,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-starts", type=int, default=defaults.sac_learning_starts)
     parser.add_argument("--snapshot-every", type=int, default=defaults.snapshot_every)
     parser.add_argument("--transitions", type=int, default=defaults.transitions)
+    parser.add_argument("--medium-target", choices=("expert", "reference"), default=defaults.medium_target,
+                        help="medium's return: a third of this run's best snapshot, or of D4RL's expert reference "
+                             "score (SAC then stops once a snapshot reaches it)")
+    parser.add_argument("--kind-suffix", default=defaults.kind_suffix, help="appended to each kind in the dataset ids")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--episodes", type=int, default=DemoConfig.episodes, help="Meta-World: demonstrations to keep")
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                 sac_learning_starts=args.learning_starts,
                 snapshot_every=args.snapshot_every,
                 transitions=args.transitions,
+                medium_target=args.medium_target,
+                kind_suffix=args.kind_suffix,
                 seed=args.seed,
             )
         )
