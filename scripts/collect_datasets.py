@@ -10,6 +10,7 @@ Examples (what produced the datasets shipped in ``data/minari``)::
     python -m rlft.scripts.collect_datasets --tasks pointmaze_umaze --transitions 50000
     python -m rlft.scripts.collect_datasets --tasks mw-push mw-pick-place --episodes 10 --noise 0.3
     python -m rlft.scripts.collect_datasets --tasks pusht --episodes 20 --noise 0.0
+    python -m rlft.scripts.collect_datasets --tasks cube-double-task1 cube-double-task2 --episodes 100
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rlft.envs.registry import get_task
 from rlft.offline.collection import DATASET_KINDS, CollectionConfig, collect
 from rlft.offline.demos import DemoConfig, collect_demos
 from rlft.offline.maze_collection import MazeCollectionConfig, collect_maze
+from rlft.offline.ogbench_collection import OGBenchCollectionConfig, collect_ogbench
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,15 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind-suffix", default=defaults.kind_suffix, help="appended to each kind in the dataset ids")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--episodes", type=int, default=DemoConfig.episodes, help="Meta-World: demonstrations to keep")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help=f"Meta-World: demonstrations to keep (default {DemoConfig.episodes}); OGBench: play "
+                             f"episodes of 1,001 steps (default {OGBenchCollectionConfig.episodes}; OGBench's: 1000)")
     parser.add_argument("--noise", type=float, default=DemoConfig.noise, help="Meta-World: expert action noise std")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    for task in args.tasks:
+    ogbench = [task for task in args.tasks if get_task(task).module == "ogbench"]
+    if ogbench:  # one domain's play data serve all its tasks: generated once
+        summary = collect_ogbench(OGBenchCollectionConfig(
+            tasks=tuple(ogbench), episodes=args.episodes or OGBenchCollectionConfig.episodes, out_dir=args.out_dir,
+            namespace=args.namespace, version=args.version, seed=args.seed))
+        print(json.dumps(summary["datasets"], indent=2))
+    for task in (task for task in args.tasks if task not in ogbench):
         if get_task(task).env_id in ("rlft/MetaWorld-v3", "gym_pusht/PushT-v0"):
-            demos = collect_demos(DemoConfig(task=task, episodes=args.episodes, noise=args.noise, seed=args.seed),
-                                  args.out_dir, args.version)
+            demos = collect_demos(DemoConfig(task=task, episodes=args.episodes or DemoConfig.episodes,
+                                             noise=args.noise, seed=args.seed), args.out_dir, args.version)
             print(json.dumps(demos, indent=2))
             continue
         if get_task(task).module == "gymnasium_robotics":
