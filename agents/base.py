@@ -66,6 +66,8 @@ class Learner:
     checkpoint holds every object :meth:`_modules` lists. Subclasses add ``act`` and ``update``."""
 
     sequence_length: int = 1  # > 1: update() takes time-major sequence batches (ReplayBuffer.sample_sequences)
+    chunk_length: int = 1  # > 1: update() takes action chunks (ReplayBuffer.sample_chunks)
+    acts_with_state: bool = False  # act() keeps per-env state across steps (a planner's warm start, a chunk)
     needs_finished_episodes: bool = False  # online batches only from finished episodes (MC returns known)
 
     def __init__(self, cfg: OnlineOverridable):

@@ -60,13 +60,17 @@ class CriticPair(nn.Module):
         return torch.stack([member(inputs).squeeze(-1) for member in self.members])
 
 
-def flow_matching_loss(field: VectorField, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def flow_matching_loss(field: VectorField, obs: torch.Tensor, actions: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
     """``E ||v(s, x_t, t) - (x_1 - x_0)||^2`` with ``x_0 ~ N(0, I)``, ``t ~ U[0, 1)``,
-    ``x_t = (1 - t) x_0 + t x_1`` and ``x_1`` the data's actions (fql ``actor_loss``, BC flow loss)."""
+    ``x_t = (1 - t) x_0 + t x_1`` and ``x_1`` the data's actions (fql ``actor_loss``, BC flow loss);
+    ``weights`` (broadcast to the errors) zero the entries of actions that do not exist, the mean
+    still over all of them (qc ``acfql.py``: a chunk's steps past its episode)."""
     noise = torch.randn_like(actions)
     t = torch.rand(actions.shape[:-1] + (1,), device=actions.device)
     x_t = (1 - t) * noise + t * actions
-    return (field(obs, x_t, t) - (actions - noise)).pow(2).mean()
+    errors = (field(obs, x_t, t) - (actions - noise)).pow(2)
+    return (errors if weights is None else errors * weights).mean()
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from rlft.agents.base import Learner
 from rlft.agents.online import AgentActor, LocalCollector
 from rlft.agents.registry import agent_config, make_agent
 from rlft.common.typed_config import ConfigError, config_from_mapping
-from rlft.agents.replay_buffer import Batch, ReplayBuffer
+from rlft.agents.replay_buffer import Batch, ChunkBatch, ReplayBuffer
 from rlft.agents.sac import SAC
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
@@ -123,9 +123,9 @@ class Experiment(DatasetRunner):
         self.agent = make_agent(cfg.agent.name, settings["agent"], self.dataset.obs_dim, self.dataset.action_dim,
                                 self.device)
         self._check_utd_mode(cfg.agent.name)
-        if self.rollout.backend == "ray" and hasattr(self.agent, "reset"):
-            raise ConfigError(f"rollout.backend=ray: agent '{cfg.agent.name}' plans from a warm start that does not "
-                              "travel to Ray workers; use rollout.backend=local")
+        if self.rollout.backend == "ray" and self.agent.acts_with_state:
+            raise ConfigError(f"rollout.backend=ray: agent '{cfg.agent.name}' acts from a state (a planner's warm "
+                              "start, an action chunk) that does not travel to Ray workers; use rollout.backend=local")
         capacity = len(self.dataset) + max(1, self.trainer.online_steps)
         self._check_buffer_memory(capacity)
         self.buffer = ReplayBuffer(
@@ -306,11 +306,13 @@ class Experiment(DatasetRunner):
                         t.eval_seed, *self.ref_scores, rng_seed=t.eval_seed)
 
     # ---------------------------------------------------------------- phases
-    def _sample(self, rows: int, offline_ratio: float | None = None) -> Batch:
-        """A training batch: transitions, or sequences for agents that learn from them; online rows
+    def _sample(self, rows: int, offline_ratio: float | None = None) -> Batch | ChunkBatch:
+        """A training batch: transitions, or sequences or action chunks for agents that learn from them; online rows
         of finished episodes only for agents that read their Monte-Carlo returns (Cal-QL)."""
         if self.agent.sequence_length > 1:
             return self.buffer.sample_sequences(rows, self.agent.sequence_length, offline_ratio)
+        if self.agent.chunk_length > 1:
+            return self.buffer.sample_chunks(rows, self.agent.chunk_length, self.agent.cfg.discount, offline_ratio)
         finished = self.agent.needs_finished_episodes and self.agent.online
         return self.buffer.sample(rows, offline_ratio, finished_only=finished)
 

@@ -1,13 +1,17 @@
 """Flow Q-learning: flow matching carries noise to the data's actions, the one-step policy
 distils the flow and climbs Q, the targets move towards the pre-update critics, and neither the
-distillation nor the Q term trains the flow or the critics."""
+distillation nor the Q term trains the flow or the critics; QC-FQL's action chunks: sampled up
+to their episode's end, played through one chunk at a time, backed up only where complete."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from rlft.agents.fql import FQL, FQLConfig
-from rlft.agents.replay_buffer import Batch
+from rlft.agents.replay_buffer import Batch, ChunkBatch, ReplayBuffer
+from rlft.offline.dataset import TransitionDataset
 from rlft.policies.flow import VectorField, flow_actions, flow_matching_loss
 
 
@@ -88,3 +92,69 @@ def test_the_one_step_policy_learns_the_data_then_moves_towards_higher_q():
     for _ in range(600):
         greedy.update(rewarded)
     assert greedy.act(batch.observations)[:, 0].mean().item() > 0.3
+
+
+def test_chunks_stop_at_their_episodes_end_and_say_whether_they_can_be_backed_up():
+    """Rows 0-4 end in a terminal, rows 5-9 are cut by a time limit (observation = row index,
+    reward = row index); chunks of 3 with discount 0.5."""
+    buffer = ReplayBuffer(1, 1, 10)
+    rows = np.arange(10, dtype=np.float32)
+    terminal = np.zeros(10, dtype=bool)
+    terminal[4] = True
+    timeouts = np.zeros(10, dtype=bool)
+    timeouts[9] = True
+    buffer.load_dataset(TransitionDataset(rows[:, None], rows[:, None] / 10, rows, terminal, timeouts, rows[:, None] + 1))
+    torch.manual_seed(0)
+    batch = buffer.sample_chunks(400, horizon=3, discount=0.5)
+    for i in range(400):
+        start = int(batch.observations[i, 0])
+        episode_end = 4 if start <= 4 else 9
+        taken = min(3, episode_end - start + 1)
+        assert batch.action_valid[i].tolist() == [1.0] * taken + [0.0] * (3 - taken)
+        assert batch.actions[i, :, 0].tolist() == pytest.approx([(start + k) / 10 if k < taken else 0 for k in range(3)])
+        assert batch.rewards[i, 0].item() == pytest.approx(sum(0.5**k * (start + k) for k in range(taken)))
+        assert batch.discounts[i, 0].item() == 0.5**taken and batch.next_observations[i, 0] == start + taken
+        ends_in_terminal = start + taken - 1 == 4
+        assert batch.dones[i, 0].item() == float(ends_in_terminal)
+        assert batch.critic_valid[i, 0].item() == float(taken == 3 or ends_in_terminal)  # rows 8, 9: cut by time
+    assert {int(o) for o in batch.observations[:, 0]} == set(range(10))
+
+
+def test_a_chunked_policy_plays_each_chunk_through_then_draws_the_next():
+    torch.manual_seed(0)
+    agent = FQL(3, 2, FQLConfig(hidden=(8,), action_chunk=3))
+    assert agent.chunk_length == 3 and agent.acts_with_state and agent.actor.net[-1].out_features == 6
+    obs = torch.randn(2, 3)
+    drawn = []
+    original = agent._one_step
+    agent._one_step = lambda o: drawn.append(len(o)) or original(o)
+    first = [agent.act(obs, deterministic=False) for _ in range(3)]
+    chunk = agent._chunks[False][0]
+    assert all(torch.equal(a, chunk[:, k]) for k, a in enumerate(first)) and drawn == [2]
+    agent.act(obs, deterministic=False)  # the chunk is played out: both envs draw a new one
+    agent.act(obs, deterministic=True)  # evaluation keeps its own chunks
+    agent.episodes_ended(np.array([True, False]), deterministic=False)
+    agent.act(obs, deterministic=False)  # only the env that restarted draws
+    assert drawn == [2, 2, 2, 1]
+    agent.reset(2, deterministic=False)
+    agent.act(obs, deterministic=False)
+    assert drawn == [2, 2, 2, 1, 2]
+
+
+def test_qc_fql_learns_from_chunks_with_the_critic_on_complete_ones_only():
+    torch.manual_seed(0)
+    buffer = ReplayBuffer(1, 1, 10)
+    rows = np.arange(10, dtype=np.float32)
+    ends = np.zeros(10, dtype=bool)
+    ends[9] = True
+    buffer.load_dataset(TransitionDataset(rows[:, None], np.zeros((10, 1), np.float32), rows, np.zeros(10, bool), ends,
+                                          rows[:, None] + 1))
+    batch = buffer.sample_chunks(64, horizon=3, discount=0.9)
+    agent = FQL(1, 1, FQLConfig(hidden=(8,), action_chunk=3, flow_steps=2))
+    loss, _ = agent.critic_loss(batch)
+    invalid = batch.critic_valid[:, 0] == 0
+    assert invalid.any()
+    poisoned = ChunkBatch(**{**vars(batch), "rewards": torch.where(invalid[:, None], 1e6, batch.rewards)})
+    assert agent.critic_loss(poisoned)[0].item() == pytest.approx(loss.item(), rel=1e-4)  # cut chunks weigh nothing
+    info = agent.update(batch)
+    assert np.isfinite(float(info["critic_loss"])) and np.isfinite(float(info["bc_flow_loss"]))

@@ -1,6 +1,6 @@
 """OGBench manipulation: play data generated with OGBench's oracles, relabelled with a task's
-rewards into the single-task MDP's episodes, loaded as a task dataset, and an offline-to-online
-run on the single-task env that records its success rate."""
+rewards into the single-task MDP's episodes, loaded as a task dataset, and a QC-FQL
+offline-to-online run on the single-task env that records its success rate."""
 
 from __future__ import annotations
 
@@ -51,10 +51,14 @@ def test_generated_play_data_load_as_each_tasks_dataset_and_fine_tune_online(tmp
         collect_ogbench(OGBenchCollectionConfig(tasks=("cube-double-task1",), episodes=1, out_dir=str(tmp_path)))
 
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("config", ["agent=fql", "dataset=cube-double-task1", f"dataset.source={path}",
+        cfg = compose("config", ["experiment=o2o/qc-fql/cube-double-task1", f"dataset.source={path}",
                                  "agent.hidden=[16,16]", "agent.flow_steps=2", "trainer.offline_steps=20",
-                                 "trainer.online_steps=30", "trainer.eval_every=1000", "trainer.eval_episodes=2",
-                                 "trainer.eval_envs=2", "env.max_episode_steps=20", "progress=false"])
-    results = Experiment(cfg, tmp_path / "run").run()
+                                 "trainer.online_steps=30", "trainer.warmup_steps=10", "trainer.eval_every=1000",
+                                 "trainer.eval_episodes=2", "trainer.eval_envs=2", "env.max_episode_steps=20",
+                                 "progress=false"])
+    run = Experiment(cfg, tmp_path / "run")
+    assert run.agent.chunk_length == 5  # QC-FQL: chunks of 5 actions
+    results = run.run()
+    assert run.agent.num_updates == 20 + (30 - 10)
     assert results["after"]["success_rate"] is not None and 0.0 <= results["after"]["success_rate"] <= 1.0
     assert results["after"]["lengths"] == [20, 20]  # unsolved: cut by the time limit
