@@ -66,6 +66,8 @@ class Learner:
     checkpoint holds every object :meth:`_modules` lists. Subclasses add ``act`` and ``update``."""
 
     sequence_length: int = 1  # > 1: update() takes time-major sequence batches (ReplayBuffer.sample_sequences)
+    chunk_length: int = 1  # > 1: update() takes action chunks (ReplayBuffer.sample_chunks)
+    acts_with_state: bool = False  # act() keeps per-env state across steps (a planner's warm start, a chunk)
     needs_finished_episodes: bool = False  # online batches only from finished episodes (MC returns known)
 
     def __init__(self, cfg: OnlineOverridable):
@@ -181,22 +183,27 @@ class OffPolicyAgent(Learner):
     def update(self, batch: Batch) -> Metrics:
         """One critic step; every ``policy_freq`` critic steps also an actor step."""
         self.num_updates += 1
-        critic_loss_fn, actor_loss_fn = self._losses()
-        critic_loss, info = critic_loss_fn(batch)
-        optimizer_step(self.critic_optimizer, critic_loss)
-        info["critic_loss"] = critic_loss.detach()
-
+        info = self._critic_step(batch)
         actor_updated = self.num_updates % self.cfg.policy_freq == 0
         if actor_updated:
-            self.critic.requires_grad_(False)
-            try:
-                actor_loss, actor_info = actor_loss_fn(batch)
-            finally:
-                self.critic.requires_grad_(True)
-            optimizer_step(self.actor_optimizer, actor_loss)
-            info.update(actor_loss=actor_loss.detach(), **actor_info, **self.after_actor_step())
+            info.update(self._actor_step(batch))
         self.update_targets(actor_updated)
         return info
+
+    def _critic_step(self, batch: Batch) -> Metrics:
+        critic_loss, info = self._losses()[0](batch)
+        optimizer_step(self.critic_optimizer, critic_loss)
+        info["critic_loss"] = critic_loss.detach()
+        return info
+
+    def _actor_step(self, batch: Batch) -> Metrics:
+        self.critic.requires_grad_(False)
+        try:
+            actor_loss, info = self._losses()[1](batch)
+        finally:
+            self.critic.requires_grad_(True)
+        optimizer_step(self.actor_optimizer, actor_loss)
+        return {"actor_loss": actor_loss.detach(), **info, **self.after_actor_step()}
 
     def _losses(self) -> tuple[LossFn, LossFn]:
         """:meth:`critic_loss` and :meth:`actor_loss`, through ``torch.compile`` (built on first use)

@@ -60,14 +60,20 @@ class Transitions:
 class AgentActor:
     """The agent as the evaluator and the env stepper call it: observations (numpy or torch) in,
     actions of the same kind out. ``reset(num_envs)`` tells a planning agent that new episodes
-    begin in this acting stream (evaluation and exploration are separate streams)."""
+    begin in this acting stream (evaluation and exploration are separate streams). With
+    ``uniform`` it ignores the agent and draws actions uniformly from ``[-1, 1]`` (every env's
+    action box, :func:`rlft.envs.wrappers.rescale_action`) with torch's RNG: the random
+    first steps of learning from scratch (RLPD's ``start_training``, SB3's ``learning_starts``)."""
 
-    def __init__(self, agent: Learner, device: torch.device, deterministic: bool):
-        self.agent, self.device, self.deterministic = agent, device, deterministic
+    def __init__(self, agent: Learner, device: torch.device, deterministic: bool, uniform: bool = False):
+        self.agent, self.device, self.deterministic, self.uniform = agent, device, deterministic, uniform
 
     def __call__(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        action = self.agent.act(obs_t, deterministic=self.deterministic)
+        if self.uniform:
+            action = torch.rand(obs_t.shape[0], self.agent.action_dim, device=self.device) * 2.0 - 1.0
+        else:
+            action = self.agent.act(obs_t, deterministic=self.deterministic)
         return action if isinstance(obs, torch.Tensor) else action.cpu().numpy()
 
     def reset(self, num_envs: int) -> None:
@@ -207,16 +213,17 @@ class LocalCollector:
         """At episode boundaries (a checkpoint then holds no half-recorded episode)."""
         return self.stepper.at_episode_start
 
-    def start(self, agent: Learner, steps: int, version: int) -> None:
-        """Begin a round of ``steps`` transitions acted by ``agent`` (policy ``version``)."""
-        self._round = (agent, steps, version)
+    def start(self, agent: Learner, steps: int, version: int, uniform: bool = False) -> None:
+        """Begin a round of ``steps`` transitions acted by ``agent`` (policy ``version``), or
+        uniformly at random (:class:`AgentActor`)."""
+        self._round = (agent, steps, version, uniform)
 
     def finish(self) -> list[EpisodeEnd]:
         """Run the round; its transitions are in the buffer. Returns the episodes that ended."""
-        agent, steps, version = self._round
+        agent, steps, version, uniform = self._round
         self._round = None
-        if self._explore is None or self._explore.agent is not agent:
-            self._explore = AgentActor(agent, self.stepper.device, deterministic=False)
+        if self._explore is None or self._explore.agent is not agent or self._explore.uniform != uniform:
+            self._explore = AgentActor(agent, self.stepper.device, deterministic=False, uniform=uniform)
         return self.recorder.record(self.stepper.run(self._explore, steps, version))
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from rlft.agents.sac import SAC, SACConfig
 from rlft.agents.td3 import TD3, TD3Config
 from rlft.agents.tdmpc2 import TDMPC2, TDMPC2Config
 from rlft.agents.cql import CQL, CQLConfig
+from rlft.agents.fql import FQL, FQLConfig
 from rlft.agents.iql import IQL, IQLConfig
 from rlft.agents.spot import SPOT, SPOTConfig
 from rlft.common.typed_config import ConfigError, config_from_mapping
@@ -23,6 +24,7 @@ AGENTS: dict[str, tuple[type, type]] = {
     "cql": (CQLConfig, CQL),
     "iql": (IQLConfig, IQL),
     "tdmpc2": (TDMPC2Config, TDMPC2),  # FOWM is a configuration of it (configs/agent/fowm.yaml)
+    "fql": (FQLConfig, FQL),
 }
 
 

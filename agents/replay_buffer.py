@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,36 @@ class Batch:
     next_observations: torch.Tensor  # [B, obs_dim]
     dones: torch.Tensor  # [B, 1]
     mc_returns: torch.Tensor | None = None  # [B, 1] Monte-Carlo return-to-go (-inf where unknown)
+
+    def split(self, parts: int) -> list[Batch]:
+        """``parts`` strided slices of the rows (slice ``i`` holds rows ``i, i + parts, ...``), so each
+        slice of a batch drawn as dataset rows then online rows keeps the batch's mix, as rlpd's
+        ``combine`` interleaves its two halves before slicing. ``parts`` must divide the batch."""
+        rows = self.observations.shape[0]
+        if rows % parts:
+            raise ValueError(f"a batch of {rows} rows does not split into {parts} equal slices")
+        values = [getattr(self, f.name) for f in fields(self)]
+        return [Batch(*(None if value is None else value[i::parts] for value in values)) for i in range(parts)]
+
+
+@dataclass
+class ChunkBatch:
+    """Action chunks (Q-chunking, Li, Zhou and Levine 2025, arXiv 2507.07969): from each start
+    row, the next ``H`` actions of its episode, the discounted reward they collect and where they lead.
+
+    A chunk stops early at its episode's end: at a terminal row it is complete (``dones`` 1, no
+    bootstrap); cut by a time limit, the data's end or the newest online row it cannot be backed
+    up and ``critic_valid`` is 0. ``action_valid`` marks the actions that exist (the rest are 0).
+    """
+
+    observations: torch.Tensor  # [B, obs_dim], the chunk's first state
+    actions: torch.Tensor  # [B, H, act_dim]
+    action_valid: torch.Tensor  # [B, H] float 1/0
+    rewards: torch.Tensor  # [B, 1]: sum_i gamma^i r_i over the chunk's steps
+    next_observations: torch.Tensor  # [B, obs_dim]: the state after its last step
+    dones: torch.Tensor  # [B, 1]: it ended at a terminal
+    discounts: torch.Tensor  # [B, 1]: gamma^(steps taken)
+    critic_valid: torch.Tensor  # [B, 1]: its target is known (all H steps, or it ended at a terminal)
 
 
 class ReplayBuffer:
@@ -263,6 +293,46 @@ class ReplayBuffer:
             parts.append(self._sequence_starts(batch_size - n_off, length, self.num_offline, self.size))
         rows = torch.cat(parts).unsqueeze(0) + torch.arange(length, device=self.device).unsqueeze(1)  # [L, B]
         return Batch(*(getattr(self, f)[rows] for f in self._FIELDS))
+
+    def sample_chunks(self, batch_size: int, horizon: int, discount: float,
+                      offline_ratio: float | None = None) -> ChunkBatch:
+        """``batch_size`` :class:`ChunkBatch` rows of ``horizon`` steps, starts uniform over the
+        stored rows (``offline_ratio`` splits them as in :meth:`sample`). Unlike
+        :meth:`sample_sequences`, a chunk may start close to its episode's end: it stops there,
+        as the reference's ``sample_sequence`` masks what lies past it (qc utils/datasets.py)."""
+        n_off = self._offline_count(batch_size, offline_ratio)
+        parts, limits = [], []
+        if n_off:
+            parts.append(torch.randint(0, self.num_offline, (n_off,), device=self.device))
+            limits.append(torch.full((n_off,), self.num_offline, device=self.device))
+        if n_off < batch_size:
+            online = torch.randint(self.num_offline, self.size, (batch_size - n_off,), device=self.device)
+            parts.append(online)
+            # the newest row is the cursor's predecessor: a chunk from before it stops there, one from the
+            # older rows of a wrapped ring at the end of storage
+            limits.append(torch.where(online < self._cursor, self._cursor, self.size))
+        starts, limit = torch.cat(parts), torch.cat(limits)
+        steps = torch.arange(horizon, device=self.device)
+        rows = starts.unsqueeze(1) + steps  # [B, H]
+        inside = rows < limit.unsqueeze(1)
+        rows = torch.where(inside, rows, starts.unsqueeze(1))
+        ended_before = torch.cumsum(self.ends[rows].long() * inside, 1) - (self.ends[rows].long() * inside)
+        valid = inside & (ended_before == 0)  # [B, H]: the step exists in the chunk's episode
+        taken = valid.sum(1)
+        last = rows.gather(1, (taken - 1).unsqueeze(1)).squeeze(1)
+        weights = valid.float() * discount ** steps.float()
+        dones = self.dones[last]
+        complete = (taken == horizon).unsqueeze(1) | (dones > 0)
+        return ChunkBatch(
+            observations=self.observations[starts],
+            actions=self.actions[rows] * valid.unsqueeze(-1),
+            action_valid=valid.float(),
+            rewards=(self.rewards[rows, 0] * weights).sum(1, keepdim=True),
+            next_observations=self.next_observations[last],
+            dones=dones,
+            discounts=(discount ** taken.float()).unsqueeze(1),
+            critic_valid=complete.float(),
+        )
 
     def _offline_count(self, batch_size: int, offline_ratio: float | None) -> int:
         """How many of ``batch_size`` rows come from the dataset (``None``: in proportion to storage)."""

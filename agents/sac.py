@@ -10,6 +10,8 @@ entropy ``-|A|``). The critic is one :class:`~rlft.policies.ensemble.CriticEnsem
 - ``redq`` with ``target_subset=2`` over 10 LayerNorm critics: the WSRL online learner
   (Zhou et al. 2024, arXiv 2412.07762, Sec. 5 / App. B, after REDQ and RLPD).
 - ``weighted_min_pair``: E2O's online target (Zhao et al. 2023, arXiv 2306.06871, Sec. 4.2).
+- ``redq`` over 10 LayerNorm critics, the actor on their mean: RLPD (Ball et al. 2023,
+  arXiv 2302.02948, Sec. 4; configs/agent/rlpd.yaml).
 
 ``exploration="ucb"`` is E2O's ensemble-based exploration (Sec. 4.3): draw
 ``ucb_candidates`` actions from the policy and take the one with the largest
@@ -37,7 +39,8 @@ class SACConfig(AgentConfig):
     alpha_lr: float = 3e-4
     init_alpha: float = 1.0
     learn_alpha: bool = True  # automatic temperature tuning
-    target_entropy: float | None = None  # None -> -action_dim
+    target_entropy: float | None = None  # None -> -target_entropy_scale * action_dim
+    target_entropy_scale: float = 1.0  # RLPD: 0.5 (rlpd sac_learner.py: -action_dim / 2)
     backup_entropy: bool = True  # subtract alpha * log pi(a'|s') in the Bellman target
     critic_layer_norm: bool = False
     actor_layer_norm: bool = False  # LayerNorm in the policy network's hidden layers (WSRL)
@@ -80,7 +83,9 @@ class SAC(OffPolicyAgent):
 
     @property
     def target_entropy(self) -> float:
-        return -float(self.action_dim) if self.cfg.target_entropy is None else self.cfg.target_entropy
+        if self.cfg.target_entropy is None:
+            return -self.cfg.target_entropy_scale * float(self.action_dim)
+        return self.cfg.target_entropy
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -143,6 +148,24 @@ class SAC(OffPolicyAgent):
     def update_targets(self, actor_updated: bool) -> None:
         """Critic targets track every critic step (SAC has no target actor)."""
         soft_update(self.critic_target, self.critic, self.cfg.tau)
+
+    def update_split(self, batch: Batch, parts: int, actor_rows: str = "all") -> Metrics:
+        """One high-UTD step: a critic step (and target update) on each of ``parts`` slices of
+        ``batch`` (:meth:`Batch.split`), then one actor and temperature step, on all its rows
+        (``actor_rows="all"``, zhouzypaul/wsrl agents/sac.py ``update_high_utd``) or on the last
+        slice (``"last"``, ikostrikov/rlpd agents/sac/sac_learner.py ``update``). ``policy_freq``
+        plays no part. Critic metrics are the slices' means."""
+        if actor_rows not in ("all", "last"):
+            raise ValueError(f"actor_rows={actor_rows!r}; choose 'all' or 'last'")
+        slices = batch.split(parts)
+        critic_infos = []
+        for piece in slices:
+            self.num_updates += 1
+            critic_infos.append(self._critic_step(piece))
+            self.update_targets(actor_updated=False)
+        info = {key: torch.stack([i[key] for i in critic_infos]).mean() for key in critic_infos[0]}
+        info.update(self._actor_step(batch if actor_rows == "all" else slices[-1]))
+        return info
 
     # ------------------------------------------------------------- checkpoints
     def _modules(self):

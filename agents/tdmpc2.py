@@ -116,6 +116,8 @@ class RunningScale(nn.Module):
 class TDMPC2(Learner):
     """World model + planner with the runner contract (``act``, ``update``, checkpoints)."""
 
+    acts_with_state = True  # MPPI warm-starts from the last plan
+
     cfg: TDMPC2Config
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: TDMPC2Config, device: str | torch.device = "cpu"):

@@ -134,6 +134,24 @@ for _name in METAWORLD_TASKS:
         )
     )
 
+# OGBench manipulation, single-task versions (Park et al. 2025; PyPI ogbench, whose import registers
+# them): a UR5e arm and cubes, state observations, 5-D actions, reward = cubes at their goal minus
+# cubes (-2..0 for cube-double) before each action, the episode ends when every cube is at its goal
+# (info["success"]: the success rate is the metric) or after 500 steps (cube-double; 200 for
+# cube-single). The references make a normalised score of 0 the worst return and 100 a solve at once.
+for _domain, _cubes, _steps in (("cube-single", 1, 200), ("cube-double", 2, 500)):
+    for _task_id in range(1, 6):
+        register_task(
+            TaskSpec(
+                f"{_domain}-task{_task_id}",
+                f"{_domain}-singletask-task{_task_id}-v0",
+                ref_min_score=-float(_cubes * _steps),
+                ref_max_score=0.0,
+                max_episode_steps=_steps,
+                module="ogbench",
+            )
+        )
+
 # Push-T (Chi et al. 2023, Diffusion Policy) through gym-pusht: a 2-D pymunk scene that renders
 # fast on CPU. "pusht" observes a 64x64 RGB image and the agent position (flattened to
 # [x, y, pixels...]); "pusht-state" the 5-D state. Actions are the agent's target position

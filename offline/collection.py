@@ -9,6 +9,12 @@ then write
 * ``medium-replay`` -- every transition SAC saw during training up to that snapshot,
 * ``expert``        -- rollouts of the best SAC snapshot.
 
+``medium_target="reference"`` is the D4RL-protocol variant (``rlft/<task>/medium-local``): SAC
+trains until a snapshot's deterministic return reaches ``medium_fraction`` of the task's D4RL
+expert reference return (``TaskSpec.ref_max_score``), and that snapshot is *medium*; training
+stops there, so ``medium-replay`` is the whole run's experience. ``"expert"`` (the default, the
+first shipped hopper set) takes the fraction of this run's own best snapshot instead.
+
 Rollouts sample from the stochastic SAC policy, as D4RL's do. Each dataset is written with
 Minari's own writer (``minari.create_dataset_from_buffers``) under ``<out_dir>/<namespace>/<task>/<kind>-v<version>``,
 so ``minari.load_dataset`` and :func:`rlft.offline.load_dataset` both read it.
@@ -54,6 +60,8 @@ class CollectionConfig:
     snapshot_every: int = 5_000  # steps between saved policy snapshots
     snapshot_eval_episodes: int = 5  # deterministic episodes to score each snapshot
     medium_fraction: float = 1.0 / 3.0  # medium snapshot targets this fraction of the expert return
+    medium_target: str = "expert"  # "expert": of this run's best snapshot; "reference": of D4RL's expert score
+    kind_suffix: str = ""  # appended to each kind in the dataset ids (e.g. "-local": rlft/hopper/medium-local-v0)
     transitions: int = 100_000  # transitions per rollout dataset (random, medium, expert)
     seed: int = 0
     sac_kwargs: dict = field(default_factory=dict)  # extra stable_baselines3.SAC arguments
@@ -74,9 +82,13 @@ def collect(cfg: CollectionConfig) -> dict:
     unknown = set(cfg.kinds) - set(DATASET_KINDS)
     if unknown:
         raise ValueError(f"unknown dataset kinds {sorted(unknown)}; choose from {DATASET_KINDS}")
+    if cfg.medium_target not in ("expert", "reference"):
+        raise ValueError(f"medium_target={cfg.medium_target!r}; choose 'expert' or 'reference'")
+    if cfg.medium_target == "reference" and "expert" in cfg.kinds:
+        raise ValueError("medium_target='reference' stops SAC at the medium snapshot: it writes no 'expert' data")
     task = get_task(cfg.task)
     out_dir = Path(cfg.out_dir).resolve()
-    dataset_ids = {k: f"{cfg.namespace}/{task.name}/{k}-v{cfg.version}" for k in cfg.kinds}
+    dataset_ids = {k: f"{cfg.namespace}/{task.name}/{k}{cfg.kind_suffix}-v{cfg.version}" for k in cfg.kinds}
     prepare_output(out_dir, dataset_ids.values())
     torch.manual_seed(cfg.seed)
     started = time.time()
@@ -88,18 +100,22 @@ def collect(cfg: CollectionConfig) -> dict:
     sac_kwargs.update(cfg.sac_kwargs)
     model = SAC("MlpPolicy", train_env, **sac_kwargs)
     snapshots: list[_Snapshot] = []
+    eval_env = make_task_env(task)
+    reference_target = cfg.medium_fraction * task.ref_max_score if cfg.medium_target == "reference" else None
 
     class _SnapshotCallback(BaseCallback):
         def _on_step(self) -> bool:
-            if self.num_timesteps % cfg.snapshot_every == 0:
-                snapshots.append(_Snapshot(self.num_timesteps, copy.deepcopy(model.policy.actor.state_dict())))
-            return True
-
-    model.learn(cfg.sac_steps, callback=_SnapshotCallback(), progress_bar=True)
-    if not snapshots:
-        raise ValueError(f"sac_steps={cfg.sac_steps} < snapshot_every={cfg.snapshot_every}: no snapshot was taken")
-
-    eval_env = make_task_env(task)
+            if self.num_timesteps % cfg.snapshot_every:
+                return True
+            snapshot = _Snapshot(self.num_timesteps, copy.deepcopy(model.policy.actor.state_dict()))
+            snapshots.append(snapshot)
+            if reference_target is None:
+                return True
+            snapshot.eval_return = evaluate_policy(eval_env, policy_fn(snapshot, True), cfg.snapshot_eval_episodes,
+                                                   10_000)
+            print(f"step {snapshot.step}: return {snapshot.eval_return:.1f} (target {reference_target:.1f})",
+                  flush=True)
+            return snapshot.eval_return < reference_target  # False stops training: medium is reached
 
     def policy_fn(snapshot: _Snapshot, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
         actor = copy.deepcopy(model.policy.actor)
@@ -114,11 +130,22 @@ def collect(cfg: CollectionConfig) -> dict:
 
         return act
 
+    model.learn(cfg.sac_steps, callback=_SnapshotCallback(), progress_bar=True)
+    if not snapshots:
+        raise ValueError(f"sac_steps={cfg.sac_steps} < snapshot_every={cfg.snapshot_every}: no snapshot was taken")
     for snap in tqdm(snapshots, desc="scoring snapshots", leave=False):
-        snap.eval_return = evaluate_policy(eval_env, policy_fn(snap, True), cfg.snapshot_eval_episodes, 10_000)
+        if np.isnan(snap.eval_return):
+            snap.eval_return = evaluate_policy(eval_env, policy_fn(snap, True), cfg.snapshot_eval_episodes, 10_000)
     expert = max(snapshots, key=lambda s: s.eval_return)
-    target = task.ref_min_score + cfg.medium_fraction * (expert.eval_return - task.ref_min_score)
-    medium = min(snapshots, key=lambda s: abs(s.eval_return - target))
+    if reference_target is None:
+        target = task.ref_min_score + cfg.medium_fraction * (expert.eval_return - task.ref_min_score)
+        medium = min(snapshots, key=lambda s: abs(s.eval_return - target))
+    elif expert.eval_return < reference_target:
+        raise RuntimeError(f"{task.name}: SAC's best snapshot returned {expert.eval_return:.1f} in {cfg.sac_steps} "
+                           f"steps, short of the medium target {reference_target:.1f} ({cfg.medium_fraction:.3g} of "
+                           f"D4RL's expert {task.ref_max_score}); raise --sac-steps")
+    else:
+        medium = snapshots[-1]  # the first snapshot to reach the target: training stopped there
 
     episodes: dict[str, list[dict[str, np.ndarray]]] = {}
     rng = np.random.default_rng(cfg.seed)
@@ -153,7 +180,10 @@ def collect(cfg: CollectionConfig) -> dict:
             algorithm_name=f"SB3-SAC ({kind})",
             description=(
                 f"D4RL-style '{kind}' dataset for {task.env_id}, collected by rlft.offline.collection "
-                f"(SAC {cfg.sac_steps} steps, medium snapshot at step {medium.step}, expert at step {expert.step})."
+                + (f"(SAC {cfg.sac_steps} steps, medium snapshot at step {medium.step}, expert at step {expert.step})."
+                   if reference_target is None else
+                   f"(SAC trained until a snapshot returned {cfg.medium_fraction:.3g} of D4RL's expert score "
+                   f"{task.ref_max_score}: step {medium.step}, return {medium.eval_return:.1f}).")
             ),
             env_spec=eval_env.spec,  # keeps the gymnasium.make kwargs of registered tasks (e.g. DMC domain/task)
         )

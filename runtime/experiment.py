@@ -13,7 +13,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +22,8 @@ from rlft.agents.base import Learner
 from rlft.agents.online import AgentActor, LocalCollector
 from rlft.agents.registry import agent_config, make_agent
 from rlft.common.typed_config import ConfigError, config_from_mapping
-from rlft.agents.replay_buffer import Batch, ReplayBuffer
+from rlft.agents.replay_buffer import Batch, ChunkBatch, ReplayBuffer
+from rlft.agents.sac import SAC
 from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
 from rlft.offline.safety import available_memory, format_bytes
@@ -50,7 +51,31 @@ class TrainerConfig:
     online_steps: int = 1_000_000  # environment steps of fine-tuning
     utd: int = 1  # updates per online environment step
     warmup_steps: int = 0  # first online env steps act with the pretrained policy and do no updates (WSRL)
+    # first online env steps act uniformly at random in [-1, 1] and make no updates: learning from
+    # scratch (rlpd train_finetuning.py start_training, stable-baselines3's learning_starts)
+    random_steps: int = 0
     offline_data_ratio: float | None = None  # online batches: share of dataset rows (None: uniform over all)
+    # No update before the online buffer holds more than max(warmup_steps, min_online_steps)
+    # transitions. None: the online rows of one batch, online_batch_size * (1 - offline_data_ratio)
+    # (zhouzypaul/wsrl finetune.py `min_steps_to_update`), and 0 when batches draw uniformly from
+    # the dataset and the online rows together (the dataset already fills them).
+    min_online_steps: int | None = None
+    # "step": every online env step past the start owes `utd` updates, made before the next step
+    # (wsrl finetune.py); "episode": a finished episode owes its length * utd updates, made after it,
+    # so the policy is fixed within an episode (Cal-QL's conservative_sac_main.py).
+    update_schedule: Literal["step", "episode"] = "step"
+    online_batch_size: int | None = None  # rows of an online batch (None: batch_size)
+    # "repeat": utd updates per env step, each on its own batch; "split": one batch per env step,
+    # `utd` critic steps on its equal slices, then one actor step on the whole batch (wsrl
+    # agents/sac.py `update_high_utd`); "split_last": the actor step on the last slice only (rlpd
+    # agents/sac/sac_learner.py `update`). The split modes are for the SAC family.
+    utd_mode: Literal["repeat", "split", "split_last"] = "repeat"
+    # The offline-only control of a fine-tuning run: in place of the online phase, as many updates
+    # of the offline objective on dataset batches, owed on the same schedule (utd per online step
+    # from the first update step on) and evaluated at the same steps, with no env step taken; with
+    # init_from the fine-tuning run's checkpoint it is that run continued offline (rlft's design:
+    # it separates "online data helped" from "more updates helped").
+    offline_control: bool = False
     eval_every: int = 5_000  # updates (offline) / env steps (online) between evaluations
     eval_episodes: int = 10
     eval_envs: int = 10  # evaluation episodes run in parallel (vector env)
@@ -97,9 +122,10 @@ class Experiment(DatasetRunner):
 
         self.agent = make_agent(cfg.agent.name, settings["agent"], self.dataset.obs_dim, self.dataset.action_dim,
                                 self.device)
-        if self.rollout.backend == "ray" and hasattr(self.agent, "reset"):
-            raise ConfigError(f"rollout.backend=ray: agent '{cfg.agent.name}' plans from a warm start that does not "
-                              "travel to Ray workers; use rollout.backend=local")
+        self._check_utd_mode(cfg.agent.name)
+        if self.rollout.backend == "ray" and self.agent.acts_with_state:
+            raise ConfigError(f"rollout.backend=ray: agent '{cfg.agent.name}' acts from a state (a planner's warm "
+                              "start, an action chunk) that does not travel to Ray workers; use rollout.backend=local")
         capacity = len(self.dataset) + max(1, self.trainer.online_steps)
         self._check_buffer_memory(capacity)
         self.buffer = ReplayBuffer(
@@ -128,12 +154,27 @@ class Experiment(DatasetRunner):
                                      pretraining=True, on_axis=False))
         offline = self._dataset_phase(self.agent.update, self.trainer.offline_steps, evaluated=True)
         self.phases.append(Phase("offline", offline, self.trainer.offline_steps, pretraining=True))
-        self.phases.append(Phase("online", self._online_phase, self.trainer.online_steps))
+        if self.trainer.offline_control:
+            self.phases.append(Phase("offline_control", self._offline_control_phase, self.trainer.online_steps))
+        else:
+            self.phases.append(Phase("online", self._online_phase, self.trainer.online_steps))
         self.accumulator = MeanAccumulator()
         self.collector: LocalCollector | RayTransitions | None = None
         self._eval_only: WorkerPool | None = None  # Ray evaluation workers while nothing is collected
         self._eval_agent: Learner | None = None  # a CPU copy of the agent that Ray evaluations send
         self.owed_updates = 0  # updates the online data collected so far call for, not yet made
+
+    def _check_utd_mode(self, agent_name: str) -> None:
+        """The split modes need a learner with :meth:`SAC.update_split` and a batch ``utd`` divides."""
+        t = self.trainer
+        if t.utd_mode == "repeat":
+            return
+        if not isinstance(self.agent, SAC):
+            raise ConfigError(f"trainer.utd_mode={t.utd_mode}: agent '{agent_name}' is not of the SAC family; "
+                              "use trainer.utd_mode=repeat")
+        if self.online_batch_size % t.utd:
+            raise ConfigError(f"trainer.utd_mode={t.utd_mode}: an online batch of {self.online_batch_size} rows "
+                              f"(trainer.online_batch_size) does not split into trainer.utd={t.utd} equal slices")
 
     def _check_buffer_memory(self, capacity: int) -> None:
         """Refuse a budget whose replay buffer (the dataset's rows plus one per online step) does not
@@ -265,13 +306,32 @@ class Experiment(DatasetRunner):
                         t.eval_seed, *self.ref_scores, rng_seed=t.eval_seed)
 
     # ---------------------------------------------------------------- phases
-    def _sample(self, offline_ratio: float | None = None) -> Batch:
-        """A training batch: transitions, or sequences for agents that learn from them; online rows
+    def _sample(self, rows: int, offline_ratio: float | None = None) -> Batch | ChunkBatch:
+        """A training batch: transitions, or sequences or action chunks for agents that learn from them; online rows
         of finished episodes only for agents that read their Monte-Carlo returns (Cal-QL)."""
         if self.agent.sequence_length > 1:
-            return self.buffer.sample_sequences(self.trainer.batch_size, self.agent.sequence_length, offline_ratio)
+            return self.buffer.sample_sequences(rows, self.agent.sequence_length, offline_ratio)
+        if self.agent.chunk_length > 1:
+            return self.buffer.sample_chunks(rows, self.agent.chunk_length, self.agent.cfg.discount, offline_ratio)
         finished = self.agent.needs_finished_episodes and self.agent.online
-        return self.buffer.sample(self.trainer.batch_size, offline_ratio, finished_only=finished)
+        return self.buffer.sample(rows, offline_ratio, finished_only=finished)
+
+    @property
+    def online_batch_size(self) -> int:
+        return self.trainer.online_batch_size or self.trainer.batch_size
+
+    @property
+    def first_update_step(self) -> int:
+        """Online env steps made before the first update: ``max(warmup_steps, random_steps,
+        min_online_steps)``, ``min_online_steps`` defaulting to one batch's online rows (wsrl
+        finetune.py; 0 when batches draw uniformly from the dataset and the online rows together).
+        finetune.py updates from step index ``max(...) + 1`` on (its ``<=``): one step later than here."""
+        t = self.trainer
+        minimum = t.min_online_steps
+        if minimum is None:
+            rows = self.online_batch_size
+            minimum = 0 if t.offline_data_ratio is None else rows - round(rows * t.offline_data_ratio)
+        return max(t.warmup_steps, t.random_steps, minimum)
 
     def _online_data_ready(self) -> bool:
         """Whether online updates may start: a sequence learner needs one whole sequence online,
@@ -293,7 +353,7 @@ class Experiment(DatasetRunner):
             started, first = time.perf_counter(), self.phase_step
             bar = Progress(steps, self.phase.name, initial=self.phase_step, enabled=self.show_progress)
             while self.phase_step < steps:
-                self.accumulator.add(self.check_update(update_fn(self._sample())))
+                self.accumulator.add(self.check_update(update_fn(self._sample(t.batch_size))))
                 self.phase_step += 1
                 self.work += 1
                 self.step += evaluated
@@ -309,18 +369,53 @@ class Experiment(DatasetRunner):
         return run
 
     def _update_online(self, count: int) -> None:
-        """Make ``count`` of the owed online updates."""
-        for _ in range(count):
-            self.accumulator.add(self.check_update(self.agent.update(self._sample(self.trainer.offline_data_ratio))))
+        """Make ``count`` of the owed online updates (``utd_mode: split*``: whole env steps' worth,
+        ``utd`` critic steps each, so a remainder stays owed)."""
+        t = self.trainer
+        if t.utd_mode == "repeat":
+            for _ in range(count):
+                batch = self._sample(self.online_batch_size, t.offline_data_ratio)
+                self.accumulator.add(self.check_update(self.agent.update(batch)))
+        else:
+            count -= count % t.utd
+            actor_rows = "all" if t.utd_mode == "split" else "last"
+            for _ in range(count // t.utd):
+                batch = self._sample(self.online_batch_size, t.offline_data_ratio)
+                self.accumulator.add(self.check_update(self.agent.update_split(batch, t.utd, actor_rows)))
         self.owed_updates -= count
 
-    def _owe_updates(self, steps: int) -> None:
-        """The ``steps`` transitions just stored (from ``phase_step`` on) call for ``utd`` updates each,
-        past the warm-up and once the data are ready, as if each had been stepped alone."""
+    def _owe_updates(self, steps: int, episode_lengths: list[int]) -> None:
+        """What the ``steps`` transitions just stored (from ``phase_step`` on) owe, once the data are
+        ready: ``utd`` updates for each step from :attr:`first_update_step` on (``update_schedule:
+        step``), or ``utd`` per step of each episode that ended past it (``episode``)."""
         t = self.trainer
-        if self._online_data_ready():
-            past_warmup = max(0, self.phase_step + steps - max(t.warmup_steps, self.phase_step))
-            self.owed_updates += t.utd * past_warmup
+        if not self._online_data_ready():
+            return
+        if t.update_schedule == "step":
+            self.owed_updates += t.utd * max(0, self.phase_step + steps - max(self.first_update_step, self.phase_step))
+        elif self.phase_step + steps > self.first_update_step:
+            self.owed_updates += t.utd * sum(episode_lengths)
+
+    def _offline_control_phase(self) -> None:
+        """``trainer.offline_control``: the online phase's steps without the env (see TrainerConfig)."""
+        t = self.trainer
+        started, first = time.perf_counter(), self.phase_step
+        bar = Progress(t.online_steps, "offline control", initial=self.phase_step, enabled=self.show_progress)
+        while self.phase_step < t.online_steps:
+            if self.phase_step >= self.first_update_step:
+                for _ in range(t.utd):
+                    self.accumulator.add(self.check_update(self.agent.update(self._sample(t.batch_size))))
+            self.phase_step += 1
+            self.step += 1
+            self.work += 1
+            bar.update(1)
+            if self.phase_step % t.log_every == 0:
+                self._log(started, self.phase_step - first)
+            if self.phase_step % t.eval_every == 0 or self.phase_step == t.online_steps:
+                bar.set_postfix(score=f"{self.evaluate().normalized_score:.1f}")
+            if self.phase_step % t.checkpoint_every == 0 and self.phase_step < t.online_steps:
+                self.checkpoint()
+        bar.close()
 
     def _online_phase(self) -> None:
         """Rounds of collection (one env step locally, ``workers x steps_per_call`` on Ray), each
@@ -338,13 +433,17 @@ class Experiment(DatasetRunner):
         bar = Progress(t.online_steps, "online", initial=self.phase_step, enabled=self.show_progress)
         crossed = lambda before, every: before // every < self.phase_step // every  # noqa: E731
         while self.phase_step < t.online_steps:
-            steps, version = min(self.collector.steps_per_round, t.online_steps - self.phase_step), self.agent.num_updates
-            self.collector.start(self.agent, steps, version)
+            steps = min(self.collector.steps_per_round, t.online_steps - self.phase_step)
+            uniform = self.phase_step < t.random_steps
+            if uniform:  # a round never straddles the end of the random steps
+                steps = min(steps, t.random_steps - self.phase_step)
+            version = self.agent.num_updates
+            self.collector.start(self.agent, steps, version, uniform)
             if r.overlap:
                 self._update_online(min(self.owed_updates, r.max_staleness))
             episodes = self.collector.finish()
             self.accumulator.add({"rollout/staleness": self.agent.num_updates - version})
-            self._owe_updates(steps)
+            self._owe_updates(steps, [episode.length for episode in episodes])
             last = self.phase_step + steps == t.online_steps
             during_next = min(self.owed_updates, r.max_staleness) if r.overlap and not last else 0
             self._update_online(self.owed_updates - during_next)

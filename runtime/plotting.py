@@ -93,15 +93,19 @@ def plot_band_curves(
     xlabel: str = "step",
     ylabel: str = "normalised score",
     hlines: Mapping[str, float] | None = None,
+    vline: str | None = None,
 ) -> Path:
     """Plot a centre line (e.g. the IQM over seeds) with a shaded interval per named method;
-    ``curves[name] = (steps, centre, low, high, runs)``; ``hlines`` mark reference levels."""
+    ``curves[name] = (steps, centre, low, high, runs)``; ``hlines`` mark reference levels and
+    ``vline`` labels a dashed line at step 0 (drawn when some curve has steps on both sides)."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, (steps, centre, low, high, runs) in curves.items():
         line, = ax.plot(steps, centre, label=f"{name} (n={runs})")
         ax.fill_between(steps, low, high, alpha=0.2, color=line.get_color(), linewidth=0)
     for label, y in (hlines or {}).items():
         ax.axhline(y, color="black", linestyle=":", linewidth=1, label=label)
+    if vline and any(min(steps) < 0 < max(steps) for steps, *_ in curves.values()):
+        ax.axvline(0, color="grey", linestyle="--", linewidth=1, label=vline)
     _finish(ax, title, xlabel, ylabel)
     return _save(fig, path)
 

@@ -69,6 +69,7 @@ class TransitionRequest:
     steps: int
     version: int
     rng: torch.Tensor  # torch CPU RNG state to sample with
+    uniform: bool = False  # uniformly random actions instead of the agent's
 
 
 @dataclass
@@ -94,7 +95,7 @@ class TransitionWorker(EvaluatingWorker):
     def collect(self, acting_state: dict[str, Any], request: TransitionRequest) -> TransitionResult:
         self.agent.load_acting_state(acting_state)
         torch.set_rng_state(request.rng)
-        explore = AgentActor(self.agent, torch.device("cpu"), deterministic=False)
+        explore = AgentActor(self.agent, torch.device("cpu"), deterministic=False, uniform=request.uniform)
         transitions = self.stepper.run(explore, request.steps, request.version)
         return TransitionResult(transitions, self.stepper.state_dict(), torch.get_rng_state(), os.getpid())
 
@@ -124,15 +125,16 @@ class RayTransitions:
         w = self.cfg.workers
         return [steps // w + (rank < steps % w) for rank in range(w)]
 
-    def start(self, agent: Learner, steps: int, version: int) -> None:
-        """Send a round of ``steps`` transitions in all, acted by ``agent`` (policy ``version``)."""
+    def start(self, agent: Learner, steps: int, version: int, uniform: bool = False) -> None:
+        """Send a round of ``steps`` transitions in all, acted by ``agent`` (policy ``version``) or
+        uniformly at random."""
         weights = WorkerPool.put(agent.acting_state())
         calls = {}
         for rank, count in enumerate(self._split(steps)):
             if count:
                 own = rank == 0 and not self.cfg.overlap
                 rng = torch.get_rng_state() if own else worker_rng_state(self.seed, self.rounds, rank)
-                calls[rank] = (weights, TransitionRequest(count, version, rng))
+                calls[rank] = (weights, TransitionRequest(count, version, rng, uniform))
         self._round = (calls, self.workers().submit("collect", calls), version)
 
     def workers(self) -> WorkerPool:

@@ -99,8 +99,13 @@ def listing(out: str = "benchmarks") -> str:
         for tier in suite.tiers:
             jobs = suite.jobs(tier)
             folder = store.tier_dir(out, suite, tier)
-            done = sum(store.summary_path(folder, job).is_file() for job in jobs)
-            tiers.append(f"{tier} {done}/{len(jobs)}")
+            done = stale = 0
+            for job in jobs:
+                try:
+                    done += store.read_summary(folder, job) is not None
+                except SuiteError:  # made with other overrides than the suite now asks for
+                    stale += 1
+            tiers.append(f"{tier} {done}/{len(jobs)}" + (f" ({stale} stale)" if stale else ""))
         lines.append(f"{name:16s} {', '.join(tiers):40s} {suite.description.splitlines()[0][:70]}")
     return "\n".join(lines) + "\n"
 

@@ -317,12 +317,14 @@ def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
 
 
 def _curves(suite: Suite, folder: Path, jobs: Sequence[Job], task: str, factor: float) -> dict[str, Any]:
-    """Per method: (steps, IQM, low, high, seeds) of the metric over seeds on a shared step grid."""
+    """Per method: (steps, IQM, low, high, seeds) of the metric over seeds on a shared step grid,
+    each run's steps counted from the end of its pretraining (negative: pretraining), so methods
+    with other pretraining budgets start fine-tuning at the same x."""
     out = {}
     for method in dict.fromkeys(j.method for j in jobs if j.task == task):
-        histories = [s["history"] for j in jobs if j.task == task and j.method == method
-                     if (s := store.read_summary(folder, j))]
-        histories = [[r for r in h if r.get(suite.metric) is not None] for h in histories]
+        summaries = [s for j in jobs if j.task == task and j.method == method if (s := store.read_summary(folder, j))]
+        histories = [[dict(r, step=r["step"] - _pretraining_steps(s)) for r in s["history"]
+                      if r.get(suite.metric) is not None] for s in summaries]
         histories = [h for h in histories if h]
         if not histories:
             continue
@@ -337,6 +339,11 @@ def _curves(suite: Suite, folder: Path, jobs: Sequence[Job], task: str, factor: 
     return out
 
 
+def _pretraining_steps(summary: dict[str, Any]) -> int:
+    """Where fine-tuning starts on the run's x-axis: its ``before`` record's step (0 without one)."""
+    return int(summary["before"]["step"]) if summary.get("before") else 0
+
+
 def write_report(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) -> Path:
     """Write ``results.json``, ``results.md`` and the plots into ``folder``; returns the markdown's path."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -349,8 +356,9 @@ def write_report(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) -> 
             data = cells["_task"]["data_score"]
             name = f"{task}_curves.png"
             plot_band_curves(curves, folder / name, f"{suite.name} [{tier}] on {task}: IQM over seeds, 95 % CI",
-                             xlabel=cells["_task"]["axis"], ylabel=unit,
-                             hlines={f"the data ({data['label']})": data["value"]} if data else None)
+                             xlabel=f"{cells['_task']['axis']}, from the start of fine-tuning", ylabel=unit,
+                             hlines={f"the data ({data['label']})": data["value"]} if data else None,
+                             vline="fine-tuning starts")
             plots[task] = name
     poi = results["across_tasks"]["probability_of_improvement"]
     if poi:

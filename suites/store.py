@@ -150,7 +150,7 @@ def write_summary(folder: Path, job: Job) -> dict[str, Any]:
         "before": results["before"] and {key: results["before"].get(key) for key in HISTORY_KEYS},
         "reference_score": (results.get("details") or {}).get("reference_score"),
         "splits": (results.get("details") or {}).get("splits") or {},
-        "config": OmegaConf.to_container(config, resolve=False),
+        "config": _portable(OmegaConf.to_container(config, resolve=False)),
         "compute": results.get("compute") or {},
     }
     path = summary_path(folder, job)
@@ -160,6 +160,19 @@ def write_summary(folder: Path, job: Job) -> dict[str, Any]:
         tmp.write("\n")
     os.replace(tmp.name, path)
     return summary
+
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the rlft checkout (data/, benchmarks/ live in it)
+
+
+def _portable(value: Any) -> Any:
+    """``value`` with the checkout's absolute path written ``<rlft>``, so a committed summary names
+    no machine's folders (dataset sources, ``init_from``)."""
+    if isinstance(value, dict):
+        return {key: _portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_portable(item) for item in value]
+    return value.replace(PACKAGE_ROOT, "<rlft>") if isinstance(value, str) else value
 
 
 def override_path(path: Path) -> str:

@@ -99,7 +99,7 @@ class SuiteSweep:
                 returns.append(results)
                 for job, result in zip(batch, results):
                     if result.status.name == "COMPLETED" and store.run_finished(self.folder, job):
-                        store.write_summary(self.folder, job)
+                        store.write_summary(self.folder, job)  # also replaces a re-run prerequisite's old one
                     else:
                         why = result._return_value if result.status.name == "FAILED" else "it did not finish"
                         failed[job.key] = str(why)

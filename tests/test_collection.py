@@ -40,3 +40,18 @@ def test_collect_refuses_to_overwrite(tmp_path):
     cfg = CollectionConfig(task="hopper", out_dir=str(tmp_path), kinds=("random",), sac_steps=10)
     with pytest.raises(FileExistsError, match="random-v0 exists"):
         collect(cfg)
+
+
+def test_the_reference_medium_stops_sac_at_the_first_snapshot_past_a_share_of_d4rls_expert(tmp_path):
+    tiny = dict(task="hopper", out_dir=str(tmp_path), sac_learning_starts=100, snapshot_every=100,
+                snapshot_eval_episodes=1, transitions=120, sac_kwargs={"policy_kwargs": {"net_arch": [32, 32]}},
+                medium_target="reference", kind_suffix="-local", kinds=("medium", "medium-replay"))
+    summary = collect(CollectionConfig(sac_steps=1000, medium_fraction=1e-4, **tiny))  # target 0.32: any snapshot
+    assert [s["step"] for s in summary["snapshots"]] == [100] and summary["medium_snapshot_step"] == 100
+    medium = load_dataset(tmp_path / "rlft" / "hopper" / "medium-local-v0")
+    replay = load_dataset(tmp_path / "rlft" / "hopper" / "medium-replay-local-v0")
+    assert len(medium) == 120 and 0 < len(replay) <= 100
+    with pytest.raises(RuntimeError, match=r"short of the medium target 3234.3 \(1 of D4RL's expert"):
+        collect(CollectionConfig(sac_steps=200, medium_fraction=1.0, version=1, **tiny))
+    with pytest.raises(ValueError, match="writes no 'expert' data"):
+        collect(CollectionConfig(**{**tiny, "kinds": ("expert",)}, version=2))

@@ -18,7 +18,8 @@ from conftest import run_interrupted
 
 
 WSRL_SMOKE = ("agent=wsrl", "agent.cql_n_actions=2", "trainer.warmup_steps=50", "trainer.offline_data_ratio=0.0",
-              "trainer.utd=2")
+              "trainer.utd=2", "trainer.utd_mode=split", "trainer.online_batch_size=32")
+FQL_SMOKE = ("agent=fql", "agent.flow_steps=3")
 
 
 def smoke_config(dataset_path: Path, *overrides: str) -> DictConfig:
@@ -72,8 +73,8 @@ def _metric_rows(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize(
     "agent, crash_after_save, phase_index",
-    [((), 4, 1), ((), 7, 2), (WSRL_SMOKE, 6, 1)],
-    ids=["spot-mid-offline", "spot-mid-online", "wsrl-mid-online"],
+    [((), 4, 1), ((), 7, 2), (WSRL_SMOKE, 6, 1), (FQL_SMOKE, 6, 1)],
+    ids=["spot-mid-offline", "spot-mid-online", "wsrl-mid-online", "fql-mid-online"],
 )
 def test_resume_reproduces_an_uninterrupted_run_exactly(
     tmp_path, native_hopper, monkeypatch, agent, crash_after_save, phase_index

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from rlft.agents.replay_buffer import ReplayBuffer
 from rlft.agents.cql import CQL, CQLConfig, conservative_gap
 from rlft.offline.returns import episode_returns_to_go, returns_to_go
+from rlft.common.typed_config import ConfigError
 from rlft.runtime.experiment import Experiment
 
 
@@ -83,7 +84,7 @@ def test_uniform_sampling_without_a_ratio_and_errors_without_data():
         buf.sample(8, offline_ratio=1.5)
 
 
-# ------------------------------------------------------------------ warm-up
+# ------------------------------------------------------- the reference harness
 def test_warmup_does_no_updates_and_fills_only_the_online_buffer(tmp_path, native_hopper):
     cfg = o2o_config(native_hopper, "wsrl", "trainer.warmup_steps=60", "trainer.offline_data_ratio=0.0",
                      "trainer.utd=4")
@@ -91,22 +92,70 @@ def test_warmup_does_no_updates_and_fills_only_the_online_buffer(tmp_path, nativ
     exp.run()
     assert exp.agent.num_updates == 40  # offline updates only: all 60 online steps were warm-up
     assert exp.buffer.num_offline == 0 and exp.buffer.num_online == 60  # offline data discarded
-    assert exp.agent.online and exp.agent.cfg.cql_alpha == 0.0 and exp.agent.cfg.policy_freq == 4
+    assert exp.agent.online and exp.agent.cfg.cql_alpha == 0.0
 
 
-def test_updates_start_after_warmup_at_the_configured_utd(tmp_path, native_hopper):
-    cfg = o2o_config(native_hopper, "cql", "trainer.warmup_steps=20", "trainer.utd=2",
-                     "trainer.offline_data_ratio=0.5")
+@pytest.mark.parametrize("warmup, ratio, minimum, first", [
+    (20, 0.5, None, 32),  # a 64-row batch draws 32 online rows: no update before the buffer holds them
+    (40, 0.5, None, 40),  # the warm-up is longer
+    (0, 0.0, None, 64),  # WSRL without warm-up still waits for one batch of online rows (wsrl finetune.py)
+    (0, None, None, 0),  # batches draw uniformly from the dataset too: from the first step (IQL, SPOT, FQL)
+    (10, 0.5, 0, 10),  # min_online_steps set by hand
+])
+def test_updates_start_past_the_warmup_and_a_batchs_online_rows(tmp_path, native_hopper, warmup, ratio, minimum,
+                                                                 first):
+    cfg = o2o_config(native_hopper, "cql", f"trainer.warmup_steps={warmup}", "trainer.utd=2",
+                     f"trainer.offline_data_ratio={'null' if ratio is None else ratio}",
+                     f"trainer.min_online_steps={'null' if minimum is None else minimum}", "trainer.online_steps=70")
     exp = Experiment(cfg, tmp_path / "run")
     n_offline = exp.buffer.num_offline
+    assert exp.first_update_step == first
     exp.run()
-    assert exp.agent.num_updates == 40 + 2 * (60 - 20)
-    assert exp.buffer.num_offline == n_offline and exp.buffer.num_online == 60
+    assert exp.agent.num_updates == 40 + 2 * (70 - first)
+    assert exp.buffer.num_offline == (0 if ratio == 0.0 else n_offline) and exp.buffer.num_online == 70
 
 
-def test_calql_online_updates_wait_for_a_finished_episode_and_read_only_finished_ones(tmp_path, native_hopper,
-                                                                                      monkeypatch):
-    cfg = o2o_config(native_hopper, "calql", "trainer.offline_data_ratio=0.5", "trainer.online_steps=80")
+def test_split_updates_step_the_critic_on_each_slice_and_the_actor_once(monkeypatch):
+    """WSRL's high-UTD step (wsrl agents/sac.py update_high_utd) and RLPD's (rlpd sac_learner.py)."""
+    buf = _marked_buffer(300, 100)
+    batch = buf.sample(64, offline_ratio=0.5)
+    for piece in batch.split(4):  # strided slices keep the batch's half-and-half mix, as rlpd's combine
+        assert piece.observations.shape[0] == 16 and int((piece.rewards == 0).sum()) == 8
+    with pytest.raises(ValueError, match="64 rows does not split into 3"):
+        batch.split(3)
+    agent = CQL(1, 1, CQLConfig(hidden=(8, 8), cql_alpha=0.0, policy_freq=4))
+    rows: list[tuple[str, int]] = []
+    for name in ("_critic_step", "_actor_step"):
+        step = getattr(CQL, name)
+        monkeypatch.setattr(CQL, name, lambda self, b, step=step, name=name: rows.append((name, len(b.rewards)))
+                            or step(self, b))
+    info = agent.update_split(batch, 4, "all")
+    assert rows == [("_critic_step", 16)] * 4 + [("_actor_step", 64)] and agent.num_updates == 4
+    assert {"critic_loss", "actor_loss", "alpha"} <= set(info)
+    rows.clear()
+    agent.update_split(batch, 4, "last")
+    assert rows == [("_critic_step", 16)] * 4 + [("_actor_step", 16)] and agent.num_updates == 8
+
+
+def test_split_mode_runs_whole_env_steps_and_refuses_what_it_cannot_split(tmp_path, native_hopper):
+    cfg = o2o_config(native_hopper, "wsrl", "trainer.utd=4", "trainer.utd_mode=split", "trainer.online_batch_size=32",
+                     "trainer.offline_data_ratio=0.0", "trainer.online_steps=50")
+    exp = Experiment(cfg, tmp_path / "run")
+    exp.run()
+    assert exp.first_update_step == 32 and exp.agent.num_updates == 40 + 4 * (50 - 32) and exp.owed_updates == 0
+    with pytest.raises(ConfigError, match=r"trainer.utd_mode=split: an online batch of 30 rows"):
+        Experiment(o2o_config(native_hopper, "wsrl", "trainer.utd=4", "trainer.utd_mode=split",
+                              "trainer.online_batch_size=30"), tmp_path / "bad")
+    with pytest.raises(ConfigError, match="agent 'iql' is not of the SAC family"):
+        Experiment(o2o_config(native_hopper, "iql", "trainer.utd_mode=split_last"), tmp_path / "bad2")
+
+
+def test_calql_updates_follow_each_finished_episode_and_read_only_finished_ones(tmp_path, native_hopper,
+                                                                               monkeypatch):
+    """Cal-QL's reference collects a whole episode with the policy fixed, then makes len(episode)
+    updates (conservative_sac_main.py)."""
+    cfg = o2o_config(native_hopper, "calql", "trainer.offline_data_ratio=0.5", "trainer.online_steps=80",
+                     "trainer.update_schedule=episode", "trainer.min_online_steps=0")
     exp = Experiment(cfg, tmp_path / "run")
     n_offline, seen = exp.buffer.num_offline, []
     update = CQL.update
@@ -118,10 +167,52 @@ def test_calql_online_updates_wait_for_a_finished_episode_and_read_only_finished
 
     monkeypatch.setattr(CQL, "update", recording)
     exp.run()
-    first_end = int(exp.buffer.ends[n_offline:exp.buffer.size].nonzero()[0]) + 1  # env steps of episode 1
-    assert seen and all(finished > 0 for _, finished, _ in seen)  # no online update before an episode ended
-    assert seen[0][0] + 1 == first_end < 80  # the first online update comes at the step that ended it
-    assert all(torch.isfinite(mc).all() for _, _, mc in seen)  # every row's calibration bound is known
+    ends = (exp.buffer.ends[n_offline:exp.buffer.size].nonzero().flatten() + 1).tolist()  # env steps ending episodes
+    assert seen and all(torch.isfinite(mc).all() for _, _, mc in seen)  # every row's calibration bound is known
+    assert sorted({step + 1 for step, _, _ in seen}) == [end for end in ends if end <= 80]  # only at episode ends
+    assert len(seen) == max(end for end in ends if end <= 80)  # each finished episode's length, UTD 1
+
+
+def test_rlpd_acts_at_random_first_then_makes_split_updates_on_half_dataset_batches(tmp_path, native_hopper,
+                                                                                   monkeypatch):
+    with initialize_config_module("rlft.configs", version_base="1.3"):
+        cfg = compose("config", ["experiment=o2o/rlpd/hopper-medium", f"dataset.source={native_hopper}",
+                                 "agent.hidden=[16,16]", "trainer.online_steps=40", "trainer.random_steps=10",
+                                 "trainer.utd=2", "trainer.online_batch_size=16", "trainer.eval_every=1000",
+                                 "trainer.eval_episodes=1", "trainer.eval_envs=1", "progress=false"])
+    exp = Experiment(cfg, tmp_path / "run")
+    assert exp.agent.cfg.num_critics == 10 and exp.agent.target_entropy == -exp.agent.action_dim / 2
+    acted, split = [], []
+    act, update_split = type(exp.agent).act, type(exp.agent).update_split
+    monkeypatch.setattr(type(exp.agent), "act", lambda agent, obs, deterministic=True: acted.append(
+        (exp.phase_step, deterministic)) or act(agent, obs, deterministic))
+    monkeypatch.setattr(type(exp.agent), "update_split", lambda agent, batch, parts, rows: split.append(
+        (exp.phase_step, len(batch.rewards), parts, rows)) or update_split(agent, batch, parts, rows))
+    exp.run()
+    explored = [step for step, deterministic in acted if not deterministic]
+    assert explored == list(range(10, 40))  # the first 10 online steps never asked the policy
+    assert [s[0] for s in split] == list(range(10, 40)) and {s[1:] for s in split} == {(16, 2, "last")}
+    assert exp.agent.num_updates == 2 * 30 and exp.buffer.num_offline > 0
+
+
+def test_recipes_carry_their_references_start_rules():
+    def trainer(experiment: str) -> DictConfig:
+        with initialize_config_module("rlft.configs", version_base="1.3"):
+            return compose("config", [f"experiment={experiment}"]).trainer
+
+    wsrl = trainer("o2o/wsrl/hopper-medium")
+    assert (wsrl.warmup_steps, wsrl.offline_data_ratio, wsrl.utd, wsrl.online_batch_size, wsrl.utd_mode,
+            wsrl.update_schedule, wsrl.min_online_steps) == (5000, 0.0, 4, 1024, "split", "step", None)
+    calql = trainer("o2o/calql/hopper-medium")
+    assert (calql.offline_data_ratio, calql.update_schedule, calql.min_online_steps) == (0.5, "episode", 0)
+    for name in ("iql", "spot"):  # the dataset stays in the buffer, updates from the first online step
+        t = trainer(f"o2o/{name}/hopper-medium")
+        assert t.offline_data_ratio is None and t.warmup_steps == 0 and t.update_schedule == "step"
+    e2o = trainer("o2o/e2o/hopper-medium")  # d3rlpy fit_online: update_start_step=1000 on an empty buffer
+    assert (e2o.warmup_steps, e2o.offline_data_ratio) == (1000, 0.0)
+    rlpd = trainer("o2o/rlpd/hopper-medium")  # README: --utd_ratio=20 --start_training 5000
+    assert (rlpd.offline_steps, rlpd.offline_data_ratio, rlpd.random_steps, rlpd.utd, rlpd.online_batch_size,
+            rlpd.utd_mode) == (0, 0.5, 5000, 20, 5120, "split_last")
 
 
 # -------------------------------------------------------------------- Cal-QL
@@ -212,6 +303,27 @@ def test_init_from_starts_online_from_the_offline_agent(tmp_path, native_hopper)
     other = o2o_config(native_hopper, "calql", f"init_from={offline_dir}")
     with pytest.raises(ValueError, match="agent 'iql' cannot start a 'cql' run"):
         Experiment(other, tmp_path / "bad").run()
+
+
+def test_the_offline_control_continues_the_same_checkpoint_offline_on_the_online_schedule(tmp_path, native_hopper):
+    offline_dir = tmp_path / "offline"
+    Experiment(o2o_config(native_hopper, "iql", "trainer.online_steps=0"), offline_dir).run()
+    common = (f"init_from={offline_dir}", "trainer.warmup_steps=10", "trainer.utd=2", "trainer.eval_every=20",
+              "trainer.offline_data_ratio=0.0")
+    online = Experiment(o2o_config(native_hopper, "iql", *common), tmp_path / "online")
+    tuned = online.run()
+    control = Experiment(o2o_config(native_hopper, "iql", *common, "trainer.offline_control=true"), tmp_path / "ctl")
+    held = control.run()
+    assert control.buffer.num_online == 0 and control.buffer.num_offline > 0 == online.buffer.num_offline
+    assert online.first_update_step == control.first_update_step == 64  # the fresh buffer's batch of online rows
+    assert control.agent.num_updates == online.agent.num_updates == 40  # 60 steps < 64: neither updates yet
+    assert held["before"]["returns"] == tuned["before"]["returns"]  # the same checkpoint
+    assert [r["step"] for r in held["history"]] == [r["step"] for r in tuned["history"]]
+    assert held["after"]["phase"] == "offline_control" and not control.agent.online
+    longer = Experiment(o2o_config(native_hopper, "iql", *common[:-1], "trainer.offline_control=true"),
+                        tmp_path / "ctl2")
+    longer.run()
+    assert longer.agent.num_updates == 40 + 2 * (60 - 10)
 
 
 # ------------------------------------------------------------------ configs

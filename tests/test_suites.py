@@ -271,6 +271,11 @@ def test_submitits_local_launcher_reports_what_hydras_in_process_one_does(tmp_pa
     assert references["iql"]["protocol_matches"] is True
     assert references["iql-again"]["protocol_matches"] is False
     assert "offline updates: 1000000 vs 20" in references["iql-again"]["differences"]
+    curves = report._curves(load_suite(suite), tmp_path / "local/tiny/smoke", load_suite(suite).jobs("smoke"),
+                            "hopper-medium", 1.0)
+    grids = {label: steps for label, (steps, *_) in curves.items()}  # x from the start of fine-tuning
+    assert grids["IQL"][0] == -10 and grids["IQL"][-1] == 20 and 0 in grids["IQL"]
+    assert grids["iql-again"][0] == 0 and grids["iql-again"][-1] == 20  # it starts from IQL's checkpoint
     markdown = (tmp_path / "local/tiny/smoke/results.md").read_text()
     assert "| IQL | 2/2 |" in markdown and "![hopper-medium](hopper-medium_curves.png)" in markdown
     assert (tmp_path / "local/tiny/smoke/hopper-medium_curves.png").stat().st_size > 10_000
@@ -300,6 +305,11 @@ def test_a_summary_or_run_folder_made_for_other_overrides_is_refused_by_name(tmp
     path.write_text(json.dumps({"overrides": [*job.overrides[:-1], "seed=9"]}))
     with pytest.raises(SuiteError, match="was run with other overrides.*only there: \\['seed=9'\\]"):
         store.job_state(tmp_path, job)
+    shipped = load_suite("o2o")
+    stale = store.summary_path(store.tier_dir(tmp_path, shipped, "smoke"), shipped.jobs("smoke")[0])
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"overrides": ["seed=9"]}))
+    assert f"smoke 0/{len(shipped.jobs('smoke'))} (1 stale)" in bench.listing(str(tmp_path))
     path.write_text(json.dumps({"overrides": list(reversed(job.overrides))}))  # the order does not matter
     assert store.job_state(tmp_path, job) is store.JobState.DONE
     # a child's summary names the run it started from: a changed parent makes it stale
@@ -316,6 +326,13 @@ def test_a_summary_or_run_folder_made_for_other_overrides_is_refused_by_name(tmp
     (run / "eval.json").write_text(json.dumps({"done": True}))
     with pytest.raises(SuiteError, match="was run with other overrides.*only there: \\['trainer.utd=2'\\].*delete"):
         store.job_state(tmp_path, job)
+
+
+def test_summaries_name_no_machines_folders():
+    inside = f"{store.PACKAGE_ROOT}/data/minari/rlft/hopper/medium-v0"
+    assert store._portable({"init_from": inside, "x": [inside, 3], "y": "/elsewhere"}) == {
+        "init_from": "<rlft>/data/minari/rlft/hopper/medium-v0", "x": ["<rlft>/data/minari/rlft/hopper/medium-v0", 3],
+        "y": "/elsewhere"}
 
 
 @pytest.mark.parametrize("name", suite_names())
@@ -380,7 +397,7 @@ def test_the_sac_peers_share_sacs_settings():
     assert ours.agent.name == "sac" and ours.agent.backup_entropy and list(ours.agent.hidden) == [256, 256]
     assert ours.trainer.offline_steps == 0 and ours.trainer.offline_data_ratio == 0.0 and not ours.trainer.normalize_obs
     kwargs = peer.peer.kwargs
-    assert (ours.trainer.online_steps, ours.trainer.warmup_steps) == (peer.loop.steps, kwargs.learning_starts)
+    assert (ours.trainer.online_steps, ours.trainer.random_steps) == (peer.loop.steps, kwargs.learning_starts)
     assert (ours.agent.actor_lr, ours.agent.critic_lr) == (kwargs.learning_rate, kwargs.learning_rate)
     assert (ours.trainer.batch_size, ours.agent.tau) == (kwargs.batch_size, kwargs.tau)
     assert ours.agent.discount == kwargs.gamma
