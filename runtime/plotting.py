@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -138,6 +139,7 @@ def plot_interval_bars(
 
 
 def _finish(ax: plt.Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1.5M: step counts stay readable
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

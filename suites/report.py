@@ -170,9 +170,12 @@ def build_results(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) ->
                             "steps_per_second": float(np.mean(rates)) if rates else None,
                             "devices": sorted({c.get("device", "?") for c in compute})},
             }
-        data_scores = {factor * s["reference_score"]["value"] for s in task_summaries
-                       if s.get("reference_score") and s["reference_score"].get("value") is not None}
-        labels = {s["reference_score"]["label"] for s in task_summaries if s.get("reference_score")}
+        # a run states its data's score in its own plotted metric, which may not be the suite's
+        with_data = [s for s in task_summaries if s.get("reference_score") and s["reference_score"].get("value")
+                     is not None]
+        data_scores = {scale(s["metric"])[0] * s["reference_score"]["value"] for s in with_data}
+        labels = {s["reference_score"]["label"] + ("" if s["metric"] == suite.metric else f", {scale(s['metric'])[1]}")
+                  for s in with_data}
         cells[task]["_task"] = {"protocol": protocol, "axis": task_summaries[0]["axis"] if task_summaries else "",
                                 "data_score": {"label": ", ".join(sorted(labels)), "value": min(data_scores)}
                                 if len(data_scores) == 1 else None}
