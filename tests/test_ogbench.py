@@ -47,11 +47,17 @@ def test_generated_play_data_load_as_each_tasks_dataset_and_fine_tune_online(tmp
     data = load_task_dataset(path, get_task("cube-double-task1"))
     assert len(data) == 120 and data.observations.shape[1] == 37 and data.actions.shape[1] == 5
     assert set(np.unique(data.rewards)) <= {-2.0, -1.0, 0.0} and np.abs(data.actions).max() <= 1.0
+    collect_ogbench(OGBenchCollectionConfig(tasks=("cube-double-task2",), episodes=2, episode_steps=60,
+                                            out_dir=str(tmp_path / "alone")))
+    together, alone = (load_task_dataset(root / "rlft" / "cube-double-task2" / "play-v0", get_task("cube-double-task2"))
+                       for root in (tmp_path, tmp_path / "alone"))
+    assert np.array_equal(together.observations, alone.observations)  # seeded: one task's command, the same data
+    assert np.array_equal(together.rewards, alone.rewards)
     with pytest.raises(FileExistsError, match="play-v0 exists"):
         collect_ogbench(OGBenchCollectionConfig(tasks=("cube-double-task1",), episodes=1, out_dir=str(tmp_path)))
 
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("config", ["experiment=o2o/qc-fql/cube-double-task1", f"dataset.source={path}",
+        cfg = compose("config", ["experiment=o2o/qc_fql/cube-double-task1", f"dataset.source={path}",
                                  "agent.hidden=[16,16]", "agent.flow_steps=2", "trainer.offline_steps=20",
                                  "trainer.online_steps=30", "trainer.warmup_steps=10", "trainer.eval_every=1000",
                                  "trainer.eval_episodes=2", "trainer.eval_envs=2", "env.max_episode_steps=20",

@@ -170,5 +170,5 @@ def test_collection_settings_are_checked(tmp_path, native_hopper):
         CollectionConfig(overlap=True)
     with pytest.raises(ValueError, match="rollout.steps_per_call must be >= 1"):
         CollectionConfig(backend="ray", steps_per_call=0)
-    with pytest.raises(ConfigError, match="agent 'tdmpc2' plans from a warm start"):
+    with pytest.raises(ConfigError, match="agent 'tdmpc2' acts from a state .a planner's warm start"):
         Experiment(o2o_config(native_hopper, "tdmpc2", "~agent.hidden", *RAY), tmp_path / "wm")
