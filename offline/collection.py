@@ -188,7 +188,7 @@ def collect(cfg: CollectionConfig) -> dict:
             env_spec=eval_env.spec,  # keeps the gymnasium.make kwargs of registered tasks (e.g. DMC domain/task)
         )
     summary["seconds"] = time.time() - started
-    summary_path = out_dir / cfg.namespace / task.name / f"collection-v{cfg.version}.json"
+    summary_path = out_dir / cfg.namespace / task.name / f"collection{cfg.kind_suffix}-v{cfg.version}.json"
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary

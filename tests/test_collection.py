@@ -51,6 +51,7 @@ def test_the_reference_medium_stops_sac_at_the_first_snapshot_past_a_share_of_d4
     medium = load_dataset(tmp_path / "rlft" / "hopper" / "medium-local-v0")
     replay = load_dataset(tmp_path / "rlft" / "hopper" / "medium-replay-local-v0")
     assert len(medium) == 120 and 0 < len(replay) <= 100
+    assert (tmp_path / "rlft" / "hopper" / "collection-local-v0.json").is_file()  # beside, not over, another's
     with pytest.raises(RuntimeError, match=r"short of the medium target 3234.3 \(1 of D4RL's expert"):
         collect(CollectionConfig(sac_steps=200, medium_fraction=1.0, version=1, **tiny))
     with pytest.raises(ValueError, match="writes no 'expert' data"):
