@@ -44,11 +44,13 @@ class ChunkBatch:
 
     A chunk stops early at its episode's end: at a terminal row it is complete (``dones`` 1, no
     bootstrap); cut by a time limit, the data's end or the newest online row it cannot be backed
-    up and ``critic_valid`` is 0. ``action_valid`` marks the actions that exist (the rest are 0).
+    up and ``critic_valid`` is 0. ``action_valid`` marks the chunk's own actions; past its end the
+    actions are the stored rows that follow (the next episode's, as qc's ``sample_sequence`` keeps
+    them), which behaviour cloning weights out.
     """
 
     observations: torch.Tensor  # [B, obs_dim], the chunk's first state
-    actions: torch.Tensor  # [B, H, act_dim]
+    actions: torch.Tensor  # [B, H, act_dim], the stored rows from the start on
     action_valid: torch.Tensor  # [B, H] float 1/0
     rewards: torch.Tensor  # [B, 1]: sum_i gamma^i r_i over the chunk's steps
     next_observations: torch.Tensor  # [B, obs_dim]: the state after its last step
@@ -325,7 +327,7 @@ class ReplayBuffer:
         complete = (taken == horizon).unsqueeze(1) | (dones > 0)
         return ChunkBatch(
             observations=self.observations[starts],
-            actions=self.actions[rows] * valid.unsqueeze(-1),
+            actions=self.actions[rows],
             action_valid=valid.float(),
             rewards=(self.rewards[rows, 0] * weights).sum(1, keepdim=True),
             next_observations=self.next_observations[last],

@@ -70,9 +70,10 @@ class TrainerConfig:
     # agents/sac.py `update_high_utd`); "split_last": the actor step on the last slice only (rlpd
     # agents/sac/sac_learner.py `update`). The split modes are for the SAC family.
     utd_mode: Literal["repeat", "split", "split_last"] = "repeat"
-    # The offline-only control of a fine-tuning run: in place of the online phase, as many updates
-    # of the offline objective on dataset batches, owed on the same schedule (utd per online step
-    # from the first update step on) and evaluated at the same steps, with no env step taken; with
+    # The offline-only control of a fine-tuning run: in place of the online phase, the same updates
+    # (utd_mode, online_batch_size) of the offline objective on dataset rows, utd per online step
+    # from the first update step on (update_schedule: episode is read as step: there are no
+    # episodes), evaluated at the same steps, with no env step taken; with
     # init_from the fine-tuning run's checkpoint it is that run continued offline (rlft's design:
     # it separates "online data helped" from "more updates helped").
     offline_control: bool = False
@@ -172,6 +173,10 @@ class Experiment(DatasetRunner):
         if not isinstance(self.agent, SAC):
             raise ConfigError(f"trainer.utd_mode={t.utd_mode}: agent '{agent_name}' is not of the SAC family; "
                               "use trainer.utd_mode=repeat")
+        if self.rollout.overlap and self.rollout.max_staleness < t.utd:
+            raise ConfigError(f"trainer.utd_mode={t.utd_mode} makes {t.utd} updates at once: rollout.max_staleness="
+                              f"{self.rollout.max_staleness} would let none run while a round is out; raise it to "
+                              f">= {t.utd}")
         if self.online_batch_size % t.utd:
             raise ConfigError(f"trainer.utd_mode={t.utd_mode}: an online batch of {self.online_batch_size} rows "
                               f"(trainer.online_batch_size) does not split into trainer.utd={t.utd} equal slices")
@@ -368,19 +373,21 @@ class Experiment(DatasetRunner):
 
         return run
 
-    def _update_online(self, count: int) -> None:
+    def _update_online(self, count: int, dataset_only: bool = False) -> None:
         """Make ``count`` of the owed online updates (``utd_mode: split*``: whole env steps' worth,
-        ``utd`` critic steps each, so a remainder stays owed)."""
+        ``utd`` critic steps each, so a remainder stays owed); ``dataset_only``: the offline-only
+        control's, on dataset rows."""
         t = self.trainer
+        ratio = None if dataset_only else t.offline_data_ratio
         if t.utd_mode == "repeat":
             for _ in range(count):
-                batch = self._sample(self.online_batch_size, t.offline_data_ratio)
+                batch = self._sample(self.online_batch_size, ratio)
                 self.accumulator.add(self.check_update(self.agent.update(batch)))
         else:
             count -= count % t.utd
             actor_rows = "all" if t.utd_mode == "split" else "last"
             for _ in range(count // t.utd):
-                batch = self._sample(self.online_batch_size, t.offline_data_ratio)
+                batch = self._sample(self.online_batch_size, ratio)
                 self.accumulator.add(self.check_update(self.agent.update_split(batch, t.utd, actor_rows)))
         self.owed_updates -= count
 
@@ -403,8 +410,8 @@ class Experiment(DatasetRunner):
         bar = Progress(t.online_steps, "offline control", initial=self.phase_step, enabled=self.show_progress)
         while self.phase_step < t.online_steps:
             if self.phase_step >= self.first_update_step:
-                for _ in range(t.utd):
-                    self.accumulator.add(self.check_update(self.agent.update(self._sample(t.batch_size))))
+                self.owed_updates += t.utd
+                self._update_online(self.owed_updates, dataset_only=True)
             self.phase_step += 1
             self.step += 1
             self.work += 1

@@ -343,8 +343,12 @@ def _curves(suite: Suite, folder: Path, jobs: Sequence[Job], task: str, factor: 
 
 
 def _pretraining_steps(summary: dict[str, Any]) -> int:
-    """Where fine-tuning starts on the run's x-axis: its ``before`` record's step (0 without one)."""
-    return int(summary["before"]["step"]) if summary.get("before") else 0
+    """Where fine-tuning starts on the run's x-axis: its ``before`` record's step (0 without one,
+    or for a run that never fine-tunes, e.g. an offline-only run, whose curve keeps its own steps)."""
+    before, history = summary.get("before"), summary["history"]
+    if not before or not history or history[-1]["step"] <= before["step"]:
+        return 0
+    return int(before["step"])
 
 
 def write_report(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) -> Path:

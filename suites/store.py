@@ -172,7 +172,9 @@ def _portable(value: Any) -> Any:
         return {key: _portable(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_portable(item) for item in value]
-    return value.replace(PACKAGE_ROOT, "<rlft>") if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    return "<rlft>" if value == PACKAGE_ROOT else value.replace(PACKAGE_ROOT + "/", "<rlft>/")
 
 
 def override_path(path: Path) -> str:

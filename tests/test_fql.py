@@ -111,7 +111,9 @@ def test_chunks_stop_at_their_episodes_end_and_say_whether_they_can_be_backed_up
         episode_end = 4 if start <= 4 else 9
         taken = min(3, episode_end - start + 1)
         assert batch.action_valid[i].tolist() == [1.0] * taken + [0.0] * (3 - taken)
-        assert batch.actions[i, :, 0].tolist() == pytest.approx([(start + k) / 10 if k < taken else 0 for k in range(3)])
+        # past the chunk's end: the stored rows that follow (start's own row past the data's end)
+        assert batch.actions[i, :, 0].tolist() == pytest.approx([(start + k if start + k < 10 else start) / 10
+                                                                 for k in range(3)])
         assert batch.rewards[i, 0].item() == pytest.approx(sum(0.5**k * (start + k) for k in range(taken)))
         assert batch.discounts[i, 0].item() == 0.5**taken and batch.next_observations[i, 0] == start + taken
         ends_in_terminal = start + taken - 1 == 4

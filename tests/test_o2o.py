@@ -146,6 +146,10 @@ def test_split_mode_runs_whole_env_steps_and_refuses_what_it_cannot_split(tmp_pa
     with pytest.raises(ConfigError, match=r"trainer.utd_mode=split: an online batch of 30 rows"):
         Experiment(o2o_config(native_hopper, "wsrl", "trainer.utd=4", "trainer.utd_mode=split",
                               "trainer.online_batch_size=30"), tmp_path / "bad")
+    with pytest.raises(ConfigError, match="rollout.max_staleness=2 would let none run while a round is out"):
+        Experiment(o2o_config(native_hopper, "wsrl", "trainer.utd=4", "trainer.utd_mode=split",
+                              "trainer.online_batch_size=32", "rollout.backend=ray", "rollout.overlap=true",
+                              "rollout.max_staleness=2"), tmp_path / "bad3")
     with pytest.raises(ConfigError, match="agent 'iql' is not of the SAC family"):
         Experiment(o2o_config(native_hopper, "iql", "trainer.utd_mode=split_last"), tmp_path / "bad2")
 
