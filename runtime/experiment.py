@@ -151,12 +151,14 @@ class Experiment(DatasetRunner):
             if name not in self.trainer.pretrain_steps:
                 raise ValueError(f"agent '{cfg.agent.name}' has a '{name}' phase: set trainer.pretrain_steps.{name}")
             steps = int(self.trainer.pretrain_steps[name])
-            self.phases.append(Phase(name, self._dataset_phase(fn, steps, evaluated=False), steps,
-                                     pretraining=True, on_axis=False))
-        offline = self._dataset_phase(self.agent.update, self.trainer.offline_steps, evaluated=True)
+            phase = self._dataset_phase(self._updates_on_dataset(fn), steps, evaluated=False)
+            self.phases.append(Phase(name, phase, steps, pretraining=True, on_axis=False))
+        offline = self._dataset_phase(self._updates_on_dataset(self.agent.update), self.trainer.offline_steps,
+                                      evaluated=True)
         self.phases.append(Phase("offline", offline, self.trainer.offline_steps, pretraining=True))
         if self.trainer.offline_control:
-            self.phases.append(Phase("offline_control", self._offline_control_phase, self.trainer.online_steps))
+            control = self._dataset_phase(self._offline_control_step, self.trainer.online_steps, evaluated=True)
+            self.phases.append(Phase("offline_control", control, self.trainer.online_steps))
         else:
             self.phases.append(Phase("online", self._online_phase, self.trainer.online_steps))
         self.accumulator = MeanAccumulator()
@@ -350,15 +352,16 @@ class Experiment(DatasetRunner):
         rate = steps_done / max(time.perf_counter() - started, 1e-9)
         self.log({"phase_step": self.phase_step, "steps_per_sec": rate, **self.accumulator.pop()})
 
-    def _dataset_phase(self, update_fn: Callable, steps: int, evaluated: bool) -> Callable[[], None]:
-        """A phase of ``steps`` updates on the dataset (the agent's own pretraining, or offline RL)."""
+    def _dataset_phase(self, work: Callable[[], None], steps: int, evaluated: bool) -> Callable[[], None]:
+        """A phase of ``steps`` steps without the env, each doing ``work`` (:meth:`_updates_on_dataset`:
+        the agent's own pretraining or offline RL; the offline-only control's owed updates)."""
 
         def run() -> None:
             t = self.trainer
             started, first = time.perf_counter(), self.phase_step
             bar = Progress(steps, self.phase.name, initial=self.phase_step, enabled=self.show_progress)
             while self.phase_step < steps:
-                self.accumulator.add(self.check_update(update_fn(self._sample(t.batch_size))))
+                work()
                 self.phase_step += 1
                 self.work += 1
                 self.step += evaluated
@@ -403,26 +406,16 @@ class Experiment(DatasetRunner):
         elif self.phase_step + steps > self.first_update_step:
             self.owed_updates += t.utd * sum(episode_lengths)
 
-    def _offline_control_phase(self) -> None:
-        """``trainer.offline_control``: the online phase's steps without the env (see TrainerConfig)."""
-        t = self.trainer
-        started, first = time.perf_counter(), self.phase_step
-        bar = Progress(t.online_steps, "offline control", initial=self.phase_step, enabled=self.show_progress)
-        while self.phase_step < t.online_steps:
-            if self.phase_step >= self.first_update_step:
-                self.owed_updates += t.utd
-                self._update_online(self.owed_updates, dataset_only=True)
-            self.phase_step += 1
-            self.step += 1
-            self.work += 1
-            bar.update(1)
-            if self.phase_step % t.log_every == 0:
-                self._log(started, self.phase_step - first)
-            if self.phase_step % t.eval_every == 0 or self.phase_step == t.online_steps:
-                bar.set_postfix(score=f"{self.evaluate().normalized_score:.1f}")
-            if self.phase_step % t.checkpoint_every == 0 and self.phase_step < t.online_steps:
-                self.checkpoint()
-        bar.close()
+    def _updates_on_dataset(self, update_fn: Callable) -> Callable[[], None]:
+        """One step of a dataset phase: ``update_fn`` on a dataset batch."""
+        return lambda: self.accumulator.add(self.check_update(update_fn(self._sample(self.trainer.batch_size))))
+
+    def _offline_control_step(self) -> None:
+        """``trainer.offline_control``: one online step's owed updates on dataset rows, no env step
+        (see TrainerConfig)."""
+        if self.phase_step >= self.first_update_step:
+            self.owed_updates += self.trainer.utd
+            self._update_online(self.owed_updates, dataset_only=True)
 
     def _online_phase(self) -> None:
         """Rounds of collection (one env step locally, ``workers x steps_per_call`` on Ray), each
