@@ -114,7 +114,7 @@ def summary(results: dict[str, Any], run_dir: str | Path) -> str:
         if _finite(record["success_rate"]):
             parts.append(f"success {100 * record['success_rate']:5.1f}%")
         parts.append(f"return {record['return_mean']:.1f}")
-        lines.append(f"  {label} ({record['phase']})".ljust(36) + "   ".join(parts)
+        lines.append(f"  {label} ({record['phase']})".ljust(36) + " " + "   ".join(parts)
                      + f"   ({len(record['returns'])} episodes, step {record['step']})")
     lines.append(f"  run folder: {run_dir}")
     return "\n".join(lines)

@@ -7,8 +7,8 @@ A table in the README is a block between two markers naming its suite::
     <!-- end rlft-bench table -->
 
 Its rows are the suite's methods, its columns the tasks of the tier its ``readme:`` key names,
-and each cell the IQM at the end of pretraining and at the end (with the 95 % interval when the
-suite asks for it), read from ``benchmarks/<suite>/<tier>/results.json``; below the table, each
+and each cell the IQM at the end of pretraining and at the end (with the 95 % interval and the
+verdict, :func:`rlft.suites.report.verdict`, when the suite asks for them), read from ``benchmarks/<suite>/<tier>/results.json``; below the table, each
 task's protocol and every published reference with its source and whether its protocol matches. ``--check`` says which
 blocks differ from their reports (a test runs it), so a table never drifts from its numbers.
 """
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rlft.suites.report import RESULTS_JSON, RESULTS_MD
+from rlft.suites.report import RESULTS_JSON, RESULTS_MD, verdict_word
 from rlft.suites.spec import Suite, SuiteError, load_suite
 
 BLOCK = re.compile(r"(<!-- rlft-bench table: (?P<suite>[^ ]+) -->\n)(?P<body>.*?)(<!-- end rlft-bench table -->)",
@@ -43,6 +43,8 @@ def _cell(cell: dict[str, Any] | None, columns: tuple[str, ...]) -> str:
         parts.append(f" [{low:.1f}, {high:.1f}]")
     if "splits" in columns:
         parts.extend(f" / {_number(stat)}" for stat in cell["splits"].values())
+    if "verdict" in columns and "verdict" in cell:
+        parts.append(f" ({verdict_word(cell['verdict']['passes'])})")
     return "".join(parts)
 
 
@@ -71,6 +73,11 @@ def table(suite: Suite, benchmarks: Path) -> str:
         cells = (_cell(results["tasks"][t].get(method), columns) for t in tasks)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
+    if "verdict" in columns:
+        against = ", ".join(suite.methods[m].title for m in suite.verdict_against)
+        lines.append(f"* (fine-tunes): the final interval lies above the method's own offline-only control's"
+                     f"{' and above ' + against + ' at as many online steps' if against else ''}; (no): it does not; "
+                     "(not judged): an interval is missing.")
     for task in tasks:
         protocol = "; ".join(f"{k} {v}" for k, v in results["tasks"][task]["_task"]["protocol"].items())
         lines.append(f"* {task}: {protocol}.")

@@ -5,8 +5,11 @@ Per cell (task x method): each seed's score (the mean of its last ``score_last``
 its final phase), their IQM with a 95 % stratified-bootstrap interval, the mean, the score at the
 end of pretraining, the published reference with its provenance and whether its protocol matches
 this tier's, and the compute (wall-clock per run, steps per second, the device). Across tasks: the
-IQM per method and the probability that each method beats the suite's ``compare_to`` method. Plots: learning
-curves (IQM over seeds with its interval as a band) per task, and the probabilities of improvement.
+IQM per method and the probability that each method beats the suite's ``compare_to`` method. The
+verdict (a suite whose methods name a ``control``): a method fine-tunes on a task only if its final
+interval lies wholly above its own offline-only control's and above each ``verdict_against``
+method's (e.g. RLPD and SAC from scratch at as many online steps). Plots: learning curves (IQM
+over seeds with its interval as a band) per task, and the probabilities of improvement.
 """
 
 from __future__ import annotations
@@ -176,6 +179,10 @@ def build_results(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) ->
         data_scores = {scale(s["metric"])[0] * s["reference_score"]["value"] for s in with_data}
         labels = {s["reference_score"]["label"] + ("" if s["metric"] == suite.metric else f", {scale(s['metric'])[1]}")
                   for s in with_data}
+        for method in methods:
+            if method in cells[task] and suite.methods[method].control:
+                cells[task][method]["verdict"] = verdict(cells[task], method, suite.methods[method].control,
+                                                         suite.verdict_against)
         cells[task]["_task"] = {"protocol": protocol, "axis": task_summaries[0]["axis"] if task_summaries else "",
                                 "data_score": {"label": ", ".join(sorted(labels)), "value": min(data_scores)}
                                 if len(data_scores) == 1 else None}
@@ -193,6 +200,21 @@ def build_results(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) ->
                       f"interval, {stats.RESAMPLES} resamples, seeds resampled within each task "
                       f"(scipy.stats.bootstrap); {stats.SMALL_SAMPLE_NOTE}",
     }
+
+
+def verdict(cells: dict[str, Any], method: str, control: str, against: Sequence[str]) -> dict[str, Any]:
+    """Whether ``method`` fine-tunes on this task: its score's interval lies wholly above the
+    interval of its ``control`` and of each ``against`` method that ran here. ``passes`` is None
+    (not judged) while a bar or the method itself lacks an interval (unfinished, or one seed)."""
+    low = cells[method]["score"]["ci"][0]
+    bars = {}
+    for bar in (control, *against):
+        if bar not in cells:
+            continue
+        high = cells[bar]["score"]["ci"][1]
+        bars[bar] = None if low is None or high is None else bool(low > high)
+    judged = bars and all(v is not None for v in bars.values())
+    return {"bars": bars, "passes": all(bars.values()) if judged else None}
 
 
 def command(suite: Suite, tier: str, jobs: Sequence[Job], folder: Path, verb: str = "run") -> str:
@@ -300,6 +322,7 @@ def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         lines += ["", f"Steps are {info['axis']}; device: {'; '.join(devices) or '-'}.", ""]
         if task in plots:
             lines += [f"![{task}]({plots[task]})", ""]
+    lines += _verdict_markdown(results)
     across = results["across_tasks"]
     if across["iqm"]:
         versus = _label(results, across["versus"])
@@ -317,6 +340,38 @@ def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         if "_improvement" in plots:
             lines += [f"![probability of improvement]({plots['_improvement']})", ""]
     return "\n".join(lines)
+
+
+def verdict_word(passes: bool | None) -> str:
+    """A verdict in a table cell."""
+    return {True: "fine-tunes", False: "no", None: "not judged"}[passes]
+
+
+def _verdict_markdown(results: dict[str, Any]) -> list[str]:
+    """Per method with a control, per task: does it fine-tune, and which bar stops it."""
+    judged = [m for cells in results["tasks"].values() for m, c in cells.items() if m != "_task" and "verdict" in c]
+    methods = list(dict.fromkeys(judged))
+    if not methods:
+        return []
+    tasks = list(results["tasks"])
+    lines = ["## Verdict: which methods fine-tune", "",
+             "A method fine-tunes on a task only if the 95 % interval of its final IQM lies wholly above the interval "
+             "of its own offline-only control (its pretrained checkpoint given the same updates on the dataset instead "
+             "of online data) and of every method trained without pretraining at as many online steps. A cell names "
+             "the bars it does not clear.", "",
+             "| method | " + " | ".join(tasks) + " |", "| --- |" + " --- |" * len(tasks)]
+    for method in methods:
+        row = []
+        for task in tasks:
+            cell = results["tasks"][task].get(method)
+            if not cell or "verdict" not in cell:
+                row.append("-")
+                continue
+            judged_verdict = cell["verdict"]
+            failed = [_label(results, bar) for bar, above in judged_verdict["bars"].items() if above is False]
+            row.append(verdict_word(judged_verdict["passes"]) + (f" (not above {', '.join(failed)})" if failed else ""))
+        lines.append(f"| {_label(results, method)} | " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def _curves(suite: Suite, folder: Path, jobs: Sequence[Job], task: str, factor: float) -> dict[str, Any]:

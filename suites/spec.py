@@ -13,6 +13,8 @@ the key and what it takes)::
     methods:                          # the grid's rows, in the order of the report
       iql: {experiment: o2o/iql/{task}, overrides: [...], label: IQL}
       iql-offline-only: {experiment: ..., baseline: offline-only control}
+      iql-control: {experiment: ..., init_from: iql, overrides: [trainer.offline_control=true]}
+      iql: {..., control: iql-control}   # its offline-only control: the verdict's first bar
       no-warmup: {experiment: ..., init_from: wsrl}   # fine-tunes the wsrl run's pretrained checkpoint
       archer: {experiment: ..., tasks: [numberline]}  # only on some of the tasks
     tiers:                            # smoke (CI), cpu (2 cores, hours), paper (the authors' budgets)
@@ -32,6 +34,8 @@ the key and what it takes)::
     references:                       # published numbers, each with provenance and protocol
       - {method: iql, task: hopper-medium, value: 66.3, source: "arXiv 2110.06169, Table 1", protocol: {...}}
     compare_to: iql-offline-only      # optional: P(improvement) of every method over this one (default: the first)
+    verdict_against: [rlpd, sac]      # optional: a method with a control "fine-tunes" on a task only if its final
+                                      # interval lies above its control's and above each of these methods'
     splits: [semantic, visual]        # optional: each run's final policy on other tasks (llm pipeline: loop.splits)
     dip_window: 5000                  # optional: each run's drop below its start in its first 5000 fine-tuning steps
     readme: {title: ..., tier: cpu, columns: [start, score, ci]}   # optional: the README table made from the report
@@ -87,6 +91,7 @@ class Method:
     init_from: str | None = None  # a method whose run (same task and seed) this one fine-tunes from
     baseline: str | None = None  # an in-suite baseline, and which (e.g. "offline-only control")
     tasks: tuple[str, ...] | None = None  # the tasks it runs on (default: every task of the suite)
+    control: str | None = None  # its offline-only control (a method of the suite): the verdict's first bar
 
     @property
     def title(self) -> str:
@@ -164,6 +169,7 @@ class Suite:
     splits: tuple[str, ...] = ()  # other evaluations of each run's final policy to report (eval.json details.splits)
     overrides: tuple[str, ...] = ()  # every run of every tier ({task} names the column)
     dip_window: int | None = None  # report the drop below the start within this many steps of fine-tuning
+    verdict_against: tuple[str, ...] = ()  # the bars besides its control a method must clear to "fine-tune"
 
     def tier(self, name: str) -> Tier:
         if name not in self.tiers:
@@ -334,7 +340,7 @@ def _check_overrides(path: Path, where: str, overrides: tuple[str, ...]) -> tupl
 def _parse(path: Path, data: Any) -> Suite:
     top = _Reader(path, "", data, {"description", "metric", "score_last", "seeds", "tasks", "methods", "tiers",
                                    "protocol", "references", "readme", "compare_to", "splits", "overrides",
-                                   "dip_window"},
+                                   "dip_window", "verdict_against"},
                   {"description", "metric", "seeds", "tasks", "methods", "tiers", "protocol"})
     tasks = top.strings("tasks")
     for task in tasks:
@@ -344,15 +350,18 @@ def _parse(path: Path, data: Any) -> Suite:
     for name, spec in raw_methods.items():
         _check_name(path, "method", name)
         reader = _Reader(path, f"methods.{name}", spec, {"experiment", "overrides", "label", "init_from", "baseline",
-                                                         "tasks"}, {"experiment"})
+                                                         "tasks", "control"}, {"experiment"})
         method_tasks = reader.strings("tasks", None)
         if method_tasks is not None and (not method_tasks or set(method_tasks) - set(tasks)):
             raise SuiteError(f"{path}: methods.{name}.tasks={list(method_tasks)} must name some of {list(tasks)}")
         methods[name] = Method(name, reader.get("experiment", str),
                                _check_overrides(path, f"methods.{name}.overrides", reader.strings("overrides")),
                                reader.get("label", str, ""), reader.get("init_from", str), reader.get("baseline", str),
-                               method_tasks)
+                               method_tasks, reader.get("control", str))
     for method in methods.values():
+        if method.control is not None and (method.control not in methods or method.control == method.name):
+            raise SuiteError(f"{path}: methods.{method.name}.control={method.control!r} must name another method of "
+                             f"the suite ({sorted(set(methods) - {method.name})})")
         if method.init_from and method.init_from not in methods:
             raise SuiteError(f"{path}: methods.{method.name}.init_from={method.init_from!r} is no method of the suite "
                              f"({sorted(methods)})")
@@ -410,18 +419,24 @@ def _parse(path: Path, data: Any) -> Suite:
         if readme_tasks is not None and (not readme_tasks or set(readme_tasks) - set(tasks)):
             raise SuiteError(f"{path}: readme.tasks={list(readme_tasks)} must name some of {list(tasks)}")
         columns = reader.strings("columns", ("start", "score"))
-        if set(columns) - {"start", "score", "ci", "splits"}:
-            raise SuiteError(f"{path}: readme.columns={list(columns)} may hold start, score, ci and splits")
+        if set(columns) - {"start", "score", "ci", "splits", "verdict"}:
+            raise SuiteError(f"{path}: readme.columns={list(columns)} may hold start, score, ci, splits and verdict")
     dip_window = top.get("dip_window", int)
     if dip_window is not None and dip_window < 1:
         raise SuiteError(f"{path}: dip_window={dip_window} must be a positive number of steps")
     compare_to = top.get("compare_to", str, next(iter(methods), ""))
     if compare_to not in methods:
         raise SuiteError(f"{path}: compare_to={compare_to!r} is no method of the suite ({sorted(methods)})")
+    against = top.strings("verdict_against")
+    if set(against) - set(methods):
+        raise SuiteError(f"{path}: verdict_against={list(against)} must name methods of the suite ({sorted(methods)})")
+    if against and not any(m.control for m in methods.values()):
+        raise SuiteError(f"{path}: verdict_against judges the methods that name a control, and none does: give "
+                         "methods.<name>.control")
     return Suite(path.stem, path, top.get("description", str).strip(), top.get("metric", str), score_last,
                  top.seeds("seeds"), tasks, methods, tiers, dict(protocol), references, readme, compare_to,
                  top.strings("splits"), _check_overrides(path, "overrides", top.strings("overrides")),
-                 dip_window)
+                 dip_window, against)
 
 
 def _reference(path: Path, index: int, spec: Any, methods: dict[str, Method], tasks: tuple[str, ...]) -> Reference:
