@@ -20,7 +20,7 @@ Three lines of difference from TD3 (:class:`rlft.agents.td3.TD3`):
 Hyperparameters default to the paper's Gym-MuJoCo settings: TD3 defaults, lr 3e-4, actor
 dropout 0.1, state normalisation, VAE 750-750 with latent ``2 * action_dim``. ``lambda`` is
 chosen per dataset; the authors tuned it on the D4RL datasets (their configs: 0.1 for
-hopper-medium and hopper-medium-replay, 0.05 for halfcheetah-medium), and rlft's datasets of
+hopper-weak and hopper-weak-replay, 0.05 for halfcheetah-weak), and rlft's datasets of
 the same names are its own, weaker collections, so those values are starting points rather
 than tuned ones (``configs/dataset/*.yaml``).
 """

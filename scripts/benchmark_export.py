@@ -30,14 +30,14 @@ FINETUNE = ["method.bc.steps=20", "loop.iterations=0", "loop.eval_episodes=1", "
 # case -> (what it exports, the run's overrides)
 CASES: dict[str, tuple[str, list[str]]] = {
     "spot-hopper": ("SPOT actor (TD3-style deterministic)",
-                    ["experiment=o2o/spot/hopper-medium", "trainer.offline_steps=10", "trainer.online_steps=0",
+                    ["experiment=o2o/spot/hopper-weak", "trainer.offline_steps=10", "trainer.online_steps=0",
                      "trainer.pretrain_steps.vae=10", *O2O]),
     "iql-hopper": ("IQL actor (Gaussian mean)",
-                   ["experiment=o2o/iql/hopper-medium", "trainer.offline_steps=10", "trainer.online_steps=0", *O2O]),
+                   ["experiment=o2o/iql/hopper-weak", "trainer.offline_steps=10", "trainer.online_steps=0", *O2O]),
     "sac-hopper": ("SAC actor (tanh-Gaussian mean)",
                    ["experiment=sac-scratch", "trainer.online_steps=200", "trainer.warmup_steps=100", *O2O]),
     "fowm-hopper": ("FOWM / TD-MPC2 policy prior",
-                    ["experiment=wm/hopper-medium", "trainer.offline_steps=10", "trainer.online_steps=0", *O2O]),
+                    ["experiment=wm/hopper-weak", "trainer.offline_steps=10", "trainer.online_steps=0", *O2O]),
     "gaussian-mw-push": ("Gaussian PPO (mean chunk)", ["experiment=finetune/gaussian/mw-push", *FINETUNE]),
     "dppo-mw-push": ("DPPO (DDPM chunk, noise input)", ["experiment=finetune/dppo/mw-push", *FINETUNE]),
     "residual-mw-push": ("ResiP (diffusion base + residual, state inputs)",

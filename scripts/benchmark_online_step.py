@@ -45,7 +45,7 @@ def microseconds(fn: Callable[[], object], repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = bench_runs.argument_parser(__doc__, out="benchmarks/update_loop/online_step.md")
-    parser.add_argument("--experiment", default="o2o/iql/hopper-medium")
+    parser.add_argument("--experiment", default="o2o/iql/hopper-weak")
     parser.add_argument("--steps", type=int, default=2000, help="repetitions of each timed piece")
     parser.add_argument("--label", default="rlft as installed")
     args = parser.parse_args(argv)

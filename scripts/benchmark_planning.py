@@ -1,6 +1,6 @@
 """Planning and update cost of the world-model agent on this machine.
 
-Builds the agent exactly as ``rlft experiment=wm/hopper-medium`` does (Hopper's shapes: 11-D
+Builds the agent exactly as ``rlft experiment=wm/hopper-weak`` does (Hopper's shapes: 11-D
 observations, 3-D actions; FOWM's value head and termination head), for the CPU preset and the
 paper's 5M preset, and times:
 
@@ -38,7 +38,7 @@ OBS_DIM, ACTION_DIM = 11, 3
 
 def make_agent(size: str, *overrides: str) -> TDMPC2:
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("config", ["experiment=wm/hopper-medium", f"wm_size={size}", *overrides])
+        cfg = compose("config", ["experiment=wm/hopper-weak", f"wm_size={size}", *overrides])
     options = OmegaConf.to_container(cfg.agent, resolve=True)
     agent = build_agent(options.pop("name"), options, OBS_DIM, ACTION_DIM)
     assert isinstance(agent, TDMPC2)
@@ -121,7 +121,7 @@ def write_report(results: dict, out: Path) -> None:
         "",
         f"Command: `{results['command']}`",
         "",
-        f"Machine: {results['machine']}. Agent as built by `rlft experiment=wm/hopper-medium` (Hopper shapes, "
+        f"Machine: {results['machine']}. Agent as built by `rlft experiment=wm/hopper-weak` (Hopper shapes, "
         "FOWM heads); 'actions/s' counts planned actions, one MPPI optimisation each (10 envs: planned together).",
         "",
         "| preset | parameters | H / iterations / samples | uncertainty cost | actions/s, 1 env | ms per action | "

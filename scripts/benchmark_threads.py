@@ -2,7 +2,7 @@
 another CPU-heavy process.
 
 Each measurement runs the embedded default experiment (SPOT's VAE, offline updates and online
-fine-tuning on the shipped hopper-medium data) at a short budget with ``threads=<T>`` and reads
+fine-tuning on the shipped hopper-weak data) at a short budget with ``threads=<T>`` and reads
 the update rate of every phase from the run's ``metrics.csv`` (``steps_per_sec`` over the whole
 phase). "Loaded" runs it while a second identical rlft run with the same setting works in the
 background (the common case of two runs started at once), so the number shows what

@@ -19,7 +19,7 @@ Then, e.g. issue 35's measurement:
 
     python -m rlft.scripts.benchmark_update_loop --arm before=/tmp/rlft-before-venv/bin/python \\
         --arm after=.venv/bin/python --seeds 0 1 2 --runs /tmp/update_loop --out benchmarks/update_loop \\
-        --experiment "o2o-iql=experiment=o2o/iql/hopper-medium trainer.offline_steps=20000 trainer.online_steps=20000"
+        --experiment "o2o-iql=experiment=o2o/iql/hopper-weak trainer.offline_steps=20000 trainer.online_steps=20000"
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from rlft.scripts import bench_runs
 
-RUN = ["experiment=smoke", "trainer.online_steps=1000", "progress=false"]  # SPOT, shipped hopper-medium data
+RUN = ["experiment=smoke", "trainer.online_steps=1000", "progress=false"]  # SPOT, shipped hopper-weak data
 WALL_CLOCK = ("steps_per_sec", "time/")  # metrics.csv columns that measure the machine, not the run
 KINDS = ("random", "checkpoint", "pretrained")
 

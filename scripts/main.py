@@ -1,7 +1,7 @@
 """The ``rlft`` console command: one Hydra app for every pipeline. The experiment names its
 pipeline (``configs/pipeline/``), and the pipeline's runner does the rest.
 
-    rlft                                        # experiment=demo: SPOT on the shipped hopper-medium data
+    rlft                                        # experiment=demo: SPOT on the shipped hopper-weak data
     rlft experiment=finetune/dppo/mw-push       # BC -> PPO
     rlft experiment=llm/ppo/numberline          # SFT -> language RL
     rlft --list                                 # every experiment, grouped by pipeline

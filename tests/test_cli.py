@@ -105,7 +105,7 @@ def test_multirun_sweeps_seeds(tmp_path, dataset_file, launcher):
 
 
 def test_missing_dataset_prints_its_collection_command_and_leaves_no_run_folder(tmp_path):
-    proc = rlft("experiment=o2o/iql/halfcheetah-medium", f"dataset.source={tmp_path / 'nowhere'}",
+    proc = rlft("experiment=o2o/iql/halfcheetah-medium-local", f"dataset.source={tmp_path / 'nowhere'}",
                 f"hydra.run.dir={tmp_path / 'runs' / 'x' / 'y'}", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "dataset folder not found" in proc.stderr and "nowhere" in proc.stderr
@@ -124,8 +124,8 @@ def test_group_of_another_pipeline_is_named_without_a_plus_hint(tmp_path):
 
 def test_list_and_help_show_pipelines_and_the_chosen_experiments_groups(tmp_path):
     listing = rlft("--list", cwd=tmp_path).stdout
-    for pipeline, name in (("o2o", "o2o/wsrl/hopper-medium"), ("finetune", "finetune/dppo/mw-push"),
-                           ("llm", "llm/ppo/numberline"), ("o2o", "wm/hopper-medium")):
+    for pipeline, name in (("o2o", "o2o/wsrl/hopper-weak"), ("finetune", "finetune/dppo/mw-push"),
+                           ("llm", "llm/ppo/numberline"), ("o2o", "wm/hopper-weak")):
         assert name in listing.split(f"\n{pipeline}:")[1].split("\n\n")[0], (pipeline, name)
     text = rlft("experiment=finetune/residual/mw-push", "--help", cwd=tmp_path).stdout
     assert "pipeline finetune" in text and "  method: dppo, dppo_gym, gaussian, *residual" in text

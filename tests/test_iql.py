@@ -1,4 +1,4 @@
-"""IQL: the expectile loss, and a policy that beats random from the shipped hopper-medium data."""
+"""IQL: the expectile loss, and a policy that beats random from the shipped hopper-weak data."""
 
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ def test_calql_updates_follow_each_finished_episode_and_read_only_finished_ones(
 def test_rlpd_acts_at_random_first_then_makes_split_updates_on_half_dataset_batches(tmp_path, native_hopper,
                                                                                    monkeypatch):
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("config", ["experiment=o2o/rlpd/hopper-medium", f"dataset.source={native_hopper}",
+        cfg = compose("config", ["experiment=o2o/rlpd/hopper-weak", f"dataset.source={native_hopper}",
                                  "agent.hidden=[16,16]", "trainer.online_steps=40", "trainer.random_steps=10",
                                  "trainer.utd=2", "trainer.online_batch_size=16", "trainer.eval_every=1000",
                                  "trainer.eval_episodes=1", "trainer.eval_envs=1", "progress=false"])
@@ -204,17 +204,17 @@ def test_recipes_carry_their_references_start_rules():
         with initialize_config_module("rlft.configs", version_base="1.3"):
             return compose("config", [f"experiment={experiment}"]).trainer
 
-    wsrl = trainer("o2o/wsrl/hopper-medium")
+    wsrl = trainer("o2o/wsrl/hopper-weak")
     assert (wsrl.warmup_steps, wsrl.offline_data_ratio, wsrl.utd, wsrl.online_batch_size, wsrl.utd_mode,
             wsrl.update_schedule, wsrl.min_online_steps) == (5000, 0.0, 4, 1024, "split", "step", None)
-    calql = trainer("o2o/calql/hopper-medium")
+    calql = trainer("o2o/calql/hopper-weak")
     assert (calql.offline_data_ratio, calql.update_schedule, calql.min_online_steps) == (0.5, "episode", 0)
     for name in ("iql", "spot"):  # the dataset stays in the buffer, updates from the first online step
-        t = trainer(f"o2o/{name}/hopper-medium")
+        t = trainer(f"o2o/{name}/hopper-weak")
         assert t.offline_data_ratio is None and t.warmup_steps == 0 and t.update_schedule == "step"
-    e2o = trainer("o2o/e2o/hopper-medium")  # d3rlpy fit_online: update_start_step=1000 on an empty buffer
+    e2o = trainer("o2o/e2o/hopper-weak")  # d3rlpy fit_online: update_start_step=1000 on an empty buffer
     assert (e2o.warmup_steps, e2o.offline_data_ratio) == (1000, 0.0)
-    rlpd = trainer("o2o/rlpd/hopper-medium")  # README: --utd_ratio=20 --start_training 5000
+    rlpd = trainer("o2o/rlpd/hopper-weak")  # README: --utd_ratio=20 --start_training 5000
     assert (rlpd.offline_steps, rlpd.offline_data_ratio, rlpd.random_steps, rlpd.utd, rlpd.online_batch_size,
             rlpd.utd_mode) == (0, 0.5, 5000, 20, 5120, "split_last")
 

@@ -121,7 +121,7 @@ def test_spot_beats_random_policy_on_shipped_hopper_medium():
     """A short SPOT run on the real dataset clearly outscores a uniformly random policy.
 
     lambda = 1.0 (the top of the paper's range): a strong support constraint reaches the
-    behaviour policy's level within 1,500 updates; hopper-medium's tuned 0.1 needs ~20k.
+    behaviour policy's level within 1,500 updates; hopper-weak's tuned 0.1 needs ~20k.
     """
     from rlft.offline.loaders import load_dataset
 

@@ -27,9 +27,9 @@ description: a tiny suite for the tests
 metric: normalized_score
 score_last: 2
 seeds: [0, 1]
-tasks: [hopper-medium]
+tasks: [hopper-weak]
 methods:
-  iql: {experiment: "o2o/iql/{task}", label: IQL}
+  iql: {experiment: "o2o/iql/{task}", label: IQL, control: iql-again}
   iql-again: {experiment: "o2o/iql/{task}", init_from: iql, overrides: [trainer.utd=2]}
 tiers:
   smoke:
@@ -40,10 +40,10 @@ protocol:
   offline updates: trainer.offline_steps
   hidden widths: agent.hidden
 references:
-  - {method: iql, task: hopper-medium, value: 66.3, source: a test,
+  - {method: iql, task: hopper-weak, value: 66.3, source: a test,
      protocol: {offline updates: 20, hidden widths: 16-16}}
-  - {method: iql-again, task: hopper-medium, value: 1.0, source: a test, protocol: {offline updates: 1000000}}
-readme: {title: the tiny suite, tier: smoke, columns: [start, score, ci]}
+  - {method: iql-again, task: hopper-weak, value: 1.0, source: a test, protocol: {offline updates: 1000000}}
+readme: {title: the tiny suite, tier: smoke, columns: [start, score, ci, verdict]}
 """
 
 
@@ -131,11 +131,11 @@ def test_a_runs_score_is_the_mean_of_its_last_evaluations_of_its_final_phase():
 def test_a_tier_expands_to_its_grid_with_prerequisites_first(tmp_path):
     suite = load_suite(tiny_suite(tmp_path))
     jobs = suite.jobs("smoke")
-    assert [j.key for j in jobs] == ["hopper-medium/iql/seed0", "hopper-medium/iql/seed1",
-                                     "hopper-medium/iql-again/seed0", "hopper-medium/iql-again/seed1"]
+    assert [j.key for j in jobs] == ["hopper-weak/iql/seed0", "hopper-weak/iql/seed1",
+                                     "hopper-weak/iql-again/seed0", "hopper-weak/iql-again/seed1"]
     again = jobs[2]
-    assert again.prerequisite == "hopper-medium/iql/seed0" and again.parent_overrides == jobs[0].overrides
-    assert again.overrides[:3] == (*RUN_OVERRIDES, "experiment=o2o/iql/hopper-medium")
+    assert again.prerequisite == "hopper-weak/iql/seed0" and again.parent_overrides == jobs[0].overrides
+    assert again.overrides[:3] == (*RUN_OVERRIDES, "experiment=o2o/iql/hopper-weak")
     assert again.overrides[-1] == "seed=0" and "trainer.utd=2" in again.overrides
     assert [j.seed for j in suite.jobs("smoke", (7,))] == [7, 7]
 
@@ -152,14 +152,20 @@ def test_a_tiers_method_overrides_come_after_the_methods_own():
     (("overrides: [trainer.utd=2]", "overrides: [seed=3]"), "a suite sets experiment (the method's), seed"),
     (("  smoke:", "  smok:"), "tier 'smok' is not one of"),
     (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds are a non-empty list of distinct"),
-    (("method: iql, task: hopper-medium, value: 66.3", "method: iql, task: walker, value: 66.3"),
+    (("method: iql, task: hopper-weak, value: 66.3", "method: iql, task: walker, value: 66.3"),
      "references[0] is for iql on walker, which is no cell"),
-    (("  iql: {experiment", "  iql: {tasks: [hopper-medium], experiment"), None),  # a subset is fine ...
+    (("  iql: {experiment", "  iql: {tasks: [hopper-weak], experiment"), None),  # a subset is fine ...
     (("  iql: {experiment", "  model: {experiment"), "names folders git ignores"),
     (("metric: normalized_score", "metric: normalized_score\ndip_window: 0"), "dip_window=0 must be a positive"),
     (("readme: {title: the tiny suite, tier: smoke", "readme: {title: t, tier: smoke, tasks: [walker]"),
      "readme.tasks=['walker'] must name some of"),
     (("value: 66.3, source", "value: true, source"), "references[0].value=True must be a number"),
+    (("control: iql-again}", "control: nope}"), "methods.iql.control='nope' must name another method"),
+    (("metric: normalized_score", "metric: normalized_score\nverdict_against: [sac]"),
+     "verdict_against=['sac'] must name methods of the suite"),
+    (("methods:\n  iql: {experiment: \"o2o/iql/{task}\", label: IQL, control: iql-again}",
+      "verdict_against: [iql]\nmethods:\n  iql: {experiment: \"o2o/iql/{task}\", label: IQL}"),
+     "none does: give methods.<name>.control"),
 ])
 def test_a_bad_suite_file_is_refused_naming_the_file_and_key(tmp_path, edit, message):
     path = tiny_suite(tmp_path)
@@ -174,9 +180,9 @@ def test_a_bad_suite_file_is_refused_naming_the_file_and_key(tmp_path, edit, mes
 
 def test_a_method_that_starts_from_another_runs_only_where_that_one_runs(tmp_path):
     path = tiny_suite(tmp_path)
-    text = path.read_text().replace("tasks: [hopper-medium]", "tasks: [hopper-medium, pointmaze-umaze]")
-    path.write_text(text.replace("  iql: {experiment", "  iql: {tasks: [hopper-medium], experiment"))
-    with pytest.raises(SuiteError, match="methods.iql-again starts from iql, which runs only on .'hopper-medium'."):
+    text = path.read_text().replace("tasks: [hopper-weak]", "tasks: [hopper-weak, pointmaze-umaze]")
+    path.write_text(text.replace("  iql: {experiment", "  iql: {tasks: [hopper-weak], experiment"))
+    with pytest.raises(SuiteError, match="methods.iql-again starts from iql, which runs only on .'hopper-weak'."):
         load_suite(path)
     path.write_text(text.replace("init_from: iql,", "init_from: iql-again,"))
     with pytest.raises(SuiteError, match="iql-again -> iql-again start from each other in a circle"):
@@ -219,15 +225,15 @@ def test_a_killed_suite_run_again_reports_what_an_uninterrupted_one_does(tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(bench_command("run", str(suite), "out=killed"), cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    second = tmp_path / "killed/tiny/smoke/runs/hopper-medium/iql/seed1"
+    second = tmp_path / "killed/tiny/smoke/runs/hopper-weak/iql/seed1"
     deadline = time.time() + 300
     while time.time() < deadline and not list((second / "checkpoints").glob("step_*")):
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     folder = tmp_path / "killed/tiny/smoke"
-    assert (folder / "summaries/hopper-medium/iql/seed0.json").is_file()  # summarised as soon as it ended
-    assert not (folder / "summaries/hopper-medium/iql/seed1.json").is_file()
+    assert (folder / "summaries/hopper-weak/iql/seed0.json").is_file()  # summarised as soon as it ended
+    assert not (folder / "summaries/hopper-weak/iql/seed1.json").is_file()
     assert not (folder / "results.json").is_file()
 
     again = run_bench("run", str(suite), "out=killed", cwd=tmp_path)
@@ -246,7 +252,7 @@ def test_ctrl_c_stops_the_whole_sweep_not_just_its_current_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(bench_command("run", str(suite), "out=out"), cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    runs = tmp_path / "out/tiny/smoke/runs/hopper-medium/iql"
+    runs = tmp_path / "out/tiny/smoke/runs/hopper-weak/iql"
     deadline = time.time() + 300
     while time.time() < deadline and not list((runs / "seed0/checkpoints").glob("step_*")):
         time.sleep(0.02)
@@ -265,33 +271,37 @@ def test_submitits_local_launcher_reports_what_hydras_in_process_one_does(tmp_pa
     assert submitit.returncode == 0, submitit.stderr[-3000:]
     ours = scores_of(tmp_path / "local/tiny/smoke/results.json")
     assert ours == scores_of(tmp_path / "submitit/tiny/smoke/results.json")
-    cell = ours["tasks"]["hopper-medium"]["iql"]
+    cell = ours["tasks"]["hopper-weak"]["iql"]
     assert cell["runs"] == "2/2" and len(cell["score"]["per_seed"]) == 2
-    references = {m: c["references"][0] for m, c in ours["tasks"]["hopper-medium"].items() if m != "_task"}
+    references = {m: c["references"][0] for m, c in ours["tasks"]["hopper-weak"].items() if m != "_task"}
     assert references["iql"]["protocol_matches"] is True
     assert references["iql-again"]["protocol_matches"] is False
     assert "offline updates: 1000000 vs 20" in references["iql-again"]["differences"]
     curves = report._curves(load_suite(suite), tmp_path / "local/tiny/smoke", load_suite(suite).jobs("smoke"),
-                            "hopper-medium", 1.0)
+                            "hopper-weak", 1.0)
     grids = {label: steps for label, (steps, *_) in curves.items()}  # x from the start of fine-tuning
     assert grids["IQL"][0] == -10 and grids["IQL"][-1] == 20 and 0 in grids["IQL"]
     assert grids["iql-again"][0] == 0 and grids["iql-again"][-1] == 20  # it starts from IQL's checkpoint
     markdown = (tmp_path / "local/tiny/smoke/results.md").read_text()
-    assert "| IQL | 2/2 |" in markdown and "![hopper-medium](hopper-medium_curves.png)" in markdown
-    assert (tmp_path / "local/tiny/smoke/hopper-medium_curves.png").stat().st_size > 10_000
+    assert "| IQL | 2/2 |" in markdown and "![hopper-weak](hopper-weak_curves.png)" in markdown
+    verdict = cell["verdict"]  # its control here is iql-again: the report judges whatever a method names
+    assert set(verdict["bars"]) == {"iql-again"} and "## Verdict: which methods fine-tune" in markdown
+    assert f"| IQL | {report.verdict_word(verdict['passes'])}" in markdown
+    assert (tmp_path / "local/tiny/smoke/hopper-weak_curves.png").stat().st_size > 10_000
 
     # the README block made from this report, and a hand edit of it caught
-    cell = ours["tasks"]["hopper-medium"]["iql"]
+    cell = ours["tasks"]["hopper-weak"]["iql"]
     low, high = cell["score"]["ci"]
     readme_file = tmp_path / "README.md"
     readme_file.write_text(f"intro\n<!-- rlft-bench table: {suite} -->\nold\n<!-- end rlft-bench table -->\nend\n")
     assert bench.update_readme(check=True, path=readme_file, benchmarks=tmp_path / "local") == 1
     assert bench.update_readme(check=False, path=readme_file, benchmarks=tmp_path / "local") == 0
     text = readme_file.read_text()
-    row = f"| IQL | {cell['start']['iqm']:.1f} → {cell['score']['iqm']:.1f} [{low:.1f}, {high:.1f}] |"
+    row = (f"| IQL | {cell['start']['iqm']:.1f} → {cell['score']['iqm']:.1f} [{low:.1f}, {high:.1f}] "
+           f"({report.verdict_word(verdict['passes'])}) |")
     assert row in text and text.startswith("intro\n") and text.endswith("end\n")
-    assert "* hopper-medium: offline updates 20; hidden widths 16-16." in text
-    assert "* published, IQL on hopper-medium: 66.3 (a test; protocol matches)" in text
+    assert "* hopper-weak: offline updates 20; hidden widths 16-16." in text
+    assert "* published, IQL on hopper-weak: 66.3 (a test; protocol matches)" in text
     assert bench.update_readme(check=True, path=readme_file, benchmarks=tmp_path / "local") == 0
     readme_file.write_text(text.replace(row, "| IQL | 99.0 |"))
     assert bench.update_readme(check=True, path=readme_file, benchmarks=tmp_path / "local") == 1
@@ -316,7 +326,7 @@ def test_a_summary_or_run_folder_made_for_other_overrides_is_refused_by_name(tmp
     child_path = store.summary_path(tmp_path, child)
     child_path.parent.mkdir(parents=True)
     child_path.write_text(json.dumps({"overrides": list(child.overrides), "parent_overrides": ["trainer.utd=9"]}))
-    with pytest.raises(SuiteError, match="other overrides of the run it starts from .hopper-medium/iql/seed0."):
+    with pytest.raises(SuiteError, match="other overrides of the run it starts from .hopper-weak/iql/seed0."):
         store.job_state(tmp_path, child)
     # a finished run folder launched as another job (its suite-job.json) is never summarised as this one
     path.unlink()
@@ -329,9 +339,9 @@ def test_a_summary_or_run_folder_made_for_other_overrides_is_refused_by_name(tmp
 
 
 def test_summaries_name_no_machines_folders():
-    inside = f"{store.PACKAGE_ROOT}/data/minari/rlft/hopper/medium-v0"
+    inside = f"{store.PACKAGE_ROOT}/data/minari/rlft/hopper/medium-weak-v0"
     assert store._portable({"init_from": inside, "x": [inside, 3], "y": "/elsewhere"}) == {
-        "init_from": "<rlft>/data/minari/rlft/hopper/medium-v0", "x": ["<rlft>/data/minari/rlft/hopper/medium-v0", 3],
+        "init_from": "<rlft>/data/minari/rlft/hopper/medium-weak-v0", "x": ["<rlft>/data/minari/rlft/hopper/medium-weak-v0", 3],
         "y": "/elsewhere"}
 
 
@@ -379,16 +389,52 @@ def test_the_claims_start_each_comparison_from_the_checkpoint_it_names():
     assert all(composed(jobs[m]).trainer.online_steps == 0 for m in jobs if m.endswith("-offline"))
 
 
-def test_the_o2o_baselines_match_their_methods_budgets():
-    suite = load_suite("o2o")
+@pytest.mark.parametrize("name", ["o2o", "o2o-ogbench"])
+def test_each_o2o_control_is_its_methods_run_offline_and_the_baselines_get_as_many_online_steps(name):
+    suite = load_suite(name)
     for task in suite.tasks:
-        jobs = {j.method: composed(j) for j in suite.jobs("cpu") if j.seed == 0 and j.task == task}
-        iql, control, scratch = jobs["iql"], jobs["iql-offline-only"], jobs["sac-scratch"]
-        assert control.trainer.online_steps == 0
-        assert control.trainer.offline_steps == iql.trainer.offline_steps + iql.trainer.online_steps * iql.trainer.utd
-        assert scratch.agent.name == "sac" and scratch.trainer.offline_steps == 0
-        assert scratch.trainer.online_steps == iql.trainer.online_steps and scratch.dataset.name == task
-        assert {tuple(c.agent.hidden) for c in jobs.values()} == {(64, 64)}
+        jobs = {j.method: j for j in suite.jobs("cpu") if j.seed == 0 and j.task == task}
+        configs = {m: composed(j) for m, j in jobs.items()}
+        controlled = [m for m in jobs if suite.methods[m].control]
+        assert controlled and set(suite.verdict_against) == {"rlpd", "sac-scratch"}
+        for method in controlled:
+            control = suite.methods[method].control
+            assert jobs[control].init_from == method  # the method's own pretrained checkpoint
+            own, held = configs[method], configs[control]
+            assert held.trainer.offline_control and not own.trainer.offline_control
+            held.trainer.offline_control = False
+            assert held.trainer == own.trainer and held.agent == own.agent  # the same updates, widths, schedule
+        steps = {configs[m].trainer.online_steps for m in controlled}
+        assert len(steps) == 1
+        for baseline in suite.verdict_against:
+            config = configs[baseline]
+            assert config.trainer.offline_steps == 0 and config.trainer.online_steps in steps
+            assert config.dataset.name == task and config.trainer.random_steps == 5000  # the recipes' own
+
+
+def test_the_cpu_tier_keeps_every_recipes_warm_up():
+    configs = {m: composed(j) for m, j in cpu_jobs("o2o").items()}
+    assert configs["wsrl"].trainer.warmup_steps == 5000 and configs["wsrl-no-warmup"].trainer.warmup_steps == 0
+    assert configs["wsrl"].trainer.online_batch_size == 1024 and configs["wsrl"].trainer.utd_mode == "split"
+    assert configs["calql"].trainer.update_schedule == "episode"
+    assert composed(cpu_jobs("o2o-ogbench")["qc-fql"]).trainer.warmup_steps == 5000
+
+
+def test_the_verdict_asks_the_final_interval_to_clear_every_bar():
+    def cell(low, high):
+        return {"score": {"ci": [low, high]}}
+
+    cells = {"m": cell(50.0, 60.0), "m-control": cell(40.0, 49.0), "rlpd": cell(30.0, 45.0), "sac": cell(10.0, 20.0)}
+    assert report.verdict(cells, "m", "m-control", ["rlpd", "sac"]) == {
+        "bars": {"m-control": True, "rlpd": True, "sac": True}, "passes": True}
+    cells["m-control"] = cell(45.0, 52.0)  # overlapping intervals: not above
+    assert report.verdict(cells, "m", "m-control", ["rlpd", "sac"])["passes"] is False
+    cells["rlpd"] = cell(None, None)  # one seed: no interval, no verdict
+    assert report.verdict(cells, "m", "m-control", ["rlpd", "sac"])["passes"] is None
+    del cells["rlpd"]  # a bar that does not run on the task is not asked
+    cells["m-control"] = cell(40.0, 49.0)
+    assert report.verdict(cells, "m", "m-control", ["rlpd", "sac"]) == {
+        "bars": {"m-control": True, "sac": True}, "passes": True}
 
 
 def test_the_sac_peers_share_sacs_settings():

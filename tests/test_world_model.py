@@ -162,7 +162,7 @@ def test_fowm_value_is_a_two_hot_regressor_fitted_by_expectile_weighted_cross_en
 
 def test_fowm_prior_has_fixed_noise_around_its_deterministic_action():
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        options = OmegaConf.to_container(compose("config", ["experiment=wm/hopper-medium"]).agent, resolve=True)
+        options = OmegaConf.to_container(compose("config", ["experiment=wm/hopper-weak"]).agent, resolve=True)
     options["model"].update(TINY_MODEL)
     agent = build_agent(options.pop("name"), options, obs_dim=4, action_dim=2)
     assert agent.model.cfg.prior_noise_std == 0.05 and agent.cfg.planner.terminal_reduce == "min"
@@ -328,7 +328,7 @@ def test_online_sequences_respect_episode_ends_and_the_offline_share():
 
 
 # ------------------------------------------------------------- runs of rlft experiment=wm/...
-def wm_config(dataset_path: Path, *overrides: str, experiment: str = "hopper-medium") -> DictConfig:
+def wm_config(dataset_path: Path, *overrides: str, experiment: str = "hopper-weak") -> DictConfig:
     tiny = [f"agent.model.{k}={v}" for k, v in TINY_MODEL.items()] + [f"agent.planner.{k}={v}" for k, v in TINY_PLANNER.items()]
     with initialize_config_module("rlft.configs", version_base="1.3"):
         return compose("config", [f"experiment=wm/{experiment}", *tiny,
