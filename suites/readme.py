@@ -64,8 +64,10 @@ def table(suite: Suite, benchmarks: Path) -> str:
     shown = "start → end, " if "start" in columns else ""
     if "splits" in columns and results["splits"]:
         shown += f"then {' / '.join(results['splits'])}, "
+    done, total = results["runs_done"].split("/")
+    progress = "" if done == total else f"; {done} of {total} runs done, the rest still running"
     header = (f"| {suite.readme['title']} ({results['unit']}, {shown}IQM over seeds"
-              f"{', [95 % CI]' if 'ci' in columns else ''}; `benchmarks/{suite.name}/{tier}/{RESULTS_MD}`) | "
+              f"{', [95 % CI]' if 'ci' in columns else ''}; `benchmarks/{suite.name}/{tier}/{RESULTS_MD}`{progress}) | "
               + " | ".join(tasks) + " |")
     lines = [header, "| --- |" + " ---: |" * len(tasks)]
     for method in methods:
@@ -74,7 +76,8 @@ def table(suite: Suite, benchmarks: Path) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     if "verdict" in columns:
-        against = ", ".join(suite.methods[m].title for m in suite.verdict_against)
+        titles = [suite.methods[m].title for m in suite.verdict_against]
+        against = ", ".join(titles[:-1]) + (" and " if len(titles) > 1 else "") + (titles[-1] if titles else "")
         lines.append(f"* (fine-tunes): the final interval lies above the method's own offline-only control's"
                      f"{' and above ' + against + ' at as many online steps' if against else ''}; (no): it does not; "
                      "(not judged): an interval is missing.")
