@@ -16,7 +16,7 @@ from rlft.runtime.experiment import Experiment
 from rlft.runtime.runner import Runner
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_HOPPER_MEDIUM = REPO_ROOT / "data" / "minari" / "rlft" / "hopper" / "medium-v0"
+SHIPPED_HOPPER_WEAK = REPO_ROOT / "data" / "minari" / "rlft" / "hopper" / "medium-weak-v0"
 SHIPPED_MAZE = REPO_ROOT / "data" / "minari" / "rlft" / "pointmaze_umaze" / "noisy-v0"
 
 

@@ -22,7 +22,7 @@ import pytest
 import tokenizers
 from hydra import compose, initialize_config_module
 
-from conftest import SHIPPED_HOPPER_MEDIUM
+from conftest import SHIPPED_HOPPER_WEAK
 from rlft.deploy import DeployedPolicy, DeployedVLA, InvalidExportError
 from rlft.deploy import metadata as checks
 from rlft.export.artifact import export_run
@@ -43,7 +43,7 @@ sys.addaudithook(_audit)  # a hook stays for the process: it records only inside
 def small_export(run: Path) -> Path:
     """A real export, made in seconds: a TD3 run of one offline step on the shipped Hopper data."""
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("config", ["experiment=smoke", "agent=td3", f"dataset.source={SHIPPED_HOPPER_MEDIUM}",
+        cfg = compose("config", ["experiment=smoke", "agent=td3", f"dataset.source={SHIPPED_HOPPER_WEAK}",
                                  "agent.hidden=[16,16]", "trainer.offline_steps=1", "trainer.online_steps=0",
                                  "trainer.eval_every=1", "trainer.checkpoint_every=1", "trainer.eval_episodes=1",
                                  "trainer.eval_envs=1"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from conftest import SHIPPED_HOPPER_MEDIUM
+from conftest import SHIPPED_HOPPER_WEAK
 from rlft.deploy import DeployedPolicy
 from rlft.envs.factory import make_task_env, resolve_task
 from rlft.export.artifact import TOLERANCE, ExportError, export_run, load_runner, exportable
@@ -22,7 +22,7 @@ from rlft.runtime.experiment import Experiment
 
 def o2o_run(folder: Path, agent: str) -> Path:
     with initialize_config_module("rlft.configs", version_base="1.3"):
-        cfg = compose("config", ["experiment=smoke", f"agent={agent}", f"dataset.source={SHIPPED_HOPPER_MEDIUM}",
+        cfg = compose("config", ["experiment=smoke", f"agent={agent}", f"dataset.source={SHIPPED_HOPPER_WEAK}",
                                  "agent.hidden=[32,32]", "trainer.offline_steps=100", "trainer.online_steps=100",
                                  "trainer.pretrain_steps.vae=20", "trainer.eval_every=100"])
     Experiment(cfg, folder).run()
@@ -167,7 +167,7 @@ def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_eva
 def test_a_world_model_run_exports_its_policy_prior_and_says_the_planner_stays(tmp_path: Path) -> None:
     from test_world_model import wm_config
 
-    cfg = wm_config(SHIPPED_HOPPER_MEDIUM, "trainer.offline_steps=30", "trainer.online_steps=0")
+    cfg = wm_config(SHIPPED_HOPPER_WEAK, "trainer.offline_steps=30", "trainer.online_steps=0")
     Experiment(cfg, tmp_path / "run").run()
     out = export_run(tmp_path / "run")
     metadata = json.loads((out / "metadata.json").read_text())

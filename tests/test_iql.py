@@ -12,7 +12,7 @@ from rlft.agents.iql import IQL, IQLConfig, expectile_loss
 from rlft.offline.loaders import load_dataset
 from rlft.runtime.evaluation import evaluate
 
-from conftest import SHIPPED_HOPPER_MEDIUM
+from conftest import SHIPPED_HOPPER_WEAK
 
 
 def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
@@ -31,8 +31,8 @@ def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
     assert v.item() > samples.mean().item() + 0.5
 
 
-def test_iql_beats_a_random_policy_on_shipped_hopper_medium():
-    dataset = load_dataset(SHIPPED_HOPPER_MEDIUM)
+def test_iql_beats_a_random_policy_on_shipped_hopper_weak():
+    dataset = load_dataset(SHIPPED_HOPPER_WEAK)
     mean, std = dataset.observation_stats()
     buffer = ReplayBuffer(11, 3, len(dataset))
     buffer.load_dataset(dataset, mean, std)

@@ -15,7 +15,7 @@ from rlft.policies.ensemble import CriticEnsemble
 from rlft.policies.vae import BehaviorVAE
 from rlft.runtime.evaluation import evaluate
 
-from conftest import SHIPPED_HOPPER_MEDIUM
+from conftest import SHIPPED_HOPPER_WEAK
 
 
 def behaviour_data(n: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +117,7 @@ def test_vae_is_frozen_during_actor_critic_updates():
         torch.testing.assert_close(a, b)
 
 
-def test_spot_beats_random_policy_on_shipped_hopper_medium():
+def test_spot_beats_random_policy_on_shipped_hopper_weak():
     """A short SPOT run on the real dataset clearly outscores a uniformly random policy.
 
     lambda = 1.0 (the top of the paper's range): a strong support constraint reaches the
@@ -125,7 +125,7 @@ def test_spot_beats_random_policy_on_shipped_hopper_medium():
     """
     from rlft.offline.loaders import load_dataset
 
-    dataset = load_dataset(SHIPPED_HOPPER_MEDIUM)
+    dataset = load_dataset(SHIPPED_HOPPER_WEAK)
     mean, std = dataset.observation_stats()
     buffer = ReplayBuffer(11, 3, len(dataset))
     buffer.load_dataset(dataset, mean, std)
