@@ -87,8 +87,11 @@ def plot_seed_curves(
     return _save(fig, path)
 
 
+BandCurve = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]  # steps, centre, low, high, runs
+
+
 def plot_band_curves(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]],
+    curves: Mapping[str, BandCurve],
     path: str | Path,
     title: str,
     xlabel: str = "step",
@@ -100,15 +103,54 @@ def plot_band_curves(
     ``curves[name] = (steps, centre, low, high, runs)``; ``hlines`` mark reference levels and
     ``vline`` labels a dashed line at step 0 (drawn when some curve has steps on both sides)."""
     fig, ax = plt.subplots(figsize=(8, 4))
+    _bands(ax, curves, hlines, vline)
+    _finish(ax, title, xlabel, ylabel)
+    return _save(fig, path)
+
+
+def plot_band_panels(
+    panels: Mapping[str, Mapping[str, BandCurve]],
+    path: str | Path,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "normalised score",
+    hlines: Mapping[str, float] | None = None,
+    vline: str | None = None,
+    columns: int = 3,
+) -> Path:
+    """One panel per ``panels[name]``, each drawn as :func:`plot_band_curves` draws its curves
+    (a curve keeps its colour across panels), sharing the y-axis and one legend per panel."""
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.4 * rows), sharey=True, squeeze=False)
+    colours: dict[str, str] = {}
+    for ax, (name, curves) in zip(axes.flat, panels.items()):
+        for label in curves:
+            colours.setdefault(label, f"C{len(colours) % 10}")
+        _bands(ax, curves, hlines, vline, colours)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _bands(ax: plt.Axes, curves: Mapping[str, BandCurve], hlines: Mapping[str, float] | None, vline: str | None,
+           colours: Mapping[str, str] | None = None) -> None:
+    """The centre lines with shaded intervals, reference levels and the step-0 line of one axes."""
     for name, (steps, centre, low, high, runs) in curves.items():
-        line, = ax.plot(steps, centre, label=f"{name} (n={runs})")
+        line, = ax.plot(steps, centre, label=f"{name} (n={runs})", color=(colours or {}).get(name))
         ax.fill_between(steps, low, high, alpha=0.2, color=line.get_color(), linewidth=0)
     for label, y in (hlines or {}).items():
         ax.axhline(y, color="black", linestyle=":", linewidth=1, label=label)
     if vline and any(min(steps) < 0 < max(steps) for steps, *_ in curves.values()):
         ax.axvline(0, color="grey", linestyle="--", linewidth=1, label=vline)
-    _finish(ax, title, xlabel, ylabel)
-    return _save(fig, path)
 
 
 def plot_interval_bars(

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rlft.runtime.plotting import plot_band_curves, plot_interval_bars
+from rlft.runtime.plotting import plot_band_curves, plot_band_panels, plot_interval_bars
 from rlft.runtime.run_folder import strict_json
 from rlft.suites import stats, store
 from rlft.suites.spec import Job, Reference, Suite, suites_dir
@@ -322,7 +322,7 @@ def _markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         lines += ["", f"Steps are {info['axis']}; device: {'; '.join(devices) or '-'}.", ""]
         if task in plots:
             lines += [f"![{task}]({plots[task]})", ""]
-    lines += _verdict_markdown(results)
+    lines += _verdict_markdown(results, plots)
     across = results["across_tasks"]
     if across["iqm"]:
         versus = _label(results, across["versus"])
@@ -347,7 +347,7 @@ def verdict_word(passes: bool | None) -> str:
     return {True: "fine-tunes", False: "no", None: "not judged"}[passes]
 
 
-def _verdict_markdown(results: dict[str, Any]) -> list[str]:
+def _verdict_markdown(results: dict[str, Any], plots: dict[str, str]) -> list[str]:
     """Per method with a control, per task: does it fine-tune, and which bar stops it."""
     judged = [m for cells in results["tasks"].values() for m, c in cells.items() if m != "_task" and "verdict" in c]
     methods = list(dict.fromkeys(judged))
@@ -371,7 +371,11 @@ def _verdict_markdown(results: dict[str, Any]) -> list[str]:
             failed = [_label(results, bar) for bar, above in judged_verdict["bars"].items() if above is False]
             row.append(verdict_word(judged_verdict["passes"]) + (f" (not above {', '.join(failed)})" if failed else ""))
         lines.append(f"| {_label(results, method)} | " + " | ".join(row) + " |")
-    return lines + [""]
+    lines.append("")
+    for task in tasks:
+        if f"{task}/verdict" in plots:
+            lines += [f"![{task}: each method against its bars]({plots[f'{task}/verdict']})", ""]
+    return lines
 
 
 def _curves(suite: Suite, folder: Path, jobs: Sequence[Job], task: str, factor: float) -> dict[str, Any]:
@@ -395,6 +399,19 @@ def _curves(suite: Suite, folder: Path, jobs: Sequence[Job], task: str, factor: 
         high = np.array([b[1] for b in bands]) if bands else center
         out[suite.methods[method].title] = (grid, center, low, high, len(histories))
     return out
+
+
+def _verdict_panels(suite: Suite, curves: dict[str, Any], cells: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per judged method (a panel): its curve, its control's and each ``verdict_against`` method's."""
+    panels = {}
+    for method, cell in cells.items():
+        if method == "_task" or "verdict" not in cell:
+            continue
+        titles = [suite.methods[m].title for m in (method, *cell["verdict"]["bars"])]
+        panel = {title: curves[title] for title in titles if title in curves}
+        if suite.methods[method].title in panel:
+            panels[f"{suite.methods[method].title}: {verdict_word(cell['verdict']['passes'])}"] = panel
+    return panels
 
 
 def _pretraining_steps(summary: dict[str, Any]) -> int:
@@ -422,6 +439,14 @@ def write_report(suite: Suite, tier: str, folder: Path, jobs: Sequence[Job]) -> 
                              hlines={f"the data ({data['label']})": data["value"]} if data else None,
                              vline="fine-tuning starts")
             plots[task] = name
+            panels = _verdict_panels(suite, curves, cells)
+            if panels:
+                name = f"{task}_verdict.png"
+                plot_band_panels(panels, folder / name, f"{suite.name} [{tier}] on {task}: each method against its "
+                                 "bars (IQM over seeds, 95 % CI)", xlabel=f"{cells['_task']['axis']}, from the start "
+                                 "of fine-tuning", ylabel=unit, hlines={"the data": data["value"]} if data else None,
+                                 vline="fine-tuning starts")
+                plots[f"{task}/verdict"] = name
     poi = results["across_tasks"]["probability_of_improvement"]
     if poi:
         rows = [(suite.methods[m].title, v["p"], v["ci"][0], v["ci"][1]) for m, v in poi.items()]

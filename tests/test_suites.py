@@ -287,6 +287,8 @@ def test_submitits_local_launcher_reports_what_hydras_in_process_one_does(tmp_pa
     verdict = cell["verdict"]  # its control here is iql-again: the report judges whatever a method names
     assert set(verdict["bars"]) == {"iql-again"} and "## Verdict: which methods fine-tune" in markdown
     assert f"| IQL | {report.verdict_word(verdict['passes'])}" in markdown
+    assert "![hopper-weak: each method against its bars](hopper-weak_verdict.png)" in markdown  # a panel per method
+    assert (tmp_path / "local/tiny/smoke/hopper-weak_verdict.png").stat().st_size > 10_000
     assert (tmp_path / "local/tiny/smoke/hopper-weak_curves.png").stat().st_size > 10_000
 
     # the README block made from this report, and a hand edit of it caught
