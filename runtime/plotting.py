@@ -130,13 +130,13 @@ def plot_band_panels(
         _bands(ax, curves, hlines, vline, colours)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_title(name)
-        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
+    fig.supxlabel(xlabel)  # once: the panels share their step axis
     fig.suptitle(title)
     return _save(fig, path)
 
