@@ -8,9 +8,10 @@ A table in the README is a block between two markers naming its suite::
 
 Its rows are the suite's methods, its columns the tasks of the tier its ``readme:`` key names,
 and each cell the IQM at the end of pretraining and at the end (with the 95 % interval and the
-verdict, :func:`rlft.suites.report.verdict`, when the suite asks for them), read from ``benchmarks/<suite>/<tier>/results.json``; below the table, each
-task's protocol and every published reference with its source and whether its protocol matches. ``--check`` says which
-blocks differ from their reports (a test runs it), so a table never drifts from its numbers.
+verdict, :func:`rlft.suites.report.verdict`, when the suite asks for them), read from
+``benchmarks/<suite>/<tier>/results.json``; below the table, each task's protocol and every
+published reference with its source and whether its protocol matches. ``--check`` says which blocks
+differ from their reports (a test runs it), so a table never drifts from its numbers.
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ def table(suite: Suite, benchmarks: Path) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     if "verdict" in columns:
-        titles = [suite.methods[m].title for m in suite.verdict_against]
-        against = ", ".join(titles[:-1]) + (" and " if len(titles) > 1 else "") + (titles[-1] if titles else "")
+        against = " and ".join(suite.methods[m].title for m in suite.verdict_against)
         lines.append(f"* (fine-tunes): the final interval lies above the method's own offline-only control's"
                      f"{' and above ' + against + ' at as many online steps' if against else ''}; (no): it does not; "
                      "(not judged): an interval is missing.")

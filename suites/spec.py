@@ -8,13 +8,12 @@ the key and what it takes)::
     metric: normalized_score          # the evaluation record key every score reads
     score_last: 3                     # a run's score: mean of the last 3 evaluations of its final phase
     seeds: [0, 1, 2]                  # default seeds (rlft-bench ... seeds=[3,4] runs others)
-    tasks: [hopper-weak]            # the grid's columns; {task} in a method's experiment names it
+    tasks: [hopper-medium-local]      # the grid's columns; {task} in a method's experiment names it
     overrides: [...]                  # optional: every run of every tier ({task} names the column)
     methods:                          # the grid's rows, in the order of the report
-      iql: {experiment: o2o/iql/{task}, overrides: [...], label: IQL}
-      iql-offline-only: {experiment: ..., baseline: offline-only control}
-      iql-control: {experiment: ..., init_from: iql, overrides: [trainer.offline_control=true]}
-      iql: {..., control: iql-control}   # its offline-only control: the verdict's first bar
+      iql: {experiment: o2o/iql/{task}, overrides: [...], label: IQL, control: iql-control}
+      iql-control: {experiment: ..., init_from: iql, overrides: [trainer.offline_control=true],
+                    baseline: offline-only control}   # iql's own control: the verdict's first bar
       no-warmup: {experiment: ..., init_from: wsrl}   # fine-tunes the wsrl run's pretrained checkpoint
       archer: {experiment: ..., tasks: [numberline]}  # only on some of the tasks
     tiers:                            # smoke (CI), cpu (2 cores, hours), paper (the authors' budgets)
@@ -23,17 +22,17 @@ the key and what it takes)::
         tasks: [...]                  # optional: a subset of the tasks
         methods: [...]                # optional: a subset of the methods
         seeds: [...]                  # optional: the tier's default seeds
-        task_overrides: {hopper-weak: [...]}
+        task_overrides: {hopper-medium-local: [...]}
         method_overrides: {wsrl: [...]}
-        cell_overrides: {hopper-weak/iql-offline-only: [...]}   # one task's run of one method
+        cell_overrides: {hopper-medium-local/iql: [...]}   # one task's run of one method
         note: why this tier differs from the paper's protocol
     protocol:                         # what the report states per tier, read from each run's config
       offline updates: trainer.offline_steps
       evaluation: {value: deterministic}   # a fact of every run, not a config key
       env steps: [trainer.online_steps, loop.steps]   # runs of different pipelines: the first key a run has
     references:                       # published numbers, each with provenance and protocol
-      - {method: iql, task: hopper-weak, value: 66.3, source: "arXiv 2110.06169, Table 1", protocol: {...}}
-    compare_to: iql-offline-only      # optional: P(improvement) of every method over this one (default: the first)
+      - {method: iql, task: hopper-medium-local, value: 66.3, source: "arXiv 2110.06169, Table 1", protocol: {...}}
+    compare_to: sac                   # optional: P(improvement) of every method over this one (default: the first)
     verdict_against: [rlpd, sac]      # optional: a method with a control "fine-tunes" on a task only if its final
                                       # interval lies above its control's and above each of these methods'
     splits: [semantic, visual]        # optional: each run's final policy on other tasks (llm pipeline: loop.splits)
