@@ -8,19 +8,29 @@ Two levels (Sec. 4):
 - **Token level, on the critic's advantage.** The LM is updated by policy gradient on the
   tokens of a freshly sampled reply, weighted by ``A(s, a) = min_i Q_i(s, a) - min_i V_i(s)``.
 
-Defaults follow the released configs (``scripts/config/default.yaml``: 50 critic and 3 actor steps
-per iteration on 256 sampled turns each, gamma 0.95, tau 0.1, 20 critic-only warm-up iterations);
-the critic lr is rlft's (see ``configs/text_method/archer.yaml``). The paper's critic is a RoBERTa encoder with MLP heads; here the critic
-reads position-aware character features of the observation and the reply
-(:func:`rlft.policies.text_mlp.char_features`) through a batched two-member ensemble, which
-suits the short, Markov observations of the text tasks. Observations are the env's turn
-observations (``TextRolloutConfig.context="turn"``).
+Defaults follow the released configs (YifeiZhou02/ArCHer@7c771a7 ``scripts/config/default.yaml``: 50
+critic and 3 actor steps per iteration on 256 sampled turns each, gamma 0.95, tau 0.1 after every
+critic step, gradient norm 1.0, 20 critic-only warm-up iterations, a 100k-turn buffer, actor lr
+1e-5 (``archer_city.yaml``, ``archer_detective.yaml``, ``archer_webshop.yaml`` too; the 20Q run
+uses 1e-6, the Mistral run 2e-6), raw advantages, and the turn limit taken as the episode's end:
+``done`` includes it, so a cut turn's target is its reward alone). The critic lr is rlft's (1e-3,
+see ``configs/text_method/archer.yaml``): the paper's critic is a pretrained RoBERTa encoder with MLP
+heads fine-tuned at 2e-5; here the critic reads position-aware character features of the
+observation and the reply (:func:`rlft.policies.text_mlp.char_features`) through a batched
+two-member ensemble trained from scratch, which suits the short, Markov observations of the text
+tasks. Observations are the env's turn observations (``TextRolloutConfig.context="turn"``).
 
-One deviation: the actor's advantages are standardised per batch (``normalize_advantages``).
-With the raw ``min Q - min V`` the tiny NumberLine benchmark's advantages were negative almost
-everywhere (mean about -0.3 against a spread of 0.1), so every actor step pushed the sampled
-replies down and moved probability to unsampled garbage: one of three seeds collapsed to 100%
-invalid replies.
+rlft's options, off as released:
+
+- ``normalize_advantages``: the actor's advantages standardised per batch. With raw ``min Q - min
+  V`` and a 3e-4 actor lr, the tiny NumberLine benchmark's advantages were negative almost
+  everywhere (mean about -0.3 against a spread of 0.1), so every actor step pushed the sampled
+  replies down and moved probability to unsampled garbage.
+- ``actor_kl_coef``: a trust region for the actor, ``beta * KL(pi_prev || pi)`` on the sampled
+  reply tokens (k3 estimator, summed over the reply like its log-probability), ``pi_prev`` the actor
+  as it was before the iteration's first actor step. It holds back the iteration's later steps from
+  where the first one went (the first step starts at ``pi_prev``, where the penalty's gradient is 0).
+- ``bootstrap_truncated``: a turn cut by the turn limit bootstraps from ``V'(s')``.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from rlft.agents.base import soft_update
+from rlft.agents.frozen_weights import FrozenWeights
 from rlft.agents.optim import adam
 from rlft.agents.text_rollout import TextBatch
 from rlft.policies.ensemble import CriticEnsemble
@@ -45,26 +56,30 @@ class ArcherConfig:
     """Hyperparameters (``text_method.algorithm`` with ``algorithm: archer``)."""
 
     algorithm: str = "archer"
-    critic_lr: float = 1e-3  # 1e-5 for the released RoBERTa critic; rlft's MLP critic starts from scratch
-    actor_lr: float = 3e-4  # 1e-5 in the paper for GPT-2/Mistral; a tiny LM needs larger steps
+    critic_lr: float = 1e-3  # rlft's: its critic trains from scratch (the released RoBERTa critic: 2e-5)
+    actor_lr: float = 1e-5  # lm_lr of default.yaml (and City, Detective, WebShop); 20Q 1e-6, Mistral 2e-6
     gamma: float = 0.95
     tau: float = 0.1
     critic_epochs: int = 50  # critic steps per iteration
     actor_epochs: int = 3  # actor steps per iteration
     batch_size: int = 256  # turns per step (the released 8 x 32 gradient-accumulation steps)
-    buffer_size: int = 20_000  # turns
+    buffer_size: int = 100_000  # turns (the released capacity)
     warmup_updates: int = 20  # critic-only iterations before the actor starts
     obs_width: int = 64  # characters of the observation the critic reads
     action_width: int = 16  # characters of the reply the critic reads
     hidden: tuple[int, ...] = (256, 256)
     max_grad_norm: float = 1.0
-    normalize_advantages: bool = True  # zero-mean, unit-std advantages per actor batch (see module docstring)
+    normalize_advantages: bool = False  # rlft's option: zero-mean, unit-std advantages per actor batch
+    actor_kl_coef: float = 0.0  # rlft's option: beta of the KL to the actor before the iteration's actor steps
+    bootstrap_truncated: bool = False  # as released: the turn limit ends the episode (done)
 
     def __post_init__(self) -> None:
         if self.algorithm != "archer":
             raise ValueError(f"ArcherConfig is for algorithm 'archer', got {self.algorithm!r}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.actor_kl_coef < 0:
+            raise ValueError(f"actor_kl_coef must be >= 0, got {self.actor_kl_coef}")
 
 
 class TurnCritic(nn.Module):
@@ -94,7 +109,7 @@ class Transition:
     action: str
     reward: float
     next_observation: str
-    terminated: bool
+    terminated: bool  # no bootstrap: the episode ended (or, bootstrap_truncated off, was cut)
 
 
 class ArCHer:
@@ -114,8 +129,10 @@ class ArCHer:
     # ------------------------------------------------------------------ data
     def add(self, batch: TextBatch) -> None:
         """Append the batch's turns to the replay buffer (oldest dropped past ``buffer_size``)."""
-        self.buffer.extend(Transition(t.observation, t.text, t.reward, t.next_observation, t.terminated)
-                           for t in batch.turns)
+        cut = set() if self.config.bootstrap_truncated else {
+            ep.turns[-1] for ep in batch.episodes if not ep.terminated and ep.turns}
+        self.buffer.extend(Transition(t.observation, t.text, t.reward, t.next_observation, t.terminated or k in cut)
+                           for k, t in enumerate(batch.turns))
         del self.buffer[: max(0, len(self.buffer) - self.config.buffer_size)]
 
     def _sample(self) -> list[Transition]:
@@ -154,28 +171,39 @@ class ArCHer:
         soft_update(self.target_critic, self.critic, self.config.tau)
         return {"critic_loss": loss.item(), "q_mean": q.mean().item()}
 
-    def _actor_step(self) -> dict[str, float]:
+    def _actor_step(self, previous: FrozenWeights | None) -> dict[str, float]:
         batch = self._sample()
         observations = [t.observation for t in batch]
         prompts, replies, texts = self._policy_replies(observations)
         with torch.no_grad():
-            advantage = (self.critic.q_values(observations, texts).min(0).values
-                         - self.critic.v_values(observations).min(0).values)
+            advantage = self.advantages(observations, texts)
             raw_mean = advantage.mean().item()
             if self.config.normalize_advantages and len(batch) > 1:
                 advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        scores, _ = self.policy.score([p + r for p, r in zip(prompts, replies)])
-        width = scores.log_probs.shape[1]
-        mask = torch.zeros((len(batch), width))
+        sequences = [p + r for p, r in zip(prompts, replies)]
+        scores, _ = self.policy.score(sequences)
+        mask = torch.zeros_like(scores.log_probs)
         for row, (prompt, reply) in enumerate(zip(prompts, replies)):
             mask[row, len(prompt): len(prompt) + len(reply)] = 1.0
         reply_log_prob = (scores.log_probs * mask).sum(1)
         loss = -(advantage * reply_log_prob).mean()
+        metrics = {"advantage_mean": raw_mean}
+        if previous is not None:
+            with torch.no_grad(), previous.swapped_in():
+                previous_log_probs = self.policy.score(sequences)[0].log_probs
+            log_ratio = previous_log_probs - scores.log_probs
+            kl = ((torch.exp(log_ratio) - log_ratio - 1.0) * mask).sum(1).mean()  # k3, DeepSeekMath eq. 4
+            loss = loss + self.config.actor_kl_coef * kl
+            metrics["actor_kl"] = kl.item()
         self.actor_optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
         self.actor_optimizer.step()
-        return {"actor_loss": loss.item(), "advantage_mean": raw_mean}
+        return metrics | {"actor_loss": loss.item()}
+
+    def advantages(self, observations: list[str], replies: list[str]) -> torch.Tensor:
+        """``min_i Q_i(s, a) - min_i V_i(s)`` from the online critic (``trainer.py`` ``actor_loss``)."""
+        return self.critic.q_values(observations, replies).min(0).values - self.critic.v_values(observations).min(0).values
 
     def update(self, batch: TextBatch) -> dict[str, float]:
         """Store the batch, then ``critic_epochs`` critic steps and (after warm-up) ``actor_epochs`` actor steps."""
@@ -184,8 +212,9 @@ class ArCHer:
         for _ in range(self.config.critic_epochs):
             metrics.update(self._critic_step())
         if self.updates >= self.config.warmup_updates:
+            previous = FrozenWeights(self.policy.model) if self.config.actor_kl_coef > 0 else None
             for _ in range(self.config.actor_epochs):
-                metrics.update(self._actor_step())
+                metrics.update(self._actor_step(previous))
         self.updates += 1
         metrics["buffer_turns"] = float(len(self.buffer))
         return metrics

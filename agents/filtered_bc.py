@@ -6,8 +6,10 @@ Every iteration's episodes join a buffer of all episodes so far; the episodes wh
 reaches the buffer's ``1 - top_fraction`` quantile (the released loop: the 90th percentile, ties
 kept) are cloned: ``steps`` gradient steps of the supervised loss on the model tokens of
 ``batch_size`` sequences drawn from them. The released loop also withholds the first
-``warmup_iter`` updates from this baseline, which only has no critic to warm up; rlft starts at
-once (``warmup_updates: 0``), which can only favour the baseline.
+``warmup_iter`` (20) updates from this baseline, which has no critic to warm up; so does rlft by
+default. rlft's: the supervised loss is the token mean (``agents/sft.py``) where the released
+``bc/core.py`` sums each reply's token log-probabilities (NumberLine's replies are one action token
+and the end of turn).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ class FilteredBCConfig:
     """Hyperparameters (``text_method.algorithm`` with ``algorithm: filtered_bc``)."""
 
     algorithm: str = "filtered_bc"
-    lr: float = 3e-4  # the released 1e-5 is for GPT-2; the tiny LM takes ArCHer's actor lr here
+    lr: float = 1e-5  # default.yaml lm_lr (the same as ArCHer's actor)
     top_fraction: float = 0.1  # episodes at or above the (1 - top_fraction) return quantile are cloned
     steps: int = 3  # gradient steps per iteration (the released BCTrainer's epochs, actor_epochs 3)
     batch_size: int = 256  # sequences per step (the released 8 x 32 gradient-accumulation steps)
-    warmup_updates: int = 0  # iterations that only collect
+    warmup_updates: int = 20  # iterations that only collect (default.yaml warmup_iter)
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:

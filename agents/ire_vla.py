@@ -3,7 +3,7 @@
 Rounds of two stages, repeated:
 
 1. **RL with the backbone frozen** for ``rl_iterations`` iterations: PPO over turns
-   (:class:`rlft.agents.text_pg.TextPolicyGradient`, RL4VLA's recipe by default) trains only the
+   (:class:`rlft.agents.text_pg.TextPolicyGradient`; ``configs/experiment/vla/ire/*`` set RL4VLA's values) trains only the
    action head and the value head. For a token-action VLA the action head is the output layer's
    rows of the action tokens; the other rows carry no gradient under constrained decoding anyway,
    and with tied input/output embeddings (the tiny models, SmolLM2) masking them also keeps the

@@ -140,20 +140,27 @@ class TextBatch:
 @dataclass
 class DynamicSampling:
     """SimpleVLA-RL's dynamic sampling (arXiv 2509.09674; ``data.filter_accuracy`` with accuracy
-    bounds 0.1 and 0.9 in its LIBERO script): GRPO trains only on groups whose success rate lies
-    in ``[lower, upper]`` (all-success and all-failure groups carry no advantage), and collection
-    goes on until as many groups as one collection holds pass, or ``max_rounds`` collections."""
+    bounds 0.1 and 0.9 in its LIBERO script; ``verl/trainer/ppo/ray_trainer.py`` ``fit``): GRPO trains
+    only on groups whose success rate lies in ``[lower, upper]`` (all-success and all-failure groups
+    carry no advantage), and collection goes on until as many groups as one collection holds pass,
+    or ``max_rounds`` collections. Surplus groups are dropped, as SimpleVLA-RL drops them (its
+    ``add_to_buffer`` keeps the first groups; the hand-off to a buffer is commented out). Short after
+    ``max_rounds``: ``when_short="skip"`` trains on nothing, as SimpleVLA-RL drops a batch its epoch's
+    prompts could not fill; ``"train"`` (rlft's) trains on the groups it has."""
 
     enabled: bool = False
     lower: float = 0.1
     upper: float = 0.9
     max_rounds: int = 4
+    when_short: str = "train"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lower <= self.upper <= 1.0:
             raise ValueError(f"dynamic sampling needs 0 <= lower <= upper <= 1, got {self.lower}, {self.upper}")
         if self.max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
+        if self.when_short not in ("train", "skip"):
+            raise ValueError(f"dynamic_sampling.when_short must be 'train' or 'skip', got {self.when_short!r}")
 
 
 def collect_informative(collect: Callable[[int], TextBatch],
@@ -170,7 +177,9 @@ def collect_informative(collect: Callable[[int], TextBatch],
     while len(pooled.informative_groups(sampling.lower, sampling.upper)) < wanted and rounds < sampling.max_rounds:
         pooled.extend(collect(rounds))
         rounds += 1
-    keep = set(pooled.informative_groups(sampling.lower, sampling.upper)[:wanted])
+    informative = pooled.informative_groups(sampling.lower, sampling.upper)
+    short = len(informative) < wanted and sampling.when_short == "skip"
+    keep = set() if short else set(informative[:wanted])
     kept = pooled.subset([e for e, ep in enumerate(pooled.episodes) if ep.group in keep])
     return pooled, kept, {"dynamic/rounds": float(rounds), "dynamic/kept_groups": float(len(keep)),
                           "dynamic/collected_episodes": float(len(pooled.episodes))}

@@ -1,10 +1,14 @@
 """Actions as tokens: the action tokenizer of token-action VLAs (OpenVLA, RL4VLA).
 
-A continuous action space is normalised to ``[-1, 1]`` per dimension (from the env's own
-bounds) and each dimension is cut into ``bins`` uniform bins; an action becomes one token per
-dimension, the index of its bin, and a token decodes to its bin's centre, mapped back to the
-env's bounds. OpenVLA (arXiv 2406.09246, Sec. 3.2) and RL4VLA use 256 bins. A discrete space
-of ``n`` actions maps one action to one token. ``chunk`` actions are decoded at once
+A continuous action space is normalised to ``[-1, 1]`` per dimension and cut at ``bins`` evenly
+spaced edges, OpenVLA's ``np.linspace(-1, 1, 256)`` (openvla ``prismatic/vla/action_tokenizer.py``,
+which RL4VLA uses unchanged): ``bins - 1`` = 255 intervals, an action becomes one token per
+dimension, the index of its interval, and a token decodes to the interval's centre. OpenVLA spends
+256 token ids on them, two of which decode to the same (last) centre; rlft's ``bins - 1`` tokens are
+the 255 distinct centres. rlft normalises from the env's own bounds where OpenVLA uses the
+dataset's 1st and 99th percentiles (its ``bridge_orig`` statistics): rlft's choice, since its tasks'
+bounds are known and its demonstrations few. A discrete space of ``n`` actions maps one action to
+one token. ``chunk`` actions are decoded at once
 (action chunking): a reply is ``chunk * dims`` tokens.
 
 The tokens are ``<act_0>`` ... ``<act_{V-1}>``, added to the LM's vocabulary as whole tokens
@@ -34,7 +38,7 @@ def action_token(index: int) -> str:
 class ActionTokenizer:
     """Maps env actions to token indices and back (see the module docstring)."""
 
-    vocabulary: int  # distinct action tokens: bins (Box) or actions (Discrete)
+    vocabulary: int  # distinct action tokens: bins - 1 (Box) or actions (Discrete)
     dims: int  # tokens per action
     low: np.ndarray | None = None  # Box bounds (None: discrete)
     high: np.ndarray | None = None
@@ -42,7 +46,7 @@ class ActionTokenizer:
 
     @classmethod
     def for_space(cls, space: gym.Space, bins: int = 256, chunk: int = 1) -> "ActionTokenizer":
-        """The tokenizer of a ``Discrete`` or bounded ``Box`` action space."""
+        """The tokenizer of a ``Discrete`` or bounded ``Box`` action space (``bins`` edges per Box dimension)."""
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         if isinstance(space, gym.spaces.Discrete):
@@ -53,9 +57,9 @@ class ActionTokenizer:
             low, high = space.low.astype(np.float64), space.high.astype(np.float64)
             if not (np.isfinite(low).all() and np.isfinite(high).all()) or (high <= low).any():
                 raise ValueError(f"an action tokenizer needs finite bounds with low < high, got {low} .. {high}")
-            if bins < 2:
-                raise ValueError(f"bins must be >= 2, got {bins}")
-            return cls(bins, int(space.shape[0]), low, high, chunk)
+            if bins < 3:
+                raise ValueError(f"bins (edges) must be >= 3, got {bins}")
+            return cls(bins - 1, int(space.shape[0]), low, high, chunk)
         raise TypeError(f"no action tokenizer for {space} (Discrete or 1-D Box only)")
 
     @property

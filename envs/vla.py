@@ -5,8 +5,14 @@ rollouts, GRPO groups, evaluator and transcripts serve VLAs unchanged) whose obs
 ``{"text": instruction, "image": uint8 [H, W, 3]}`` and whose action is a reply of action tokens
 (:class:`rlft.envs.action_tokenizer.ActionTokenizer`): the reply is decoded to ``chunk``
 actions of the scene's own action space, executed in order. The reward is binary task success
-(1 when the task is solved, which ends the episode), as RL4VLA (arXiv 2505.19789) and
-SimpleVLA-RL (arXiv 2509.09674) train.
+(1 when the task is solved, which ends the episode), as SimpleVLA-RL (arXiv 2509.09674) trains
+(``main_ppo.py``: success, placed on the last step, times 5, which GRPO's standardisation cancels).
+RL4VLA (arXiv 2505.19789) instead shapes its pick-and-place reward (gen-robot/RL4VLA@55f966d
+``simpler_wrapper.py``: differences of a potential 0.1 grasped + 0.1 held for 5 steps + 1.0 on
+the plate) over fixed 80-step episodes that success does not end. rlft keeps success-only rewards
+for both recipes (rlft's choice): BabyAI's GoTo and Push-T have nothing to grasp, and one reward
+keeps PPO and GRPO comparable on the same task; RL4VLA's recipe keeps its "done at the time
+limit" (``bootstrap_truncated: false``).
 
 **Generalisation splits** (RL4VLA Sec. 3.3 evaluates *semantic*, *visual* and *execution*
 generalisation); each is a registered task of its own:
@@ -18,7 +24,7 @@ generalisation); each is a registered task of its own:
 - ``visual``: a tinted floor (table) and pixel noise;
 - ``execution``: the agent (block) starts in the right half (outside the training range).
 
-Scenes are gym-pusht's Push-T (continuous 2-D actions, 256 bins per coordinate, the scripted
+Scenes are gym-pusht's Push-T (continuous 2-D actions, 255 bins per coordinate, OpenVLA's, the scripted
 pusher's demonstrations) and BabyAI levels (``minigrid``, Chevalier-Boisvert et al. 2019) rendered as the agent's
 egocentric view (BabyAI's own partial observation, 7x7 cells; ``view="full"``: the room from
 above, which makes a policy locate the agent and its heading first), with ``minigrid``'s

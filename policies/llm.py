@@ -246,21 +246,32 @@ class ChatFormat:
 
 
 class ValueHead(nn.Module):
-    """Scalar value from the LM's last hidden state at the last prompt token: a linear layer, or
-    with ``hidden`` widths an MLP with GELUs whose last layer has no bias and weights of std 0.02,
-    as RL4VLA's (4096 -> 512 -> 128 -> 1, ``modeling_prismatic.py`` ``ValueHead``)."""
+    """Scalar value from the LM's last hidden state at the last prompt token: a linear layer, or an
+    MLP of ``hidden`` widths, either
 
-    def __init__(self, hidden_size: int, hidden: Sequence[int] = ()):
+    - ``activation="gelu"``: RL4VLA's (4096 -> 512 -> 128 -> 1, gen-robot/RL4VLA
+      ``modeling_prismatic.py`` ``ValueHead``): GELUs, a last layer without bias, weights of std 0.02;
+    - ``activation="relu"``: RL4VLM's (4096 -> 1024 -> 512 -> 1, RL4VLM/RL4VLM
+      ``VLM_PPO/a2c_ppo_acktr/model.py``): ReLUs, every layer with its bias and torch's default init.
+
+    The linear head (no ``hidden``) has weights of std ``1 / sqrt(hidden_size)`` and a zero bias."""
+
+    def __init__(self, hidden_size: int, hidden: Sequence[int] = (), activation: str = "gelu"):
         super().__init__()
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"value head activation must be 'gelu' or 'relu', got {activation!r}")
         layers: list[nn.Module] = []
         width = hidden_size
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.GELU()]
+            layers += [nn.Linear(width, size), nn.GELU() if activation == "gelu" else nn.ReLU()]
             width = size
         self.hidden = nn.Sequential(*layers)
-        self.linear = nn.Linear(width, 1, bias=not hidden)
-        nn.init.normal_(self.linear.weight, std=0.02 if hidden else 1.0 / math.sqrt(hidden_size))
-        if self.linear.bias is not None:
+        rl4vla = bool(hidden) and activation == "gelu"
+        self.linear = nn.Linear(width, 1, bias=not rl4vla)
+        if rl4vla:
+            nn.init.normal_(self.linear.weight, std=0.02)
+        elif not hidden:
+            nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size))
             nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -280,13 +291,13 @@ class LLMPolicy(nn.Module):
     """A causal LM that samples replies with log-probs, scores sequences, and (optionally) values states."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, generation: GenerationConfig | None = None,
-                 value_head: bool = False, value_hidden: Sequence[int] = ()):
+                 value_head: bool = False, value_hidden: Sequence[int] = (), value_activation: str = "gelu"):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.generation = generation or GenerationConfig()
         hidden = model.config.get_text_config().hidden_size
-        self.value_head = ValueHead(hidden, value_hidden) if value_head else None
+        self.value_head = ValueHead(hidden, value_hidden, value_activation) if value_head else None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = int(tokenizer.pad_token_id)
@@ -339,7 +350,8 @@ class LLMPolicy(nn.Module):
     def from_pretrained(cls, path: str | Path, gguf_file: str | None = None, lora: LoraSettings | None = None,
                         value_head: bool = False, generation: GenerationConfig | None = None,
                         dtype: torch.dtype = torch.float32, action_tokens: int = 0,
-                        value_hidden: Sequence[int] = (), download: bool = False) -> "LLMPolicy":
+                        value_hidden: Sequence[int] = (), value_activation: str = "gelu",
+                        download: bool = False) -> "LLMPolicy":
         """Load a causal LM and its tokenizer (``gguf_file``: a GGUF file inside ``path``).
 
         ``path`` is a local folder, or a hub id found in the local Hugging Face cache; ``download``
@@ -367,7 +379,7 @@ class LLMPolicy(nn.Module):
         action_ids = add_action_tokens(tokenizer, model, action_tokens) if action_tokens else None
         if lora is not None:
             model = add_lora(model, lora)
-        policy = cls(model, tokenizer, generation, value_head, value_hidden)
+        policy = cls(model, tokenizer, generation, value_head, value_hidden, value_activation)
         if action_ids is not None:
             policy.restrict_tokens(action_ids)
         if head is not None:

@@ -104,6 +104,7 @@ class TextLoopConfig:
     num_envs: int = 16
     waves: int = 2  # waves of num_envs episodes per iteration
     iterations: int = 40
+    max_steps: int | None = None  # RL also stops once the run's step count (the axis) reaches it: matched budgets
     eval_every: int = 5
     eval_episodes: int = 64
     eval_envs: int = 16
@@ -199,7 +200,8 @@ class TextExperiment(Runner):
         load = lambda p: LLMPolicy.from_pretrained(p, gguf_file=m.gguf_file, lora=lora,  # noqa: E731
                                                    download=m.download, value_head=self.algorithm in ("ppo", "ire"), generation=self.generation,
                                                    action_tokens=action_tokens,
-                                                   value_hidden=getattr(critic, "value_hidden", ()))
+                                                   value_hidden=getattr(critic, "value_hidden", ()),
+                                                   value_activation=getattr(critic, "value_activation", "gelu"))
         if path is not None:
             return load(path)
         # the tiny model is built from the run seed (so resume rebuilds the same one) and loaded at once,
@@ -331,10 +333,16 @@ class TextExperiment(Runner):
             self.split_results[name] = {"task": split, "success_rate": result.success_rate,
                                         "return_mean": result.return_mean, "episodes": len(result.returns)}
 
+    def _rl_done(self) -> bool:
+        """The RL phase's budget is spent: ``loop.iterations``, or ``loop.max_steps`` on the run's axis
+        (environment steps for a VLA, training episodes for a language task), checked per iteration."""
+        loop = self.loop
+        return self.phase_step >= loop.iterations or (loop.max_steps is not None and self.step >= loop.max_steps)
+
     def _iterate(self) -> None:
         loop = self.loop
         bar = Progress(loop.iterations, self.algorithm, initial=self.phase_step, enabled=self.show_progress)
-        while self.phase_step < loop.iterations:
+        while not self._rl_done():
             started = time.perf_counter()
             seed = int(self.cfg.seed) * 1_000_003 + self.phase_step * loop.num_envs * loop.waves
 
@@ -359,9 +367,9 @@ class TextExperiment(Runner):
             })
             self.log(metrics)
             bar.update(1)
-            if self.phase_step % loop.eval_every == 0 or self.phase_step == loop.iterations:
+            if self.phase_step % loop.eval_every == 0 or self._rl_done():
                 bar.set_postfix(success=f"{self.evaluate().success_rate:.2f}")
-            if self.phase_step % loop.checkpoint_every == 0 and self.phase_step < loop.iterations:
+            if self.phase_step % loop.checkpoint_every == 0 and not self._rl_done():
                 self.checkpoint()
         bar.close()
         if loop.splits and not self.split_results:  # in the phase: eval.json says done only once they are in

@@ -7,6 +7,7 @@
     rlft-bench run o2o tier=paper +launcher=slurm hydra.launcher.partition=gpu
     rlft-bench report o2o tier=cpu                    re-make the report from the committed summaries
     rlft-bench readme [--check]                       the README's tables from the reports (--check: only compare)
+    rlft-bench recipes [--check]                      benchmarks/recipes.md: the reference recipes, value by value
 
 ``run`` is a Hydra multirun of the ``rlft`` app with rlft's suite sweeper
 (``hydra/sweeper=rlft_suite``): any Hydra launcher runs the jobs, finished runs are skipped and
@@ -21,7 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlft.suites import readme, report, store
+from rlft.suites import readme, recipes, report, store
 from rlft.suites.spec import SuiteError, check_seeds, load_suite, suite_names
 
 OURS = ("tier", "seeds", "out")
@@ -126,6 +127,19 @@ def update_readme(check: bool, path: Path = README, benchmarks: Path = Path("ben
     return 0
 
 
+def update_recipes(check: bool) -> int:
+    if check:
+        if not recipes.write(check=True):
+            print(f"{recipes.RECIPES_MD} differs from suites/recipes.yaml and the configs; run `rlft-bench recipes`",
+                  file=sys.stderr)
+            return 1
+        print(f"{recipes.RECIPES_MD}: matches suites/recipes.yaml and the configs")
+        return 0
+    recipes.write()
+    print(f"{recipes.RECIPES_MD}: written")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
             print(listing(), end="")
         elif verb == "readme":
             sys.exit(update_readme(check="--check" in rest))
+        elif verb == "recipes":
+            sys.exit(update_recipes(check="--check" in rest))
         elif verb in ("run", "report"):
             if not rest or "=" in rest[0]:
                 raise SuiteError(f"rlft-bench {verb} <suite> [tier=...]: name a suite ({', '.join(suite_names())})")

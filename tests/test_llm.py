@@ -202,10 +202,11 @@ def test_grpo_process_supervision_sums_standardised_turn_rewards_to_go() -> None
     assert (adv[2] == 0).all() and (adv[3] == 0).all()  # identical rewards: no signal
 
 
-def test_a_batch_without_reward_differences_leaves_the_policy_alone(tiny_lm: Path) -> None:
+@pytest.mark.parametrize("skip", [True, False])
+def test_skip_uninformative_is_an_opt_in_that_leaves_a_tied_batch_alone(tiny_lm: Path, skip: bool) -> None:
     policy, chat, vec = numberline_setup(tiny_lm, num_envs=4)
     batch = collect_text(policy, chat, vec, 1, 0, TextRolloutConfig(group_size=2), torch.Generator().manual_seed(0))
-    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", supervision="outcome"))
+    learner = TextPolicyGradient(policy, TextPGConfig(algorithm="grpo", supervision="outcome", skip_uninformative=skip))
     for k, turn in enumerate(batch.turns):  # first an informative batch, so Adam has momentum ...
         turn.reward = float(k % 2)
     assert learner.update(batch)
@@ -213,7 +214,9 @@ def test_a_batch_without_reward_differences_leaves_the_policy_alone(tiny_lm: Pat
         turn.reward = 0.0
     before = [p.detach().clone() for p in policy.trainable_parameters()]
     learner.update(batch)
-    assert all(torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
+    unchanged = all(torch.equal(a, b) for a, b in zip(before, policy.trainable_parameters()))
+    assert unchanged == skip  # off (every reference's way), a zero-advantage step still moves by Adam's momentum
+    assert not TextPGConfig().skip_uninformative
 
 
 def test_grpo_groups_share_a_task_instance(tiny_lm: Path) -> None:
@@ -272,7 +275,7 @@ def test_grpo_kl_reference_is_the_policy_after_sft(tiny_lm: Path, lora: bool) ->
     first = learner.update(batch)  # one step: its KL is measured before the weights move
     assert first["kl_ref"] < 1e-6
     trained = {n for n, p in policy.model.named_parameters() if p.requires_grad}
-    assert set(learner.reference) == trained and (not lora or all("lora_" in n for n in trained))
+    assert set(learner.reference.weights) == trained and (not lora or all("lora_" in n for n in trained))
     assert learner.update(batch)["kl_ref"] > 1e-4  # the policy has moved away from it since
 
 
@@ -282,7 +285,7 @@ def test_online_filtered_bc_clones_the_best_episodes_so_far(tiny_lm: Path) -> No
     for k, turn in enumerate(batch.turns):  # distinct returns: episode e returns about e
         turn.reward = float(next(e for e, ep in enumerate(batch.episodes) if k in ep.turns)) / len(
             next(ep for ep in batch.episodes if k in ep.turns).turns)
-    learner = OnlineFilteredBC(policy, FilteredBCConfig(top_fraction=0.25, steps=20, batch_size=16, lr=1e-2))
+    learner = OnlineFilteredBC(policy, FilteredBCConfig(top_fraction=0.25, steps=20, batch_size=16, lr=1e-2, warmup_updates=0))
     first = learner.update(batch)
     assert first["cutoff_return"] == pytest.approx(np.quantile(batch.episode_returns(), 0.75))
     best = [e for e, r in enumerate(batch.episode_returns()) if r >= first["cutoff_return"]]

@@ -6,6 +6,7 @@ against their reports."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -468,3 +469,22 @@ def test_the_ppo_peers_share_rl_zoos_settings():
     assert ours.loop.num_envs * ours.loop.rollout_env_steps == kwargs.n_steps
     assert ours.loop.iterations * kwargs.n_steps == 1953 * 512 and peer.loop.steps == 1_000_000
     assert ours.loop.eval_every * kwargs.n_steps == peer.loop.eval_every
+
+
+def test_the_recipes_table_is_its_source_and_every_difference_says_why():
+    from rlft.suites import recipes
+
+    assert recipes.write(check=True), "run `rlft-bench recipes`"
+    cfg = recipes._compose("llm/ppo/numberline")
+    recipe = recipes.load_recipes()[0]
+    ours = recipes.Row(what="clip", at="x.py:1", value=0.1, key="text_method.algorithm.clip")
+    assert recipes.render_row(recipe, ours, cfg, Path(".")).endswith("| same |")
+    bad = {"a difference without a reason": dict(value=0.2),
+           "a reason without a difference": dict(why="because"),
+           "a mechanism claimed the same without its test": dict(key=None, rlft="in words", same=True),
+           "a test that does not exist": dict(key=None, rlft="in words", same=True, test="tests/test_suites.py::nope")}
+    messages = {"a difference": "say why", "a reason": "values match", "a mechanism": "needs the test",
+                "a test": "no test"}
+    for case, change in bad.items():
+        with pytest.raises(recipes.RecipeError, match=next(m for k, m in messages.items() if case.startswith(k))):
+            recipes.render_row(recipe, dataclasses.replace(ours, **change), cfg, Path("."))

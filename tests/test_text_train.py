@@ -76,6 +76,12 @@ def test_resume_continues_bit_for_bit(tmp_path: Path, monkeypatch: pytest.Monkey
         TextExperiment(cfg, tmp_path / "full").run()
 
 
+def test_a_step_budget_ends_rl_at_the_first_iteration_that_reaches_it(tmp_path: Path) -> None:
+    results = TextExperiment(llm_config("loop.iterations=10", "loop.max_steps=7", "loop.eval_every=5"), tmp_path).run()
+    assert results["after"]["phase_step"] == 2 and results["step"] == 8  # 4 episodes per iteration: 4, 8 >= 7
+    assert [r["phase_step"] for r in results["history"] if r["phase"] == "ppo"] == [2]  # evaluated where it stopped
+
+
 def test_archer_critic_targets_follow_the_paper(tmp_path: Path) -> None:
     experiment = TextExperiment(llm_config("text_method=archer"), tmp_path)
     archer: ArCHer = experiment.rl

@@ -63,10 +63,14 @@ def test_continuous_actions_round_trip_to_bin_centres_within_the_bounds() -> Non
     actions = np.random.default_rng(0).uniform(space.low, space.high, (3, 2))
     decoded = tok.decode(tok.encode(actions))
     assert decoded.shape == (3, 2) and tok.reply_length == 6
-    assert (np.abs(decoded - actions) <= (space.high - space.low) / 256 / 2 + 1e-12).all()  # half a bin
+    assert tok.vocabulary == 255  # OpenVLA's edges np.linspace(-1, 1, 256): 255 distinct centres
+    assert (np.abs(decoded - actions) <= (space.high - space.low) / 255 / 2 + 1e-12).all()  # half a bin
     edges = tok.encode(np.array([[-9.0, 99.0]] * 3))  # out of bounds: clipped to the outer bins
-    assert edges == [0, 255] * 3
-    assert np.allclose(tok.decode(edges)[0], [-2 + 2 / 256, 10 - 5 / 256])  # outer bin centres
+    assert edges == [0, 254] * 3
+    assert np.allclose(tok.decode(edges)[0], [-2 + 2 / 255, 10 - 5 / 255])  # outer bin centres
+    openvla_centres = (np.linspace(-1, 1, 256)[:-1] + np.linspace(-1, 1, 256)[1:]) / 2
+    assert np.allclose(ActionTokenizer.for_space(gym.spaces.Box(-1, 1, (1,)), chunk=255).decode(list(range(255)))[:, 0],
+                       openvla_centres)
 
 
 def test_discrete_actions_are_one_token_each_and_bad_replies_do_not_parse() -> None:
@@ -221,9 +225,9 @@ def test_value_clipping_takes_the_worse_loss_and_huber_grows_linearly() -> None:
     learner.config = TextPGConfig(value_clip=0.2, value_loss="huber", huber_delta=1.0)
     old, returns = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 30.0])
     values = torch.tensor([1.0, 30.0])  # exact, but far from the old values: the clipped value (0.2) counts
-    assert torch.isclose(learner._value_loss(values, old, returns), torch.tensor((0.5 * 0.8**2 + (29.8 - 0.5)) / 2))
+    assert torch.allclose(learner._value_loss(values, old, returns), torch.tensor([0.5 * 0.8**2, 29.8 - 0.5]))
     learner.config = TextPGConfig()
-    assert learner._value_loss(values, old, returns) == 0.0  # plain MSE, no clipping
+    assert (learner._value_loss(values, old, returns) == 0.0).all()  # plain MSE, no clipping
 
 
 def test_grad_accumulation_steps_once_per_group_and_the_value_head_has_its_own_lr(tiny_vlm: Path) -> None:
@@ -323,7 +327,7 @@ def test_pusht_is_a_continuous_vla_task_with_its_splits() -> None:
     env = make_env({"task": "vla-pusht"}).unwrapped
     obs, _ = env.reset(seed=0)
     tok = env.action_tokenizer
-    assert (tok.vocabulary, tok.reply_length, obs["image"].shape) == (256, 2, (64, 64, 3))
+    assert (tok.vocabulary, tok.reply_length, obs["image"].shape) == (255, 2, (64, 64, 3))
     assert obs["text"] == "push the T onto the target" and env.scene.env.block.position[0] < 256
     expert = env.expert_action()
     assert env.parse(expert) == expert and len(tok.parse(expert)) == 2
