@@ -71,8 +71,10 @@ def table(suite: Suite, benchmarks: Path) -> str:
               f"{', [95 % CI]' if 'ci' in columns else ''}; `benchmarks/{suite.name}/{tier}/{RESULTS_MD}`{progress}) | "
               + " | ".join(tasks) + " |")
     lines = [header, "| --- |" + " ---: |" * len(tasks)]
+    labels = {m: next(results["tasks"][t][m].get("label") or m for t in tasks if m in results["tasks"][t])
+              for m in methods}  # as the runs were labelled: a renamed or re-recipied method keeps its old runs' name
     for method in methods:
-        label = suite.methods[method].title
+        label = labels[method]
         cells = (_cell(results["tasks"][t].get(method), columns) for t in tasks)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -89,7 +91,7 @@ def table(suite: Suite, benchmarks: Path) -> str:
             for ref in (results["tasks"][task].get(method) or {}).get("references", []):
                 flag = "protocol matches" if ref["protocol_matches"] else f"protocol differs: {ref['differences']}"
                 spread = f" {ref['spread']}" if ref["spread"] else ""
-                lines.append(f"* published, {suite.methods[method].title} on {task}: {ref['value']:g}{spread} "
+                lines.append(f"* published, {labels[method]} on {task}: {ref['value']:g}{spread} "
                              f"({ref['source']}; {flag})")
     return "\n".join(lines) + "\n"
 
