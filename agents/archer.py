@@ -26,7 +26,7 @@ rlft's options, off as released:
   V`` and a 3e-4 actor lr, the tiny NumberLine benchmark's advantages were negative almost
   everywhere (mean about -0.3 against a spread of 0.1), so every actor step pushed the sampled
   replies down and moved probability to unsampled garbage.
-- ``actor_kl_coef``: a trust region for the actor, ``beta * KL(pi_prev || pi)`` on the sampled
+- ``actor_kl_coef``: a trust region for the actor, ``beta * KL(pi || pi_prev)`` on the sampled
   reply tokens (k3 estimator, summed over the reply like its log-probability), ``pi_prev`` the actor
   as it was before the iteration's first actor step. It holds back the iteration's later steps from
   where the first one went (the first step starts at ``pi_prev``, where the penalty's gradient is 0).

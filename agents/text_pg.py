@@ -326,9 +326,10 @@ class TextPolicyGradient:
                 samples = sorted({batch.turns[t].sample for ep in episodes for t in ep.turns})
                 steps.append((samples, len(episodes)))
             return steps
-        order = torch.randperm(len(batch.samples), generator=self.generator).tolist()
-        size = cfg.minibatch_samples * cfg.grad_accumulation
         turns_of_sample = np.bincount([t.sample for t in batch.turns], minlength=len(batch.samples))
+        order = [j for j in torch.randperm(len(batch.samples), generator=self.generator).tolist()
+                 if turns_of_sample[j]]  # prompt-only samples (cut episodes' final states) hold no turn to train
+        size = cfg.minibatch_samples * cfg.grad_accumulation
         return [(order[i:i + size], int(turns_of_sample[order[i:i + size]].sum())) for i in range(0, len(order), size)]
 
     def update(self, batch: TextBatch) -> dict[str, float]:
@@ -338,14 +339,15 @@ class TextPolicyGradient:
         if cfg.kl_coef > 0 and self.reference is None:
             self.reference = FrozenWeights(self.policy.model)
         prepared = self._prepare(batch)
-        if cfg.algorithm == "grpo" and not prepared.informative:
-            return {}  # skip_uninformative: every advantage is zero, and Adam's momentum would still move the weights
         totals: dict[str, float] = {}
+        if self.scheduler is not None:
+            totals["lr"] = self.scheduler.get_last_lr()[0]  # this update's (the policy group's)
+        if cfg.algorithm == "grpo" and not prepared.informative:
+            self._step_schedule()
+            return totals  # skip_uninformative: every advantage is zero, and Adam's momentum would still move the weights
         steps = 0
         for _ in range(cfg.epochs):
             for samples, units in self._optimizer_steps(batch):
-                if units == 0:  # only prompt-only sequences (truncated episodes' final states)
-                    continue
                 self.optimizer.zero_grad()
                 step: dict[str, float] = {}
                 for first in range(0, len(samples), cfg.minibatch_samples):
@@ -358,10 +360,13 @@ class TextPolicyGradient:
                 steps += 1
                 for k, v in step.items():
                     totals[k] = totals.get(k, 0.0) + v
+        self._step_schedule()
+        return {k: v if k == "lr" else v / max(steps, 1) for k, v in totals.items()}
+
+    def _step_schedule(self) -> None:
+        """One step of the learning-rate schedule per update (RL4VLM ``main.py``), trained or skipped."""
         if self.scheduler is not None:
             self.scheduler.step()
-            totals["lr"] = self.scheduler.get_last_lr()[0] * steps
-        return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def _backward(self, batch: TextBatch, prepared: _Prepared, chunk: list[int], units: int) -> dict[str, float]:
         """Backpropagate one forward pass's share of its optimiser step's loss (sums over its turns or
@@ -463,6 +468,9 @@ class TextPolicyGradient:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.reference = None if state["reference"] is None else FrozenWeights(self.policy.model, state["reference"])
-        if self.scheduler is not None:
+        if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        elif self.scheduler is not None:
+            raise ValueError("this learner follows a learning-rate schedule, but the checkpoint holds none "
+                             "(it was written with lr_schedule: constant): resume with the run's own config")
 

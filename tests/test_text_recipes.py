@@ -79,30 +79,31 @@ def test_gae_at_a_turn_limit_bootstraps_from_the_final_state_value_or_ends(tiny_
 
 def test_simplevla_loss_is_each_episodes_token_mean_averaged_over_the_step(tiny_lm: Path) -> None:
     """SimpleVLA-RL (dp_rob.py): a step's loss is the mean over its trajectories of each one's token
-    mean of max(-A r, -A clip(r)); here against that formula written out on one forward pass."""
+    mean of max(-A r, -A clip(r)); here against that formula written out, for the first of two steps."""
     policy, chat = policy_and_chat(tiny_lm, sft=True)
     batch = numberline_batch(policy, chat, num_envs=8, group_size=4)
     for e, episode in enumerate(batch.episodes):  # distinct returns within each group
         for t in episode.turns:
             batch.turns[t].reward = float(e % 4) / len(episode.turns)
-    config = TextPGConfig(algorithm="grpo", supervision="outcome", epochs=1, minibatch_episodes=len(batch.episodes),
+    config = TextPGConfig(algorithm="grpo", supervision="outcome", epochs=1, minibatch_episodes=4,
                           minibatch_samples=1000, max_grad_norm=None)
     learner = TextPolicyGradient(policy, config)
     prepared = learner._prepare(batch)
     with torch.no_grad():  # the old policy: a little away from the current one, so the ratios differ from 1
         prepared.old_log_prob = prepared.old_log_prob + 0.3 * torch.sin(torch.arange(len(prepared.rows)).float())
     learner._prepare = lambda _: prepared  # type: ignore[method-assign]
-    [ours] = step_gradients(learner, batch)
+    first, second = step_gradients(learner, batch)
 
     policy.zero_grad()
     log_probs = policy.score_conversations(batch.samples).log_probs[prepared.rows, prepared.cols]
     ratio = torch.exp(log_probs - prepared.old_log_prob)
     advantage = prepared.token_advantage
     per_token = torch.max(-advantage * ratio, -advantage * ratio.clamp(0.8, 1.2))
-    episode_means = [per_token[prepared.episode_of == e].mean() for e in range(len(batch.episodes))]
+    episode_means = [per_token[prepared.episode_of == e].mean() for e in range(4)]  # the first step's episodes
     torch.stack(episode_means).mean().backward()
     hand = [p.grad for p in policy.trainable_parameters()]
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, hand))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, hand))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(second, hand))
 
 
 def test_a_grpo_step_is_the_same_however_it_is_cut_into_forward_passes(tiny_lm: Path) -> None:
@@ -122,6 +123,23 @@ def test_a_grpo_step_is_the_same_however_it_is_cut_into_forward_passes(tiny_lm: 
         assert all(torch.allclose(a, b, atol=1e-6) for s, t in zip(grads[1], grads[size]) for a, b in zip(s, t))
 
 
+@pytest.mark.parametrize("context", ["turn", "episode"])
+def test_a_ppo_step_is_the_mean_over_its_turns_however_it_is_cut(tiny_lm: Path, context: str) -> None:
+    """Samples of several turns (context: episode) and prompt-only samples (the final states of cut
+    episodes, context: turn) weigh by their turns; the split into forward passes changes nothing."""
+    policy, chat = policy_and_chat(tiny_lm, value_head=True, sft=True)
+    vec = gym.vector.SyncVectorEnv([lambda: NumberLine(max_turns=3)] * 6, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    batch = collect_text(policy, chat, vec, 1, seed=0, config=TextRolloutConfig(context=context),
+                         generator=torch.Generator().manual_seed(0))
+    assert len(batch.samples) != len(batch.turns)  # 3-turn samples, or prompt-only ones beside the turns
+    grads = {}
+    for size, accumulation in ((1, 1000), (4, 1000), (1000, 1)):
+        config = TextPGConfig(epochs=1, minibatch_samples=size, grad_accumulation=accumulation, max_grad_norm=None)
+        [grads[size]] = step_gradients(TextPolicyGradient(policy, config), batch)
+    for size in (4, 1000):
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[1], grads[size]))
+
+
 def test_rl4vla_weighs_the_policy_loss_once_per_action_dimension(tiny_lm: Path) -> None:
     """RL4VLA (openvla_train.py) broadcasts the [B, 1] action log-prob into a [B, 7] buffer and sums
     the clipped surrogate over the 7 columns: ``policy_coef: 7`` is that weight, the value loss
@@ -129,7 +147,10 @@ def test_rl4vla_weighs_the_policy_loss_once_per_action_dimension(tiny_lm: Path) 
     ratio, advantage = torch.tensor([[0.7], [1.1], [1.4]]), torch.tensor([[1.0], [-2.0], [0.5]])
     surrogate = torch.min(ratio * advantage, ratio.clamp(0.8, 1.2) * advantage)
     rl4vla = -surrogate.expand(-1, 7).sum(-1, keepdim=True).mean()  # its [B, 7] buffer, summed over dims
-    assert torch.isclose(rl4vla, 7 * -surrogate.mean())
+    learner = stub_learner(TextPGConfig(policy_coef=7.0), advantage[:, 0])
+    policy_sum, _ = learner._ppo_losses(learner.prepared, torch.ones(3, dtype=torch.bool), ratio[:, 0].log(),
+                                        torch.zeros(1, 3, 1), [0], {})
+    assert torch.isclose(learner.config.policy_coef * policy_sum / 3, rl4vla)  # _backward: coef x sum / turns
 
     policy, chat = policy_and_chat(tiny_lm, value_head=True, sft=True)
     batch = numberline_batch(policy, chat)
@@ -146,21 +167,26 @@ def test_rl4vla_weighs_the_policy_loss_once_per_action_dimension(tiny_lm: Path) 
             assert torch.equal(value, seven)
 
 
-def test_rl4vlm_ratio_cap_keeps_only_the_clipped_term_past_it() -> None:
+def stub_learner(config: TextPGConfig, turn_advantage: torch.Tensor) -> TextPolicyGradient:
+    """A learner over one token per turn and a value head that answers 0 (``learner.prepared``)."""
     learner = TextPolicyGradient.__new__(TextPolicyGradient)
-    n = 3
-    prepared = _Prepared(rows=torch.zeros(n, dtype=torch.long), cols=torch.arange(n), turn_of=torch.arange(n),
-                         weight=torch.ones(n), old_log_prob=torch.zeros(n), ref_log_prob=None,
-                         token_advantage=torch.zeros(n), token_scale=torch.ones(n), episode_of=torch.arange(n),
-                         turn_sample=torch.zeros(n, dtype=torch.long), value_pos=torch.zeros(n, dtype=torch.long),
-                         turn_advantage=torch.tensor([-1.0, -1.0, 1.0]), turn_return=torch.zeros(n),
-                         turn_value=torch.zeros(n))
+    learner.config = config
+    n = len(turn_advantage)
+    learner.prepared = _Prepared(
+        rows=torch.zeros(n, dtype=torch.long), cols=torch.arange(n), turn_of=torch.arange(n), weight=torch.ones(n),
+        old_log_prob=torch.zeros(n), ref_log_prob=None, token_advantage=torch.zeros(n), token_scale=torch.ones(n),
+        episode_of=torch.arange(n), turn_sample=torch.zeros(n, dtype=torch.long), value_pos=torch.zeros(n, dtype=torch.long),
+        turn_advantage=turn_advantage, turn_return=torch.zeros(n), turn_value=torch.zeros(n))
     learner.policy = type("Values", (), {"values": staticmethod(lambda hidden, positions: torch.zeros(len(positions)))})
+    return learner
+
+
+def test_rl4vlm_ratio_cap_keeps_only_the_clipped_term_past_it() -> None:
     for cap, expect_first in ((None, True), (10.0, False)):
-        learner.config = TextPGConfig(clip=0.1, ratio_cap=cap)
+        learner = stub_learner(TextPGConfig(clip=0.1, ratio_cap=cap), torch.tensor([-1.0, -1.0, 1.0]))
         log_prob = torch.tensor([12.0, 1.05, 1.0]).log().requires_grad_()  # ratios 12, 1.05, 1
-        policy_loss, _ = learner._ppo_losses(prepared, torch.ones(n, dtype=torch.bool), log_prob, torch.zeros(1, n, 1),
-                                             [0], {})
+        policy_loss, _ = learner._ppo_losses(learner.prepared, torch.ones(3, dtype=torch.bool), log_prob,
+                                             torch.zeros(1, 3, 1), [0], {})
         policy_loss.backward()
         assert (log_prob.grad[0] != 0) == expect_first  # A < 0 at ratio 12: min() keeps r A, the cap keeps clip(r) A
         assert log_prob.grad[1] != 0 and log_prob.grad[2] != 0
@@ -172,12 +198,14 @@ def test_rl4vlm_cosine_schedule_steps_once_per_update_and_resumes(tiny_lm: Path)
     config = TextPGConfig(epochs=1, lr=1e-3, lr_schedule="cosine", cosine_updates=4, lr_end=1e-9, adam_eps=1e-7)
     learner = TextPolicyGradient(policy, config)
     assert learner.optimizer.param_groups[0]["eps"] == 1e-7
-    rates = [learner.update(batch)["lr"] for _ in range(2)]
-    expected = [1e-9 + (1e-3 - 1e-9) * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2)]
-    assert rates == pytest.approx(expected, rel=1e-6)
+    rates = [learner.update(batch)["lr"] for _ in range(2)]  # each update's own rate: k = 0, 1
+    expected = [1e-9 + (1e-3 - 1e-9) * (1 + np.cos(np.pi * k / 4)) / 2 for k in (0, 1, 2)]
+    assert rates == pytest.approx(expected[:2], rel=1e-6)
     restored = TextPolicyGradient(policy, config)
     restored.load_state_dict(learner.state_dict())
-    assert restored.scheduler.get_last_lr() == learner.scheduler.get_last_lr()
+    assert restored.update(batch)["lr"] == pytest.approx(expected[2], rel=1e-6)
+    with pytest.raises(ValueError, match="schedule"):
+        restored.load_state_dict(learner.state_dict() | {"scheduler": None})
 
 
 def archer_setup(tiny_lm: Path, **config) -> tuple[ArCHer, LLMPolicy, ChatFormat]:
@@ -194,15 +222,28 @@ def test_archer_actor_step_raises_the_reply_its_critic_prefers(tiny_lm: Path) ->
         + torch.tensor([[0.0], [0.5]])
     archer.critic.v_values = lambda obs: torch.zeros(2, len(obs))
     prompt = chat.first_prompt(batch.turns[0].observation)
+    end = [policy.tokenizer.eos_token_id]
+    plus, minus = (policy.tokenizer.encode(r, add_special_tokens=False) + end for r in ("+", "-"))
+    replies = [plus, minus, plus, plus]  # the actor's fresh replies, fixed here
 
-    def log_p(reply: str) -> float:
-        tokens = policy.tokenizer.encode(reply, add_special_tokens=False) + [policy.tokenizer.eos_token_id]
-        return float(policy.score([prompt + tokens])[0].log_probs[0, len(prompt):].sum())
+    def policy_replies(observations: list[str]) -> tuple[list, list, list]:
+        chosen = [replies[k % 4] for k in range(len(observations))]
+        return [prompt] * len(observations), chosen, [policy.tokenizer.decode(r, skip_special_tokens=True) for r in chosen]
 
-    before = {r: log_p(r) for r in ("+", "-")}
+    archer._policy_replies = policy_replies  # type: ignore[method-assign]
+
+    def log_p(reply: list[int]) -> torch.Tensor:
+        return policy.score([prompt + reply])[0].log_probs[0, len(prompt):].sum()
+
+    before = {"+": float(log_p(plus)), "-": float(log_p(minus))}
+    with torch.no_grad():
+        n = min(archer.config.batch_size, len(archer.buffer))  # the actor's batch
+        raw = torch.tensor([[1.0, 0.0, 1.0, 1.0][k % 4] for k in range(n)])  # min Q - min V: raw, not standardised
+        expected = -(raw * torch.stack([log_p(replies[k % 4]) for k in range(n)])).mean()
     metrics = archer._actor_step(None)
-    assert 0 < metrics["advantage_mean"] < 1  # the min over members, raw (not standardised)
-    assert log_p("+") > before["+"] and log_p("-") < before["-"]
+    assert metrics["advantage_mean"] == pytest.approx(float(raw.mean()))
+    assert metrics["actor_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(log_p(plus)) > before["+"] and float(log_p(minus)) < before["-"]
 
 
 def test_archer_advantage_and_target_update_match_a_hand_computation(tiny_lm: Path) -> None:
