@@ -96,9 +96,11 @@ class TextPGConfig:
                 raise ValueError(f"text_method.algorithm.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.cot_lambda <= 1.0:
             raise ValueError(f"cot_lambda must be in [0, 1], got {self.cot_lambda}")
-        for name in ("grad_accumulation", "minibatch_samples", "minibatch_episodes", "cosine_updates", "epochs"):
+        for name in ("grad_accumulation", "minibatch_samples", "minibatch_episodes", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"text_method.algorithm.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cosine_updates < 0:  # 0: a run of no updates (SFT only), where the period is the run's length
+            raise ValueError(f"text_method.algorithm.cosine_updates must be >= 0, got {self.cosine_updates}")
 
     @property
     def clip_range(self) -> tuple[float, float]:
@@ -197,7 +199,7 @@ class TextPolicyGradient:
         else:
             self.optimizer = adam(groups, lr=config.lr, eps=config.adam_eps)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=config.cosine_updates, eta_min=config.lr_end)
+            self.optimizer, T_max=max(config.cosine_updates, 1), eta_min=config.lr_end)
             if config.lr_schedule == "cosine" else None)
         # GRPO's pi_ref: the LM's trained weights (LoRA: the adapters) as they were at the first update
         self.reference: FrozenWeights | None = None

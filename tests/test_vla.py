@@ -243,7 +243,8 @@ def test_grad_accumulation_steps_once_per_group_and_the_value_head_has_its_own_l
         assert head["lr"] == 3e-3 and {id(p) for p in head["params"]} == {
             id(p) for p in learner.policy.value_head.parameters()}
         steps[accumulation] = int(learner.optimizer.state[head["params"][0]]["step"])
-    assert steps == {1: -(-len(batch.samples) // 2), 100: 1}
+    with_turns = len({t.sample for t in batch.turns})  # prompt-only samples (cut episodes' final states) train nothing
+    assert steps == {1: -(-with_turns // 2), 100: 1}
 
 
 def vla_config(experiment: str, *overrides: str):
