@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -9,6 +10,7 @@ from typing import Any, Callable, Mapping
 import gymnasium as gym
 import numpy as np
 
+from rlft.common.suggest import did_you_mean
 from rlft.envs.registry import TaskSpec, get_task
 from rlft.envs.wrappers import ActionChunking, FixedNormalizeObservation, SuccessReward, rescale_action
 
@@ -70,9 +72,13 @@ def make_env(
 
 
 def register_task_module(task: TaskSpec) -> None:
-    """Import the package that registers ``task.env_id`` with Gymnasium (once), so ``gym.spec``
-    and ``gym.make`` know it."""
-    if task.module is not None and task.env_id not in gym.registry:
+    """Make ``task.env_id`` known to ``gym.spec`` and ``gym.make`` (once per process, workers
+    included): import the package that registers it, or register a user's ``module:attr``."""
+    if task.env_id in gym.registry:
+        return
+    if task.entry_point is not None:
+        gym.register(id=task.env_id, entry_point=task.entry_point)
+    elif task.module is not None:
         gym.register_envs(importlib.import_module(task.module))
 
 
@@ -118,7 +124,9 @@ def _has_text(space: gym.spaces.Dict) -> bool:
 
 
 def resolve_task(name: str) -> TaskSpec:
-    """A registered task, or an ad-hoc spec for any Gymnasium id (no reference scores)."""
+    """A registered task, an ad-hoc spec for any Gymnasium id (no reference scores), or a user's
+    env given as ``module:attr`` (:func:`custom_task`). An unknown name is an
+    :class:`~rlft.envs.registry.UnknownTaskError` naming the closest registered tasks."""
     try:
         return get_task(name)
     except KeyError:
@@ -126,4 +134,53 @@ def resolve_task(name: str) -> TaskSpec:
             limit = gym.registry[name].max_episode_steps or 1000
             return TaskSpec(name=name, env_id=name, ref_min_score=float("nan"), ref_max_score=float("nan"),
                             max_episode_steps=limit)
+        if ":" in name:
+            return custom_task(name)
         raise
+
+
+@functools.cache  # made and checked once per process, not at every make_env
+def custom_task(name: str) -> TaskSpec:
+    """The task of ``env.task=<module>:<attr>``: the module is imported (a name it registers with
+    Gymnasium, as ``gymnasium.make("module:Env-v0")`` reads it, or an ``Env`` subclass or factory it
+    defines, registered here as ``<module>.<attr>``), one env is made, and its spaces are checked
+    (a reset's observation must lie in the observation space). No reference scores: the metric is
+    the return. The time limit is the registration's, else 1000 (``env.max_episode_steps``)."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise ValueError(f"env.task={name}: write a user's env as <module>:<EnvClass or factory or registered id>")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"env.task={name}: cannot import module {module_name!r} ({error}); install it or put its "
+                         "folder on PYTHONPATH") from None
+    if attr in gym.registry:
+        spec = TaskSpec(name=name, env_id=attr, ref_min_score=float("nan"), ref_max_score=float("nan"),
+                        max_episode_steps=gym.registry[attr].max_episode_steps or 1000, module=module_name)
+    else:
+        target = getattr(module, attr, None)
+        if not callable(target):
+            known = [k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, gym.Env)]
+            raise ValueError(f"env.task={name}: module {module_name!r} has no env class, factory or registered id "
+                             f"{attr!r}{did_you_mean(attr, known)}")
+        spec = TaskSpec(name=name, env_id=f"{module_name}.{attr}", ref_min_score=float("nan"),
+                        ref_max_score=float("nan"), entry_point=name)
+    _check_spaces(spec)
+    return spec
+
+
+def _check_spaces(spec: TaskSpec) -> None:
+    """Make ``spec``'s env once: it must be a ``gymnasium.Env`` with Gymnasium spaces whose reset
+    observation lies in its observation space."""
+    env = make_task_env(spec)
+    try:
+        for what in ("observation_space", "action_space"):
+            if not isinstance(getattr(env, what, None), gym.spaces.Space):
+                raise ValueError(f"env.task={spec.name}: the env's {what} is not a gymnasium.spaces.Space")
+        obs, _ = env.reset(seed=0)
+        if not env.observation_space.contains(obs):
+            shape, dtype = getattr(obs, "shape", None), getattr(obs, "dtype", type(obs).__name__)
+            raise ValueError(f"env.task={spec.name}: reset's observation (shape {shape}, dtype {dtype}) is not in the "
+                             f"env's observation space {env.observation_space}; make them agree")
+    finally:
+        env.close()

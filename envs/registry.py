@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlft.common.suggest import did_you_mean
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -29,6 +31,14 @@ class TaskSpec:
     module: str | None = None  # package whose import registers env_id with gymnasium (e.g. gymnasium_robotics)
     action_repeat: int = 1  # each agent action is applied this many simulator steps (rewards summed)
     success_key: str | None = None  # info key of task success: the reward becomes 1 on success, which ends the episode
+    entry_point: str | None = None  # "module:attr" of a user's env class or factory (env.task=module:attr), registered as env_id
+
+
+class UnknownTaskError(KeyError, ValueError):
+    """A task name that is neither registered nor a Gymnasium id; the message names the closest."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -48,7 +58,7 @@ def get_task(name: str) -> TaskSpec:
     for spec in _TASKS.values():
         if spec.env_id == name:
             return spec
-    raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)}")
+    raise UnknownTaskError(f"unknown task {name!r}{did_you_mean(name, _TASKS)}; registered tasks: {sorted(_TASKS)}")
 
 
 def list_tasks() -> list[str]:

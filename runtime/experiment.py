@@ -120,6 +120,8 @@ class Experiment(DatasetRunner):
         self.dataset = self.load_dataset(cfg.dataset, cfg.env)
         self.obs_stats = self.dataset.observation_stats() if self.trainer.normalize_obs else None
         self.ref_scores = (self.dataset.ref_min_score, self.dataset.ref_max_score)
+        if self.dataset.ref_min_score is None:  # no reference returns (a user's env): score and plot the return
+            self.plot_metric = "return_mean"
 
         self.agent = make_agent(cfg.agent.name, settings["agent"], self.dataset.obs_dim, self.dataset.action_dim,
                                 self.device)

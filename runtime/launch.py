@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from hydra.utils import get_class
@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 import rlft.configs
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
 from rlft.runtime.run_folder import CONFIG_FILE
+from rlft.runtime.run_identity import RunOrigin
 from rlft.runtime.runner import Runner
 from rlft.common.typed_config import ConfigError
 
@@ -53,7 +54,7 @@ def runner_class(cfg: DictConfig) -> type[Runner]:
     return cls
 
 
-ROOT_KEYS = frozenset({"seed", "device", "threads", "progress", "resume", "init_from", "name", "pipeline", "hydra"})
+ROOT_KEYS = frozenset({"seed", "device", "threads", "progress", "resume", "init_from", "pipeline", "hydra"})
 
 
 @functools.cache
@@ -74,14 +75,29 @@ def check_top_level_keys(cfg: DictConfig) -> None:
     naming the keys there are; keys inside a section are checked by that section's dataclass."""
     unknown = sorted(set(cfg.keys()) - known_top_level_keys())
     if unknown:
-        shown = sorted(ROOT_KEYS - {"hydra", "pipeline", "name"})
+        shown = sorted(ROOT_KEYS - {"hydra", "pipeline"})
         raise ConfigError(f"unknown top-level key(s) {unknown}: no part of rlft reads them; the keys of every run are "
                           f"{shown}, and each pipeline's sections are listed by `rlft experiment=<name> --cfg job`")
 
 
-def build(cfg: DictConfig, run_dir: str | Path) -> tuple[Runner, Path]:
+def check_recipe(cfg: DictConfig, choices: Mapping[str, str]) -> None:
+    """Refuse an agent a recipe is not written for (``experiment=o2o/wsrl/... agent=iql`` would run
+    IQL with WSRL's warm-up, UTD and data ratio under WSRL's name) unless
+    ``recipe.allow_other_agents=true`` (then ``run.json`` records the mix)."""
+    recipe, agent = cfg.get("recipe"), choices.get("agent")
+    if recipe is None or agent is None or agent in recipe.agents or recipe.get("allow_other_agents"):
+        return
+    fits = " or ".join(str(a) for a in recipe.agents)
+    raise ConfigError(f"agent={agent}: experiment '{choices.get('experiment')}' uses recipe '{recipe.name}', written "
+                      f"for agent {fits}; its trainer settings (warm-up, updates per step, data ratio) would run {agent} "
+                      f"unlike any reference. Choose an experiment of {agent} (`rlft --list`), or add "
+                      "recipe.allow_other_agents=true to run the mix anyway (recorded in run.json)")
+
+
+def build(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None) -> tuple[Runner, Path]:
     """The runner for ``cfg`` in ``run_dir``; with ``cfg.resume`` set, the runner of that folder
-    with its saved config and newest checkpoint loaded instead."""
+    with its saved config and newest checkpoint loaded instead. ``origin`` (how the run was asked
+    for) is checked against the recipe and written to the folder's ``run.json``."""
     run_dir = Path(run_dir)
     resume = cfg.get("resume")
     if resume:
@@ -90,7 +106,9 @@ def build(cfg: DictConfig, run_dir: str | Path) -> tuple[Runner, Path]:
         print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
     else:
         check_top_level_keys(cfg)
+        check_recipe(cfg, origin.choices if origin else {})
     runner = runner_class(cfg)(cfg, run_dir)
+    runner.origin = origin
     if resume and not runner.resume():
         raise FileNotFoundError(f"cannot resume: no checkpoint in {run_dir / 'checkpoints'}")
     if not resume and cfg.get("init_from"):

@@ -40,7 +40,8 @@ def plot_learning_curve(
         previous = records
         steps = np.array([r["step"] for r in records], dtype=float)
         mean = np.array([r[metric] for r in records], dtype=float)
-        std = np.array([r[f"{metric}_std"] for r in records], dtype=float)
+        spread = metric.removesuffix("_mean") + "_std"  # normalized_score_std, return_std
+        std = np.array([r[spread] for r in records], dtype=float)
         low, high = mean - std, mean + std
         if limits is not None:
             low, high = np.clip(low, *limits), np.clip(high, *limits)

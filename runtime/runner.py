@@ -44,6 +44,7 @@ from rlft.runtime.checkpoint import (STATE_FILE, CorruptCheckpointError, latest_
 from rlft.runtime.evaluation import EvalResult
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
+from rlft.runtime.run_identity import RunOrigin, write_run_record
 from rlft.runtime.run_folder import EVAL_FILE, RunLock, claim_run_folder, open_run_folder, write_eval_json
 from rlft.common.machine import device_description
 from rlft.common.seeding import get_rng_state, seed_everything, set_rng_state
@@ -160,6 +161,7 @@ class Runner(ABC):
         self._seconds_saved = 0.0  # wall-clock seconds of the work the loaded checkpoint holds (resume)
         self._started: float | None = None  # when this process began running phases
         self._reference: dict[str, Any] | None = None  # reference_score as eval.json records it ({}: none)
+        self.origin: RunOrigin | None = None  # how the run was asked for (run.json); set by rlft.runtime.launch
 
     # ----------------------------------------------------------- pipeline hooks
     @abstractmethod
@@ -517,6 +519,7 @@ class Runner(ABC):
 
     def _run_phases(self, fresh: bool) -> None:
         self.logger = open_run_folder(self.run_dir, self.cfg, self._resume_log_step)
+        write_run_record(self.run_dir, self.origin, fresh)
         try:
             if fresh and self.cfg.get("init_from"):
                 self._start_from_pretrained()
@@ -575,8 +578,11 @@ class DatasetRunner(Runner):
 
     def reference_score(self) -> tuple[str, float] | None:
         returns = self.dataset.episode_returns()
-        score = self.dataset.normalize_score(returns).mean() if len(returns) else float("nan")
-        return (self.reference_label, float(score))
+        if not len(returns):
+            return (self.reference_label, float("nan"))
+        if self.dataset.ref_min_score is None:  # a task without reference returns: the metric is the return
+            return (self.reference_label, float(returns.mean()))
+        return (self.reference_label, float(self.dataset.normalize_score(returns).mean()))
 
     def metric_limits(self) -> tuple[float, float] | None:
         return (0.0, 100.0) if self.task.sparse_reward else None  # sparse tasks score their success rate

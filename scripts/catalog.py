@@ -1,5 +1,5 @@
-"""What ``rlft --list`` and ``rlft --help`` show, and the check that names a config group outside
-the chosen experiment's pipeline (instead of Hydra's ``+group=...`` hint)."""
+"""What ``rlft --list`` and ``rlft --help`` show: the experiments by pipeline, and an experiment's
+groups and their options."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _description(path: Path, width: int = 110) -> str:
     return sentence if len(sentence) <= width else sentence[: width - 3].rstrip() + "..."
 
 
-def _chosen_groups(path: Path) -> dict[str, str]:
+def chosen_groups(path: Path) -> dict[str, str]:
     """group -> option of a config file's defaults list (``override`` and the leading ``/`` dropped)."""
     return {key.replace("override ", "").strip().lstrip("/"): str(value)
             for entry in _defaults(path) if isinstance(entry, dict) for key, value in entry.items()}
@@ -47,7 +47,7 @@ def _chosen_groups(path: Path) -> dict[str, str]:
 def experiment_pipeline(path: Path) -> str:
     """The pipeline an experiment file chooses (``override /pipeline: X``), or the one of an
     experiment it builds on (a ``/experiment/<name>`` default), else the default."""
-    chosen = _chosen_groups(path).get("pipeline")
+    chosen = chosen_groups(path).get("pipeline")
     if chosen is not None:
         return chosen
     for entry in _defaults(path):
@@ -121,34 +121,3 @@ def help_text(overrides: list[str]) -> str:
         lines.append(f"  {group}: {options}")
     lines += ["", f"keys of every run: {ROOT_KEYS}; the pipeline's own keys: rlft experiment={experiment} --cfg job"]
     return "\n".join(lines) + "\n"
-
-
-def check_overrides(overrides: list[str]) -> str | None:
-    """A message for a ``group=option`` override whose group the chosen experiment does not use,
-    naming the experiments that do; ``None`` when there is nothing to say."""
-    plain = [o for o in overrides if "=" in o and not o.startswith(("-", "+", "~", "hydra"))]
-    if any(o.startswith("resume=") for o in plain):
-        return None  # the run folder's config decides
-    experiment = _chosen_experiment(plain)
-    groups = config_groups() - {"experiment"}
-    asked = [o.split("=", 1)[0] for o in plain if o.split("=", 1)[0] in groups]
-    if not asked or "," in experiment:
-        return None
-    try:
-        pipeline, picked = choices(experiment)
-    except Exception:  # noqa: BLE001  Hydra reports a bad experiment itself, with its options
-        return None
-    own = ", ".join(sorted(g for g in picked if g not in ("experiment", "pipeline")))
-    pipeline_groups = {path.stem: set(_chosen_groups(path)) for path in (CONFIG_DIR / "pipeline").glob("*.yaml")}
-    for group in (g for g in asked if g not in picked):
-        # experiments that choose the group themselves or through their pipeline
-        users = [(p, name) for p, entries in experiments().items() for name, _ in entries
-                 if group in pipeline_groups.get(p, set())
-                 or group in _chosen_groups(CONFIG_DIR / "experiment" / f"{name}.yaml")]
-        if not users:
-            return f"'{group}' is not chosen by any experiment; `rlft --list` shows every experiment."
-        pipelines = ", ".join(sorted({p for p, _ in users}))
-        return (f"'{group}' is not a group of experiment '{experiment}' (pipeline {pipeline}; its groups: {own}). "
-                f"It belongs to the {pipelines} pipeline: e.g. rlft experiment={users[0][1]} {group}=... "
-                "(`rlft --list` shows every experiment).")
-    return None

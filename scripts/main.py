@@ -5,7 +5,7 @@ pipeline (``configs/pipeline/``), and the pipeline's runner does the rest.
     rlft experiment=finetune/dppo/mw-push       # BC -> PPO
     rlft experiment=llm/ppo/numberline          # SFT -> language RL
     rlft --list                                 # every experiment, grouped by pipeline
-    rlft resume=runs/spot_hopper-medium/<timestamp>
+    rlft resume=runs/demo/<timestamp>
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,6 +24,10 @@ from omegaconf import DictConfig
 
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_or:} and ${rlft_data:} for Hydra
 from rlft.scripts import catalog
+from rlft.scripts.override_check import check_overrides
+
+if TYPE_CHECKING:
+    from rlft.runtime.run_identity import RunOrigin
 
 # bad input that ends a run before it starts with one line (DatasetError is a ValueError)
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, TypeError)
@@ -101,7 +106,7 @@ def _shown(path: Path) -> Path:
         return path
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
+def run(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None) -> dict | None:
     """Build the experiment's runner (or resume one), run it and print its before/after scores.
     Bad input ends with one line naming what is wrong; Ctrl-C with the command that resumes."""
     run_dir = _shown(Path(run_dir))
@@ -113,7 +118,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict | None:
         from rlft.runtime.run_folder import resume_command
         from rlft.runtime.runner import RunError
 
-        runner, run_dir = build(cfg, run_dir)
+        runner, run_dir = build(cfg, run_dir, origin)
     except USER_ERRORS as err:
         _remove_if_unused(run_dir, resuming)
         _error(str(err))
@@ -159,14 +164,24 @@ class RunFailed(RuntimeError):
     """A run of a sweep ended with an error (already printed); the sweep goes on with its other runs."""
 
 
+def hydra_origin() -> RunOrigin:
+    """How Hydra's current job was asked for: experiment, group choices, overrides, command line."""
+    from rlft.runtime.run_identity import RunOrigin
+
+    hydra_cfg = HydraConfig.get()
+    choices = {k: str(v) for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    return RunOrigin(experiment=choices.get("experiment"), choices=choices,
+                     overrides=tuple(hydra_cfg.overrides.task), command=tuple(sys.argv))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        run(cfg, hydra_cfg.runtime.output_dir)
+        run(cfg, hydra_cfg.runtime.output_dir, hydra_origin())
         return
     try:  # one run of a sweep: its failure is the launcher's to record, not the end of every other run
-        run(cfg, hydra_cfg.runtime.output_dir)
+        run(cfg, hydra_cfg.runtime.output_dir, hydra_origin())
     except SystemExit as exit_:
         if exit_.code == INTERRUPTED:  # Ctrl-C stops the whole sweep, not just this run
             raise KeyboardInterrupt from None
@@ -184,7 +199,7 @@ def main() -> None:
     if "--help" in args or "-h" in args:
         print(catalog.help_text([a for a in args if a not in ("--help", "-h")]), end="")
         return
-    problem = catalog.check_overrides(args) or check_run_dir(args)
+    problem = check_overrides(args) or check_run_dir(args)
     if problem:
         print(f"rlft: error: {problem}", file=sys.stderr)
         sys.exit(2)
