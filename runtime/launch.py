@@ -54,7 +54,7 @@ def runner_class(cfg: DictConfig) -> type[Runner]:
     return cls
 
 
-ROOT_KEYS = frozenset({"seed", "device", "threads", "progress", "resume", "init_from", "pipeline", "hydra"})
+ROOT_KEYS = frozenset({"seed", "device", "threads", "progress", "resume", "init_from", "tracker", "pipeline", "hydra"})
 
 
 @functools.cache

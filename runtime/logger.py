@@ -1,4 +1,5 @@
-"""Metric logging to ``metrics.csv`` and TensorBoard, resumable without duplicate rows."""
+"""Metric logging to ``metrics.csv``, TensorBoard and the optional trackers
+(:mod:`rlft.runtime.trackers`), resumable without duplicate rows."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import math
 import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlft.runtime.trackers import Tracker, finite_scalars, flat_hparams
 
 STEP_KEY = "step"
 
@@ -22,7 +26,9 @@ class MetricLogger:
     checkpoint does not keep the rows of the interrupted tail twice.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None,
+                 trackers: Sequence[Tracker] = ()):
+        self.trackers = list(trackers)
         self.path = Path(run_dir) / "metrics.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rows: list[dict[str, float | str]] = []
@@ -58,6 +64,26 @@ class MetricLogger:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._writer.add_scalar(key, value, step)
+        scalars = finite_scalars(metrics)
+        for tracker in self.trackers:
+            tracker.log(step, scalars)
+
+    def describe_run(self, cfg: DictConfig) -> None:
+        """TensorBoard's record of what the run is: the resolved config as text (TEXT tab) and
+        its scalar values as hyperparameters (HPARAMS tab), written once at a fresh start."""
+        if self._writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        self._writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```", 0)
+        values = {k: v for k, v in flat_hparams(cfg).items() if isinstance(v, (int, float, str, bool))}
+        for summary in hparams(values, {"eval/return": float("nan")}):
+            self._writer.file_writer.add_summary(summary)
+
+    @property
+    def tracker_ids(self) -> dict[str, str]:
+        """Each tracker's run id (saved in checkpoints: resume re-opens the same tracker runs)."""
+        return {t.name: t.run_id for t in self.trackers if t.run_id is not None}
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")
@@ -70,6 +96,9 @@ class MetricLogger:
     def close(self, timeout: float = 10.0) -> None:
         """Close TensorBoard's writer, waiting at most ``timeout`` seconds: an interrupt that struck
         inside its locks must not hang the exit (``metrics.csv`` is complete row by row anyway)."""
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
         if self._writer is not None:
             closer = threading.Thread(target=self._writer.close, daemon=True, name="tensorboard-close")
             closer.start()

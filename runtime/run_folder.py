@@ -13,12 +13,13 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.runtime.checkpoint import latest_checkpoint
 from rlft.runtime.logger import MetricLogger
+from rlft.runtime.trackers import open_trackers
 
 CONFIG_FILE = "config.yaml"
 EVAL_FILE = "eval.json"
@@ -97,13 +98,18 @@ def claim_run_folder(run_dir: Path) -> RunLock:
     return lock
 
 
-def open_run_folder(run_dir: Path, cfg: DictConfig, resume_step: int | None) -> MetricLogger:
-    """Write the resolved ``config.yaml`` and open the metric logger in a folder this process holds
+def open_run_folder(run_dir: Path, cfg: DictConfig, resume_step: int | None,
+                    tracker_ids: Mapping[str, str] | None = None) -> MetricLogger:
+    """Write the resolved ``config.yaml`` and open the metric logger, with the trackers the config
+    asks for (re-opened by ``tracker_ids`` on resume), in a folder this process holds
     (:func:`claim_run_folder` for a fresh start, a :class:`RunLock` taken before a resume loads)."""
     if resume_step is not None and latest_checkpoint(run_dir / "checkpoints") is None:
         raise FileNotFoundError(f"cannot resume {run_dir}: it holds no checkpoint")
     write_atomically(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    return MetricLogger(run_dir, resume_step=resume_step)
+    logger = MetricLogger(run_dir, resume_step=resume_step, trackers=open_trackers(run_dir, cfg, tracker_ids))
+    if resume_step is None:
+        logger.describe_run(cfg)
+    return logger
 
 
 def strict_json(value: Any) -> Any:

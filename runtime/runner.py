@@ -156,6 +156,7 @@ class Runner(ABC):
         self.lock: RunLock | None = None  # this process's hold on the run folder (resume, run)
         self.claimed = False  # this process started the run folder afresh (what rlft may remove if it is refused)
         self._resume_log_step: int | None = None
+        self._tracker_ids: dict[str, str] = {}  # the trackers' run ids of the checkpoint resumed from
         self._initialised_from: Path | None = None  # the checkpoint init_from loaded (prepare_init_from)
         self._unchecked: list[tuple[str, int, int, Mapping[str, Any]]] = []  # (phase, phase_step, step, metrics)
         self._seconds_saved = 0.0  # wall-clock seconds of the work the loaded checkpoint holds (resume)
@@ -344,6 +345,7 @@ class Runner(ABC):
             "eval_history": self.eval_history,
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
             "wall_seconds": self.wall_seconds(),
+            "trackers": self.logger.tracker_ids if self.logger is not None else {},
             "state": pipeline_state,
         }
         return save_checkpoint(self.run_dir / "checkpoints", self.work, state, self.keep_checkpoints)
@@ -369,6 +371,7 @@ class Runner(ABC):
         self.eval_history = list(state["eval_history"])
         self._seconds_saved = float(state.get("wall_seconds", 0.0))  # checkpoints before 2026-12-07 have none
         self._resume_log_step = int(counters["log_step"])
+        self._tracker_ids = dict(state.get("trackers") or {})  # checkpoints before 2026-12-08 have none
         where = f"phase {self.phase.name}, {self.phase_step} steps into it" if self.phase else "finished"
         print(f"resumed from {path} ({where}; step {self.step})")
         n = self.pretraining_phases
@@ -518,7 +521,7 @@ class Runner(ABC):
         return json.loads((self.run_dir / EVAL_FILE).read_text())
 
     def _run_phases(self, fresh: bool) -> None:
-        self.logger = open_run_folder(self.run_dir, self.cfg, self._resume_log_step)
+        self.logger = open_run_folder(self.run_dir, self.cfg, self._resume_log_step, self._tracker_ids)
         write_run_record(self.run_dir, self.origin, fresh)
         try:
             if fresh and self.cfg.get("init_from"):

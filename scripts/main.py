@@ -37,7 +37,7 @@ DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quot
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM)  # a file or folder this user may not read or write
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT)
 # what a fresh start writes before its first metric row: a run refused then leaves nothing worth keeping
-STARTED_FILES = {"config.yaml", ".rlft-run", "tb", "metrics.csv"}
+STARTED_FILES = {"config.yaml", ".rlft-run", "tb", "metrics.csv", "run.json", "wandb", "mlflow.db"}
 
 
 def _error(message: str) -> None:
