@@ -160,6 +160,15 @@ def run(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None) -
     return results
 
 
+def final_score(results: dict | None) -> float | None:
+    """The run's last evaluation in its pipeline's metric (a success rate in %), or ``None``."""
+    after = (results or {}).get("after")
+    if not after or after.get(results["metric"]) is None:
+        return None
+    value = float(after[results["metric"]])
+    return 100.0 * value if results["metric"] == "success_rate" else value
+
+
 class RunFailed(RuntimeError):
     """A run of a sweep ended with an error (already printed); the sweep goes on with its other runs."""
 
@@ -175,13 +184,15 @@ def hydra_origin() -> RunOrigin:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://rlft.configs", config_name="config")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    """One run; in a sweep, its final score is the job's return value (the objective of
+    ``+sweeper=optuna``)."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         run(cfg, hydra_cfg.runtime.output_dir, hydra_origin())
-        return
+        return None
     try:  # one run of a sweep: its failure is the launcher's to record, not the end of every other run
-        run(cfg, hydra_cfg.runtime.output_dir, hydra_origin())
+        return final_score(run(cfg, hydra_cfg.runtime.output_dir, hydra_origin()))
     except SystemExit as exit_:
         if exit_.code == INTERRUPTED:  # Ctrl-C stops the whole sweep, not just this run
             raise KeyboardInterrupt from None

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlft.offline.loaders import save_native
 from rlft.runtime.checkpoint import latest_checkpoint
@@ -165,3 +166,19 @@ def test_every_config_folder_is_an_installed_package():
     folders = {"rlft." + p.relative_to(REPO_ROOT).as_posix().replace("/", ".")
                for p in (REPO_ROOT / "configs").rglob("*") if p.is_dir() and not p.name.startswith("__")}
     assert folders <= listed, sorted(folders - listed)
+
+
+def test_an_optuna_study_of_two_trials_maximises_the_runs_final_scores(tmp_path, dataset_file):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "study"
+    rlft("-m", "+sweeper=optuna", *SMOKE, "trainer.offline_steps=20", "trainer.pretrain_steps.vae=20",
+         "trainer.online_steps=40", "trainer.eval_every=20", f"dataset.source={dataset_file}", "progress=false",
+         "agent.lambd=interval(0.01,1.0)", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    trials = sorted(p for p in sweep.iterdir() if (p / "eval.json").exists())
+    assert len(trials) == 2
+    scores = [json.loads((p / "eval.json").read_text())["after"]["normalized_score"] for p in trials]
+    lambdas = [json.loads((p / "run.json").read_text())["overrides"][0] for p in trials]
+    assert all(text.startswith("agent.lambd=") for text in lambdas) and lambdas[0] != lambdas[1]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(scores))
+    assert f"agent.lambd={best['best_params']['agent.lambd']}" == lambdas[scores.index(max(scores))]
