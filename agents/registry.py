@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from typing import Any, Mapping
 
 import torch
@@ -14,6 +16,7 @@ from rlft.agents.cql import CQL, CQLConfig
 from rlft.agents.fql import FQL, FQLConfig
 from rlft.agents.iql import IQL, IQLConfig
 from rlft.agents.spot import SPOT, SPOTConfig
+from rlft.common.suggest import did_you_mean
 from rlft.common.typed_config import ConfigError, config_from_mapping
 
 # Cal-QL, E2O and WSRL are configurations of CQL (configs/agent/{calql,e2o,wsrl}.yaml).
@@ -28,11 +31,34 @@ AGENTS: dict[str, tuple[type, type]] = {
 }
 
 
+def resolve_agent(name: str) -> tuple[type, type]:
+    """(config dataclass, learner class) of agent ``name``: one of :data:`AGENTS`, or a user's
+    learner as ``<module>:<Class>`` (``agent=custom agent.name=mypkg.agents:MyAgent``), a
+    :class:`~rlft.agents.base.Learner` subclass whose ``Config`` attribute is its config dataclass
+    (docs/extending.md)."""
+    if name in AGENTS:
+        return AGENTS[name]
+    if ":" not in name:
+        raise ConfigError(f"agent.name={name!r}: unknown agent{did_you_mean(name, AGENTS)}; available: "
+                          f"{sorted(AGENTS)}, or your own as <module>:<Class>")
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"agent.name={name}: cannot import module {module_name!r} ({error}); install it or put "
+                          "its folder on PYTHONPATH") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Learner)):
+        raise ConfigError(f"agent.name={name}: {attr!r} in {module_name} is not a rlft Learner subclass")
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        raise ConfigError(f"agent.name={name}: {cls.__name__}.Config must be its config dataclass")
+    return config, cls
+
+
 def agent_config(name: str, options: Mapping[str, Any]) -> Any:
     """The typed, checked config of agent ``name`` from ``options`` (the agent config minus ``name``)."""
-    if name not in AGENTS:
-        raise ConfigError(f"agent.name={name!r}: unknown agent; available: {sorted(AGENTS)}")
-    return config_from_mapping(AGENTS[name][0], options, "agent")
+    return config_from_mapping(resolve_agent(name)[0], options, "agent")
 
 
 def build_agent(
@@ -44,4 +70,4 @@ def build_agent(
 
 def make_agent(name: str, config: Any, obs_dim: int, action_dim: int, device: str | torch.device = "cpu") -> Learner:
     """Instantiate agent ``name`` from its already checked config (:func:`agent_config`)."""
-    return AGENTS[name][1](obs_dim, action_dim, config, device)
+    return resolve_agent(name)[1](obs_dim, action_dim, config, device)

@@ -163,3 +163,16 @@ def evaluate(
 def check_episodes(episodes: int) -> None:
     if episodes <= 0:
         raise ValueError(f"episodes must be positive, got {episodes}")
+
+
+@dataclass
+class Acting:
+    """A trained policy and the env it acts in, as its run evaluated it."""
+
+    actor: Callable[[Any], Any]  # a batch of observations -> a batch of actions (reset/episodes_ended if stateful)
+    make_env: Callable[[str | None], gym.Env]  # render_mode -> one env as the policy sees it (obs normalised)
+    eval_episodes: int  # the run's own evaluation protocol
+    eval_envs: int
+    eval_seed: int
+    ref_scores: tuple[float | None, float | None]
+    metric: str  # eval.json's metric for this run

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+import gymnasium as gym
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +30,7 @@ from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.offline.returns import returns_to_go
 from rlft.offline.safety import available_memory, format_bytes
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
-from rlft.runtime.evaluation import EvalResult, evaluate
+from rlft.runtime.evaluation import Acting, EvalResult, evaluate
 from rlft.runtime.logger import MeanAccumulator
 from rlft.common.progress import Progress
 from rlft.runtime.ray_evaluation import EnvBuilders, eval_pool, evaluate_on_workers
@@ -102,6 +104,9 @@ class Experiment(DatasetRunner):
 
     @classmethod
     def settings(cls, cfg: DictConfig) -> dict[str, Any]:
+        if OmegaConf.is_missing(cfg.agent, "name"):
+            raise ConfigError("agent=custom needs agent.name=<module>:<Class>, your Learner subclass "
+                              "(docs/extending.md)")
         return {"trainer": config_from_mapping(TrainerConfig, cfg.trainer, "trainer"),
                 "agent": agent_config(cfg.agent.name, _agent_options(cfg)),
                 "rollout": config_from_mapping(CollectionConfig, cfg.get("rollout", {}), "rollout")}
@@ -230,7 +235,37 @@ class Experiment(DatasetRunner):
             "collector": self.collector.state_dict() if self.collector is not None else None,
             "owed_updates": self.owed_updates,
             "obs_stats": [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None,
+            "ref_scores": list(self.ref_scores),  # what acting() scores with, without the dataset
         }
+
+    @classmethod
+    def acting(cls, cfg: DictConfig, state: Mapping[str, Any], device: str) -> Acting:
+        """The agent rebuilt from the config and the env's shapes, its weights and observation
+        statistics from the checkpoint; the reference scores the run used (a checkpoint from before
+        2026-12-08 holds none: the task's). No dataset is read."""
+        settings = cls.settings(cfg)
+        trainer: TrainerConfig = settings["trainer"]
+        stats = state.get("obs_stats")
+        obs_stats = tuple(x.cpu().numpy() for x in stats) if stats is not None else None
+        env_cfg = OmegaConf.to_container(cfg.env, resolve=True)
+        probe = make_env(env_cfg)
+        try:
+            obs_dim, action_dim = gym.spaces.flatdim(probe.observation_space), probe.action_space.shape[0]
+        finally:
+            probe.close()
+        agent = make_agent(cfg.agent.name, settings["agent"], obs_dim, action_dim, torch.device(device))
+        agent.load_state_dict(state["agent"])
+        task = resolve_task(env_cfg["task"])
+        refs = state.get("ref_scores") or (task.ref_min_score, task.ref_max_score)
+        refs = tuple(None if r is None or not np.isfinite(r) else float(r) for r in refs)
+
+        def one_env(render_mode: str | None) -> gym.Env:
+            kwargs = {**env_cfg.get("env_kwargs", {}), **({"render_mode": render_mode} if render_mode else {})}
+            return make_env({**env_cfg, "env_kwargs": kwargs}, obs_stats)
+
+        return Acting(AgentActor(agent, torch.device(device), deterministic=True), one_env, trainer.eval_episodes,
+                      trainer.eval_envs, trainer.eval_seed, refs,
+                      "normalized_score" if refs[0] is not None else "return_mean")
 
     def load_pipeline_state(self, state: Mapping[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])

@@ -19,20 +19,20 @@ from rlft.runtime.runner import Runner
 from rlft.common.typed_config import ConfigError
 
 
-def load_run_config(run_dir: str | Path) -> DictConfig:
+def load_run_config(run_dir: str | Path, action: str = "resume") -> DictConfig:
     """The resolved config a run folder was started with; a missing, empty, cut-short or
-    unparsable ``config.yaml`` is a ``ValueError`` naming it."""
+    unparsable ``config.yaml`` is an error naming it and what could not be done (``action``)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist (is {run_dir} an rlft run folder?)")
+        raise FileNotFoundError(f"cannot {action}: {path} does not exist (is {run_dir} an rlft run folder?)")
     try:
         cfg = OmegaConf.load(path)
     except Exception as error:  # noqa: BLE001  YAML and OmegaConf raise many types for a broken file
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot resume: {path} is not readable YAML ({first}); the run's config was damaged, "
+        raise ValueError(f"cannot {action}: {path} is not readable YAML ({first}); the run's config was damaged, "
                          "so start a new run (its checkpoints cannot be trusted to match another config)") from None
     if not isinstance(cfg, DictConfig) or "pipeline" not in cfg or "seed" not in cfg:
-        raise ValueError(f"cannot resume: {path} is empty or cut short (it names no pipeline or seed); the run's "
+        raise ValueError(f"cannot {action}: {path} is empty or cut short (it names no pipeline or seed); the run's "
                          "config was damaged, so start a new run")
     return cfg
 
@@ -135,4 +135,6 @@ def summary(results: dict[str, Any], run_dir: str | Path) -> str:
         lines.append(f"  {label} ({record['phase']})".ljust(36) + " " + "   ".join(parts)
                      + f"   ({len(record['returns'])} episodes, step {record['step']})")
     lines.append(f"  run folder: {run_dir}")
+    if (Path(run_dir) / "learning_curve.png").is_file():
+        lines.append(f"  learning curve: {Path(run_dir) / 'learning_curve.png'}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -27,6 +28,31 @@ CLAIM_FILE = ".rlft-run"  # locked (flock) by the process that runs in the folde
 RUN_FILES = (CONFIG_FILE, EVAL_FILE, "metrics.csv", "checkpoints")  # a folder holding any of them is taken
 _SAFE_IN_OVERRIDE = re.compile(r"[A-Za-z0-9_\-./:]+")  # Hydra reads these unquoted
 _SAFE_IN_DOUBLE_QUOTES = re.compile(r'[^"$`\\!]*')  # a shell leaves these alone inside "..."
+
+
+# what a fresh start writes before its first metric row: a run refused then leaves nothing worth keeping
+STARTED_FILES = {CONFIG_FILE, CLAIM_FILE, "tb", "metrics.csv", "run.json", "wandb", "mlflow.db"}
+
+
+def remove_unstarted(run_dir: Path, claimed: bool = False) -> None:
+    """Remove the folder of a fresh run that never started (and ``runs/<experiment>/...`` up to
+    ``runs/`` where they are left empty): empty, as Hydra created it, or, when this process
+    ``claimed`` it, holding only what a start writes before its first metric row (a refusal raised
+    after the claim). Never called for a resumed folder: that one is the user's."""
+    if not run_dir.is_dir():
+        return
+    metrics = run_dir / "metrics.csv"
+    rows = len(metrics.read_text().splitlines()) - 1 if metrics.is_file() else 0
+    names = {path.name for path in run_dir.iterdir()}
+    if names and not (claimed and names <= STARTED_FILES and rows <= 0):
+        return
+    shutil.rmtree(run_dir)
+    parents = run_dir.resolve().parents
+    runs = next((i for i, parent in enumerate(parents) if parent.name == "runs"), -1)
+    for parent in parents[: runs + 1]:  # up to and including runs/, while they are left empty
+        if any(parent.iterdir()):
+            return
+        parent.rmdir()
 
 
 class RunFolderBusy(FileExistsError):

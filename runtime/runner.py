@@ -41,7 +41,7 @@ from rlft.offline.dataset import TransitionDataset
 from rlft.offline.loaders import load_task_dataset
 from rlft.runtime.checkpoint import (STATE_FILE, CorruptCheckpointError, latest_checkpoint, list_checkpoints,
                                      load_checkpoint, quarantine, save_checkpoint)
-from rlft.runtime.evaluation import EvalResult
+from rlft.runtime.evaluation import Acting, EvalResult
 from rlft.runtime.logger import MetricLogger
 from rlft.runtime.plotting import plot_learning_curve
 from rlft.runtime.run_identity import RunOrigin, write_run_record
@@ -197,6 +197,12 @@ class Runner(ABC):
     def reference_score(self) -> tuple[str, float] | None:
         """A level to draw on the learning curve (e.g. the dataset's own score), as (label, value)."""
         return None
+
+    @classmethod
+    def acting(cls, cfg: DictConfig, state: Mapping[str, Any], device: str) -> Acting:
+        """The policy of a checkpoint's pipeline ``state`` with its env and the run's evaluation
+        protocol, built without the run's dataset or buffer (``rlft.runtime.acting``)."""
+        raise ValueError(f"loading a policy to act is not supported for {cls.pipeline!r} runs yet (o2o runs are)")
 
     def metric_limits(self) -> tuple[float, float] | None:
         """The range of :attr:`plot_metric` (bands are clipped to it), ``None`` when unbounded."""

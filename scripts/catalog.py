@@ -3,6 +3,7 @@ groups and their options."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -18,7 +19,9 @@ PIPELINES = {
     "llm": "SFT of a language or vision-language(-action) policy, then RL (PPO over turns, GRPO, ArCHer, iRe-VLA)",
     "peer": "a peer library's learner (stable-baselines3) evaluated as rlft evaluates, for peer comparisons",
 }
-ROOT_KEYS = "seed, device, threads, progress, resume=<run dir>, init_from=<run dir>"
+ROOT_KEYS = "seed, device, threads, progress, resume=<run dir>, init_from=<run dir>, tracker.*"
+# a sentence ends at ". " before a capital, but not after an abbreviation ("Sec. 5", "et al. 2024", "e.g. X")
+SENTENCE_END = re.compile(r"(?<!\bSec)(?<!\bal)(?<!\be\.g)(?<!\bi\.e)(?<!\bEq)(?<!\bFig)(?<!\bvs)(?<!\bApp)\.\s+(?=[A-Z(])")
 
 
 def _defaults(path: Path) -> list:
@@ -34,7 +37,7 @@ def _description(path: Path, width: int = 110) -> str:
         if "@package" not in line:
             words.append(line.lstrip("# ").strip())
     text = " ".join(words)
-    sentence = text.split(". ")[0].rstrip(".")
+    sentence = SENTENCE_END.split(text, maxsplit=1)[0].rstrip(".")
     return sentence if len(sentence) <= width else sentence[: width - 3].rstrip() + "..."
 
 

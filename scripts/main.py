@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,8 +35,6 @@ DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quot
                errno.EROFS: "read-only file system"}
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM)  # a file or folder this user may not read or write
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT)
-# what a fresh start writes before its first metric row: a run refused then leaves nothing worth keeping
-STARTED_FILES = {"config.yaml", ".rlft-run", "tb", "metrics.csv", "run.json", "wandb", "mlflow.db"}
 
 
 def _error(message: str) -> None:
@@ -45,27 +42,6 @@ def _error(message: str) -> None:
     if os.environ.get("RLFT_TRACEBACK"):
         raise
     print("  (RLFT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-
-
-def _remove_if_unused(run_dir: Path, resuming: bool, claimed: bool = False) -> None:
-    """Remove the folder of a fresh run that never started (and ``runs/<name>/`` and ``runs/`` when
-    they are left empty): empty, as Hydra created it, or, when this process ``claimed`` it, holding
-    only what a start writes before its first metric row (a refusal raised after the claim). A
-    resumed folder is the user's and always stays."""
-    if resuming or not run_dir.is_dir():
-        return
-    metrics = run_dir / "metrics.csv"
-    rows = len(metrics.read_text().splitlines()) - 1 if metrics.is_file() else 0
-    names = {path.name for path in run_dir.iterdir()}
-    if names and not (claimed and names <= STARTED_FILES and rows <= 0):
-        return
-    shutil.rmtree(run_dir)
-    parents = run_dir.resolve().parents
-    runs = next((i for i, parent in enumerate(parents) if parent.name == "runs"), -1)
-    for parent in parents[: runs + 1]:  # up to and including runs/, while they are left empty
-        if any(parent.iterdir()):
-            return
-        parent.rmdir()
 
 
 def _disk_error(error: OSError, run_dir: Path, started: bool, resuming: bool) -> str:
@@ -109,6 +85,8 @@ def _shown(path: Path) -> Path:
 def run(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None) -> dict | None:
     """Build the experiment's runner (or resume one), run it and print its before/after scores.
     Bad input ends with one line naming what is wrong; Ctrl-C with the command that resumes."""
+    from rlft.runtime.run_folder import remove_unstarted  # torch loads with it: here, not for --help
+
     run_dir = _shown(Path(run_dir))
     resuming = bool(cfg.get("resume"))
     try:
@@ -120,24 +98,28 @@ def run(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None) -
 
         runner, run_dir = build(cfg, run_dir, origin)
     except USER_ERRORS as err:
-        _remove_if_unused(run_dir, resuming)
+        if not resuming:
+            remove_unstarted(run_dir)
         _error(str(err))
         sys.exit(2)
     except OSError as err:
         said = _os_error(err, run_dir, started=False, resuming=resuming)
         if said is None:
             raise
-        _remove_if_unused(run_dir, resuming)
+        if not resuming:
+            remove_unstarted(run_dir)
         _error(said[0])
         sys.exit(said[1])
     except KeyboardInterrupt:
-        _remove_if_unused(run_dir, resuming)
+        if not resuming:
+            remove_unstarted(run_dir)
         print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
         sys.exit(INTERRUPTED)
     try:
         results = runner.run()
     except USER_ERRORS as err:
-        _remove_if_unused(run_dir, resuming, claimed=runner.claimed)
+        if not resuming:
+            remove_unstarted(run_dir, claimed=runner.claimed)
         _error(str(err))
         sys.exit(2)
     except OSError as err:

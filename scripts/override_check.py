@@ -15,7 +15,7 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlft.common.suggest import did_you_mean
 from rlft.scripts.catalog import CONFIG_DIR, chosen_groups, config_groups, experiments, group_options
@@ -117,8 +117,8 @@ def _unknown_key(cfg: DictConfig, key: str, experiment: str) -> str | None:
         if isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
             continue
-        if isinstance(node, DictConfig) and part in node:
-            node = node[part]
+        if isinstance(node, DictConfig) and part in node.keys():  # `in` alone misses a mandatory ??? value
+            node = None if OmegaConf.is_missing(node, part) else node[part]
             continue
         section = ".".join(parts[:depth])
         if isinstance(node, DictConfig) and len(node) == 0 and section:

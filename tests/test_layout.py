@@ -1,7 +1,7 @@
 """The layout stays true: imports between rlft's folders only point down the floors of
 ``docs/architecture.md``, so no folder imports one above it and no two folders import each other.
 
-    scripts -> export -> runtime -> agents -> offline -> policies -> envs -> common
+    scripts -> suites -> api -> export -> runtime -> agents -> offline -> policies -> envs -> common
 
 ``deploy`` (the torch-free runner) imports no other folder, and ``configs`` holds YAML only.
 Every ``import``/``from ... import`` counts, also those inside functions (imported lazily, they
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORS = ["common", "envs", "policies", "offline", "agents", "runtime", "export", "suites", "scripts"]  # bottom to top
+FLOORS = ["common", "envs", "policies", "offline", "agents", "runtime", "export", "api", "suites", "scripts"]  # bottom to top
 ALONE = {"deploy", "configs"}  # import no other folder
 
 

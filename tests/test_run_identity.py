@@ -1,7 +1,7 @@
 """A run folder says what made it (``run.json``: experiment, group choices, overrides, command
 line, git commit, library versions; a resume appends itself), default folders are named by
 experiment, a recipe refuses an agent it is not written for unless told, and a user's env plugs in
-by module path (``env.task=<module>:<EnvClass>``)."""
+by module path (``env.task=<module>:<EnvClass>``; the smoke run of one: tests/test_extending.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from hydra import compose, initialize_config_module
 
 from rlft.common.typed_config import ConfigError
 from rlft.envs.factory import make_env, resolve_task
-from rlft.offline.loaders import save_native
 from rlft.runtime.launch import check_recipe
 from rlft.runtime.run_identity import RUN_FILE
 
@@ -52,12 +51,9 @@ MY_ENVS = textwrap.dedent('''
 ''')
 
 
-def rlft(*args: str, cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if extra_path is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "rlft.scripts.main", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+def rlft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "rlft.scripts.main", *args], cwd=cwd, env=os.environ,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -116,16 +112,6 @@ def test_every_recipe_declares_the_agent_its_experiments_choose():
             cfg = compose("config", [f"experiment={name}"], return_hydra_config=True)
         if "recipe" in cfg:
             assert cfg.hydra.runtime.choices.agent in cfg.recipe.agents, name
-
-
-def test_a_users_env_class_runs_the_smoke_experiment_by_module_path(tmp_path, hopper_dataset, my_envs):
-    hopper_dataset.env_id = "my_envs.TiltedHopper"  # what a dataset collected in the user's env records
-    data = save_native(hopper_dataset, tmp_path / "tilted.h5")
-    out = rlft(*SMOKE, "env.task=my_envs:TiltedHopper", f"dataset.source={data}", "progress=false",
-               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, extra_path=my_envs).stdout
-    assert "after fine-tuning (online)" in out
-    results = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert results["done"] and results["details"]["env_id"] == "my_envs.TiltedHopper"
 
 
 def test_a_users_env_by_class_or_registered_id_and_the_named_errors(my_envs):

@@ -1,0 +1,102 @@
+"""A run's policy ready to act, loaded from one of its checkpoints without its dataset or replay
+buffer, and evaluated the way the run evaluated itself (same seeds, episodes, env count and
+policy-noise seed, so the latest checkpoint reproduces ``eval.json``'s last record), optionally
+recording each episode as an MP4.
+
+The pipeline's runner class builds the policy (``Runner.acting``); o2o runs are supported (the
+agent rebuilt from the config and the env's shapes, the observation statistics read from the
+checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from rlft.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from rlft.runtime.evaluation import Acting, evaluate
+from rlft.runtime.launch import load_run_config, runner_class
+from rlft.runtime.run_folder import strict_json, write_atomically
+from rlft.runtime.runner import PRETRAINED_CHECKPOINT
+from rlft.runtime.video import RecordEpisode
+
+EVALS_DIR = "evals"  # <run>/evals/<checkpoint>_seed<seed>_<n>ep.json (and videos/ beside it)
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """The checkpoint folder ``checkpoint`` names in ``run_dir``: ``None``/``"latest"`` (the newest),
+    ``"pretrained"`` (the end of pretraining), ``step_<n>`` or ``<n>``, or a path."""
+    folder = run_dir / "checkpoints"
+    if checkpoint in (None, "latest"):
+        newest = latest_checkpoint(folder)
+        if newest is None:
+            raise FileNotFoundError(f"{run_dir} holds no checkpoint (checkpoints/ is empty or missing)")
+        return newest
+    if checkpoint == "pretrained":
+        path = run_dir / PRETRAINED_CHECKPOINT
+    elif Path(checkpoint).is_dir():
+        path = Path(checkpoint)
+    else:
+        name = checkpoint if checkpoint.startswith("step_") else f"step_{int(checkpoint):09d}" \
+            if checkpoint.isdigit() else checkpoint
+        path = folder / name
+    if not path.is_dir():
+        kept = ", ".join(p.name for p in list_checkpoints(folder)) or "none"
+        raise FileNotFoundError(f"no checkpoint {checkpoint!r} in {run_dir} (kept: {kept}; also 'latest', "
+                                f"'pretrained')")
+    return path
+
+
+def load_acting(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> tuple[Acting, Path]:
+    """The policy of ``run_dir``'s ``checkpoint`` (:func:`resolve_checkpoint`) and that checkpoint's
+    folder; the manifest is checked and nothing in the run folder is written."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, action="load its policy")
+    path = resolve_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path, map_location=device)
+    cls = runner_class(cfg)
+    if state["pipeline"] != cls.pipeline:
+        raise ValueError(f"{path} holds a {state['pipeline']!r} run, its config a {cls.pipeline!r} one")
+    return cls.acting(cfg, state["state"], device), path
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, episodes: int | None = None,
+                 seed: int | None = None, video: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a run folder's checkpoint: ``episodes`` (default: the run's own number) from
+    ``seed`` (default: the run's evaluation seed), deterministic, written to
+    ``<run>/evals/<checkpoint>_seed<seed>_<n>ep.json``; with ``video``, every episode as
+    ``evals/videos/<checkpoint>_seed<seed>_ep<i>.mp4`` (the same envs and episodes: recording
+    changes no number). Returns the record."""
+    run_dir = Path(run_dir)
+    acting, path = load_acting(run_dir, checkpoint, device)
+    episodes = acting.eval_episodes if episodes is None else episodes
+    seed = acting.eval_seed if seed is None else seed
+    out = run_dir / EVALS_DIR
+    tag = f"{path.name}_seed{seed}"
+    started = time.perf_counter()
+    recorders: list[RecordEpisode] = []
+
+    def one_env() -> gym.Env:
+        if not video:
+            return acting.make_env(None)
+        recorders.append(RecordEpisode(acting.make_env("rgb_array"), out / "videos", tag, seed, episodes))
+        return recorders[-1]
+
+    envs = gym.vector.SyncVectorEnv([one_env] * min(acting.eval_envs, episodes),
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    try:
+        result = evaluate(acting.actor, envs, episodes, seed, *acting.ref_scores, rng_seed=acting.eval_seed)
+    finally:
+        envs.close()
+    videos = sorted((str(p.relative_to(run_dir)) for recorder in recorders for p in recorder.written),
+                    key=lambda name: int(name.rsplit("_ep", 1)[1].removesuffix(".mp4")))
+    record = {"run": str(run_dir), "checkpoint": path.name, "metric": acting.metric, "episodes": episodes,
+              "seed": seed, "deterministic": True, "seconds": round(time.perf_counter() - started, 2),
+              "videos": videos, **result.as_dict()}
+    out.mkdir(exist_ok=True)
+    write_atomically(out / f"{tag}_{episodes}ep.json", json.dumps(strict_json(record), indent=2))
+    return record
+
