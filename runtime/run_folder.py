@@ -31,7 +31,7 @@ _SAFE_IN_DOUBLE_QUOTES = re.compile(r'[^"$`\\!]*')  # a shell leaves these alone
 
 
 # what a fresh start writes before its first metric row: a run refused then leaves nothing worth keeping
-STARTED_FILES = {CONFIG_FILE, CLAIM_FILE, "tb", "metrics.csv", "run.json", "wandb", "mlflow.db"}
+STARTED_FILES = {CONFIG_FILE, CLAIM_FILE, "tb", "metrics.csv", "run.json", "wandb", "mlflow.db", "mlartifacts"}
 
 
 def remove_unstarted(run_dir: Path, claimed: bool = False) -> None:

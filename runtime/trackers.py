@@ -101,8 +101,8 @@ class WandbTracker(Tracker):
 
 class MlflowTracker(Tracker):
     """An MLflow run in experiment ``project`` (tracking URI: ``MLFLOW_TRACKING_URI``, else a SQLite
-    store in the run folder, ``mlflow.db``: MLflow 3 retired its file store), the config as
-    parameters and ``config.yaml`` as an artifact."""
+    store in the run folder, ``mlflow.db``, MLflow 3 having retired its file store, with artifacts in
+    ``mlartifacts/``), the config as parameters and ``config.yaml`` as an artifact."""
 
     name = "mlflow"
 
@@ -110,12 +110,14 @@ class MlflowTracker(Tracker):
         import mlflow
 
         self._mlflow = mlflow
-        self._client = mlflow.tracking.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI")
-                                                    or f"sqlite:///{(run_dir / MLFLOW_DB).resolve()}")
+        server = os.environ.get("MLFLOW_TRACKING_URI")
+        self._client = mlflow.tracking.MlflowClient(server or f"sqlite:///{(run_dir / MLFLOW_DB).resolve()}")
         if run_id is None:
             experiment = self._client.get_experiment_by_name(settings.project)
+            # the run folder's own store keeps its artifacts beside it (MLflow's default: ./mlruns of the cwd)
+            artifacts = None if server else (run_dir / MLFLOW_ARTIFACTS).resolve().as_uri()
             experiment_id = (experiment.experiment_id if experiment is not None
-                             else self._client.create_experiment(settings.project))
+                             else self._client.create_experiment(settings.project, artifact_location=artifacts))
             run = self._client.create_run(experiment_id, run_name=f"{run_dir.parent.name}/{run_dir.name}")
             run_id = run.info.run_id
             params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat_hparams(cfg).items()]
@@ -141,6 +143,7 @@ class MlflowTracker(Tracker):
 
 
 MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
 TRACKERS: dict[str, type[Tracker]] = {"wandb": WandbTracker, "mlflow": MlflowTracker}
 EXTRA = 'pip install "rlft[track]"'
 

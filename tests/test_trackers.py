@@ -30,6 +30,7 @@ def _wandb_runs(run_dir: Path) -> list[Path]:
 
 def test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs(tmp_path, native_hopper, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     cfg = smoke_config(native_hopper, *TRACKED)
     run_dir = tmp_path / "run"
     state = run_interrupted(cfg, run_dir, monkeypatch, after_saves=2)
@@ -55,6 +56,7 @@ def test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs(tmp_path, native
     history = client.get_metric_history(run.info.run_id, "eval/return")
     assert {m.step for m in history} == {r["step"] for r in results["history"]}
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert (run_dir / "mlartifacts").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["hopper-random.h5", "run"]
 
 
 def test_tensorboard_holds_the_config_and_hyperparameters(tmp_path, native_hopper):
