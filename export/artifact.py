@@ -37,6 +37,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rlft.runtime.run_folder import strict_json
 from rlft.export.graphs import DeployGraph, DenoisingChain, Deterministic, PolicyPrior, ResidualStep
 from rlft.export.onnx_io import (OPSET, TOLERANCE, ExportError, TorchSession, latency, latency_table, provenance,
                                  torch_export)
@@ -109,23 +110,26 @@ def run_config(run_dir: Path):
     return OmegaConf.load(config)
 
 
-def load_runner(run_dir: Path):
-    """The run's pipeline object with its newest checkpoint loaded (checked against its manifest;
-    nothing in the run folder is written or renamed) and that checkpoint's folder."""
+def load_runner(run_dir: Path, checkpoint: str | None = None):
+    """The run's pipeline object with its ``checkpoint`` loaded (``latest``, ``pretrained``,
+    ``step_<n>``: :func:`rlft.runtime.acting.resolve_checkpoint`; checked against its manifest;
+    nothing in the run folder is written or renamed), that checkpoint's folder and its state."""
     from hydra.utils import get_class
 
-    from rlft.runtime.checkpoint import latest_checkpoint, load_checkpoint
+    from rlft.runtime.acting import resolve_checkpoint
+    from rlft.runtime.checkpoint import load_checkpoint
 
     cfg = run_config(run_dir)
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise ExportError(f"{run_dir} has no checkpoint to export (checkpoints/ is empty or missing)")
+    try:
+        path = resolve_checkpoint(run_dir, checkpoint)
+    except FileNotFoundError as error:
+        raise ExportError(str(error)) from None
     runner = get_class(cfg.pipeline.runner)(cfg, run_dir)
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(path)
     if state["pipeline"] != runner.pipeline:
-        raise ExportError(f"{checkpoint} holds a {state['pipeline']!r} run, the config a {runner.pipeline!r} one")
+        raise ExportError(f"{path} holds a {state['pipeline']!r} run, the config a {runner.pipeline!r} one")
     runner.load_pipeline_state(state["state"])
-    return runner, checkpoint
+    return runner, path, state
 
 
 def exportable(runner) -> Exportable:
@@ -257,8 +261,9 @@ def parity_error(item: Exportable, got: list[np.ndarray], expected: list[np.ndar
     return max(float(error.max()) for error in errors)
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) -> Path:
-    """Export a run folder's policy (see the module docstring); returns the output folder."""
+def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0, checkpoint: str | None = None) -> Path:
+    """Export a run folder's policy (see the module docstring) from ``checkpoint`` (default: the
+    newest); returns the output folder."""
     import onnxruntime
 
     run_dir = Path(run_dir)
@@ -266,8 +271,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
     if run_config(run_dir).pipeline.runner.endswith(".TextExperiment"):  # language policies: VLAs export
         from rlft.export.vla import export_vla
 
+        if checkpoint not in (None, "latest"):
+            raise ExportError("--checkpoint: a VLA exports its saved model (the run's end); choose none")
         return export_vla(run_dir, out, seed)
-    runner, checkpoint = load_runner(run_dir)
+    runner, checkpoint, state = load_runner(run_dir, checkpoint)
     item = exportable(runner)
     out.mkdir(parents=True, exist_ok=True)
     recorded = record_feeds(item, seed)
@@ -293,12 +300,14 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0
                           "units of half the action range)")
     np.savez(out / "golden.npz", **feeds, **dict(zip(item.output_names, expected)))
     metadata = describe(item) | {
-        **provenance(run_dir, checkpoint.name),
+        **provenance(run_dir, checkpoint.name, out),
+        "env": env_card(item.env_cfg),
+        "evaluation": checkpoint_evaluation(state),
         "parity": {"max_abs_error": errors, "tolerance": TOLERANCE, "recorded_inputs": split,
                    "random_inputs": RANDOM_INPUTS},
         "latency_ms": latency(item.torch_session(), path, {name: value[:1] for name, value in feeds.items()}),
     }
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (out / "metadata.json").write_text(json.dumps(strict_json(metadata), indent=2))  # NaN (no success signal): null
     (out / "report.md").write_text(_report(metadata))
     return out
 
@@ -311,11 +320,59 @@ def _stats(graph: DeployGraph) -> dict[str, Any] | None:
     return {"mean": graph.mean[:frame].tolist(), "std": graph.std[:frame].tolist(), "clip": graph.obs_clip}
 
 
+def env_card(env_cfg: Any) -> dict[str, Any]:
+    """What a robot engineer needs of the env the policy was trained in: its id, the control period
+    (seconds between two actions, where the env says), the episode limit, and what each
+    observation entry is where the env names them (a Dict's keys; a flat Box names none)."""
+    env = raw_env(env_cfg)
+    try:
+        dt = getattr(env.unwrapped, "dt", None)
+        fps = env.metadata.get("render_fps")
+        space = env.observation_space
+        names = ([f"{k}: {list(sub.shape)}" for k, sub in space.spaces.items()]
+                 if isinstance(space, gym.spaces.Dict) else None)
+        return {"task": str(env_cfg.task), "id": env.spec.id if env.spec else None,
+                "control_period_s": float(dt) if dt is not None else (1.0 / fps if fps else None),
+                "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
+                "observation": names or f"a flat vector of {gym.spaces.flatdim(space)} (the env names no entries)"}
+    finally:
+        env.close()
+
+
+def checkpoint_evaluation(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's own evaluation of the exported checkpoint (the last one of its eval history, when
+    it was made at the checkpoint's step), or ``None`` when the run did not evaluate that state."""
+    history, step = state["eval_history"], state["counters"]["step"]
+    if not history or history[-1]["step"] != step:
+        return None
+    record = history[-1]
+    keys = ("step", "phase", "return_mean", "return_std", "normalized_score", "normalized_score_std", "success_rate")
+    return {key: record[key] for key in keys} | {"episodes": len(record["returns"])}
+
+
+GOLDEN = ("`golden.npz` holds the graph's inputs and PyTorch's outputs, one row per policy query: first the queries "
+          "of one recorded episode (the deploy runner driving the PyTorch graph in the raw env), then random "
+          "inputs. A runtime on the robot reproduces it by feeding each row and comparing its outputs within the "
+          "tolerance above (`rlft.deploy` does this in its tests).")
+
+
 def _report(metadata: dict) -> str:
-    parity, latency = metadata["parity"], metadata["latency_ms"]
+    parity, latency, env, evaluation = (metadata["parity"], metadata["latency_ms"], metadata["env"],
+                                         metadata["evaluation"])
+    period = env["control_period_s"]
+    score = ("not evaluated at this checkpoint" if evaluation is None else
+             f"{evaluation['normalized_score']:.1f} normalised score (return {evaluation['return_mean']:.1f} ± "
+             f"{evaluation['return_std']:.1f} over {evaluation['episodes']} episodes) at step {evaluation['step']}, "
+             f"phase {evaluation['phase']}")
     return "\n".join([
         f"# Export of {metadata['family']} ({metadata['source']['checkpoint']})", "",
+        f"- env: `{env['id']}` (task `{env['task']}`), control period "
+        f"{'unknown' if period is None else f'{period:g} s'}, episodes of at most {env['max_episode_steps']} steps",
+        f"- observation: {env['observation']}",
+        f"- the run's own evaluation of this checkpoint: {score}",
+        f"- source: run `{metadata['source']['run']}` (relative to this folder), trained at rlft "
+        f"{(metadata['source']['trained_with'] or {}).get('commit')}", "",
         f"ONNX Runtime against PyTorch (max abs error over the outputs, the action's in units of half its range): {parity['max_abs_error']['recorded']:.2e} on "
         f"{parity['recorded_inputs']} policy queries of an episode, {parity['max_abs_error']['random']:.2e} on "
         f"{parity['random_inputs']} random inputs (tolerance {parity['tolerance']:.0e}).", "",
-        *latency_table(latency), ""])
+        *latency_table(latency), "", GOLDEN, ""])

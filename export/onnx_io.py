@@ -5,15 +5,20 @@ parity, the parity tolerance, batch-1 latency, provenance, and the error an expo
 from __future__ import annotations
 
 import hashlib
-import platform
-import subprocess
+import json
+import logging
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+from rlft.common.machine import cpu_description
+from rlft.runtime.run_identity import RUN_FILE, library_versions, source_revision
 
 OPSET = 18
 TOLERANCE = 1e-5  # max abs error of ONNX Runtime against PyTorch that an export may have
@@ -68,15 +73,8 @@ def latency(torch_session: TorchSession, path: Path, one: dict[str, np.ndarray])
     finally:
         torch.set_num_threads(threads)
     onnx_ms = _percentiles(lambda: session.run(None, one))
-    return {"torch": {"p50": torch_ms[0], "p99": torch_ms[1]}, "onnxruntime": {"p50": onnx_ms[0], "p99": onnx_ms[1]}}
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    return {"torch": {"p50": torch_ms[0], "p99": torch_ms[1]}, "onnxruntime": {"p50": onnx_ms[0], "p99": onnx_ms[1]},
+            "cpu": cpu_description()}
 
 
 def _is_all_true(x):
@@ -94,29 +92,42 @@ def torch_export(graph: nn.Module, args: tuple[torch.Tensor, ...], input_names: 
 
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)  # argument checks are data-dependent branches
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
     try:
-        torch.onnx.export(graph, args, path, input_names=input_names, output_names=output_names, opset_version=OPSET,
-                          dynamo=True, dynamic_shapes=dynamic_shapes, external_data=False,
-                          custom_translation_table={torch.ops.aten._is_all_true.default: _is_all_true})
+        with warnings.catch_warnings():  # the exporter's own deprecation notices are not the user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(graph, args, path, input_names=input_names, output_names=output_names,
+                              opset_version=OPSET, dynamo=True, dynamic_shapes=dynamic_shapes, external_data=False,
+                              verbose=False,  # no "[torch.onnx] ..." progress lines
+                              custom_translation_table={torch.ops.aten._is_all_true.default: _is_all_true})
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
+        registration.setLevel(level)
     onnx.checker.check_model(onnx.load(path))
 
 
-def provenance(run_dir: Path, checkpoint: str) -> dict[str, Any]:
-    """``source`` (run, checkpoint, config hash, git commit) and ``versions`` of ``metadata.json``."""
+def provenance(run_dir: Path, checkpoint: str, out: Path) -> dict[str, Any]:
+    """``source`` and ``versions`` of ``metadata.json``: the run as a path relative to the export
+    folder (it travels with them), the checkpoint, the config's hash, the rlft commit that trained
+    the run (its ``run.json``) and the one that exported it; the libraries the artifact and the
+    env depend on."""
     import onnx
     import onnxruntime
 
-    return {"source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint,
+    record = run_dir / RUN_FILE
+    trained = json.loads(record.read_text()).get("started") if record.is_file() else None
+    return {"source": {"run": os.path.relpath(run_dir.resolve(), out.resolve()), "checkpoint": checkpoint,
                        "config_sha256": hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest(),
-                       "git_commit": _git_commit()},
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}}
+                       "trained_with": (trained or {}).get("git"), "exported_with": source_revision()},
+            "versions": {**library_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}}
 
 
-def latency_table(latency: dict[str, dict[str, float]]) -> list[str]:
+def latency_table(latency: dict[str, Any]) -> list[str]:
     """``report.md``'s rows of :func:`latency`'s measurement."""
-    return ["| batch-1 latency (ms, one thread) | p50 | p99 |", "| --- | ---: | ---: |",
+    return [f"Measured on {latency['cpu']}:", "",
+            "| batch-1 latency (ms, one thread) | p50 | p99 |", "| --- | ---: | ---: |",
             f"| PyTorch eager | {latency['torch']['p50']:.3f} | {latency['torch']['p99']:.3f} |",
             f"| ONNX Runtime | {latency['onnxruntime']['p50']:.3f} | {latency['onnxruntime']['p99']:.3f} |"]

@@ -160,7 +160,7 @@ def export_vla(run_dir: Path, out: Path, seed: int = 0) -> Path:
              action_tokens=np.concatenate([e[0] for e in expected]), action=np.concatenate([e[1] for e in expected]),
              **{f"input_ids_{i}": f["input_ids"] for i, f in enumerate(feeds)})
     metadata |= {
-        **provenance(run_dir, "model"),
+        **provenance(run_dir, "model", out),
         "parity": {"max_abs_error": {"recorded": error}, "tokens_equal": True, "recorded_inputs": len(feeds),
                    "random_inputs": 0, "tolerance": TOLERANCE},
         "latency_ms": latency(TorchSession(graph, INPUTS, OUTPUTS), path, feeds[0]),

@@ -53,6 +53,13 @@ def test_the_artifact_matches_pytorch_and_says_what_a_caller_needs(sac_export: P
                                                                                   "obs_history": 1}
     assert metadata["observation"]["normalisation"] is None or len(metadata["observation"]["normalisation"]["mean"]) == 11
     assert metadata["source"]["checkpoint"].startswith("step_") and len(metadata["source"]["config_sha256"]) == 64
+    assert metadata["source"]["run"] == ".."  # relative to the export folder: the two travel together
+    assert metadata["env"] == {"task": "hopper", "id": "Hopper-v5", "control_period_s": 0.008, "max_episode_steps": 1000,
+                               "observation": "a flat vector of 11 (the env names no entries)"}
+    after = json.loads((sac_export.parent / "eval.json").read_text())["after"]
+    assert metadata["evaluation"]["return_mean"] == after["return_mean"] and metadata["evaluation"]["step"] == after["step"]
+    assert {"gymnasium", "mujoco", "torch", "onnxruntime"} <= set(metadata["versions"])
+    assert metadata["latency_ms"]["cpu"] and "golden.npz" in (sac_export / "report.md").read_text()
     golden = np.load(sac_export / "golden.npz")
     policy = DeployedPolicy(sac_export)
     for obs, expected in zip(golden["observation"][:20], golden["action"][:20]):
@@ -61,7 +68,7 @@ def test_the_artifact_matches_pytorch_and_says_what_a_caller_needs(sac_export: P
 
 
 def test_the_deployed_policy_reproduces_the_pytorch_episodes(sac_export: Path) -> None:
-    runner, _ = load_runner(sac_export.parent)
+    runner, _, _ = load_runner(sac_export.parent)
     graph = exportable(runner).graph
     deployed = DeployedPolicy(sac_export)
     env = make_task_env(resolve_task("hopper"))
@@ -160,7 +167,7 @@ def test_a_chunked_gaussian_ppo_policy_with_history_deploys_like_the_pytorch_eva
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["control"] == {"chunk": 2, "executed_steps": 2, "obs_history": 2}
     assert metadata["observation"]["shape"] == [78] and metadata["action"]["shape"] == [8]
-    runner, _ = load_runner(tmp_path / "run")
+    runner, _, _ = load_runner(tmp_path / "run")
     _assert_deploys_like_the_evaluator(runner, DeployedPolicy(out), monkeypatch)
 
 
@@ -287,7 +294,7 @@ def test_the_residual_policy_deploys_base_and_residual_like_the_pytorch_evaluato
     # a noise-free base in both: the evaluator's ResidualVectorEnv (chunk queue, residual on [obs, a_base],
     # PPO's running statistics) and the graph with its chunk and step fed back by rlft.deploy
     _noise_free(monkeypatch)
-    runner, _ = load_runner(tmp_path / "run")
+    runner, _, _ = load_runner(tmp_path / "run")
     assert runner.ppo.obs_stats is not None and runner.actor.net[-1].weight.abs().max() > 0  # a residual
     deployed = DeployedPolicy(out)
     deployed = DeployedPolicy.over(deployed.metadata, _ZeroNoise(deployed.session))
@@ -313,6 +320,25 @@ def test_a_pixel_policy_deploys_from_the_dict_observation_with_image_scaling_ins
     with pytest.raises(KeyError, match="no 'pixels'"):
         deployed.act({"agent_pos": np.zeros(2)})
     _noise_free(monkeypatch)
-    runner, _ = load_runner(tmp_path / "run")
+    runner, _, _ = load_runner(tmp_path / "run")
     deployed = DeployedPolicy.over(deployed.metadata, _ZeroNoise(deployed.session))
     _assert_deploys_like_the_evaluator(runner, deployed, monkeypatch, seeds=(0,))
+
+
+def test_the_export_command_takes_a_checkpoint_and_prints_no_exporter_noise(sac_export: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "pretrained"
+    proc = subprocess.run([sys.executable, "-m", "rlft.export.cli", str(sac_export.parent), "--checkpoint", "pretrained",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torchvision" not in proc.stderr and "[torch.onnx]" not in proc.stdout + proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+    metadata = json.loads((out / "metadata.json").read_text())
+    before = json.loads((sac_export.parent / "eval.json").read_text())["before"]
+    assert metadata["source"]["checkpoint"] == "pretrained_checkpoint"
+    assert metadata["evaluation"]["return_mean"] == before["return_mean"] and metadata["evaluation"]["phase"] == "offline"
+    bad = subprocess.run([sys.executable, "-m", "rlft.export.cli", str(sac_export.parent), "--checkpoint", "step_7"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no checkpoint 'step_7'" in bad.stderr and "kept: step_" in bad.stderr
