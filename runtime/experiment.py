@@ -99,6 +99,7 @@ class Experiment(DatasetRunner):
     resumes) the agent's dataset phases, offline RL and online fine-tuning."""
 
     pipeline = "o2o"
+    budget_key = "trainer.online_steps"  # the fine-tuning budget, which a resume may raise
     axis = "offline updates, then online environment steps"
     method_key = "agent"
 

@@ -92,6 +92,7 @@ class FinetuneExperiment(DatasetRunner):
     """The BC -> PPO pipeline: builds the dataset, policy, envs and PPO from a resolved config."""
 
     pipeline = "finetune"
+    budget_key = "loop.iterations"  # the fine-tuning budget, which a resume may raise
     axis = "environment steps"
     method_key = "method"
     reference_label = "demonstrations"

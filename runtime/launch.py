@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import rlft.configs
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
@@ -58,11 +58,18 @@ ROOT_KEYS = frozenset({"seed", "device", "threads", "progress", "resume", "init_
 
 
 @functools.cache
+def config_groups() -> frozenset[str]:
+    """The config groups: the folders of ``configs/``."""
+    root = Path(rlft.configs.__file__).resolve().parent
+    return frozenset(path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith("_"))
+
+
+@functools.cache
 def known_top_level_keys() -> frozenset[str]:
     """The top-level keys a shipped config can set: the config groups (folders of ``configs/``),
     :data:`ROOT_KEYS` and every key a ``# @package _global_`` file (pipelines, experiments) writes."""
     root = Path(rlft.configs.__file__).resolve().parent
-    keys = set(ROOT_KEYS) | {path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith("_")}
+    keys = set(ROOT_KEYS) | config_groups()
     for path in root.rglob("*.yaml"):
         text = path.read_text()
         if "@package _global_" in text and isinstance(content := yaml.safe_load(text), dict):
@@ -94,6 +101,43 @@ def check_recipe(cfg: DictConfig, choices: Mapping[str, str]) -> None:
                       "recipe.allow_other_agents=true to run the mix anyway (recorded in run.json)")
 
 
+RESUME_SETTINGS = ("progress", "threads")  # how a resumed run shows and computes, not what it learns
+
+
+def resume_config(saved: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The saved config of a run being resumed, with the overrides a resume may make: a larger
+    fine-tuning budget (the runner's ``budget_key``: the run goes on, or a finished one re-opens
+    its last phase), ``progress`` and ``threads``. An override that repeats the saved value is
+    fine (the suites resume with the command that started the run); one that would change
+    anything else is refused by name, since the checkpoints were made under the saved config.
+    Group choices (``experiment=...``) are the run's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key = runner_class(saved).budget_key
+    cfg = saved.copy()
+    for override in OverridesParser.create().parse_overrides([o for o in overrides if "=" in o]):
+        name = override.key_or_group
+        if name == "resume" or name.startswith("hydra") or name in config_groups():
+            continue  # the folder, Hydra's settings, and group choices: the saved config holds what they chose
+        value = override.value()
+        current = OmegaConf.select(saved, name, default=None)
+        current = OmegaConf.to_container(current) if isinstance(current, (DictConfig, ListConfig)) else current
+        if value == current:
+            continue
+        if name == key and isinstance(value, int) and isinstance(current, int) and value > current:
+            OmegaConf.update(cfg, name, value)
+            print(f"extending the run: {name} {current} -> {value}")
+        elif name in RESUME_SETTINGS:
+            OmegaConf.update(cfg, name, value)
+        else:
+            allowed = f"{key} (larger, to extend the run)" if key else "no budget"
+            raise ConfigError(f"resume: {name}={override.get_value_element_as_str()} would change the run's config "
+                              f"({name} is {current!r} there); a resume may change only {allowed}, "
+                              f"{' and '.join(RESUME_SETTINGS)}. Start a new run (init_from=<run> reuses its "
+                              "pretraining) for other settings")
+    return cfg
+
+
 def build(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None) -> tuple[Runner, Path]:
     """The runner for ``cfg`` in ``run_dir``; with ``cfg.resume`` set, the runner of that folder
     with its saved config and newest checkpoint loaded instead. ``origin`` (how the run was asked
@@ -102,8 +146,8 @@ def build(cfg: DictConfig, run_dir: str | Path, origin: RunOrigin | None = None)
     resume = cfg.get("resume")
     if resume:
         run_dir = Path(resume)
-        cfg = load_run_config(run_dir)
-        print(f"resuming {run_dir} with its saved config (other overrides are ignored)")
+        cfg = resume_config(load_run_config(run_dir), origin.overrides if origin else ())
+        print(f"resuming {run_dir} with its saved config")
     else:
         check_top_level_keys(cfg)
         check_recipe(cfg, origin.choices if origin else {})

@@ -139,6 +139,7 @@ class Runner(ABC):
     """Runs a pipeline's phases in a run folder, or resumes them from its newest checkpoint."""
 
     pipeline: ClassVar[str]  # the name in eval.json and in configs/pipeline/
+    budget_key: ClassVar[str | None] = None  # the last phase's budget key: `rlft resume=<run> <key>=<more>` extends it
     axis: str  # what ``step`` counts (a pipeline may set it per run)
     plot_metric: ClassVar[str] = "normalized_score"
 
@@ -377,6 +378,7 @@ class Runner(ABC):
         self.eval_history = list(state["eval_history"])
         self._seconds_saved = float(state.get("wall_seconds", 0.0))  # checkpoints before 2026-12-07 have none
         self._resume_log_step = int(counters["log_step"])
+        self._reopen_extended(state)
         self._tracker_ids = dict(state.get("trackers") or {})  # checkpoints before 2026-12-08 have none
         where = f"phase {self.phase.name}, {self.phase_step} steps into it" if self.phase else "finished"
         print(f"resumed from {path} ({where}; step {self.step})")
@@ -386,6 +388,15 @@ class Runner(ABC):
             self._keep_pretrained(path)
             print(f"  wrote the missing {PRETRAINED_CHECKPOINT}/ from it")
         return True
+
+    def _reopen_extended(self, state: Mapping[str, Any]) -> None:
+        """A finished run whose last phase's budget (:attr:`budget_key`) was raised on resume goes
+        back into that phase where it stopped (``eval.json`` is not ``done`` until it ends again)."""
+        if self.phase is not None or not self.phases or self.budget_key is None:
+            return
+        saved = OmegaConf.select(OmegaConf.create(state["config"]), self.budget_key)
+        if saved is not None and self.phases[-1].steps > int(saved):
+            self.phase_index, self.phase_step = len(self.phases) - 1, int(saved)
 
     def _release(self) -> None:
         """Give up the run folder (the run ended, or a resume found nothing to continue)."""

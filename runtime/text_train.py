@@ -120,6 +120,7 @@ class TextExperiment(Runner):
     """The SFT -> language RL pipeline: builds the LM policy, text envs and the RL algorithm."""
 
     pipeline = "llm"
+    budget_key = "loop.iterations"  # the fine-tuning budget, which a resume may raise
     axis = "training episodes"
     plot_metric = "success_rate"
 

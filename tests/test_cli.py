@@ -182,3 +182,18 @@ def test_an_optuna_study_of_two_trials_maximises_the_runs_final_scores(tmp_path,
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(scores))
     assert f"agent.lambd={best['best_params']['agent.lambd']}" == lambdas[scores.index(max(scores))]
+
+
+def test_a_resume_may_raise_the_fine_tuning_budget_and_nothing_else(tmp_path, dataset_file):
+    run_dir = tmp_path / "run"
+    rlft(*SMOKE, f"dataset.source={dataset_file}", "trainer.online_steps=60", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    first = json.loads((run_dir / "eval.json").read_text())
+    refused = rlft(f"resume={run_dir}", "agent.lambd=0.5", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "resume: agent.lambd=0.5 would change the run's config" in refused.stderr
+    out = rlft(f"resume={run_dir}", "trainer.online_steps=100", *SMOKE[:1], cwd=tmp_path).stdout  # as suites resume
+    assert "extending the run: trainer.online_steps 60 -> 100" in out
+    extended = json.loads((run_dir / "eval.json").read_text())
+    assert extended["done"] and extended["step"] == first["step"] + 40
+    assert extended["history"][: len(first["history"])] == first["history"]
+    assert "online_steps: 100" in (run_dir / "config.yaml").read_text()
+    assert json.loads((run_dir / "run.json").read_text())["resumes"][0]["command"][-2] == "trainer.online_steps=100"
