@@ -12,6 +12,7 @@
     action = policy.act(obs)                               # numpy in, numpy out (one observation or a batch)
 
     record = evaluate(run.run_dir, episodes=10, video=True)  # <run>/evals/*.json, MP4s in evals/videos/
+    evaluate(run.run_dir / "export")                       # the rlft-export artifact, as a robot runs it
 
 ``train`` builds the runner with the same function the ``rlft`` command uses
 (:func:`rlft.runtime.launch.build`) and records the call in the run's ``run.json``. ``load_policy``
@@ -31,7 +32,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
 from rlft.runtime import resolvers  # noqa: F401  registers ${rlft_data:} and ${rlft_or:}
-from rlft.runtime.acting import evaluate_run, load_acting
+from rlft.runtime.acting import evaluate_export, evaluate_run, is_export, load_acting
 from rlft.runtime.evaluation import Acting
 from rlft.runtime.launch import build
 from rlft.runtime.run_folder import remove_unstarted
@@ -106,6 +107,11 @@ def load_policy(run_dir: str | Path, checkpoint: str | None = None, device: str 
 def evaluate(run_dir: str | Path, checkpoint: str | None = None, episodes: int | None = None,
              seed: int | None = None, video: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Evaluate a run folder's checkpoint as the run evaluated itself (default episodes and seed:
-    the run's own; the latest checkpoint reproduces ``eval.json``'s last record); ``video`` writes
-    each episode as an MP4. The record is also written to ``<run>/evals/``."""
+    the run's own; the latest checkpoint reproduces ``eval.json``'s last record), or an
+    ``rlft-export`` folder as a robot runs it (ONNX Runtime in the raw env); ``video`` writes each
+    episode as an MP4. The record is also written to the folder's ``evals/``."""
+    if is_export(run_dir):
+        if checkpoint not in (None, "latest"):
+            raise ValueError("an export holds one checkpoint: choose none")
+        return evaluate_export(run_dir, episodes, seed, video)
     return evaluate_run(run_dir, checkpoint, episodes, seed, video, device)

@@ -100,3 +100,60 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, episodes: i
     write_atomically(out / f"{tag}_{episodes}ep.json", json.dumps(strict_json(record), indent=2))
     return record
 
+
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` is an ``rlft-export`` artifact (``policy.onnx`` beside ``metadata.json``)."""
+    return (Path(folder) / "policy.onnx").is_file() and (Path(folder) / "metadata.json").is_file()
+
+
+def evaluate_export(folder: str | Path, episodes: int | None = None, seed: int | None = None,
+                    video: bool = False) -> dict[str, Any]:
+    """Evaluate an exported policy as a robot would run it: ``rlft.deploy`` (numpy and ONNX
+    Runtime) in the task's raw env (its own observations and action bounds), episode ``i`` reset
+    with ``seed + i``. Defaults: the exporting run's evaluation protocol when its folder is where
+    the card says (``source.run``), else 10 episodes from seed 0. Written to ``<export>/evals/``."""
+    from rlft.deploy import DeployedPolicy
+    from rlft.envs.factory import make_task_env, resolve_task
+    from rlft.runtime.evaluation import Episodes, score
+
+    folder = Path(folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    if "env" not in metadata:
+        raise ValueError(f"{folder}/metadata.json names no env (an export from before 2026-12-08): export the run "
+                         "again to evaluate it")
+    run_dir = (folder / metadata["source"]["run"]).resolve()
+    protocol = load_run_config(run_dir, action="read its evaluation protocol") if (run_dir / "config.yaml").is_file() \
+        else None
+    trainer = protocol.get("trainer") or protocol.get("loop") if protocol is not None else None
+    episodes = episodes if episodes is not None else int(trainer.eval_episodes) if trainer is not None else 10
+    seed = seed if seed is not None else int(trainer.eval_seed) if trainer is not None else 0
+    task = resolve_task(metadata["env"]["task"])
+    policy = DeployedPolicy(folder)
+    out = folder / "evals"
+    tag = f"export_seed{seed}"
+    limit = metadata["env"].get("max_episode_steps")
+    env = make_task_env(task, limit, {"render_mode": "rgb_array"} if video else None)
+    if video:
+        env = RecordEpisode(env, out / "videos", tag, seed, episodes)
+    returns, lengths, successes, tracks = [], [], [], False
+    started = time.perf_counter()
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            policy.reset()
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, info = env.step(policy.act(obs))
+                total, length, done = total + float(reward), length + 1, terminated or truncated
+            tracks = tracks or "success" in info
+            returns.append(total), lengths.append(length), successes.append(bool(info.get("success", False)))
+    finally:
+        env.close()
+    refs = (task.ref_min_score, task.ref_max_score)
+    result = score(Episodes(returns, lengths, successes, tracks), *refs)
+    record = {"export": str(folder), "checkpoint": metadata["source"]["checkpoint"], "episodes": episodes,
+              "seed": seed, "deterministic": True, "seconds": round(time.perf_counter() - started, 2),
+              "videos": [str(p.relative_to(folder)) for p in getattr(env, "written", [])], **result.as_dict()}
+    out.mkdir(exist_ok=True)
+    write_atomically(out / f"{tag}_{episodes}ep.json", json.dumps(strict_json(record), indent=2))
+    return record

@@ -1,11 +1,13 @@
-"""``rlft-eval <run dir>``: evaluate a run folder's checkpoint as the run evaluated itself (its
-episodes, seeds and env count unless told otherwise; the latest checkpoint reproduces the last
-record of ``eval.json``), write the record to ``<run>/evals/`` and, with ``--video``, each episode
-as an MP4 (``pip install "rlft[video]"``).
+"""``rlft-eval <run dir | export dir>``: evaluate a run folder's checkpoint as the run evaluated
+itself (its episodes, seeds and env count unless told otherwise; the latest checkpoint reproduces
+the last record of ``eval.json``), or an ``rlft-export`` folder as a robot runs it (ONNX Runtime in
+the task's raw env, the run's episodes and seeds); write the record to the folder's ``evals/`` and,
+with ``--video``, each episode as an MP4 (``pip install "rlft[video]"``).
 
     rlft-eval runs/demo/<timestamp>                              the latest checkpoint, the run's protocol
     rlft-eval runs/demo/<timestamp> --checkpoint pretrained      the policy before fine-tuning
     rlft-eval runs/demo/<timestamp> --episodes 50 --seed 7 --video
+    rlft-eval runs/demo/<timestamp>/export                      the exported policy (rlft-export)
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         parts.insert(0, f"normalised score {record['normalized_score']:.1f} ± {record['normalized_score_std']:.1f}")
     if record["success_rate"] is not None and math.isfinite(record["success_rate"]):
         parts.insert(0, f"success {100 * record['success_rate']:.1f}%")
-    print(f"{args.run_dir} [{record['checkpoint']}]: {'   '.join(parts)}   ({record['episodes']} episodes from seed "
+    where = "export of " if "export" in record else ""
+    print(f"{args.run_dir} [{where}{record['checkpoint']}]: {'   '.join(parts)}   ({record['episodes']} episodes from seed "
           f"{record['seed']}; ± over episodes)")
     for video in record["videos"]:
         print(f"  video: {args.run_dir / video}")

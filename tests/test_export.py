@@ -342,3 +342,13 @@ def test_the_export_command_takes_a_checkpoint_and_prints_no_exporter_noise(sac_
     bad = subprocess.run([sys.executable, "-m", "rlft.export.cli", str(sac_export.parent), "--checkpoint", "step_7"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no checkpoint 'step_7'" in bad.stderr and "kept: step_" in bad.stderr
+
+
+def test_rlft_eval_runs_the_export_as_a_robot_would_and_scores_as_the_run(sac_export: Path) -> None:
+    from rlft.api import evaluate
+
+    record = evaluate(sac_export)  # ONNX Runtime in the raw env, the run's episodes and seeds
+    after = json.loads((sac_export.parent / "eval.json").read_text())["after"]
+    assert record["episodes"] == len(after["returns"]) and record["seed"] == 1_000_000
+    assert record["returns"] == pytest.approx(after["returns"], rel=1e-3)
+    assert (sac_export / "evals" / f"export_seed{record['seed']}_{record['episodes']}ep.json").is_file()
