@@ -82,7 +82,7 @@ class Policy:
     def make_env(self, render_mode: str | None = None) -> gym.Env:
         """One env as the policy sees it: the run's task and wrappers, observations normalised
         with the run's statistics, actions in ``[-1, 1]``."""
-        return self._acting.make_env(render_mode)
+        return self._acting.make_env(render_mode, None)
 
     def reset(self) -> None:
         """Start a new episode (agents that act in chunks or plan keep state between steps)."""
@@ -99,7 +99,8 @@ class Policy:
 
 def load_policy(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> Policy:
     """The policy of a run folder's ``checkpoint`` (``"latest"``, ``"pretrained"``, ``step_<n>``),
-    built from its config and checkpoint alone (o2o runs)."""
+    built from its config and checkpoint alone (o2o runs; finetune runs of the gaussian and dppo
+    families)."""
     acting, path = load_acting(run_dir, checkpoint, device)
     return Policy(acting, path)
 

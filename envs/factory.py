@@ -42,6 +42,7 @@ def make_env(
     action_chunk: int = 1,
     obs_history: int = 1,
     flatten_dict: bool = True,
+    inner: Callable[[gym.Env], gym.Env] | None = None,
 ) -> gym.Env:
     """One environment: Gymnasium env -> [success reward] -> [action repeat] -> [flattened dict obs]
     -> ``[-1, 1]`` actions -> [dataset obs normalisation] -> episode stats -> [obs history] -> [action chunks].
@@ -50,10 +51,13 @@ def make_env(
     makes each agent action a flat chunk of that many actions (:class:`ActionChunking`); episode
     statistics still count simulator steps. ``obs_history > 1`` stacks that many observations,
     oldest first, flat (the episode's first observation pads the start). ``flatten_dict=False``
-    keeps Dict observations as they are (recording datasets with uint8 images).
+    keeps Dict observations as they are (recording datasets with uint8 images). ``inner`` wraps
+    the task's env before any rlft transform (a video recorder sees every simulator step).
     """
     cfg = EnvConfig.from_mapping(cfg)
     env = make_task_env(resolve_task(cfg.task), cfg.max_episode_steps, cfg.env_kwargs)
+    if inner is not None:
+        env = inner(env)
     if flatten_dict and isinstance(env.observation_space, gym.spaces.Dict) and not _has_text(env.observation_space):
         env = gym.wrappers.FlattenObservation(env)  # goal-conditioned obs: keys in sorted order
     env = rescale_action(env)

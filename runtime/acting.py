@@ -3,9 +3,9 @@ buffer, and evaluated the way the run evaluated itself (same seeds, episodes, en
 policy-noise seed, so the latest checkpoint reproduces ``eval.json``'s last record), optionally
 recording each episode as an MP4.
 
-The pipeline's runner class builds the policy (``Runner.acting``); o2o runs are supported (the
-agent rebuilt from the config and the env's shapes, the observation statistics read from the
-checkpoint)."""
+The pipeline's runner class builds the policy (``Runner.acting``): o2o runs (the agent rebuilt
+from the config and the env's shapes, the observation statistics read from the checkpoint) and
+finetune runs of the gaussian and dppo families (the cloned base, or PPO's actor after it)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def load_acting(run_dir: str | Path, checkpoint: str | None = None, device: str 
     cls = runner_class(cfg)
     if state["pipeline"] != cls.pipeline:
         raise ValueError(f"{path} holds a {state['pipeline']!r} run, its config a {cls.pipeline!r} one")
-    return cls.acting(cfg, state["state"], device), path
+    return cls.acting(cfg, state, device), path
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, episodes: int | None = None,
@@ -79,11 +79,12 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, episodes: i
     started = time.perf_counter()
     recorders: list[RecordEpisode] = []
 
-    def one_env() -> gym.Env:
-        if not video:
-            return acting.make_env(None)
-        recorders.append(RecordEpisode(acting.make_env("rgb_array"), out / "videos", tag, seed, episodes))
+    def record(env: gym.Env) -> gym.Env:
+        recorders.append(RecordEpisode(env, out / "videos", tag, seed, episodes))
         return recorders[-1]
+
+    def one_env() -> gym.Env:
+        return acting.make_env("rgb_array", record) if video else acting.make_env(None, None)
 
     envs = gym.vector.SyncVectorEnv([one_env] * min(acting.eval_envs, episodes),
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

@@ -170,7 +170,9 @@ class Acting:
     """A trained policy and the env it acts in, as its run evaluated it."""
 
     actor: Callable[[Any], Any]  # a batch of observations -> a batch of actions (reset/episodes_ended if stateful)
-    make_env: Callable[[str | None], gym.Env]  # render_mode -> one env as the policy sees it (obs normalised)
+    # (render_mode, inner wrapper or None) -> one env as the policy sees it; the wrapper goes around the task's
+    # own env, under rlft's transforms (a recorder then sees every simulator step of a chunked policy)
+    make_env: Callable[[str | None, Callable[[gym.Env], gym.Env] | None], gym.Env]
     eval_episodes: int  # the run's own evaluation protocol
     eval_envs: int
     eval_seed: int

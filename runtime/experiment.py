@@ -240,11 +240,11 @@ class Experiment(DatasetRunner):
         }
 
     @classmethod
-    def acting(cls, cfg: DictConfig, state: Mapping[str, Any], device: str) -> Acting:
+    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str) -> Acting:
         """The agent rebuilt from the config and the env's shapes, its weights and observation
         statistics from the checkpoint; the reference scores the run used (a checkpoint from before
         2026-12-08 holds none: the task's). No dataset is read."""
-        settings = cls.settings(cfg)
+        settings, state = cls.settings(cfg), saved["state"]
         trainer: TrainerConfig = settings["trainer"]
         stats = state.get("obs_stats")
         obs_stats = tuple(x.cpu().numpy() for x in stats) if stats is not None else None
@@ -260,9 +260,9 @@ class Experiment(DatasetRunner):
         refs = state.get("ref_scores") or (task.ref_min_score, task.ref_max_score)
         refs = tuple(None if r is None or not np.isfinite(r) else float(r) for r in refs)
 
-        def one_env(render_mode: str | None) -> gym.Env:
+        def one_env(render_mode: str | None, inner: Callable[[gym.Env], gym.Env] | None = None) -> gym.Env:
             kwargs = {**env_cfg.get("env_kwargs", {}), **({"render_mode": render_mode} if render_mode else {})}
-            return make_env({**env_cfg, "env_kwargs": kwargs}, obs_stats)
+            return make_env({**env_cfg, "env_kwargs": kwargs}, obs_stats, inner=inner)
 
         return Acting(AgentActor(agent, torch.device(device), deterministic=True), one_env, trainer.eval_episodes,
                       trainer.eval_envs, trainer.eval_seed, refs,

@@ -17,8 +17,9 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from rlft.agents.families import FamilyConfig, build_actor, build_base, build_critic_encoder, wrap_env
 from rlft.agents.ppo import PPO, PPOConfig, RunningMeanStd, normalize_observations
 from rlft.common.typed_config import ConfigError, config_from_mapping
-from rlft.envs.factory import make_vector_env, resolve_task
+from rlft.envs.factory import make_env, make_vector_env, resolve_task
 from rlft.agents.bc import BCConfig, train_bc
 from rlft.offline.demos import chunk_windows
-from rlft.runtime.evaluation import EvalResult, evaluate
+from rlft.runtime.evaluation import Acting, EvalResult, evaluate
 from rlft.common.progress import Progress
 from rlft.runtime.ray_evaluation import cpu_copy, evaluate_on_workers
 from rlft.runtime.rollout_workers import RayRollouts, RolloutConfig
@@ -220,7 +221,56 @@ class FinetuneExperiment(DatasetRunner):
 
     # ------------------------------------------------------------ checkpoints
     def pipeline_state(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict(), "family_base": type(self.base).__name__, "ppo": self.ppo.state_dict()}
+        stats = [torch.as_tensor(x) for x in self.obs_stats] if self.obs_stats is not None else None
+        return {"base": self.base.state_dict(), "family_base": type(self.base).__name__, "ppo": self.ppo.state_dict(),
+                "obs_stats": stats,  # the env's normalisation, for acting() without the dataset
+                "ref_scores": [self.dataset.ref_min_score, self.dataset.ref_max_score]}
+
+    @classmethod
+    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str) -> Acting:
+        """The cloned base (a checkpoint at the end of behaviour cloning) or PPO's actor, rebuilt
+        from the config and the env's shapes, with the dataset statistics the checkpoint holds
+        (checkpoints from before 2026-12-08 hold none: export or resume those). Not for the
+        residual family, whose env hides its base (``rlft-export`` covers it)."""
+        state, counters = saved["state"], saved["counters"]
+        settings = cls.settings(cfg)
+        family: FamilyConfig = settings["family"]
+        loop: LoopConfig = settings["loop"]
+        if "obs_stats" not in state:
+            raise ValueError("this checkpoint predates dataset-free loading (it holds no observation statistics); "
+                             "rlft-export exports it, or resume the run once to write a newer checkpoint")
+        if family.family == "residual":
+            raise ValueError("the residual family acts through a base hidden in its env: load_policy and rlft-eval "
+                             "take gaussian and dppo runs; rlft-export covers residual ones")
+        obs_stats = tuple(x.cpu().numpy() for x in state["obs_stats"]) if state["obs_stats"] is not None else None
+        env_cfg = OmegaConf.to_container(cfg.task.env_cfg, resolve=True)
+        probe = make_env(env_cfg)
+        try:
+            obs_dim, action_dim = gym.spaces.flatdim(probe.observation_space), probe.action_space.shape[0]
+        finally:
+            probe.close()
+        base = build_base(family, obs_dim, action_dim).to(device)
+        base.load_state_dict(state["base"])
+        actor = build_actor(family, base, obs_dim, action_dim).to(device)
+        cloned_only = counters["phase_index"] == 0 or (counters["phase_index"] == 1 and counters["phase_step"] == 0)
+        policy, stats = base, None
+        if not cloned_only:  # PPO's actor, with its running statistics when it keeps them
+            envs = RolloutEnvs(env_cfg, family, None, obs_stats)
+            probe_envs = envs(1, chunk=family.env_chunk)
+            ppo_obs_dim = probe_envs.single_observation_space.shape[0]
+            probe_envs.close()
+            ppo = PPO(actor, ppo_obs_dim, settings["ppo"], 1, device, build_critic_encoder(family, action_dim))
+            ppo.load_state_dict(state["ppo"])
+            policy, stats = actor, ppo.obs_stats
+
+        def one_env(render_mode: str | None, inner: Callable[[gym.Env], gym.Env] | None = None) -> gym.Env:
+            kwargs = {**env_cfg.get("env_kwargs", {}), **({"render_mode": render_mode} if render_mode else {})}
+            return make_env({**env_cfg, "env_kwargs": kwargs}, obs_stats, action_chunk=family.env_chunk,
+                            obs_history=family.obs_history, inner=inner)
+
+        refs = tuple(None if r is None else float(r) for r in state["ref_scores"])
+        return Acting(ArrayActor(policy, stats, settings["ppo"].obs_clip, torch.device(device)), one_env,
+                      loop.eval_episodes, loop.eval_envs, loop.eval_seed, refs, cls.plot_metric)
 
     def load_pipeline_state(self, state: Mapping[str, Any]) -> None:
         self.base.load_state_dict(state["base"])

@@ -200,10 +200,11 @@ class Runner(ABC):
         return None
 
     @classmethod
-    def acting(cls, cfg: DictConfig, state: Mapping[str, Any], device: str) -> Acting:
-        """The policy of a checkpoint's pipeline ``state`` with its env and the run's evaluation
-        protocol, built without the run's dataset or buffer (``rlft.runtime.acting``)."""
-        raise ValueError(f"loading a policy to act is not supported for {cls.pipeline!r} runs yet (o2o runs are)")
+    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str) -> Acting:
+        """The policy of a checkpoint (``saved``: what :meth:`checkpoint` wrote) with its env and
+        the run's evaluation protocol, built without the run's dataset or buffer
+        (``rlft.runtime.acting``)."""
+        raise ValueError(f"loading a policy to act is not supported for {cls.pipeline!r} runs yet (o2o and finetune runs are)")
 
     def metric_limits(self) -> tuple[float, float] | None:
         """The range of :attr:`plot_metric` (bands are clipped to it), ``None`` when unbounded."""

@@ -91,3 +91,23 @@ def test_a_bad_checkpoint_name_lists_the_kept_ones(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlft.scripts.evaluate", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "cannot load its policy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+FINETUNE = ["method.bc.steps=20", "method.bc.log_every=10", "loop.iterations=2", "loop.num_envs=2", "loop.eval_every=1",
+            "loop.eval_episodes=2", "loop.eval_envs=2", "loop.rollout_env_steps=20", "method.policy.hidden=[32,32]",
+            "method.ppo.critic_hidden=[32,32]", "method.ppo.minibatch_size=8", "progress=false"]
+
+
+@pytest.mark.parametrize("family", ["dppo", "gaussian"])
+def test_a_finetune_runs_checkpoints_evaluate_without_its_demonstrations(tmp_path, monkeypatch, family):
+    from rlft.runtime.finetune import FinetuneExperiment
+
+    run = train(f"finetune/{family}/mw-push", FINETUNE, tmp_path / "run")
+    monkeypatch.setattr(FinetuneExperiment, "load_dataset", lambda *a, **k: pytest.fail("read the demonstrations"))
+    assert evaluate(run.run_dir)["returns"] == run.results["after"]["returns"]
+    assert evaluate(run.run_dir, "pretrained")["returns"] == run.results["before"]["returns"]
+    policy = load_policy(run.run_dir)
+    env = policy.make_env()
+    obs, _ = env.reset(seed=0)
+    policy.reset()
+    assert policy.act(obs).shape == env.action_space.shape
