@@ -7,17 +7,22 @@ gaussian   Gaussian MLP (optional)   the whole Gaussian policy             chunk
 dppo       diffusion policy          last ``ft_steps`` denoising steps     chunks of ``act_steps``
 residual   diffusion policy (frozen) a Gaussian residual on [obs, a_base]  single steps (ResiP)
 =========  ========================  ====================================  =========================
+
+A family of your own is ``method.policy.family=<module>:<Class>`` (:class:`FamilyPlugin`,
+docs/extending.md): its base is cloned and fine-tuned as the Gaussian's is, in chunks of
+``act_steps``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import gymnasium as gym
 import torch
 from torch import nn
 
+from rlft.common.user_code import import_named
 from rlft.policies.base import PPOActor
 from rlft.policies.diffusion import ChunkSpec, DiffusionPolicy
 from rlft.policies.dppo import DPPOPolicy
@@ -27,6 +32,30 @@ from rlft.policies.mlp import ACTIVATIONS
 from rlft.policies.residual import ResidualVectorEnv
 
 FAMILIES = ("gaussian", "dppo", "residual")
+
+
+class FamilyPlugin(Protocol):
+    """A policy family of your own (``method.policy.family=<module>:<Class>``): the class builds
+    the behaviour-cloned base (``bc_loss(cond, chunks)`` on flat ``[B, horizon * action_dim]``
+    chunks, ``act``) and the PPO actor over it (:class:`rlft.policies.base.PPOActor`; often the
+    base itself). ``cfg`` is the whole ``method.policy`` block."""
+
+    @staticmethod
+    def build_base(cfg: "FamilyConfig", obs_dim: int, action_dim: int) -> nn.Module: ...
+
+    @staticmethod
+    def build_actor(cfg: "FamilyConfig", base: nn.Module, obs_dim: int, action_dim: int) -> PPOActor: ...
+
+
+def family_plugin(name: str) -> type[FamilyPlugin]:
+    """The class ``<module>:<Class>`` names, with both builders; a ``ValueError`` names what is wrong."""
+    _, attr, plugin = import_named(name, "method.policy.family")
+    missing = [m for m in ("build_base", "build_actor") if not callable(getattr(plugin, m, None))]
+    if plugin is None or missing:
+        raise ValueError(f"method.policy.family={name}: {attr!r} in {name.partition(':')[0]} "
+                         f"{'does not exist' if plugin is None else 'lacks ' + ', '.join(missing)} "
+                         "(a policy family class has build_base and build_actor: docs/extending.md)")
+    return plugin
 
 
 @dataclass
@@ -70,12 +99,20 @@ class FamilyConfig:
     def __post_init__(self) -> None:
         if self.image_shape is not None and len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (height, width, channels), got {self.image_shape}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown policy family {self.family!r}; available: {FAMILIES}")
+        if self.family not in FAMILIES and ":" not in self.family:
+            raise ValueError(f"unknown policy family {self.family!r}; available: {FAMILIES}, or your own as "
+                             "<module>:<Class>")
+        if self.plugin:
+            family_plugin(self.family)  # checked now: a bad name stops the run before anything is built
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; available: {sorted(ACTIVATIONS)}")
-        if self.family == "gaussian" and self.horizon != self.act_steps:
-            raise ValueError("the Gaussian family predicts exactly the executed chunk: set horizon == act_steps")
+        if (self.family == "gaussian" or self.plugin) and self.horizon != self.act_steps:
+            raise ValueError(f"the {self.family} family predicts exactly the executed chunk: set horizon == act_steps")
+
+    @property
+    def plugin(self) -> bool:
+        """A family of the user's (``<module>:<Class>``)."""
+        return ":" in self.family
 
     def spec(self, obs_dim: int, action_dim: int) -> ChunkSpec:
         return ChunkSpec(obs_dim, action_dim, self.horizon, self.act_steps, self.obs_history)
@@ -95,6 +132,8 @@ def build_encoder(cfg: FamilyConfig, extra_dim: int = 0) -> ImageStateEncoder | 
 
 def build_base(cfg: FamilyConfig, obs_dim: int, action_dim: int) -> nn.Module:
     """The behaviour-cloned policy: a diffusion policy, or the Gaussian policy itself."""
+    if cfg.plugin:
+        return family_plugin(cfg.family).build_base(cfg, obs_dim, action_dim)
     spec = cfg.spec(obs_dim, action_dim)
     encoder = build_encoder(cfg)
     if cfg.family == "gaussian":
@@ -127,6 +166,8 @@ def build_critic_encoder(cfg: FamilyConfig, action_dim: int) -> ImageStateEncode
 
 def build_actor(cfg: FamilyConfig, base: nn.Module, obs_dim: int, action_dim: int) -> PPOActor:
     """The PPO actor around a (behaviour-cloned) base."""
+    if cfg.plugin:
+        return family_plugin(cfg.family).build_actor(cfg, base, obs_dim, action_dim)
     if cfg.family == "gaussian":
         return base
     if cfg.family == "dppo":

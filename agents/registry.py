@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Mapping
 
 import torch
@@ -17,6 +16,7 @@ from rlft.agents.fql import FQL, FQLConfig
 from rlft.agents.iql import IQL, IQLConfig
 from rlft.agents.spot import SPOT, SPOTConfig
 from rlft.common.suggest import did_you_mean
+from rlft.common.user_code import import_named
 from rlft.common.typed_config import ConfigError, config_from_mapping
 
 # Cal-QL, E2O and WSRL are configurations of CQL (configs/agent/{calql,e2o,wsrl}.yaml).
@@ -41,15 +41,9 @@ def resolve_agent(name: str) -> tuple[type, type]:
     if ":" not in name:
         raise ConfigError(f"agent.name={name!r}: unknown agent{did_you_mean(name, AGENTS)}; available: "
                           f"{sorted(AGENTS)}, or your own as <module>:<Class>")
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(f"agent.name={name}: cannot import module {module_name!r} ({error}); install it or put "
-                          "its folder on PYTHONPATH") from None
-    cls = getattr(module, attr, None)
+    _, attr, cls = import_named(name, "agent.name", ConfigError)
     if not (isinstance(cls, type) and issubclass(cls, Learner)):
-        raise ConfigError(f"agent.name={name}: {attr!r} in {module_name} is not a rlft Learner subclass")
+        raise ConfigError(f"agent.name={name}: {attr!r} in {name.partition(':')[0]} is not a rlft Learner subclass")
     config = getattr(cls, "Config", None)
     if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
         raise ConfigError(f"agent.name={name}: {cls.__name__}.Config must be its config dataclass")

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlft.common.suggest import did_you_mean
+from rlft.common.user_code import import_named
 from rlft.envs.registry import TaskSpec, get_task
 from rlft.envs.wrappers import ActionChunking, FixedNormalizeObservation, SuccessReward, rescale_action
 
@@ -150,19 +151,12 @@ def custom_task(name: str) -> TaskSpec:
     defines, registered here as ``<module>.<attr>``), one env is made, and its spaces are checked
     (a reset's observation must lie in the observation space). No reference scores: the metric is
     the return. The time limit is the registration's, else 1000 (``env.max_episode_steps``)."""
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr or ":" in attr:
-        raise ValueError(f"env.task={name}: write a user's env as <module>:<EnvClass or factory or registered id>")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"env.task={name}: cannot import module {module_name!r} ({error}); install it or put its "
-                         "folder on PYTHONPATH") from None
+    module, attr, target = import_named(name, "env.task")
+    module_name = module.__name__
     if attr in gym.registry:
         spec = TaskSpec(name=name, env_id=attr, ref_min_score=float("nan"), ref_max_score=float("nan"),
                         max_episode_steps=gym.registry[attr].max_episode_steps or 1000, module=module_name)
     else:
-        target = getattr(module, attr, None)
         if not callable(target):
             known = [k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, gym.Env)]
             raise ValueError(f"env.task={name}: module {module_name!r} has no env class, factory or registered id "

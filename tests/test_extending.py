@@ -1,6 +1,6 @@
-"""docs/extending.md stays true: its example files are written out of the page and run through the
-smoke experiment (a user's env by module path, a user's learner by module path), and the learner's
-run loads and evaluates through the Python API."""
+"""docs/extending.md stays true: its example files are written out of the page and run (a user's
+env and learner through the smoke experiment, a policy family through behaviour cloning and PPO),
+and their runs load and evaluate through the Python API."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def user_code(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     page = (REPO_ROOT / "docs" / "extending.md").read_text()
     blocks = re.findall(r"```python file=(\S+)\n(.*?)```", page, re.S)
-    assert {name for name, _ in blocks} == {"my_envs.py", "my_agents.py"}
+    assert {name for name, _ in blocks} == {"my_envs.py", "my_agents.py", "my_families.py"}
     for name, code in blocks:
         (folder / name).write_text(code)
     monkeypatch.syspath_prepend(str(folder))
@@ -82,3 +82,28 @@ def test_custom_agent_without_a_name_or_with_a_wrong_class_is_one_line(tmp_path,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert not (tmp_path / "runs").exists()
+
+
+def test_the_pages_policy_family_clones_and_fine_tunes(tmp_path, user_code):
+    from rlft.api import train
+
+    run = train("finetune/gaussian/mw-push", ["method.policy.family=my_families:BetaFamily", "method.bc.steps=60",
+                                             "method.bc.log_every=20", "loop.iterations=2", "loop.num_envs=2",
+                                             "loop.eval_every=1", "loop.eval_episodes=2", "loop.eval_envs=2",
+                                             "loop.rollout_env_steps=20", "method.policy.hidden=[32,32]",
+                                             "method.ppo.critic_hidden=[32,32]", "method.ppo.minibatch_size=8",
+                                             "progress=false"], tmp_path / "run")
+    assert run.results["done"] and run.results["before"]["phase"] == "bc" and run.results["after"]["phase"] == "ppo"
+    rows = (run.run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    bc = [float(r.split(",")[header.index("bc/loss")]) for r in rows[1:] if r.split(",")[header.index("bc/loss")]]
+    assert len(bc) == 3 and bc[-1] < bc[0]  # the Beta policy's likelihood of the demonstrations rises
+    assert evaluate(run.run_dir)["returns"] == run.results["after"]["returns"]
+
+
+def test_a_family_that_is_not_one_is_named(user_code):
+    from rlft.agents.families import FamilyConfig
+
+    with pytest.raises(ValueError, match="'BetaPolicy' in my_families lacks build_base, build_actor"):
+        FamilyConfig(family="my_families:BetaPolicy", horizon=4, act_steps=4)
+
