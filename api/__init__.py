@@ -106,13 +106,16 @@ def load_policy(run_dir: str | Path, checkpoint: str | None = None, device: str 
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | None = None, episodes: int | None = None,
-             seed: int | None = None, video: bool = False, device: str = "cpu") -> dict[str, Any]:
+             seed: int | None = None, video: bool = False, device: str = "cpu",
+             deterministic: bool = True) -> dict[str, Any]:
     """Evaluate a run folder's checkpoint as the run evaluated itself (default episodes and seed:
     the run's own; the latest checkpoint reproduces ``eval.json``'s last record), or an
     ``rlft-export`` folder as a robot runs it (ONNX Runtime in the raw env); ``video`` writes each
-    episode as an MP4. The record is also written to the folder's ``evals/``."""
+    episode as an MP4; ``deterministic=False`` samples the policy's exploration (seeded: it
+    repeats). The record is also written to the folder's ``evals/``."""
     if is_export(run_dir):
-        if checkpoint not in (None, "latest"):
-            raise ValueError("an export holds one checkpoint: choose none")
+        if checkpoint not in (None, "latest") or not deterministic:
+            raise ValueError("an export holds one checkpoint's deterministic policy: choose no checkpoint, "
+                             "deterministic")
         return evaluate_export(run_dir, episodes, seed, video)
-    return evaluate_run(run_dir, checkpoint, episodes, seed, video, device)
+    return evaluate_run(run_dir, checkpoint, episodes, seed, video, device, deterministic)

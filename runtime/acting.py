@@ -50,7 +50,8 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     return path
 
 
-def load_acting(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> tuple[Acting, Path]:
+def load_acting(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu",
+                deterministic: bool = True) -> tuple[Acting, Path]:
     """The policy of ``run_dir``'s ``checkpoint`` (:func:`resolve_checkpoint`) and that checkpoint's
     folder; the manifest is checked and nothing in the run folder is written."""
     run_dir = Path(run_dir)
@@ -60,22 +61,24 @@ def load_acting(run_dir: str | Path, checkpoint: str | None = None, device: str 
     cls = runner_class(cfg)
     if state["pipeline"] != cls.pipeline:
         raise ValueError(f"{path} holds a {state['pipeline']!r} run, its config a {cls.pipeline!r} one")
-    return cls.acting(cfg, state, device), path
+    return cls.acting(cfg, state, device, deterministic), path
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, episodes: int | None = None,
-                 seed: int | None = None, video: bool = False, device: str = "cpu") -> dict[str, Any]:
+                 seed: int | None = None, video: bool = False, device: str = "cpu",
+                 deterministic: bool = True) -> dict[str, Any]:
     """Evaluate a run folder's checkpoint: ``episodes`` (default: the run's own number) from
-    ``seed`` (default: the run's evaluation seed), deterministic, written to
+    ``seed`` (default: the run's evaluation seed), deterministic unless told (sampled actions
+    draw from the run's evaluation noise seed, so a stochastic evaluation repeats too), written to
     ``<run>/evals/<checkpoint>_seed<seed>_<n>ep.json``; with ``video``, every episode as
     ``evals/videos/<checkpoint>_seed<seed>_ep<i>.mp4`` (the same envs and episodes: recording
     changes no number). Returns the record."""
     run_dir = Path(run_dir)
-    acting, path = load_acting(run_dir, checkpoint, device)
+    acting, path = load_acting(run_dir, checkpoint, device, deterministic)
     episodes = acting.eval_episodes if episodes is None else episodes
     seed = acting.eval_seed if seed is None else seed
     out = run_dir / EVALS_DIR
-    tag = f"{path.name}_seed{seed}"
+    tag = f"{path.name}_seed{seed}" + ("" if deterministic else "_stochastic")
     started = time.perf_counter()
     recorders: list[RecordEpisode] = []
 
@@ -95,7 +98,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | None = None, episodes: i
     videos = sorted((str(p.relative_to(run_dir)) for recorder in recorders for p in recorder.written),
                     key=lambda name: int(name.rsplit("_ep", 1)[1].removesuffix(".mp4")))
     record = {"run": str(run_dir), "checkpoint": path.name, "metric": acting.metric, "episodes": episodes,
-              "seed": seed, "deterministic": True, "seconds": round(time.perf_counter() - started, 2),
+              "seed": seed, "deterministic": deterministic, "seconds": round(time.perf_counter() - started, 2),
               "videos": videos, **result.as_dict()}
     out.mkdir(exist_ok=True)
     write_atomically(out / f"{tag}_{episodes}ep.json", json.dumps(strict_json(record), indent=2))

@@ -240,7 +240,7 @@ class Experiment(DatasetRunner):
         }
 
     @classmethod
-    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str) -> Acting:
+    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str, deterministic: bool = True) -> Acting:
         """The agent rebuilt from the config and the env's shapes, its weights and observation
         statistics from the checkpoint; the reference scores the run used (a checkpoint from before
         2026-12-08 holds none: the task's). No dataset is read."""
@@ -264,7 +264,7 @@ class Experiment(DatasetRunner):
             kwargs = {**env_cfg.get("env_kwargs", {}), **({"render_mode": render_mode} if render_mode else {})}
             return make_env({**env_cfg, "env_kwargs": kwargs}, obs_stats, inner=inner)
 
-        return Acting(AgentActor(agent, torch.device(device), deterministic=True), one_env, trainer.eval_episodes,
+        return Acting(AgentActor(agent, torch.device(device), deterministic), one_env, trainer.eval_episodes,
                       trainer.eval_envs, trainer.eval_seed, refs,
                       "normalized_score" if refs[0] is not None else "return_mean")
 

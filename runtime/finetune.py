@@ -76,17 +76,18 @@ class RolloutEnvs:
 @dataclass
 class ArrayActor:
     """A policy as the evaluator calls it: numpy observations in (standardised by PPO's running
-    statistics when it keeps them), deterministic numpy actions out. Picklable, for Ray workers."""
+    statistics when it keeps them), numpy actions out (deterministic unless told). Picklable, for Ray workers."""
 
     policy: torch.nn.Module  # has act(obs, deterministic)
     obs_stats: RunningMeanStd | None
     obs_clip: float
     device: torch.device
+    deterministic: bool = True  # False: the policy's own exploration (rlft-eval --stochastic)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         obs = normalize_observations(obs, self.obs_stats, self.obs_clip)
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        return self.policy.act(obs_t, deterministic=True).cpu().numpy()
+        return self.policy.act(obs_t, deterministic=self.deterministic).cpu().numpy()
 
 
 class FinetuneExperiment(DatasetRunner):
@@ -227,7 +228,7 @@ class FinetuneExperiment(DatasetRunner):
                 "ref_scores": [self.dataset.ref_min_score, self.dataset.ref_max_score]}
 
     @classmethod
-    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str) -> Acting:
+    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str, deterministic: bool = True) -> Acting:
         """The cloned base (a checkpoint at the end of behaviour cloning) or PPO's actor, rebuilt
         from the config and the env's shapes, with the dataset statistics the checkpoint holds
         (checkpoints from before 2026-12-08 hold none: export or resume those). Not for the
@@ -269,7 +270,7 @@ class FinetuneExperiment(DatasetRunner):
                             obs_history=family.obs_history, inner=inner)
 
         refs = tuple(None if r is None else float(r) for r in state["ref_scores"])
-        return Acting(ArrayActor(policy, stats, settings["ppo"].obs_clip, torch.device(device)), one_env,
+        return Acting(ArrayActor(policy, stats, settings["ppo"].obs_clip, torch.device(device), deterministic), one_env,
                       loop.eval_episodes, loop.eval_envs, loop.eval_seed, refs, cls.plot_metric)
 
     def load_pipeline_state(self, state: Mapping[str, Any]) -> None:

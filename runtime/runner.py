@@ -200,10 +200,10 @@ class Runner(ABC):
         return None
 
     @classmethod
-    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str) -> Acting:
+    def acting(cls, cfg: DictConfig, saved: Mapping[str, Any], device: str, deterministic: bool = True) -> Acting:
         """The policy of a checkpoint (``saved``: what :meth:`checkpoint` wrote) with its env and
         the run's evaluation protocol, built without the run's dataset or buffer
-        (``rlft.runtime.acting``)."""
+        (``rlft.runtime.acting``); ``deterministic=False`` samples the policy's own exploration."""
         raise ValueError(f"loading a policy to act is not supported for {cls.pipeline!r} runs yet (o2o and finetune runs are)")
 
     def metric_limits(self) -> tuple[float, float] | None:

@@ -26,13 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, help="episodes (default: the run's own evaluation's)")
     parser.add_argument("--seed", type=int, help="episode i is reset with seed + i (default: the run's eval seed)")
     parser.add_argument("--video", action="store_true", help="write each episode as an MP4 in <run>/evals/videos/")
+    parser.add_argument("--stochastic", action="store_true",
+                        help="sample the policy's exploration (seeded by the run's eval seed) instead of its mean")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     from rlft.api import evaluate  # torch loads here, not for --help
     from rlft.runtime.checkpoint import CorruptCheckpointError
 
     try:
-        record = evaluate(args.run_dir, args.checkpoint, args.episodes, args.seed, args.video, args.device)
+        record = evaluate(args.run_dir, args.checkpoint, args.episodes, args.seed, args.video, args.device,
+                          not args.stochastic)
     except (ValueError, FileNotFoundError, ImportError, CorruptCheckpointError) as error:
         print(f"rlft-eval: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

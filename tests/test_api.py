@@ -42,6 +42,9 @@ def test_train_load_and_evaluate_round_trip_equals_the_commands_eval_json(tmp_pa
     assert after["returns"] == run.results["after"]["returns"]
     assert before["returns"] == run.results["before"]["returns"]
     assert (run.run_dir / "evals" / f"{after['checkpoint']}_seed1000000_3ep.json").is_file()
+    noisy = evaluate(run.run_dir, deterministic=False)  # exploration noise, from the run's eval noise seed
+    assert noisy["returns"] == evaluate(run.run_dir, deterministic=False)["returns"] != after["returns"]
+    assert not noisy["deterministic"]
 
     # the dataset loader must not run: load_policy builds from the config and checkpoint alone
     monkeypatch.setattr(Experiment, "load_dataset", lambda *a, **k: pytest.fail("load_policy read the dataset"))

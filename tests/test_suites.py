@@ -252,14 +252,17 @@ def test_ctrl_c_stops_the_whole_sweep_not_just_its_current_run(tmp_path):
     suite = tiny_suite(tmp_path, online_steps=200)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(bench_command("run", str(suite), "out=out"), cwd=tmp_path, env=env, text=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     runs = tmp_path / "out/tiny/smoke/runs/hopper-weak/iql"
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((runs / "seed0/checkpoints").glob("step_*")):
+    started = time.time()
+    while time.time() < started + 300 and not list((runs / "seed0/checkpoints").glob("step_*")):
         time.sleep(0.02)
+    seen = f"seed0's first checkpoint {'seen' if list((runs / 'seed0/checkpoints').glob('step_*')) else 'NOT seen'} " \
+           f"after {time.time() - started:.1f} s; still running: {process.poll() is None}"
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
+    stdout, stderr = process.communicate(timeout=120)
+    # (one unexplained pass-through in a full clean-clone run on 2026-12-08: the message says which case it was)
+    assert process.returncode == 130, f"{seen}\n{stdout[-1500:]}\n{stderr[-1500:]}"
     assert "interrupted: the sweep stopped" in stderr
     assert not (runs / "seed1" / "config.yaml").exists()  # the next run never started
 
